@@ -1,0 +1,156 @@
+"""The Python front: `batch_generate` and its async twin, for scripts and notebooks.
+
+One async implementation; the sync function runs it on a private event loop, in a helper thread when
+the caller already has a running loop (Jupyter), so notebooks need no nest_asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from .config import ServerSpec, default_servers, load_config, server_from_url
+from .engine import Engine, EngineSettings, RetryPolicy
+from .errors import UsageError
+from .requests import Request, build_messages, canonical_options
+from .results import Outcome
+from .store import Store
+
+T = TypeVar("T")
+
+ServerLike = str | ServerSpec
+
+
+def run_sync(awaitable: Awaitable[T]) -> T:
+    """Run a coroutine to completion from sync code, whether or not a loop is already running."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(awaitable)  # type: ignore[arg-type]
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="corral") as pool:
+        return pool.submit(asyncio.run, awaitable).result()  # type: ignore[arg-type]
+
+
+def resolve_server_list(servers: ServerLike | Sequence[ServerLike] | None, config: str | None,
+                        api: str = "ollama") -> tuple[list[ServerSpec], dict[str, Any]]:
+    """Servers from the argument, a config file, or OLLAMA_HOST; plus the config's settings."""
+    settings: dict[str, Any] = {}
+    specs: list[ServerSpec] = []
+    if config:
+        cfg = load_config(config)
+        specs = list(cfg.servers)
+        settings = {"model": cfg.model, "system": cfg.system_message, "options": cfg.options,
+                    "timeout": cfg.timeout, "format": cfg.format}
+    if servers is not None:
+        items = [servers] if isinstance(servers, (str, ServerSpec)) else list(servers)
+        specs = [s if isinstance(s, ServerSpec) else server_from_url(s, api) for s in items]
+    if not specs:
+        specs = default_servers()
+    return specs, settings
+
+
+def prompt_request(item: str | dict[str, Any], model: str, system: str | None,
+                   options: dict[str, Any], fmt: Any) -> Request:
+    """A prompt (string) or a dict with prompt/messages (and optional model/id/options) as a Request."""
+    if isinstance(item, str):
+        return Request(index=0, id="", model=model, messages=build_messages(item, system),
+                       options=options, format=fmt)
+    if not isinstance(item, dict):
+        raise UsageError(f"a prompt must be a string or a dict, not {type(item).__name__}")
+    if "messages" in item:
+        messages = build_messages(None, item.get("system", system), item["messages"])
+    elif "prompt" in item:
+        messages = build_messages(item["prompt"], item.get("system", system))
+    else:
+        raise UsageError("a prompt dict needs a 'prompt' or 'messages' key")
+    return Request(
+        index=0, id=str(item.get("id", "")), model=item.get("model", model), messages=messages,
+        options=canonical_options({**options, **item.get("options", {})}),
+        format=item.get("format", fmt),
+    )
+
+
+def result_dict(outcome: Outcome) -> dict[str, Any]:
+    """Seed 003's keys first (prompt, response, model, success, error, eval_count, eval_duration)."""
+    reply = outcome.reply
+    return {
+        "prompt": outcome.request.prompt,
+        "response": reply.text if reply else None,
+        "model": outcome.request.model,
+        "success": outcome.ok,
+        "error": outcome.error,
+        "eval_count": reply.eval_count if reply else None,
+        "eval_duration": reply.eval_duration if reply else None,
+        "prompt_eval_count": reply.prompt_eval_count if reply else None,
+        "total_duration": reply.total_duration if reply else None,
+        "server": outcome.server,
+        "latency": outcome.latency,
+        "attempts": outcome.attempts,
+        "cached": outcome.cached,
+    }
+
+
+async def batch_generate_async(
+    prompts: Iterable[str | dict[str, Any]],
+    model: str | None = None,
+    servers: ServerLike | Sequence[ServerLike] | None = None,
+    max_concurrent: int | None = None,
+    rate_limit_delay: float = 0.0,
+    *,
+    system: str | None = None,
+    format: Any = None,
+    api: str = "ollama",
+    config: str | None = None,
+    store: str | os.PathLike[str] | None = None,
+    timeout: float | None = None,
+    max_attempts: int = 5,
+    **options: Any,
+) -> list[dict[str, Any]]:
+    """The async twin of `batch_generate`: await it inside your own event loop."""
+    specs, cfg = resolve_server_list(servers, config, api)
+    model = model or cfg.get("model")
+    if not model:
+        raise UsageError("batch_generate needs a model: batch_generate(prompts, model='llama3.2')")
+    merged_options = canonical_options({**cfg.get("options", {}), **options})
+    requests = [prompt_request(p, model, system or cfg.get("system"), merged_options,
+                               format if format is not None else cfg.get("format")) for p in prompts]
+    for position, request in enumerate(requests):
+        request.id = request.id or str(position)
+    settings = EngineSettings(
+        timeout=timeout or cfg.get("timeout") or 300.0, concurrency=max_concurrent,
+        rate_limit_delay=rate_limit_delay, retry=RetryPolicy(max_attempts=max_attempts),
+    )
+    results: list[dict[str, Any]] = []
+    journal = Store(store)
+    try:
+        async with Engine(specs, journal, settings) as engine:
+            engine.check_models({r.model for r in requests})
+            await engine.run(requests, lambda outcome: results.append(result_dict(outcome)),
+                             total=len(requests))
+    finally:
+        journal.close()
+    return results
+
+
+def batch_generate(
+    prompts: Iterable[str | dict[str, Any]],
+    model: str | None = None,
+    servers: ServerLike | Sequence[ServerLike] | None = None,
+    max_concurrent: int | None = None,
+    rate_limit_delay: float = 0.0,
+    **kwargs: Any,
+) -> list[dict[str, Any]]:
+    """Run prompts over one or many servers; one result dict per prompt, in input order.
+
+    Failures are reported in the result (``success=False``, ``error``), never raised, so a long batch
+    is never lost to one bad row. ``max_concurrent`` is the number of requests in flight per server
+    (default: what the server reports, else 4 for Ollama). Extra keyword arguments are model options
+    (``temperature=0, seed=1, num_ctx=4096, num_predict=64``...) or the keyword arguments of
+    `batch_generate_async` (``system``, ``format``, ``api``, ``config``, ``store``, ``timeout``).
+    Works the same in a plain script and inside Jupyter's running event loop.
+    """
+    return run_sync(batch_generate_async(prompts, model, servers, max_concurrent, rate_limit_delay,
+                                         **kwargs))

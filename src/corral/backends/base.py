@@ -1,0 +1,156 @@
+"""One small interface every wire format implements, and the records that cross it.
+
+A backend turns a `Request` into one HTTP call and the answer into a `Reply`; it knows nothing of
+queues, retries or files. Failures are raised as `BackendError` with ``retryable`` set from the
+status code, so the engine alone decides what to do next.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..config import ServerSpec
+from ..requests import Request
+
+# Statuses worth another try: the server is busy, restarting or overloaded, not the request wrong.
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+@dataclass(slots=True)
+class Reply:
+    """A successful answer, normalised across wire formats (Ollama's names for the counts)."""
+
+    text: str | None = None
+    embeddings: list[list[float]] | None = None
+    prompt_eval_count: int | None = None
+    eval_count: int | None = None
+    eval_duration: int | None = None       # nanoseconds, as Ollama reports them
+    prompt_eval_duration: int | None = None
+    total_duration: int | None = None
+    load_duration: int | None = None
+    done_reason: str | None = None
+    model: str | None = None
+    raw: dict[str, Any] | None = None      # the server's JSON as received, for faithful outputs
+
+
+@dataclass(slots=True)
+class ServerInfo:
+    """What a probe learnt about a live server."""
+
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> details (digest...)
+    version: str | None = None
+    slots: int | None = None               # llama.cpp's /props total_slots when available
+
+
+class BackendError(Exception):
+    """A failed call. ``status`` is the HTTP status, or None for connection problems and timeouts."""
+
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False,
+                 retry_after: float | None = None, kind: str = "http") -> None:
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.kind = kind  # "http", "connection", "timeout", "protocol"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (the HTTP-date form is rare from LLM servers and ignored)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def error_message(body: bytes) -> str:
+    """The human part of an error body: Ollama's {"error": "..."} or OpenAI's {"error": {"message"}}."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = body.decode("utf-8", "replace").strip()
+        return text[:300] or "(empty body)"
+    if isinstance(data, dict):
+        err = data.get("error", data.get("detail", data))
+        if isinstance(err, dict):
+            err = err.get("message", err)
+        return str(err)[:500]
+    return str(data)[:300]
+
+
+class Backend(ABC):
+    """One server, one wire format. Instances share the engine's aiohttp session."""
+
+    kind: str = ""
+
+    def __init__(self, spec: ServerSpec, session: aiohttp.ClientSession) -> None:
+        self.spec = spec
+        self.session = session
+        self.base = spec.url
+        self._headers = {"Content-Type": "application/json"}
+        key = spec.api_key()
+        if key:
+            self._headers["Authorization"] = f"Bearer {key}"
+
+    @abstractmethod
+    async def probe(self, timeout: float) -> ServerInfo:
+        """Check the server answers and list its models."""
+
+    @abstractmethod
+    async def send(self, request: Request, timeout: float) -> Reply:
+        """Run one request (chat, generate or embed)."""
+
+    async def _post(self, path: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """POST JSON and return the decoded body, or raise a classified BackendError."""
+        data = orjson.dumps(payload)
+        return await self._call("POST", path, data, timeout)
+
+    async def _get(self, path: str, timeout: float) -> dict[str, Any]:
+        return await self._call("GET", path, None, timeout)
+
+    async def _call(self, method: str, path: str, data: bytes | None, timeout: float) -> dict[str, Any]:
+        url = self.base + path
+        try:
+            async with self.session.request(
+                method, url, data=data, headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(10.0, timeout)),
+            ) as resp:
+                body = await resp.read()
+                if resp.status >= 400:
+                    raise BackendError(
+                        f"HTTP {resp.status} from {path}: {error_message(body)}",
+                        status=resp.status,
+                        retryable=resp.status in RETRYABLE_STATUSES,
+                        retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+                    )
+        except BackendError:
+            raise
+        except TimeoutError:
+            raise BackendError(f"timed out after {timeout:g}s", retryable=True, kind="timeout") from None
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+            raise BackendError(f"connection dropped mid-answer: {exc}", retryable=True,
+                               kind="connection") from None
+        except aiohttp.ClientError as exc:
+            raise BackendError(f"connection failed: {exc}", retryable=True, kind="connection") from None
+        except OSError as exc:
+            raise BackendError(f"connection failed: {exc}", retryable=True, kind="connection") from None
+        try:
+            decoded = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise BackendError(f"invalid JSON from {path} ({len(body)} bytes)", retryable=True,
+                               kind="protocol") from None
+        if not isinstance(decoded, dict):
+            raise BackendError(f"unexpected answer from {path}: not a JSON object", retryable=True,
+                               kind="protocol")
+        return decoded
+
+
+def now_ns() -> int:
+    return time.monotonic_ns()

@@ -1,0 +1,110 @@
+"""Ollama's native API: /api/chat, /api/generate, /api/embed, /api/tags, /api/version, /api/show.
+
+Field names follow Ollama's API docs. Requests are sent with ``"stream": false`` so one HTTP answer
+carries the whole result with its counters (eval_count, eval_duration, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..requests import Request
+from .base import Backend, BackendError, Reply, ServerInfo
+
+
+def ollama_model_name(name: str) -> str:
+    """Ollama lists "llama3.2" as "llama3.2:latest"; compare names in that full form."""
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+class OllamaBackend(Backend):
+    kind = "ollama"
+
+    async def probe(self, timeout: float) -> ServerInfo:
+        version = await self._get("/api/version", timeout)
+        tags = await self._get("/api/tags", timeout)
+        models: dict[str, dict[str, Any]] = {}
+        for entry in tags.get("models") or []:
+            name = entry.get("name") or entry.get("model")
+            if name:
+                models[ollama_model_name(name)] = {
+                    "digest": entry.get("digest"), "size": entry.get("size"),
+                    "details": entry.get("details") or {},
+                }
+        return ServerInfo(models=models, version=version.get("version"))
+
+    async def show(self, model: str, timeout: float) -> dict[str, Any]:
+        """Model details (/api/show), used for provenance."""
+        return await self._post("/api/show", {"model": model}, timeout)
+
+    def _common(self, request: Request) -> dict[str, Any]:
+        payload: dict[str, Any] = {"model": request.model, "stream": False}
+        if request.options:
+            payload["options"] = request.options
+        if request.format is not None:
+            payload["format"] = request.format
+        if request.keep_alive is not None:
+            payload["keep_alive"] = request.keep_alive
+        return payload
+
+    async def send(self, request: Request, timeout: float) -> Reply:
+        if request.endpoint == "embed":
+            return await self._embed(request, timeout)
+        payload = self._common(request)
+        if request.endpoint == "generate":
+            payload["prompt"] = request.prompt
+            if request.system:
+                payload["system"] = request.system
+            data = await self._post("/api/generate", payload, timeout)
+            text = data.get("response")
+        else:
+            payload["messages"] = request.messages
+            data = await self._post("/api/chat", payload, timeout)
+            text = (data.get("message") or {}).get("content")
+        if text is None:
+            raise BackendError("answer has no text (missing message.content / response)",
+                               retryable=True, kind="protocol")
+        return Reply(
+            text=text,
+            prompt_eval_count=data.get("prompt_eval_count"),
+            eval_count=data.get("eval_count"),
+            eval_duration=data.get("eval_duration"),
+            prompt_eval_duration=data.get("prompt_eval_duration"),
+            total_duration=data.get("total_duration"),
+            load_duration=data.get("load_duration"),
+            done_reason=data.get("done_reason"),
+            model=data.get("model"),
+            raw=data,
+        )
+
+    async def _embed(self, request: Request, timeout: float) -> Reply:
+        payload: dict[str, Any] = {"model": request.model, "input": request.inputs or []}
+        if request.options:
+            payload["options"] = request.options
+        if request.keep_alive is not None:
+            payload["keep_alive"] = request.keep_alive
+        payload.update(request.extra)  # truncate, dimensions
+        try:
+            data = await self._post("/api/embed", payload, timeout)
+        except BackendError as exc:
+            if exc.status == 404 and "model" not in str(exc).lower():
+                return await self._embed_one_by_one(request, timeout)
+            raise
+        return Reply(
+            embeddings=data.get("embeddings"),
+            prompt_eval_count=data.get("prompt_eval_count"),
+            total_duration=data.get("total_duration"),
+            load_duration=data.get("load_duration"),
+            model=data.get("model"),
+        )
+
+    async def _embed_one_by_one(self, request: Request, timeout: float) -> Reply:
+        """Old Ollama servers only have /api/embeddings, one prompt per call."""
+        vectors = []
+        for text in request.inputs or []:
+            payload: dict[str, Any] = {"model": request.model, "prompt": text}
+            if request.options:
+                payload["options"] = request.options
+            data = await self._post("/api/embeddings", payload, timeout)
+            vectors.append(data.get("embedding"))
+        return Reply(embeddings=vectors, model=request.model)

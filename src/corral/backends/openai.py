@@ -1,0 +1,120 @@
+"""OpenAI-compatible servers (vLLM, llama.cpp's llama-server, SGLang, LM Studio).
+
+Paths: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, and llama.cpp's /props for
+its slot count. Ollama option names are translated (``num_predict`` -> ``max_tokens``); options that
+only mean something to Ollama's runtime (``num_ctx``, ``num_gpu``...) are not sent, because strict
+servers reject unknown fields.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..requests import Request
+from .base import Backend, BackendError, Reply, ServerInfo
+
+# Ollama runtime settings with no per-request meaning on OpenAI-compatible servers.
+_OLLAMA_ONLY = frozenset({
+    "num_ctx", "num_gpu", "num_thread", "num_batch", "main_gpu", "use_mmap", "use_mlock", "numa",
+    "low_vram", "num_keep", "vocab_only", "f16_kv",
+})
+_RENAMES = {"num_predict": "max_tokens", "repeat_penalty": "repeat_penalty"}
+
+
+def response_format(fmt: Any) -> dict[str, Any] | None:
+    """Ollama's ``format`` ("json" or a JSON Schema) as an OpenAI ``response_format``."""
+    if fmt is None:
+        return None
+    if fmt == "json":
+        return {"type": "json_object"}
+    if isinstance(fmt, dict):
+        if fmt.get("type") in ("json_object", "json_schema", "text") and "schema" not in fmt:
+            return fmt  # already an OpenAI response_format
+        return {"type": "json_schema", "json_schema": {"name": "response", "schema": fmt, "strict": True}}
+    raise BackendError(f"unsupported format {fmt!r}: use \"json\" or a JSON Schema object")
+
+
+class OpenAIBackend(Backend):
+    kind = "openai"
+
+    async def probe(self, timeout: float) -> ServerInfo:
+        listing = await self._get("/v1/models", timeout)
+        models = {
+            entry["id"]: {"owned_by": entry.get("owned_by"), "created": entry.get("created")}
+            for entry in listing.get("data") or [] if isinstance(entry, dict) and entry.get("id")
+        }
+        info = ServerInfo(models=models)
+        try:  # llama.cpp tells how many parallel slots it has; other servers answer 404
+            props = await self._get("/props", min(timeout, 5.0))
+        except BackendError:
+            return info
+        slots = props.get("total_slots")
+        info.slots = slots if isinstance(slots, int) and slots > 0 else None
+        info.version = props.get("build_info") or None
+        for alias in (props.get("model_alias"), props.get("model_path")):
+            if isinstance(alias, str) and alias and alias not in info.models:
+                info.models[alias] = {}
+        return info
+
+    def _sampling(self, request: Request) -> dict[str, Any]:
+        payload: dict[str, Any] = {}
+        for name, value in request.options.items():
+            if name in _OLLAMA_ONLY:
+                continue
+            payload[_RENAMES.get(name, name)] = value
+        fmt = response_format(request.format)
+        if fmt is not None:
+            payload["response_format"] = fmt
+        payload.update(request.extra)
+        return payload
+
+    async def send(self, request: Request, timeout: float) -> Reply:
+        if request.endpoint == "embed":
+            return await self._embed(request, timeout)
+        payload: dict[str, Any] = {"model": request.model, **self._sampling(request)}
+        if request.endpoint == "generate":
+            payload["prompt"] = request.prompt
+            data = await self._post("/v1/completions", payload, timeout)
+            choice = _first_choice(data)
+            text = choice.get("text")
+        else:
+            payload["messages"] = request.messages
+            data = await self._post("/v1/chat/completions", payload, timeout)
+            choice = _first_choice(data)
+            text = (choice.get("message") or {}).get("content")
+        if text is None:
+            raise BackendError("answer has no text (choices[0].message.content missing)",
+                               retryable=True, kind="protocol")
+        usage = data.get("usage") or {}
+        timings = data.get("timings") or {}  # llama.cpp adds these
+        predicted_ms = timings.get("predicted_ms")
+        prompt_ms = timings.get("prompt_ms")
+        return Reply(
+            text=text,
+            prompt_eval_count=usage.get("prompt_tokens"),
+            eval_count=usage.get("completion_tokens"),
+            eval_duration=int(predicted_ms * 1e6) if isinstance(predicted_ms, (int, float)) else None,
+            prompt_eval_duration=int(prompt_ms * 1e6) if isinstance(prompt_ms, (int, float)) else None,
+            done_reason=choice.get("finish_reason"),
+            model=data.get("model"),
+            raw=data,
+        )
+
+    async def _embed(self, request: Request, timeout: float) -> Reply:
+        payload: dict[str, Any] = {"model": request.model, "input": request.inputs or []}
+        payload.update(request.extra)  # dimensions, encoding_format...
+        data = await self._post("/v1/embeddings", payload, timeout)
+        rows = sorted(data.get("data") or [], key=lambda row: row.get("index", 0))
+        usage = data.get("usage") or {}
+        return Reply(
+            embeddings=[row.get("embedding") for row in rows],
+            prompt_eval_count=usage.get("prompt_tokens"),
+            model=data.get("model"),
+        )
+
+
+def _first_choice(data: dict[str, Any]) -> dict[str, Any]:
+    choices = data.get("choices")
+    if not choices or not isinstance(choices[0], dict):
+        raise BackendError("answer has no choices", retryable=True, kind="protocol")
+    return choices[0]

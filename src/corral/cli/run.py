@@ -1,0 +1,147 @@
+"""`corral run`: a prompt file through every server, durably, results in input order."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from contextlib import ExitStack
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from ..engine import EngineSettings, RetryPolicy
+from ..errors import UsageError
+from ..jobs import default_store_path, open_sinks, run_prompt_file
+from ..progress import summary_table
+from ..sources import Defaults, PromptFile
+from ..store import Store
+from . import app
+from .common import (load_config_arg, load_schema, parse_option_pairs, read_text_arg,
+                     resolve_servers, setup_logging)
+
+LOCAL_PARALLEL = 4
+
+
+@app.command("run")
+def run_command(
+    input: Optional[str] = typer.Argument(None, help="Prompt file: JSONL (any shape) or text."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="Same as INPUT (seed 001's flag)."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="Results JSONL, in input order."),
+    output_dir: Optional[str] = typer.Option(
+        None, "--output-dir", "--output_dir", help="One {prompt, response} JSON file per prompt."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="TOML config (seed 001 or [[servers]])."),
+    server: list[str] = typer.Option([], "--server", "-s", help="Server URL; repeat for several."),
+    api: str = typer.Option("ollama", "--api", help="Protocol of --server URLs: ollama or openai."),
+    local: bool = typer.Option(False, "--local", help="Run the embedded llama.cpp model (SmolLM2-135M)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Default model (a line's model wins)."),
+    system: Optional[str] = typer.Option(None, "--system", help="System message (or @file)."),
+    fmt: str = typer.Option("auto", "--format", help="Input format: auto, jsonl or text."),
+    json_mode: bool = typer.Option(False, "--json", help="Ask for a JSON answer."),
+    schema: Optional[str] = typer.Option(None, "--schema", help="JSON Schema for the answer (inline or @file)."),
+    option: list[str] = typer.Option([], "--option", "-O", help="Model option NAME=VALUE (repeatable)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    num_ctx: Optional[int] = typer.Option(None, "--num-ctx"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "--num-predict"),
+    keep_alive: Optional[str] = typer.Option(None, "--keep-alive"),
+    endpoint: str = typer.Option("chat", "--endpoint", help="chat or generate (raw completion)."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", "-j", help="Slots per server."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds per request attempt [300]."),
+    max_attempts: Optional[int] = typer.Option(None, "--max-attempts", help="Tries per failing row [5]."),
+    rate_limit_delay: float = typer.Option(0.0, "--rate-limit-delay", help="Seconds between request starts."),
+    store_path: Optional[str] = typer.Option(None, "--store", help="SQLite journal [<output>.corral.db]."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-send rows that failed before."),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Report and skip malformed lines."),
+    progress: str = typer.Option("auto", "--progress", help="auto, bar, log or none."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True),
+) -> None:
+    """Run every prompt of INPUT on the servers; re-running the same command resumes."""
+    setup_logging(verbose)
+    path = input or prompts
+    if not path:
+        raise UsageError("no prompt file: corral run PROMPTS.jsonl -o results.jsonl")
+    if input and prompts and input != prompts:
+        raise UsageError("give the prompt file once: either INPUT or --prompts")
+    if endpoint not in ("chat", "generate"):
+        raise UsageError("--endpoint must be chat or generate")
+    if api not in ("ollama", "openai"):
+        raise UsageError("--api must be ollama or openai")
+    if progress not in ("auto", "bar", "log", "none"):
+        raise UsageError("--progress must be auto, bar, log or none")
+    if json_mode and schema:
+        raise UsageError("use --json or --schema, not both")
+    if not output and not output_dir:
+        raise UsageError("no output: give -o results.jsonl and/or --output-dir DIR")
+
+    cfg = load_config_arg(config)
+    options = dict(cfg.options)
+    options.update(parse_option_pairs(option))
+    for name, value in (("temperature", temperature), ("seed", seed), ("num_ctx", num_ctx),
+                        ("num_predict", max_tokens)):
+        if value is not None:
+            options[name] = value
+    answer_format = load_schema(schema) if schema else ("json" if json_mode else cfg.format)
+
+    with ExitStack() as stack:
+        specs, local_model = resolve_servers(cfg, server, api, local, concurrency or LOCAL_PARALLEL, stack)
+        defaults = Defaults(
+            model=model or local_model or cfg.model,
+            system=read_text_arg(system, "--system") or cfg.system_message,
+            options=options, format=answer_format, keep_alive=keep_alive or cfg.keep_alive,
+            endpoint=endpoint,
+        )
+        source = PromptFile(path, defaults, fmt=fmt, skip_invalid=skip_invalid)
+        report = source.scan()
+        for problem in report.invalid:
+            print(f"corral: skipping {problem}", file=sys.stderr)
+        sinks = open_sinks(output, output_dir, report, stack)
+        store = stack.enter_context(Store(store_path or default_store_path(output, output_dir)))
+        retry = RetryPolicy(max_attempts=max_attempts or cfg.max_attempts or 5)
+        settings = EngineSettings(
+            timeout=timeout or cfg.timeout or 300.0, retry=retry, concurrency=concurrency,
+            rate_limit_delay=rate_limit_delay, retry_failed=retry_failed,
+        )
+        result = _run_interruptibly(run_prompt_file(
+            source, servers=specs, store=store, settings=settings, sinks=sinks,
+            progress=progress, argv=sys.argv,
+        ), store.path)
+
+    stats = result.stats
+    err = Console(file=sys.stderr)
+    for message in result.unreachable:
+        err.print(f"[yellow]corral: skipped unreachable server {message}[/yellow]", highlight=False)
+    if progress != "none" and result.engine is not None:
+        err.print(summary_table(result.engine))
+    where = " and ".join(x for x in (output, output_dir) if x)
+    err.print(f"corral: {stats.ok} ok, {stats.failed} failed, {stats.cached} from the store; "
+              f"results in {where}", highlight=False)
+    if result.failures:
+        err.print(f"[red]corral: {stats.failed} row(s) failed:[/red]", highlight=False)
+        for failure in result.failures[:20]:
+            err.print(f"  line {failure.request.meta.get('line', '?')} (id {failure.request.id}): "
+                      f"{failure.error}", highlight=False, markup=False)
+        if stats.failed > 20:
+            err.print(f"  ... and {stats.failed - 20} more (see the error field in the output)")
+        err.print("corral: re-run with --retry-failed to send them again", highlight=False)
+        raise typer.Exit(1)
+
+
+def _run_interruptibly(coro, store_path: str):  # type: ignore[no-untyped-def]
+    """Run the job; on Ctrl-C or SIGTERM stop cleanly: arrived results are journaled, exit 130."""
+
+    async def main():  # type: ignore[no-untyped-def]
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        assert task is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        return await coro
+
+    try:
+        return asyncio.run(main())
+    except asyncio.CancelledError:
+        print(f"\ncorral: interrupted; finished results are kept in {store_path}: "
+              "run the same command again to resume", file=sys.stderr)
+        raise typer.Exit(130) from None

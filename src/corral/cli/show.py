@@ -1,0 +1,32 @@
+"""`corral show`: print prompts and answers for people (seed 001's response-printer)."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ..sinks import iter_result_files
+from . import app
+
+RULE = "#" * 40
+
+
+@app.command("show")
+def show_command(
+    source: str = typer.Argument(..., help="Folder of per-prompt JSON files, or a results JSONL."),
+    errors_only: bool = typer.Option(False, "--errors", help="Only rows that failed."),
+) -> None:
+    """Print each prompt and its response, file by file (or row by row)."""
+    out = sys.stdout
+    for label, data in iter_result_files(source):
+        if errors_only and not data.get("error"):
+            continue
+        kind = "File" if label.endswith(".json") else "Item"
+        out.write(f"{RULE}\n# {kind}: {label}\n{RULE}\n")
+        if data.get("prompt") is not None:
+            out.write(f"Prompt:\n{data.get('prompt')}\n\n")
+        if data.get("error"):
+            out.write(f"Error:\n{data['error']}\n\n")
+        else:
+            out.write(f"Response:\n{data.get('response')}\n\n")

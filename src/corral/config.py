@@ -1,0 +1,262 @@
+"""Servers and job settings from flags, the environment and TOML files.
+
+Two TOML shapes are read. Seed 001's (ollama-batch-cluster) file, as users already have it::
+
+    model = "llama3.2"
+    system_message = "..."
+    [ollama_instances]
+    "server1:11432" = 0          # "host:port" = GPU index
+
+and the richer form with one table per server::
+
+    model = "llama3.2"
+    [[servers]]
+    url = "http://gpu1:11434"
+    api = "ollama"               # or "openai"
+    models = ["llama3.2"]        # optional; probed when absent
+    max_concurrency = 4          # this server's slots
+
+Unknown keys are an error: a typo such as ``max_concurency`` would otherwise silently fall back to a
+default and leave GPUs idle for hours.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+APIS = ("ollama", "openai")
+DEFAULT_OLLAMA_PORT = 11434
+
+_TOP_KEYS = {
+    "model", "system_message", "ollama_instances", "servers", "options", "timeout",
+    "max_attempts", "api", "max_concurrency", "format", "keep_alive",
+}
+_SERVER_KEYS = {
+    "url", "api", "models", "max_concurrency", "api_key_env", "gpu", "name", "timeout",
+}
+_OPTION_KEYS_HINT = "temperature, seed, num_ctx, num_predict, top_p, top_k, stop, ..."
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSpec:
+    """One server as the user described it, before any probing."""
+
+    url: str
+    api: str = "ollama"
+    models: tuple[str, ...] | None = None
+    max_concurrency: int | None = None
+    api_key_env: str | None = None
+    gpu: int | None = None
+    name: str | None = None
+    timeout: float | None = None
+
+    @property
+    def label(self) -> str:
+        """A short name for tables and logs: host:port unless the user named it."""
+        if self.name:
+            return self.name
+        parts = urlsplit(self.url)
+        return parts.netloc or self.url
+
+    def api_key(self) -> str | None:
+        """Read the key from the environment at use time, so it is never stored or logged."""
+        if not self.api_key_env:
+            return None
+        return os.environ.get(self.api_key_env) or None
+
+
+@dataclass(slots=True)
+class Config:
+    """Everything a config file may set; flags override field by field."""
+
+    servers: list[ServerSpec] = field(default_factory=list)
+    model: str | None = None
+    system_message: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    format: Any = None
+    keep_alive: str | int | None = None
+    timeout: float | None = None
+    max_attempts: int | None = None
+    path: str | None = None
+
+
+def normalize_url(raw: str, api: str = "ollama") -> str:
+    """Accept "host:port", "host", or a full URL; return "scheme://host:port" without a trailing slash.
+
+    Ollama's own OLLAMA_HOST accepts the bare forms, so we do too.
+    """
+    text = raw.strip()
+    if not text:
+        raise ConfigError("empty server URL")
+    if "://" not in text:
+        text = "http://" + text
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"bad server URL {raw!r}: expected http://host:port")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"bad server URL {raw!r}: the port is not a number") from None
+    if port is None and api == "ollama" and parts.scheme == "http":
+        port = DEFAULT_OLLAMA_PORT
+    host = parts.hostname
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = f"{host}:{port}" if port else host
+    path = parts.path.rstrip("/")
+    if api == "openai" and path.endswith("/v1"):
+        path = path[: -len("/v1")]  # we add /v1 ourselves; accept both spellings
+    return f"{parts.scheme}://{netloc}{path}"
+
+
+def server_from_url(url: str, api: str = "ollama", **extra: Any) -> ServerSpec:
+    if api not in APIS:
+        raise ConfigError(f"unknown api {api!r} for {url}: use one of {', '.join(APIS)}")
+    return ServerSpec(url=normalize_url(url, api), api=api, **extra)
+
+
+def default_servers() -> list[ServerSpec]:
+    """OLLAMA_HOST if set, else the local Ollama default."""
+    host = os.environ.get("OLLAMA_HOST") or f"127.0.0.1:{DEFAULT_OLLAMA_PORT}"
+    return [server_from_url(host, "ollama")]
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read a TOML config; any problem is a ConfigError naming the file."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text ({exc.reason})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+    return parse_config(data, str(p))
+
+
+def parse_config(data: dict[str, Any], where: str = "<config>") -> Config:
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_TOP_KEYS))}"
+        )
+    default_api = _expect(data.get("api", "ollama"), str, where, "api")
+    if default_api not in APIS:
+        raise ConfigError(f"{where}: api must be one of {', '.join(APIS)}, not {default_api!r}")
+    default_slots = data.get("max_concurrency")
+    if default_slots is not None:
+        default_slots = _positive_int(default_slots, where, "max_concurrency")
+
+    servers: list[ServerSpec] = []
+    instances = data.get("ollama_instances", {})
+    if not isinstance(instances, dict):
+        raise ConfigError(f"{where}: [ollama_instances] must be a table of \"host:port\" = gpu")
+    for hostport, gpu in instances.items():
+        if not isinstance(gpu, int):
+            raise ConfigError(f"{where}: ollama_instances.{hostport} must be a GPU index (integer)")
+        servers.append(server_from_url(hostport, "ollama", gpu=gpu, max_concurrency=default_slots))
+
+    raw_servers = data.get("servers", [])
+    if not isinstance(raw_servers, list):
+        raise ConfigError(f"{where}: servers must be an array of tables: [[servers]]")
+    for i, entry in enumerate(raw_servers, 1):
+        servers.append(_parse_server(entry, f"{where}: servers[{i}]", default_api, default_slots))
+
+    seen: set[str] = set()
+    for spec in servers:
+        if spec.url in seen:
+            raise ConfigError(f"{where}: server {spec.url} is listed twice")
+        seen.add(spec.url)
+
+    options = data.get("options", {})
+    if not isinstance(options, dict):
+        raise ConfigError(f"{where}: options must be a table ({_OPTION_KEYS_HINT})")
+    timeout = data.get("timeout")
+    if timeout is not None:
+        timeout = _positive_float(timeout, where, "timeout")
+    attempts = data.get("max_attempts")
+    if attempts is not None:
+        attempts = _positive_int(attempts, where, "max_attempts")
+    return Config(
+        servers=servers,
+        model=_opt_str(data.get("model"), where, "model"),
+        system_message=_opt_str(data.get("system_message"), where, "system_message"),
+        options=dict(options),
+        format=data.get("format"),
+        keep_alive=data.get("keep_alive"),
+        timeout=timeout,
+        max_attempts=attempts,
+        path=where,
+    )
+
+
+def _parse_server(entry: Any, where: str, default_api: str, default_slots: int | None) -> ServerSpec:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: must be a table with at least url = \"http://host:port\"")
+    unknown = sorted(set(entry) - _SERVER_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_SERVER_KEYS))}"
+        )
+    if "url" not in entry:
+        raise ConfigError(f"{where}: missing url")
+    api = _expect(entry.get("api", default_api), str, where, "api")
+    models = entry.get("models")
+    if models is not None:
+        if isinstance(models, str):
+            models = [models]
+        if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+            raise ConfigError(f"{where}: models must be a list of model names")
+        models = tuple(models)
+    slots = entry.get("max_concurrency", default_slots)
+    if slots is not None:
+        slots = _positive_int(slots, where, "max_concurrency")
+    timeout = entry.get("timeout")
+    if timeout is not None:
+        timeout = _positive_float(timeout, where, "timeout")
+    gpu = entry.get("gpu")
+    if gpu is not None and not isinstance(gpu, int):
+        raise ConfigError(f"{where}: gpu must be an integer")
+    try:
+        return server_from_url(
+            _expect(entry["url"], str, where, "url"), api,
+            models=models, max_concurrency=slots,
+            api_key_env=_opt_str(entry.get("api_key_env"), where, "api_key_env"),
+            gpu=gpu, name=_opt_str(entry.get("name"), where, "name"), timeout=timeout,
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _expect(value: Any, kind: type, where: str, key: str) -> Any:
+    if not isinstance(value, kind):
+        raise ConfigError(f"{where}: {key} must be a {kind.__name__}, not {value!r}")
+    return value
+
+
+def _opt_str(value: Any, where: str, key: str) -> str | None:
+    return None if value is None else _expect(value, str, where, key)
+
+
+def _positive_int(value: Any, where: str, key: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{where}: {key} must be a positive integer, not {value!r}")
+    return value
+
+
+def _positive_float(value: Any, where: str, key: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{where}: {key} must be a positive number, not {value!r}")
+    return float(value)
+
+
+def with_overrides(spec: ServerSpec, **changes: Any) -> ServerSpec:
+    return replace(spec, **{k: v for k, v in changes.items() if v is not None})

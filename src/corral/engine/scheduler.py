@@ -1,0 +1,442 @@
+"""The engine: one queue, many servers, each with its own slots pulling the next item when free.
+
+Pull-based scheduling is what keeps a mixed fleet busy to the end: a fast server simply comes back
+for more sooner, and a slow one never holds a fixed slice of the input. The engine knows requests,
+servers and the store; it knows nothing about files, tables or terminals. Results leave through
+``on_outcome`` in input order (a small reorder buffer), and the input is read only as far ahead as
+``window`` rows, so memory does not grow with the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from ..backends import BackendError, ServerInfo, make_backend
+from ..config import ServerSpec
+from ..errors import NoServerError
+from ..requests import Request, request_key
+from ..results import Outcome
+from ..store import Store
+from .queue import WorkQueue
+from .retry import BUSY_STATUSES, RetryPolicy
+from .servers import ServerState, default_slots, describe_probe_error, probe_one, resolve_model
+
+log = logging.getLogger("corral")
+
+DISPATCH_BATCH = 256
+
+
+@dataclass(slots=True)
+class EngineSettings:
+    timeout: float = 300.0            # seconds per request attempt (a server may override)
+    probe_timeout: float = 5.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    window: int | None = None         # rows read ahead of the oldest unfinished one
+    rate_limit_delay: float = 0.0     # seconds between request starts (seed 003's knob)
+    concurrency: int | None = None    # slots per server, overriding config and probes
+    max_outage: float = 300.0         # seconds with no live server for a model before its rows fail
+    retry_failed: bool = False        # re-send rows that failed in an earlier run
+
+
+@dataclass(slots=True)
+class JobStats:
+    """Live counters, read by progress displays while the job runs."""
+
+    total: int | None = None
+    read: int = 0
+    done: int = 0
+    ok: int = 0
+    failed: int = 0
+    cached: int = 0
+    deduplicated: int = 0
+    sent: int = 0
+    retries: int = 0
+    in_flight: int = 0
+    queued: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return {
+            "total": self.total, "done": self.done, "ok": self.ok, "failed": self.failed,
+            "cached": self.cached, "deduplicated": self.deduplicated, "sent": self.sent,
+            "retries": self.retries, "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens, "seconds": round(self.elapsed, 3),
+        }
+
+
+@dataclass(slots=True, eq=False)
+class _Item:
+    request: Request
+    attempts: int = 0
+    failures: int = 0
+    busy: int = 0
+    followers: list[Request] = field(default_factory=list)
+
+
+class Engine:
+    """Probe servers, then run streams of requests over them. Use as ``async with Engine(...)``."""
+
+    def __init__(self, servers: list[ServerSpec], store: Store | None = None,
+                 settings: EngineSettings | None = None) -> None:
+        if not servers:
+            raise NoServerError("no servers given: pass --server URL, --config FILE or --local")
+        self.specs = servers
+        self.store = store if store is not None else Store(None)
+        self.settings = settings or EngineSettings()
+        self.servers: list[ServerState] = []
+        self.unreachable: list[str] = []
+        self.stats = JobStats()
+        self._session: aiohttp.ClientSession | None = None
+        self._serves: dict[tuple[int, str], bool] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._closing = False
+
+    # -- set-up -----------------------------------------------------------------------------------
+    async def __aenter__(self) -> "Engine":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Open the HTTP session and probe every server; unreachable ones are reported and skipped."""
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
+        self._session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
+        backends = [make_backend(spec, self._session) for spec in self.specs]
+        probes = await asyncio.gather(*(probe_one(b, self.settings.probe_timeout) for b in backends))
+        for spec, backend, result in zip(self.specs, backends, probes):
+            if isinstance(result, ServerInfo):
+                slots = self.settings.concurrency or default_slots(spec, result)
+                self.servers.append(ServerState(spec=spec, backend=backend, info=result, slots=slots))
+            else:
+                message = describe_probe_error(spec, result)
+                self.unreachable.append(message)
+                log.warning("skipping server %s", message)
+        if not self.servers:
+            await self.aclose()
+            raise NoServerError("no server answered: " + "; ".join(self.unreachable))
+
+    async def aclose(self) -> None:
+        self._closing = True
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def serves(self, server: ServerState, model: str) -> bool:
+        key = (id(server), model)
+        known = self._serves.get(key)
+        if known is None:
+            known = self._serves[key] = resolve_model(server, model) is not None
+        return known
+
+    def check_models(self, models: Iterable[str]) -> None:
+        """Fail fast, before any request, when a model is on no live server."""
+        missing = [m for m in dict.fromkeys(models) if not any(self.serves(s, m) for s in self.servers)]
+        if not missing:
+            return
+        have = "; ".join(
+            f"{s.label} has {', '.join(sorted(s.spec.models or s.info.models)) or 'no models'}"
+            for s in self.servers
+        )
+        names = ", ".join(repr(m) for m in missing)
+        hint = " (pull it with `ollama pull MODEL` on each server)" if any(
+            s.spec.api == "ollama" for s in self.servers) else ""
+        raise NoServerError(f"model {names} is not on any live server{hint}: {have}")
+
+    def key_kind(self, model: str) -> str:
+        """The backend kind(s) that will answer this model: part of the request's stable key."""
+        kinds = sorted({s.spec.api for s in self.servers if self.serves(s, model)})
+        return "+".join(kinds) or "none"
+
+    def model_details(self, model: str) -> dict[str, object]:
+        """Digest and friends for provenance, from the first live server having the model."""
+        for server in self.servers:
+            name = resolve_model(server, model)
+            if name is not None:
+                return {"server": server.label, "name": name, **server.info.models.get(name, {})}
+        return {}
+
+    @property
+    def total_slots(self) -> int:
+        return sum(s.slots for s in self.servers)
+
+    # -- running ----------------------------------------------------------------------------------
+    async def run(self, requests: Iterable[Request], on_outcome: Callable[[Outcome], None],
+                  total: int | None = None) -> JobStats:
+        """Run every request; ``on_outcome`` receives one Outcome per request, in input order."""
+        self._closing = False
+        self.stats = JobStats(total=total)
+        loop = asyncio.get_running_loop()
+        window_size = self.settings.window or max(2048, 16 * self.total_slots)
+        self._window = asyncio.Semaphore(window_size)
+        self._queue: WorkQueue[_Item] = WorkQueue(lambda item: item.request.model)
+        self._on_outcome = on_outcome
+        self._reorder: dict[int, Outcome] = {}
+        self._next_out = 0
+        self._leaders: dict[str, _Item] = {}
+        self._outstanding = 0
+        self._all_read = False
+        self._done = loop.create_future()
+        self._flush_handle: asyncio.Handle | None = None
+        self._next_start = 0.0
+        self._no_server_since: dict[str, float] = {}
+
+        workers = [
+            asyncio.create_task(self._worker(server), name=f"corral-{server.label}-{i}")
+            for server in self.servers for i in range(server.slots)
+        ]
+        watchdog = asyncio.create_task(self._watch_outages())
+        try:
+            await self._produce(requests)
+            self._all_read = True
+            if self._outstanding == 0 and not self._done.done():
+                self._done.set_result(None)
+            await self._done
+        finally:
+            self._closing = True
+            self._queue.close()
+            for handle in self._timers:
+                handle.cancel()
+            self._timers.clear()
+            for task in (*workers, watchdog, *self._tasks):
+                task.cancel()
+            await asyncio.gather(*workers, watchdog, *self._tasks, return_exceptions=True)
+            self._tasks.clear()
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+            self.store.flush()
+            self.stats.finished = time.monotonic()
+        return self.stats
+
+    async def _produce(self, requests: Iterable[Request]) -> None:
+        batch: list[Request] = []
+        index = 0
+        for request in requests:
+            if self._window.locked() and batch:
+                self._dispatch(batch)
+                batch = []
+            await self._window.acquire()
+            request.index = index
+            index += 1
+            if not request.key:
+                request.key = request_key(request, self.key_kind(request.model))
+            batch.append(request)
+            if len(batch) >= DISPATCH_BATCH:
+                self._dispatch(batch)
+                batch = []
+                await asyncio.sleep(0)  # let slots start on what is queued
+        if batch:
+            self._dispatch(batch)
+
+    def _dispatch(self, batch: list[Request]) -> None:
+        self.store.flush()  # so results of this run are visible to the lookup below
+        stored = self.store.lookup(r.key for r in batch)
+        for request in batch:
+            self.stats.read += 1
+            leader = self._leaders.get(request.key)
+            if leader is not None:
+                leader.followers.append(request)
+                self.stats.deduplicated += 1
+                continue
+            row = stored.get(request.key)
+            if row is not None and (row["status"] == "ok" or not self.settings.retry_failed):
+                self.stats.cached += 1
+                self._deliver(self.store.outcome_from_row(request, row))
+                continue
+            item = _Item(request)
+            self._leaders[request.key] = item
+            self._outstanding += 1
+            self._queue.put(item)
+        self.stats.queued = len(self._queue)
+
+    async def _worker(self, server: ServerState) -> None:
+        accepts = lambda model: self.serves(server, model)  # noqa: E731
+        while True:
+            if server.benched:
+                await server.available.wait()
+            item = await self._queue.get(accepts)
+            if item is None:
+                return
+            if server.benched:
+                self._queue.put(item, front=True)
+                continue
+            if self.settings.rate_limit_delay > 0:
+                await self._pace()
+            await self._attempt(server, item)
+
+    async def _pace(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        start = max(now, self._next_start)
+        self._next_start = start + self.settings.rate_limit_delay
+        if start > now:
+            await asyncio.sleep(start - now)
+
+    async def _attempt(self, server: ServerState, item: _Item) -> None:
+        request = item.request
+        timeout = server.spec.timeout or self.settings.timeout
+        server.in_flight += 1
+        self.stats.in_flight += 1
+        self.stats.sent += 1
+        server.stats.requests += 1
+        started_wall = time.time()
+        t0 = time.perf_counter()
+        try:
+            reply = await server.backend.send(request, timeout)
+        except BackendError as exc:
+            self._on_error(server, item, exc, started_wall, time.perf_counter() - t0)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug or an answer we cannot parse: the row fails, the run goes on
+            log.exception("unexpected error from %s", server.label)
+            self._on_error(server, item, BackendError(f"{type(exc).__name__}: {exc}", kind="protocol"),
+                           started_wall, time.perf_counter() - t0)
+            return
+        finally:
+            server.in_flight -= 1
+            self.stats.in_flight -= 1
+            server.stats.busy_seconds += time.perf_counter() - t0
+        latency = time.perf_counter() - t0
+        server.on_success()
+        server.stats.ok += 1
+        server.stats.prompt_tokens += reply.prompt_eval_count or 0
+        server.stats.completion_tokens += reply.eval_count or 0
+        server.stats.eval_ns += reply.eval_duration or 0
+        self.stats.prompt_tokens += reply.prompt_eval_count or 0
+        self.stats.completion_tokens += reply.eval_count or 0
+        item.attempts += 1
+        self._finish(item, Outcome(
+            request=request, reply=reply, attempts=item.attempts, server=server.label,
+            latency=latency, started_at=started_wall, finished_at=time.time(),
+        ))
+
+    def _on_error(self, server: ServerState, item: _Item, exc: BackendError, started: float,
+                  latency: float) -> None:
+        item.attempts += 1
+        server.stats.errors += 1
+        busy = exc.status in BUSY_STATUSES
+        if busy:
+            item.busy += 1
+        else:
+            item.failures += 1
+        if server.on_failure(exc):
+            self._bench(server)
+        policy = self.settings.retry
+        can_retry = exc.retryable and (
+            item.busy < policy.busy_attempts if busy else item.failures < policy.max_attempts)
+        if can_retry and not self._closing:
+            self.stats.retries += 1
+            delay = policy.delay(item.busy if busy else item.failures, exc.retry_after)
+            log.info("retrying %s in %.2fs after %s from %s", item.request.id, delay, exc, server.label)
+            handle = asyncio.get_running_loop().call_later(delay, self._requeue, item)
+            self._timers.add(handle)
+            return
+        self._finish(item, Outcome(
+            request=item.request, error=str(exc), error_kind=exc.kind, status_code=exc.status,
+            attempts=item.attempts, server=server.label, latency=latency, started_at=started,
+            finished_at=time.time(),
+        ))
+
+    def _requeue(self, item: _Item) -> None:
+        self._timers = {h for h in self._timers if not h.cancelled() and h.when() > 0}
+        if not self._closing:
+            self._queue.put(item, front=True)
+
+    def _bench(self, server: ServerState) -> None:
+        server.bench()
+        log.warning("benching %s after %d failures in a row: %s", server.label,
+                    server.consecutive_failures, server.last_error)
+        task = asyncio.create_task(self._reprobe(server))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reprobe(self, server: ServerState) -> None:
+        while server.benched and not self._closing:
+            await asyncio.sleep(server.cooldown)
+            result = await probe_one(server.backend, self.settings.probe_timeout)
+            if isinstance(result, ServerInfo):
+                log.warning("server %s is back", server.label)
+                server.unbench()
+                return
+            server.cooldown = min(server.cooldown * 2, 60.0)
+
+    async def _watch_outages(self) -> None:
+        """Fail the rows of a model once no live server has had it for ``max_outage`` seconds."""
+        while True:
+            await asyncio.sleep(min(1.0, self.settings.max_outage / 4))
+            now = time.monotonic()
+            for model in self._queue.models_waiting():
+                if any(not s.benched and self.serves(s, model) for s in self.servers):
+                    self._no_server_since.pop(model, None)
+                    continue
+                since = self._no_server_since.setdefault(model, now)
+                if now - since < self.settings.max_outage:
+                    continue
+                reasons = "; ".join(f"{s.label}: {s.last_error}" for s in self.servers
+                                    if self.serves(s, model))
+                for item in self._queue.take_all(model):
+                    self._finish(item, Outcome(
+                        request=item.request, attempts=item.attempts, error_kind="no_server",
+                        error=f"no live server for {model} for {self.settings.max_outage:g}s ({reasons})",
+                        finished_at=time.time(),
+                    ))
+
+    def _finish(self, item: _Item, outcome: Outcome) -> None:
+        self._leaders.pop(item.request.key, None)
+        self._outstanding -= 1
+        self.store.record(outcome)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+        self._deliver(outcome)
+        for follower in item.followers:
+            self._deliver(outcome.for_request(follower))
+        if self._all_read and self._outstanding == 0 and not self._done.done():
+            self._done.set_result(None)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        try:
+            self.store.flush()
+        except Exception as exc:  # the store cannot be written: stop the run, keep what is safe
+            if not self._done.done():
+                self._done.set_exception(exc)
+
+    def _deliver(self, outcome: Outcome) -> None:
+        """Pass outcomes on in input order; each one passed on frees a row of the read-ahead window."""
+        index = outcome.request.index
+        if index != self._next_out:
+            self._reorder[index] = outcome
+            return
+        self._emit(outcome)
+        while self._next_out in self._reorder:
+            self._emit(self._reorder.pop(self._next_out))
+
+    def _emit(self, outcome: Outcome) -> None:
+        self._next_out += 1
+        self.stats.done += 1
+        if outcome.ok:
+            self.stats.ok += 1
+        else:
+            self.stats.failed += 1
+        self._window.release()
+        try:
+            self._on_outcome(outcome)
+        except Exception as exc:  # e.g. the output disk is full: stop, the store has the results
+            if not self._done.done():
+                self._done.set_exception(exc)

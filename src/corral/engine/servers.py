@@ -1,0 +1,122 @@
+"""Live server state: what each server can run, how many slots it has, and whether it is benched.
+
+A server that keeps failing is benched: its slots stop taking work, a re-probe runs after a
+cool-down that doubles each time (capped), and the server rejoins when it answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from ..backends import Backend, BackendError, ServerInfo, ollama_model_name
+from ..config import ServerSpec
+
+DEFAULT_SLOTS = {"ollama": 4, "openai": 8}
+FAILURES_BEFORE_BENCH = 3
+
+
+@dataclass(slots=True)
+class ServerStats:
+    requests: int = 0
+    ok: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    eval_ns: int = 0
+    busy_seconds: float = 0.0
+    benched: int = 0
+
+
+@dataclass(eq=False)
+class ServerState:
+    spec: ServerSpec
+    backend: Backend
+    info: ServerInfo
+    slots: int
+    available: asyncio.Event = field(default_factory=asyncio.Event)
+    consecutive_failures: int = 0
+    cooldown: float = 2.0
+    in_flight: int = 0
+    stats: ServerStats = field(default_factory=ServerStats)
+    last_error: str | None = None
+    benched_since: float | None = None
+
+    def __post_init__(self) -> None:
+        self.available.set()
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
+    @property
+    def benched(self) -> bool:
+        return not self.available.is_set()
+
+    def serves(self, model: str) -> bool:
+        return resolve_model(self, model) is not None
+
+    def on_success(self) -> None:
+        self.consecutive_failures = 0
+
+    def on_failure(self, error: BackendError) -> bool:
+        """Count a failure that says something about the server; True if it should now be benched."""
+        self.last_error = str(error)
+        if error.kind in ("connection", "timeout") or (error.status or 0) in (500, 502, 504):
+            self.consecutive_failures += 1
+        return self.consecutive_failures >= FAILURES_BEFORE_BENCH and not self.benched
+
+    def bench(self) -> None:
+        self.available.clear()
+        self.benched_since = time.monotonic()
+        self.stats.benched += 1
+
+    def unbench(self) -> None:
+        self.consecutive_failures = 0
+        self.cooldown = 2.0
+        self.benched_since = None
+        self.available.set()
+
+
+def resolve_model(server: ServerState, model: str) -> str | None:
+    """The server's own name for ``model``, or None when it does not have it."""
+    names = server.spec.models if server.spec.models is not None else tuple(server.info.models)
+    if model in names:
+        return model
+    if server.spec.api == "ollama":
+        full = ollama_model_name(model)
+        for name in names:
+            if ollama_model_name(name) == full:
+                return name
+    return None
+
+
+def default_slots(spec: ServerSpec, info: ServerInfo) -> int:
+    """Configured slots win; else what llama.cpp reports; else a per-protocol default."""
+    if spec.max_concurrency:
+        return spec.max_concurrency
+    if info.slots:
+        return info.slots
+    return DEFAULT_SLOTS.get(spec.api, 4)
+
+
+async def probe_one(backend: Backend, timeout: float) -> ServerInfo | BackendError:
+    try:
+        return await backend.probe(timeout)
+    except BackendError as exc:
+        return exc
+
+
+def describe_probe_error(spec: ServerSpec, error: BackendError) -> str:
+    if error.kind == "connection":
+        return f"{spec.label}: unreachable ({error})"
+    if error.kind == "timeout":
+        return f"{spec.label}: no answer to the probe ({error})"
+    if error.status in (401, 403):
+        hint = f" (is ${spec.api_key_env} set?)" if spec.api_key_env else " (set api_key_env in the config)"
+        return f"{spec.label}: authentication refused, HTTP {error.status}{hint}"
+    if error.status == 404:
+        other = "openai" if spec.api == "ollama" else "ollama"
+        return f"{spec.label}: answered 404 to the probe; is it an {other} server? ({error})"
+    return f"{spec.label}: probe failed ({error})"

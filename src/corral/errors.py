@@ -1,0 +1,36 @@
+"""Exceptions that fronts turn into one clear line and an exit code.
+
+Anything a user can fix (a bad flag, a malformed input line, a config typo, an unknown model) is a
+`UsageError`: the CLI prints its message and exits 2, with no traceback. Errors that belong to a
+single item (a 400 from a server, a timeout after all retries) are never raised: they become that
+item's `error` value so the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+
+class CorralError(Exception):
+    """Base class for corral's own exceptions."""
+
+
+class UsageError(CorralError):
+    """The user asked for something impossible: exit 2 with this message."""
+
+
+class ConfigError(UsageError):
+    """The config file or server list is wrong."""
+
+
+class InputError(UsageError):
+    """An input file is malformed; the message names the file and line."""
+
+    def __init__(self, path: str, line: int | None, problem: str) -> None:
+        self.path = path
+        self.line = line
+        self.problem = problem
+        where = f"{path}:{line}" if line is not None else path
+        super().__init__(f"{where}: {problem}")
+
+
+class NoServerError(UsageError):
+    """No live server can serve a model the job needs."""

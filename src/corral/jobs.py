@@ -1,0 +1,118 @@
+"""Build and run a job from a prompt file: source -> engine -> sinks, with the store alongside.
+
+The CLI is a thin layer over this; the Python API builds its requests in memory and calls the same
+engine. Nothing here speaks HTTP or parses a wire format.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from .config import ServerSpec
+from .engine import Engine, EngineSettings, JobStats
+from .errors import UsageError
+from .progress import ProgressDisplay
+from .requests import Request
+from .results import Outcome
+from .sources import PromptFile, ScanReport
+from .store import Store
+
+log = logging.getLogger("corral")
+
+
+class Sink(Protocol):
+    def write(self, outcome: Outcome) -> None: ...
+    def close(self, complete: bool = True) -> None: ...
+
+
+@dataclass(slots=True)
+class JobResult:
+    stats: JobStats
+    failures: list[Outcome] = field(default_factory=list)
+    unreachable: list[str] = field(default_factory=list)
+    engine: Engine | None = None
+
+
+def default_store_path(output: str | None, output_dir: str | None) -> Path | None:
+    """The store lives beside the output, so re-running the same command finds it."""
+    if output:
+        return Path(output).with_name(Path(output).name + ".corral.db")
+    if output_dir:
+        return Path(output_dir) / ".corral.db"
+    return None
+
+
+async def run_requests(
+    requests: Iterable[Request], *, servers: list[ServerSpec], store: Store,
+    settings: EngineSettings, sinks: list[Sink], models: Iterable[str], total: int | None = None,
+    progress: str = "auto", keep_failures: int = 1000, argv: list[str] | None = None,
+) -> JobResult:
+    """Probe, check models, run, and write every outcome to every sink in input order."""
+    failures: list[Outcome] = []
+
+    def on_outcome(outcome: Outcome) -> None:
+        for sink in sinks:
+            sink.write(outcome)
+        if not outcome.ok and len(failures) < keep_failures:
+            failures.append(outcome)
+
+    complete = False
+    async with Engine(servers, store, settings) as engine:
+        engine.check_models(models)
+        store.start_run(argv, {"servers": [s.label for s in engine.servers],
+                               "unreachable": engine.unreachable})
+        try:
+            async with ProgressDisplay(engine, progress):
+                stats = await engine.run(requests, on_outcome, total=total)
+            complete = True
+        finally:
+            for sink in sinks:
+                sink.close(complete=complete)
+            store.finish_run(engine.stats.as_dict())
+    return JobResult(stats=stats, failures=failures, unreachable=engine.unreachable, engine=engine)
+
+
+async def run_prompt_file(
+    source: PromptFile, *, servers: list[ServerSpec], store: Store, settings: EngineSettings,
+    sinks: list[Sink], progress: str = "auto", argv: list[str] | None = None,
+) -> JobResult:
+    report = source.report or source.scan()
+    for problem in report.invalid:
+        log.warning("skipping invalid line: %s", problem)
+    return await run_requests(
+        iter(source), servers=servers, store=store, settings=settings, sinks=sinks,
+        models=report.models, total=report.rows, progress=progress, argv=argv,
+    )
+
+
+def open_sinks(output: str | None, output_dir: str | None, report: ScanReport,
+               stack: ExitStack) -> list[Sink]:
+    """The writers asked for; the JSONL shape follows the input (Batch lines in, Batch lines out)."""
+    from .sinks import JsonlSink, PromptFilesSink
+
+    sinks: list[Sink] = []
+    if output:
+        if Path(output).is_dir():
+            raise UsageError(f"{output}: is a folder; use --output-dir for one file per prompt")
+        sinks.append(JsonlSink(output, openai_batch=report.openai_batch))
+    if output_dir:
+        sinks.append(PromptFilesSink(output_dir))
+    if not sinks:
+        raise UsageError("no output: give -o results.jsonl and/or --output-dir DIR")
+    return sinks
+
+
+def iter_chunks(items: Iterable[Request], size: int) -> Iterator[list[Request]]:
+    chunk: list[Request] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

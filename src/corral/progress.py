@@ -1,0 +1,123 @@
+"""Progress while a job runs, and the summary after: a live bar on a terminal, log lines elsewhere.
+
+The display only reads the engine's counters on a timer; the engine never waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from typing import TextIO
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .engine import Engine, JobStats
+
+
+def _rate(stats: JobStats) -> float:
+    sent_done = stats.done - stats.cached
+    return sent_done / stats.elapsed if stats.elapsed > 0 else 0.0
+
+
+def _eta(stats: JobStats) -> str:
+    rate = _rate(stats)
+    if not stats.total or rate <= 0:
+        return "?"
+    left = max(0, stats.total - stats.done) / rate
+    return time.strftime("%H:%M:%S", time.gmtime(left)) if left >= 60 else f"{left:.0f}s"
+
+
+def status_line(engine: Engine) -> str:
+    s = engine.stats
+    total = f"/{s.total}" if s.total is not None else ""
+    servers = "  ".join(
+        f"{srv.label}{' [benched]' if srv.benched else ''} {srv.in_flight}/{srv.slots} busy, {srv.stats.ok} ok"
+        for srv in engine.servers
+    )
+    return (f"corral: {s.done}{total} done, {s.failed} failed, {s.cached} cached, {s.retries} retries, "
+            f"{_rate(s):.1f} req/s, ETA {_eta(s)} | {servers}")
+
+
+class ProgressDisplay:
+    """Use as ``async with ProgressDisplay(engine, mode):`` around ``engine.run(...)``."""
+
+    def __init__(self, engine: Engine, mode: str = "auto", stream: TextIO | None = None,
+                 interval: float | None = None) -> None:
+        self.engine = engine
+        self.stream = stream or sys.stderr
+        if mode == "auto":
+            mode = "bar" if self.stream.isatty() else "log"
+        self.mode = mode
+        self.interval = interval or float(os.environ.get("CORRAL_LOG_INTERVAL", "10"))
+        self._task: asyncio.Task[None] | None = None
+        self._live: Live | None = None
+
+    async def __aenter__(self) -> "ProgressDisplay":
+        if self.mode == "bar":
+            self._progress = Progress(
+                TextColumn("[bold]corral"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[detail]}"), TimeRemainingColumn(),
+                console=Console(file=self.stream), transient=False,
+            )
+            self._bar = self._progress.add_task("run", total=None, detail="")
+            self._live = Live(self._render(), console=Console(file=self.stream), refresh_per_second=4,
+                              transient=True)
+            self._live.start()
+            self._task = asyncio.create_task(self._tick(0.25))
+        elif self.mode == "log":
+            self._task = asyncio.create_task(self._tick(self.interval))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._live is not None:
+            self._live.update(self._render())
+            self._live.stop()
+
+    def _render(self) -> Group:
+        s = self.engine.stats
+        self._progress.update(
+            self._bar, total=s.total, completed=s.done,
+            detail=f"{s.failed} failed · {s.cached} cached · {s.retries} retries · {_rate(s):.1f} req/s",
+        )
+        table = Table(box=None, pad_edge=False, show_header=True, header_style="dim")
+        for column in ("server", "in flight", "done", "errors", "req/s", "tok/s"):
+            table.add_column(column, justify="right" if column != "server" else "left")
+        elapsed = max(s.elapsed, 1e-9)
+        for srv in self.engine.servers:
+            name = srv.label + (" [red](benched)[/red]" if srv.benched else "")
+            table.add_row(name, f"{srv.in_flight}/{srv.slots}", str(srv.stats.ok), str(srv.stats.errors),
+                          f"{srv.stats.ok / elapsed:.1f}", f"{srv.stats.completion_tokens / elapsed:.0f}")
+        return Group(self._progress, table)
+
+    async def _tick(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            if self._live is not None:
+                self._live.update(self._render())
+            else:
+                print(status_line(self.engine), file=self.stream, flush=True)
+
+
+def summary_table(engine: Engine) -> Table:
+    """Per server: requests, errors, tokens and speed; then the totals."""
+    s = engine.stats
+    elapsed = max(s.elapsed, 1e-9)
+    table = Table(title=f"corral: {s.ok} ok, {s.failed} failed, {s.cached} cached "
+                        f"in {s.elapsed:.1f}s ({_rate(s):.1f} req/s)")
+    for column in ("server", "requests", "ok", "errors", "prompt tok", "output tok", "output tok/s",
+                   "gen tok/s"):
+        table.add_column(column, justify="left" if column == "server" else "right")
+    for srv in engine.servers:
+        st = srv.stats
+        gen = f"{st.completion_tokens / (st.eval_ns / 1e9):.1f}" if st.eval_ns else "-"
+        table.add_row(srv.label, str(st.requests), str(st.ok), str(st.errors), str(st.prompt_tokens),
+                      str(st.completion_tokens), f"{st.completion_tokens / elapsed:.1f}", gen)
+    return table

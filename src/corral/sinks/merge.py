@@ -1,0 +1,85 @@
+"""Read results back: seed 001's response-json-merge (parsed answers as one JSON array) and printer.
+
+Works on a folder of per-prompt JSON files or on a results JSONL (corral rows or Batch lines).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..errors import InputError
+
+_FENCE = re.compile(r"^\s*```(?:json|JSON)?\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
+
+
+def parse_json_response(text: str | None) -> Any:
+    """The JSON inside a model's answer, tolerating ```json fences; ValueError when there is none."""
+    if text is None:
+        raise ValueError("no response")
+    candidate = text.strip()
+    fenced = _FENCE.match(candidate)
+    if fenced:
+        candidate = fenced.group(1).strip()
+    try:
+        return orjson.loads(candidate)
+    except orjson.JSONDecodeError:
+        pass
+    start = min((i for i in (candidate.find("{"), candidate.find("[")) if i >= 0), default=-1)
+    if start >= 0:  # prose around one JSON value: take the value
+        end = max(candidate.rfind("}"), candidate.rfind("]"))
+        if end > start:
+            try:
+                return orjson.loads(candidate[start:end + 1])
+            except orjson.JSONDecodeError:
+                pass
+    raise ValueError("response is not JSON")
+
+
+def iter_result_files(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(label, {"prompt", "response", ...}) for each result, in name / line order."""
+    p = Path(path)
+    if p.is_dir():
+        for file in sorted(p.glob("*.json")):
+            try:
+                data = orjson.loads(file.read_bytes())
+            except orjson.JSONDecodeError as exc:
+                raise InputError(str(file), None, f"invalid JSON ({exc})") from None
+            if not isinstance(data, dict):
+                raise InputError(str(file), None, "expected a {\"prompt\", \"response\"} object")
+            yield file.name, data
+        return
+    if not p.exists():
+        raise InputError(str(p), None, "no such file or folder")
+    with open(p, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                data = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise InputError(str(p), number, f"invalid JSON ({exc})") from None
+            if not isinstance(data, dict):
+                raise InputError(str(p), number, "expected a JSON object")
+            if "custom_id" in data and "response" in data and isinstance(data.get("response"), (dict, type(None))):
+                body = (data.get("response") or {}).get("body") or {}
+                choices = body.get("choices") or [{}]
+                text = (choices[0].get("message") or {}).get("content")
+                data = {"id": data["custom_id"], "prompt": None, "response": text, "error": data.get("error")}
+            yield str(data.get("id", number)), data
+
+
+def merge_responses(path: str | Path) -> tuple[list[Any], list[str]]:
+    """Every parseable JSON answer as one list, and the labels of those that were not JSON."""
+    merged: list[Any] = []
+    skipped: list[str] = []
+    for label, data in iter_result_files(path):
+        try:
+            merged.append(parse_json_response(data.get("response")))
+        except ValueError:
+            skipped.append(label)
+    return merged, skipped

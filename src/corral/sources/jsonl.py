@@ -1,0 +1,263 @@
+"""Read prompt files line by line, in every shape our users have, without holding the file in memory.
+
+Shapes of a JSONL line, detected per line:
+
+* ``{"role": "user", "content": "..."}``: seed 001's file, one message per line
+* ``{"prompt": "...", "system"?: ..., "model"?: ..., "id"?: ..., "options"?: {...}, "format"?: ...}``
+* ``{"messages": [...], "model"?: ..., "id"?: ...}``
+* OpenAI Batch API lines: ``{"custom_id", "method", "url", "body": {...}}``
+
+``--format text`` reads one prompt per line. A file is first scanned (validated, counted, its models
+listed) so that a malformed line is reported before any request is sent; then it is read again to
+run. Both passes stream.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..errors import InputError, UsageError
+from ..requests import Request, build_messages, canonical_options
+
+BATCH_URLS = {"/v1/chat/completions": "chat", "/v1/completions": "generate", "/v1/embeddings": "embed"}
+# OpenAI body fields that map onto our own option names; the rest pass through to OpenAI servers.
+_BODY_OPTIONS = {
+    "temperature": "temperature", "top_p": "top_p", "seed": "seed", "stop": "stop",
+    "max_tokens": "num_predict", "max_completion_tokens": "num_predict",
+    "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
+}
+_LINE_KEYS = {"prompt", "messages", "role", "content", "model", "id", "custom_id", "system",
+              "options", "format", "keep_alive", "name"}
+MAX_LINE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class Defaults:
+    """Job-wide settings a line may override."""
+
+    model: str | None = None
+    system: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    format: Any = None
+    keep_alive: str | int | None = None
+    endpoint: str = "chat"
+
+
+@dataclass(slots=True)
+class ScanReport:
+    """What the validation pass learnt."""
+
+    rows: int = 0
+    models: dict[str, int] = field(default_factory=dict)
+    invalid: list[str] = field(default_factory=list)
+    openai_batch: bool = False
+
+
+class PromptFile:
+    """A JSONL or text prompt file; iterate it for Requests (after ``scan()``)."""
+
+    def __init__(self, path: str | os.PathLike[str], defaults: Defaults, *, fmt: str = "auto",
+                 skip_invalid: bool = False) -> None:
+        self.path = Path(path)
+        self.defaults = defaults
+        self.fmt = _detect_format(self.path, fmt)
+        self.skip_invalid = skip_invalid
+        self._bad_lines: set[int] = set()
+        self.report: ScanReport | None = None
+
+    def _lines(self) -> Iterator[tuple[int, str]]:
+        """(line number, text) for every non-blank line; encoding problems are InputErrors."""
+        try:
+            handle = open(self.path, "rb")
+        except FileNotFoundError:
+            raise InputError(str(self.path), None, "file not found") from None
+        except IsADirectoryError:
+            raise InputError(str(self.path), None, "is a folder, not a prompt file") from None
+        except PermissionError:
+            raise InputError(str(self.path), None, "permission denied") from None
+        with handle:
+            for number, raw in enumerate(handle, 1):
+                if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]  # a UTF-8 byte-order mark, as Windows editors write
+                if len(raw) > MAX_LINE_BYTES:
+                    yield number, _Bad(f"line is {len(raw) / 1e6:.0f} MB; the limit is "
+                                       f"{MAX_LINE_BYTES / 1e6:.0f} MB")
+                    continue
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    yield number, _Bad(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                                       f"{exc.start + 1}); re-save the file as UTF-8")
+                    continue
+                if "\x00" in text:
+                    yield number, _Bad("contains a NUL byte; is this a binary file?")
+                    continue
+                if text.strip():
+                    yield number, text
+
+    def scan(self) -> ScanReport:
+        """Validate every line before anything is sent; raise InputError on the first bad one."""
+        report = ScanReport()
+        ids: set[str] = set()
+        kinds: set[bool] = set()
+        for number, text in self._lines():
+            try:
+                request = self._parse(number, text)
+                if request.id in ids and request.meta.get("explicit_id"):
+                    raise InputError(str(self.path), number, f"duplicate id {request.id!r}")
+                if request.meta.get("explicit_id"):
+                    ids.add(request.id)
+                kinds.add(bool(request.meta.get("batch")))
+                if len(kinds) > 1:
+                    raise InputError(str(self.path), number,
+                                     "mixes OpenAI Batch lines with other line shapes; use one shape per file")
+            except InputError as exc:
+                if not self.skip_invalid:
+                    raise
+                self._bad_lines.add(number)
+                report.invalid.append(str(exc))
+                continue
+            report.rows += 1
+            report.models[request.model] = report.models.get(request.model, 0) + 1
+        if report.rows == 0 and not report.invalid:
+            raise InputError(str(self.path), None, "no prompts: the file is empty")
+        report.openai_batch = kinds == {True}
+        self.report = report
+        return report
+
+    def __iter__(self) -> Iterator[Request]:
+        for number, text in self._lines():
+            if number in self._bad_lines:
+                continue
+            yield self._parse(number, text)
+
+    # -- parsing ------------------------------------------------------------------------------------
+    def _parse(self, number: int, text: str | "_Bad") -> Request:
+        where = str(self.path)
+        if isinstance(text, _Bad):
+            raise InputError(where, number, text.problem)
+        if self.fmt == "text":
+            return self._request(number, {"prompt": text.rstrip("\r\n")})
+        try:
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise InputError(where, number, f"invalid JSON ({_short_json_error(exc)})") from None
+        if isinstance(data, str):
+            data = {"prompt": data}
+        if not isinstance(data, dict):
+            raise InputError(where, number, f"expected a JSON object, found {type(data).__name__}")
+        if "body" in data and "custom_id" in data:
+            return self._batch_request(number, data)
+        return self._request(number, data)
+
+    def _request(self, number: int, data: dict[str, Any]) -> Request:
+        where = str(self.path)
+        d = self.defaults
+        if "messages" in data:
+            messages = data["messages"]
+            if not isinstance(messages, list) or not messages or not all(
+                    isinstance(m, dict) and "role" in m and "content" in m for m in messages):
+                raise InputError(where, number, "messages must be a non-empty list of {role, content} objects")
+            built = build_messages(None, data.get("system", d.system), messages)
+        elif "prompt" in data:
+            prompt = data["prompt"]
+            if not isinstance(prompt, str):
+                raise InputError(where, number, "prompt must be a string")
+            built = build_messages(prompt, data.get("system", d.system))
+        elif "content" in data:
+            content = data["content"]
+            if not isinstance(content, str):
+                raise InputError(where, number, "content must be a string")
+            role = data.get("role", "user")
+            built = build_messages(None, data.get("system", d.system), [{"role": role, "content": content}])
+        else:
+            found = ", ".join(sorted(data)) or "nothing"
+            raise InputError(where, number, "expected one of prompt, messages, role+content or an OpenAI "
+                                            f"Batch line (custom_id+body); found {found}")
+        model = data.get("model", d.model)
+        if not model or not isinstance(model, str):
+            raise InputError(where, number, "no model: give --model, model = in the config, or a model field")
+        options = data.get("options", {})
+        if not isinstance(options, dict):
+            raise InputError(where, number, "options must be an object")
+        explicit = data.get("custom_id", data.get("id"))
+        return Request(
+            index=0,
+            id=str(explicit) if explicit is not None else str(number),
+            model=model,
+            messages=built,
+            options=canonical_options({**d.options, **options}),
+            format=data.get("format", d.format),
+            endpoint=d.endpoint,
+            keep_alive=data.get("keep_alive", d.keep_alive),
+            meta={"line": number, "explicit_id": explicit is not None},
+        )
+
+    def _batch_request(self, number: int, data: dict[str, Any]) -> Request:
+        where = str(self.path)
+        body = data["body"]
+        url = data.get("url", "/v1/chat/completions")
+        if not isinstance(body, dict):
+            raise InputError(where, number, "body must be an object")
+        endpoint = BATCH_URLS.get(url)
+        if endpoint is None:
+            raise InputError(where, number, f"unsupported url {url!r}; use one of {', '.join(BATCH_URLS)}")
+        if data.get("method", "POST") != "POST":
+            raise InputError(where, number, "method must be POST")
+        model = body.get("model") or self.defaults.model
+        if not model:
+            raise InputError(where, number, "body has no model and no default model was given")
+        options: dict[str, Any] = dict(self.defaults.options)
+        extra: dict[str, Any] = {}
+        fmt = self.defaults.format
+        messages: list[dict[str, Any]] = []
+        inputs: list[str] | None = None
+        for name, value in body.items():
+            if name in ("model", "stream"):
+                continue
+            if name == "messages":
+                if not isinstance(value, list) or not value:
+                    raise InputError(where, number, "body.messages must be a non-empty list")
+                messages = build_messages(None, self.defaults.system, value)
+            elif name == "prompt" and endpoint == "generate":
+                messages = build_messages(str(value), self.defaults.system)
+            elif name == "input" and endpoint == "embed":
+                inputs = [value] if isinstance(value, str) else list(value)
+            elif name == "response_format":
+                fmt = value
+            elif name in _BODY_OPTIONS:
+                options[_BODY_OPTIONS[name]] = value
+            else:
+                extra[name] = value
+        if endpoint != "embed" and not messages:
+            raise InputError(where, number, "body has no messages")
+        custom_id = data["custom_id"]
+        return Request(
+            index=0, id=str(custom_id), model=model, messages=messages,
+            options=canonical_options(options), format=fmt, endpoint=endpoint, inputs=inputs,
+            extra=extra, keep_alive=self.defaults.keep_alive,
+            meta={"line": number, "explicit_id": True, "batch": True, "url": url},
+        )
+
+
+@dataclass(slots=True)
+class _Bad:
+    problem: str
+
+
+def _short_json_error(exc: orjson.JSONDecodeError) -> str:
+    return str(exc).split(":", 1)[0] + f" at column {exc.colno}" if exc.colno else str(exc)
+
+
+def _detect_format(path: Path, fmt: str) -> str:
+    if fmt not in ("auto", "jsonl", "text"):
+        raise UsageError(f"--format must be auto, jsonl or text, not {fmt!r}")
+    if fmt != "auto":
+        return fmt
+    return "text" if path.suffix.lower() in (".txt", ".text") else "jsonl"

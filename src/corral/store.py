@@ -1,0 +1,224 @@
+"""The SQLite journal: every finished request, keyed by its stable hash.
+
+Why a journal: runs last hours and servers (or the client) die. A result is worth keeping the moment
+it arrives, so re-running the same command sends only what is missing. WAL mode with
+``synchronous=NORMAL`` survives a killed process (committed pages live in the OS cache); commits are
+grouped: results that arrive in the same event-loop turn share one transaction, so a busy run pays
+for one commit per batch while a quiet one commits each result at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .backends.base import Reply
+from .errors import UsageError
+from .requests import Request
+from .results import Outcome
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS results (
+    key TEXT PRIMARY KEY,
+    status TEXT NOT NULL,              -- 'ok' or 'failed'
+    model TEXT,
+    endpoint TEXT,
+    request TEXT,                      -- JSON: messages/inputs, options, format (what was asked)
+    response TEXT,
+    embeddings BLOB,                   -- JSON list of vectors, for embed requests
+    raw TEXT,                          -- the server's answer as received
+    error TEXT,
+    error_kind TEXT,
+    status_code INTEGER,
+    attempts INTEGER,
+    server TEXT,
+    prompt_eval_count INTEGER,
+    eval_count INTEGER,
+    eval_duration INTEGER,
+    prompt_eval_duration INTEGER,
+    total_duration INTEGER,
+    load_duration INTEGER,
+    done_reason TEXT,
+    latency REAL,
+    started_at REAL,
+    finished_at REAL,
+    run_id INTEGER
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    started_at REAL,
+    finished_at REAL,
+    argv TEXT,
+    info TEXT,
+    counts TEXT
+);
+"""
+
+_COLUMNS = (
+    "key", "status", "model", "endpoint", "request", "response", "embeddings", "raw", "error",
+    "error_kind", "status_code", "attempts", "server", "prompt_eval_count", "eval_count",
+    "eval_duration", "prompt_eval_duration", "total_duration", "load_duration", "done_reason",
+    "latency", "started_at", "finished_at", "run_id",
+)
+_INSERT = (
+    f"INSERT OR REPLACE INTO results ({', '.join(_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
+)
+_LOOKUP_COLUMNS = (
+    "key", "status", "response", "embeddings", "raw", "error", "error_kind", "status_code",
+    "attempts", "server", "prompt_eval_count", "eval_count", "eval_duration",
+    "prompt_eval_duration", "total_duration", "load_duration", "done_reason", "latency",
+    "started_at", "finished_at", "model",
+)
+
+
+class Store:
+    """A journal of results. ``path=None`` keeps it in memory (nothing survives the process)."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = str(path) if path is not None else ":memory:"
+        if path is not None:
+            parent = Path(path).resolve().parent
+            if not parent.is_dir():
+                raise UsageError(f"{path}: cannot create the store: folder {parent} does not exist")
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        except sqlite3.DatabaseError as exc:
+            raise UsageError(f"{self.path}: cannot open the store: {exc}") from None
+        self._pending: list[tuple[Any, ...]] = []
+        self.run_id: int | None = None
+
+    # -- runs -----------------------------------------------------------------------------------
+    def start_run(self, argv: list[str] | None = None, info: dict[str, Any] | None = None) -> int:
+        cur = self._db.execute(
+            "INSERT INTO runs (started_at, argv, info) VALUES (?, ?, ?)",
+            (time.time(), orjson.dumps(argv or []).decode(), orjson.dumps(info or {}).decode()),
+        )
+        self.run_id = int(cur.lastrowid or 0)
+        return self.run_id
+
+    def finish_run(self, counts: dict[str, Any]) -> None:
+        if self.run_id is None:
+            return
+        self.flush()
+        self._db.execute(
+            "UPDATE runs SET finished_at = ?, counts = ? WHERE id = ?",
+            (time.time(), orjson.dumps(counts).decode(), self.run_id),
+        )
+
+    # -- results --------------------------------------------------------------------------------
+    def record(self, outcome: Outcome) -> None:
+        """Queue one result; it reaches disk at the next flush()."""
+        self._pending.append(_row(outcome, self.run_id))
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def flush(self) -> int:
+        """Write every queued result in one transaction; return how many."""
+        if not self._pending:
+            return 0
+        rows, self._pending = self._pending, []
+        try:
+            self._db.execute("BEGIN")
+            self._db.executemany(_INSERT, rows)
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            self._pending = rows + self._pending  # keep them for the next try
+            raise UsageError(f"{self.path}: cannot write to the store: {exc}") from None
+        return len(rows)
+
+    def lookup(self, keys: Iterable[str], *, include_failed: bool = True) -> dict[str, dict[str, Any]]:
+        """Stored rows for these keys (one query per 500 keys)."""
+        wanted = list(dict.fromkeys(keys))
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            sql = f"SELECT {', '.join(_LOOKUP_COLUMNS)} FROM results WHERE key IN ({marks})"
+            for row in self._db.execute(sql, chunk):
+                record = dict(zip(_LOOKUP_COLUMNS, row))
+                if include_failed or record["status"] == "ok":
+                    found[record["key"]] = record
+        return found
+
+    def outcome_from_row(self, request: Request, row: dict[str, Any]) -> Outcome:
+        """Rebuild an Outcome for ``request`` from a stored row (a cache hit)."""
+        embeddings = orjson.loads(row["embeddings"]) if row["embeddings"] else None
+        reply = None
+        if row["status"] == "ok":
+            reply = Reply(
+                text=row["response"], embeddings=embeddings,
+                prompt_eval_count=row["prompt_eval_count"], eval_count=row["eval_count"],
+                eval_duration=row["eval_duration"], prompt_eval_duration=row["prompt_eval_duration"],
+                total_duration=row["total_duration"], load_duration=row["load_duration"],
+                done_reason=row["done_reason"], model=row["model"],
+                raw=orjson.loads(row["raw"]) if row["raw"] else None,
+            )
+        return Outcome(
+            request=request, reply=reply, error=row["error"], error_kind=row["error_kind"],
+            status_code=row["status_code"], attempts=row["attempts"] or 0, server=row["server"],
+            latency=row["latency"], started_at=row["started_at"], finished_at=row["finished_at"],
+            cached=True,
+        )
+
+    def count(self, status: str | None = None) -> int:
+        if status is None:
+            return int(self._db.execute("SELECT count(*) FROM results").fetchone()[0])
+        return int(self._db.execute("SELECT count(*) FROM results WHERE status = ?", (status,)).fetchone()[0])
+
+    def runs(self) -> list[dict[str, Any]]:
+        cols = ("id", "started_at", "finished_at", "argv", "info", "counts")
+        return [dict(zip(cols, row)) for row in self._db.execute(f"SELECT {', '.join(cols)} FROM runs")]
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _row(outcome: Outcome, run_id: int | None) -> tuple[Any, ...]:
+    req = outcome.request
+    reply = outcome.reply
+    asked = orjson.dumps({
+        "messages": req.messages or None, "inputs": req.inputs, "options": req.options or None,
+        "format": req.format, "extra": req.extra or None,
+    }).decode()
+    return (
+        req.key, "ok" if outcome.ok else "failed", req.model, req.endpoint, asked,
+        reply.text if reply else None,
+        orjson.dumps(reply.embeddings) if reply and reply.embeddings is not None else None,
+        orjson.dumps(reply.raw).decode() if reply and reply.raw is not None else None,
+        outcome.error, outcome.error_kind, outcome.status_code, outcome.attempts, outcome.server,
+        reply.prompt_eval_count if reply else None, reply.eval_count if reply else None,
+        reply.eval_duration if reply else None, reply.prompt_eval_duration if reply else None,
+        reply.total_duration if reply else None, reply.load_duration if reply else None,
+        reply.done_reason if reply else None, outcome.latency, outcome.started_at,
+        outcome.finished_at, run_id,
+    )
