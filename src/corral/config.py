@@ -23,6 +23,7 @@ default and leave GPUs idle for hours.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,6 +33,7 @@ from urllib.parse import urlsplit
 from .errors import ConfigError
 
 APIS = ("ollama", "openai")
+_HOST = re.compile(r"^(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|[0-9A-Fa-f:.]+)$")
 DEFAULT_OLLAMA_PORT = 11434
 
 _TOP_KEYS = {
@@ -107,6 +109,8 @@ def normalize_url(raw: str, api: str = "ollama") -> str:
     if port is None and api == "ollama" and parts.scheme == "http":
         port = DEFAULT_OLLAMA_PORT
     host = parts.hostname
+    if not _HOST.match(host):
+        raise ConfigError(f"bad server URL {raw!r}: {host!r} is not a host name or address")
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
     netloc = f"{host}:{port}" if port else host

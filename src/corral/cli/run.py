@@ -109,7 +109,7 @@ def run_command(
         ), store.path)
 
     stats = result.stats
-    err = Console(file=sys.stderr)
+    err = Console(file=sys.stderr, width=None if sys.stderr.isatty() else 120)
     for message in result.unreachable:
         err.print(f"[yellow]corral: skipped unreachable server {message}[/yellow]", highlight=False)
     if progress != "none" and result.engine is not None:

@@ -124,12 +124,12 @@ class Engine:
                 slots = self.settings.concurrency or default_slots(spec, result)
                 self.servers.append(ServerState(spec=spec, backend=backend, info=result, slots=slots))
             else:
-                message = describe_probe_error(spec, result)
-                self.unreachable.append(message)
-                log.warning("skipping server %s", message)
+                self.unreachable.append(describe_probe_error(spec, result))
         if not self.servers:
             await self.aclose()
             raise NoServerError("no server answered: " + "; ".join(self.unreachable))
+        for message in self.unreachable:
+            log.warning("skipping server %s", message)
 
     async def aclose(self) -> None:
         self._closing = True
