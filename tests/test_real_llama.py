@@ -1,0 +1,107 @@
+"""Real inference: llama.cpp's server (xllamacpp) with the bundled SmolLM2-135M, on the CPU.
+
+One server is shared by the module; `--local` is tested separately because it owns its server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import corral
+from corral import ServerSpec
+from tests.conftest import ROOT, corral as corral_cli, read_jsonl, write_jsonl
+
+pytestmark = pytest.mark.slow
+pytest.importorskip("xllamacpp", reason="the embedded server needs the corral[local] extra")
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"label": {"type": "string", "enum": ["positive", "negative"]},
+                   "confidence": {"type": "number"}},
+    "required": ["label", "confidence"],
+}
+
+
+@pytest.fixture(scope="module")
+def llama():
+    from corral.local import LocalServer
+
+    with LocalServer(n_parallel=4) as server:
+        yield server
+
+
+def _run(tmp_path: Path, llama, *extra: str, name: str = "out.jsonl"):
+    return corral_cli("run", str(ROOT / "examples" / "prompts.jsonl"), "--server", llama.url,
+                      "--api", "openai", "-m", llama.model, "--max-tokens", "24", "--temperature", "0",
+                      "--seed", "7", "-o", name, *extra, cwd=tmp_path, timeout=600)
+
+
+def test_corral_run_end_to_end_on_the_real_server(tmp_path: Path, llama) -> None:
+    proc = _run(tmp_path, llama)
+    assert proc.returncode == 0, proc.stderr
+    rows = read_jsonl(tmp_path / "out.jsonl")
+    assert len(rows) == 24
+    assert all(r["success"] and r["response"].strip() for r in rows)
+    assert all(0 < r["eval_count"] <= 24 and r["prompt_eval_count"] > 5 for r in rows)
+    assert rows[0]["prompt"].startswith("Analyze the reasons")
+    # Same seed at temperature 0, second run with a fresh store: the same text, byte for byte.
+    again = _run(tmp_path, llama, "--store", "second.db", name="again.jsonl")
+    assert again.returncode == 0, again.stderr
+    assert [r["response"] for r in read_jsonl(tmp_path / "again.jsonl")] == [r["response"] for r in rows]
+
+
+def test_batch_generate_on_the_real_server(llama) -> None:
+    prompts = [f"Say a word that rhymes with number {i}." for i in range(20)]
+    results = corral.batch_generate(prompts, model=llama.model,
+                                    servers=[ServerSpec(llama.url, api="openai")],
+                                    temperature=0, seed=3, num_predict=16)
+    assert [r["prompt"] for r in results] == prompts
+    assert all(r["success"] and r["response"] for r in results), [r["error"] for r in results]
+    assert all(r["eval_count"] and r["eval_duration"] for r in results)
+
+
+def test_json_schema_answer_is_valid_json_with_the_keys(tmp_path: Path, llama) -> None:
+    (tmp_path / "schema.json").write_text(json.dumps(SCHEMA))
+    write_jsonl(tmp_path / "reviews.jsonl", [
+        {"prompt": "Classify the sentiment of: 'I loved this film, wonderful acting.'"},
+        {"prompt": "Classify the sentiment of: 'Terrible food and rude staff.'"},
+        {"prompt": "Classify the sentiment of: 'Best purchase I made this year.'"},
+    ])
+    proc = corral_cli("run", "reviews.jsonl", "--server", llama.url, "--api", "openai", "-m", llama.model,
+                      "--schema", "@schema.json", "--temperature", "0", "--max-tokens", "64",
+                      "-o", "labels.jsonl", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for row in read_jsonl(tmp_path / "labels.jsonl"):
+        answer = json.loads(row["response"])
+        assert set(answer) >= {"label", "confidence"}
+        assert answer["label"] in ("positive", "negative")
+        assert isinstance(answer["confidence"], (int, float))
+
+
+def test_local_flag_runs_the_embedded_model_and_stops_it(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "p.jsonl", [{"prompt": "What is 2 + 2?"}, {"prompt": "Name a colour."}])
+    children_before = _local_children()
+    proc = corral_cli("run", "p.jsonl", "--local", "--max-tokens", "12", "-o", "out.jsonl", "-v",
+                      cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = read_jsonl(tmp_path / "out.jsonl")
+    assert [r["model"] for r in rows] == ["smollm2", "smollm2"]
+    assert all(r["success"] and r["server"] == "local" for r in rows)
+    assert "starting the embedded llama.cpp server" in proc.stderr
+    # The child server is gone: no process is left running our model.
+    assert _local_children() - children_before == set()
+
+
+def _local_children() -> set[str]:
+    return {p for p in os.listdir("/proc") if p.isdigit() and "_local_child" in _cmdline(p)}
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
