@@ -168,3 +168,26 @@ def test_unwritable_output(tmp_path: Path, fake_ollama) -> None:
     proc = corral("run", "p.jsonl", "--server", fake_ollama.url, "-m", "llama3.2", "-o", "ro/out.jsonl",
                   cwd=tmp_path)
     assert proc.returncode == 2 and "cannot" in proc.stderr
+
+
+def test_all_servers_gone_rows_fail_after_max_outage(tmp_path: Path, fake_ollama_factory) -> None:
+    server = fake_ollama_factory(slots=2, latency=0.05)
+    _prompts(tmp_path / "p.jsonl", 200)
+    import threading
+
+    def kill_soon() -> None:
+        server.wait_until(lambda s: s.completed >= 10, timeout=20)
+        server.kill()
+
+    killer = threading.Thread(target=kill_soon)
+    killer.start()
+    proc = corral("run", "p.jsonl", "--server", server.url, "-m", "llama3.2", "-o", "out.jsonl",
+                  "--max-outage", "1", "--timeout", "2", cwd=tmp_path, timeout=60)
+    killer.join()
+    assert proc.returncode == 1
+    rows = read_jsonl(tmp_path / "out.jsonl")
+    assert len(rows) == 200
+    failed = [r for r in rows if not r["success"]]
+    assert failed and all(r["error"] for r in failed)
+    assert any("no live server for llama3.2" in r["error"] for r in failed)
+    assert sum(r["success"] for r in rows) >= 10

@@ -93,8 +93,8 @@ def _start_parent_watchdog(parent_pid: int | None, stop: threading.Event) -> Non
 def _parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m corral._local_child")
     p.add_argument("--parent-pid", type=int, default=None)
-    p.add_argument("--exec", dest="exec_argv", nargs=argparse.REMAINDER, default=None,
-                   help="supervise this command line instead of running xllamacpp")
+    p.add_argument("--exec", dest="exec_flag", action="store_true",
+                   help="supervise the command line after `--exec --` instead of running xllamacpp")
     p.add_argument("--model")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--host", default="127.0.0.1")
@@ -103,13 +103,17 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--alias", default=None)
     p.add_argument("--embedding", action="store_true")
     p.add_argument("--threads", type=int, default=None)
-    args = p.parse_args(argv)
-    if args.exec_argv is not None:
-        if args.exec_argv and args.exec_argv[0] == "--":
-            args.exec_argv = args.exec_argv[1:]
-        if not args.exec_argv:
+    exec_argv = None
+    if "--exec" in argv:  # everything after it is the supervised command
+        i = argv.index("--exec")
+        argv, exec_argv = argv[: i + 1], argv[i + 1:]
+        if exec_argv[:1] == ["--"]:
+            exec_argv = exec_argv[1:]
+        if not exec_argv:
             p.error("--exec needs a command")
-    elif not args.model:
+    args = p.parse_args(argv)
+    args.exec_argv = exec_argv
+    if exec_argv is None and not args.model:
         p.error("--model is required")
     return args
 

@@ -51,6 +51,8 @@ def run_command(
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds per request attempt [300]."),
     max_attempts: Optional[int] = typer.Option(None, "--max-attempts", help="Tries per failing row [5]."),
     rate_limit_delay: float = typer.Option(0.0, "--rate-limit-delay", help="Seconds between request starts."),
+    max_outage: float = typer.Option(
+        300.0, "--max-outage", help="Seconds with no live server for a model before its rows fail."),
     store_path: Optional[str] = typer.Option(None, "--store", help="SQLite journal [<output>.corral.db]."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-send rows that failed before."),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Report and skip malformed lines."),
@@ -101,7 +103,7 @@ def run_command(
         retry = RetryPolicy(max_attempts=max_attempts or cfg.max_attempts or 5)
         settings = EngineSettings(
             timeout=timeout or cfg.timeout or 300.0, retry=retry, concurrency=concurrency,
-            rate_limit_delay=rate_limit_delay, retry_failed=retry_failed,
+            rate_limit_delay=rate_limit_delay, retry_failed=retry_failed, max_outage=max_outage,
         )
         result = _run_interruptibly(run_prompt_file(
             source, servers=specs, store=store, settings=settings, sinks=sinks,

@@ -84,6 +84,7 @@ class _Item:
     failures: int = 0
     busy: int = 0
     followers: list[Request] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
 
 
 class Engine:
@@ -344,8 +345,8 @@ class Engine:
             self.stats.retries += 1
             delay = policy.delay(item.busy if busy else item.failures, exc.retry_after)
             log.info("retrying %s in %.2fs after %s from %s", item.request.id, delay, exc, server.label)
-            handle = asyncio.get_running_loop().call_later(delay, self._requeue, item)
-            self._timers.add(handle)
+            item.timer = asyncio.get_running_loop().call_later(delay, self._requeue, item)
+            self._timers.add(item.timer)
             return
         self._finish(item, Outcome(
             request=item.request, error=str(exc), error_kind=exc.kind, status_code=exc.status,
@@ -354,7 +355,9 @@ class Engine:
         ))
 
     def _requeue(self, item: _Item) -> None:
-        self._timers = {h for h in self._timers if not h.cancelled() and h.when() > 0}
+        if item.timer is not None:
+            self._timers.discard(item.timer)
+            item.timer = None
         if not self._closing:
             self._queue.put(item, front=True)
 
