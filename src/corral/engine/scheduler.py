@@ -10,6 +10,7 @@ servers and the store; it knows nothing about files, tables or terminals. Result
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -17,10 +18,10 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from ..backends import BackendError, ServerInfo, make_backend
+from ..backends import BackendError, Reply, ServerInfo, make_backend
 from ..config import ServerSpec
 from ..errors import NoServerError
-from ..requests import Request, request_key
+from ..requests import GROUP_SEP, Request, request_key
 from ..results import Outcome
 from ..store import Store
 from .queue import WorkQueue
@@ -42,6 +43,10 @@ class EngineSettings:
     concurrency: int | None = None    # slots per server, overriding config and probes
     max_outage: float = 300.0         # seconds with no live server for a model before its rows fail
     retry_failed: bool = False        # re-send rows that failed in an earlier run
+    max_in_flight: int | None = None  # a cap on requests in flight across all servers
+    # Content check of an answer (e.g. "is this the JSON we asked for?"): a message when it is not.
+    validate: Callable[[Request, Reply], str | None] | None = None
+    content_retries: int = 2          # re-asks (with another seed) when validate() complains
 
 
 @dataclass(slots=True)
@@ -83,6 +88,7 @@ class _Item:
     attempts: int = 0
     failures: int = 0
     busy: int = 0
+    invalid: int = 0
     followers: list[Request] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
 
@@ -139,15 +145,18 @@ class Engine:
             self._session = None
 
     def serves(self, server: ServerState, model: str) -> bool:
+        """Does the server have this model (or, for a split-mode group, any model of it)?"""
         key = (id(server), model)
         known = self._serves.get(key)
         if known is None:
-            known = self._serves[key] = resolve_model(server, model) is not None
+            known = self._serves[key] = any(
+                resolve_model(server, name) is not None for name in model.split(GROUP_SEP))
         return known
 
     def check_models(self, models: Iterable[str]) -> None:
         """Fail fast, before any request, when a model is on no live server."""
-        missing = [m for m in dict.fromkeys(models) if not any(self.serves(s, m) for s in self.servers)]
+        names = [name for m in models for name in m.split(GROUP_SEP)]
+        missing = [m for m in dict.fromkeys(names) if not any(self.serves(s, m) for s in self.servers)]
         if not missing:
             return
         have = "; ".join(
@@ -197,8 +206,10 @@ class Engine:
         self._next_start = 0.0
         self._no_server_since: dict[str, float] = {}
 
+        self._in_flight_cap = (asyncio.Semaphore(self.settings.max_in_flight)
+                               if self.settings.max_in_flight else None)
         workers = [
-            asyncio.create_task(self._worker(server), name=f"corral-{server.label}-{i}")
+            asyncio.create_task(self._worker(server, i), name=f"corral-{server.label}-{i}")
             for server in self.servers for i in range(server.slots)
         ]
         watchdog = asyncio.create_task(self._watch_outages())
@@ -257,6 +268,8 @@ class Engine:
             row = stored.get(request.key)
             if row is not None and (row["status"] == "ok" or not self.settings.retry_failed):
                 self.stats.cached += 1
+                if request.model_choices and row["model"]:
+                    request.model = row["model"]  # split mode: who answered last time
                 self._deliver(self.store.outcome_from_row(request, row))
                 continue
             item = _Item(request)
@@ -265,7 +278,7 @@ class Engine:
             self._queue.put(item)
         self.stats.queued = len(self._queue)
 
-    async def _worker(self, server: ServerState) -> None:
+    async def _worker(self, server: ServerState, slot: int) -> None:
         accepts = lambda model: self.serves(server, model)  # noqa: E731
         while True:
             if server.benched:
@@ -276,9 +289,22 @@ class Engine:
             if server.benched:
                 self._queue.put(item, front=True)
                 continue
+            if item.request.model_choices:
+                self._bind_model(server, slot, item)
             if self.settings.rate_limit_delay > 0:
                 await self._pace()
-            await self._attempt(server, item)
+            if self._in_flight_cap is not None:
+                async with self._in_flight_cap:
+                    await self._attempt(server, item)
+            else:
+                await self._attempt(server, item)
+
+    def _bind_model(self, server: ServerState, slot: int, item: _Item) -> None:
+        """Split mode: this slot answers with its own model of the group (slot i -> model i mod k),
+        so each model has its own slots pulling from the one queue and a slow model does less."""
+        choices = item.request.model_choices or ()
+        served = [m for m in choices if resolve_model(server, m) is not None]
+        item.request.model = served[slot % len(served)]
 
     async def _pace(self) -> None:
         loop = asyncio.get_running_loop()
@@ -314,6 +340,22 @@ class Engine:
             self.stats.in_flight -= 1
             server.stats.busy_seconds += time.perf_counter() - t0
         latency = time.perf_counter() - t0
+        problem = self.settings.validate(request, reply) if self.settings.validate else None
+        if problem is not None:
+            item.attempts += 1
+            item.invalid += 1
+            server.on_success()
+            if item.invalid <= self.settings.content_retries and not self._closing:
+                self.stats.retries += 1
+                item.request = _reseeded(request, item.invalid)
+                self._queue.put(item, front=True)
+                return
+            self._finish(item, Outcome(
+                request=request, reply=reply, error=problem, error_kind="invalid_answer",
+                attempts=item.attempts, server=server.label, latency=latency,
+                started_at=started_wall, finished_at=time.time(),
+            ))
+            return
         server.on_success()
         server.stats.ok += 1
         server.stats.prompt_tokens += reply.prompt_eval_count or 0
@@ -443,3 +485,12 @@ class Engine:
         except Exception as exc:  # e.g. the output disk is full: stop, the store has the results
             if not self._done.done():
                 self._done.set_exception(exc)
+
+
+def _reseeded(request: Request, attempt: int) -> Request:
+    """The same ask with another seed: a deterministic server would repeat a bad answer otherwise.
+
+    The key stays the original one, so the journal keeps one row per input."""
+    options = dict(request.options)
+    options["seed"] = int(options.get("seed") or 0) + 7919 * attempt
+    return dataclasses.replace(request, options=options, meta={**request.meta, "reasked": attempt})
