@@ -15,8 +15,20 @@ from .store import Store
 
 __version__ = "0.1.0"
 
+_TABLES = {"run_analysis", "run_analysis_async", "fill_missing_fields", "fill_missing_fields_async",
+           "fill_missing_fields_from_csv", "agreement"}
+
+
+def __getattr__(name: str):  # type: ignore[no-untyped-def]
+    """The table functions load pandas only when first used, so the core stays light."""
+    if name in _TABLES:
+        from . import tables
+
+        return getattr(tables, name)
+    raise AttributeError(f"module 'corral' has no attribute {name!r}")
+
 __all__ = [
     "batch_generate", "batch_generate_async", "Config", "ServerSpec", "load_config", "Engine",
     "EngineSettings", "RetryPolicy", "ConfigError", "CorralError", "InputError", "NoServerError",
-    "UsageError", "Request", "Outcome", "Store", "__version__",
+    "UsageError", "Request", "Outcome", "Store", "__version__", *sorted(_TABLES),
 ]

@@ -46,7 +46,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import weakref
 from pathlib import Path
 
 __all__ = [
@@ -119,7 +118,8 @@ def find_model_path() -> Path:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free on ``host`` right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
@@ -150,7 +150,7 @@ def _preexec(pdeathsig: bool) -> None:
             pass
 
 
-_live: "weakref.WeakSet[LocalServer]" = weakref.WeakSet()
+_live: "set[LocalServer]" = set()  # started and not yet stopped
 
 
 @atexit.register
@@ -196,8 +196,8 @@ class LocalServer:
         self.n_parallel = int(n_parallel)
         self.ctx_size = int(ctx_size) if ctx_size else default_ctx_size(self.n_parallel)
         self.host = host
-        self._port_given = port is not None
-        self.port = int(port) if port is not None else 0
+        self._port_given = bool(port)  # None or 0: pick a free port at start()
+        self.port = int(port) if port else 0
         self.embedding = embedding
         self.alias = alias
         self.model = alias
@@ -246,7 +246,7 @@ class LocalServer:
             attempts = 1 if self._port_given else 3
             for attempt in range(attempts):
                 if not self._port_given:
-                    self.port = free_port(self.host if self.host not in ("", "::") else "127.0.0.1")
+                    self.port = free_port(self.host or "127.0.0.1")
                 try:
                     self._spawn(engine, binary)
                     self._wait_ready()

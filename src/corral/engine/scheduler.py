@@ -450,6 +450,8 @@ class Engine:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
         self._deliver(outcome)
         for follower in item.followers:
+            if follower.model_choices:
+                follower.model = outcome.request.model  # split mode: the model that answered
             self._deliver(outcome.for_request(follower))
         if self._all_read and self._outstanding == 0 and not self._done.done():
             self._done.set_result(None)

@@ -1,0 +1,114 @@
+"""`corral agree`: how much the models of a fan-out run agree (κ, % agreement, α, gold scores)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from ..errors import UsageError
+from . import app
+
+COMPRESSION = {".gz", ".bz2", ".xz", ".zip", ".zst"}
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".pq": "parquet",
+           ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".xlsx": "excel"}
+
+
+@app.command("agree")
+def agree_command(
+    file: str = typer.Argument(..., help="Fan-out results: .csv .tsv .parquet/.pq .jsonl/.ndjson .json .xlsx"),
+    key: Optional[list[str]] = typer.Option(
+        None, "--key", "-k", help="JSON key to compare (columns KEY_<model>); repeat for several. "
+                                  "Default: every categorical key found."),
+    models: Optional[str] = typer.Option(None, "--models", "-m", help="Comma-separated models to "
+                                         "compare, in this order (default: all found)."),
+    gold: Optional[list[str]] = typer.Option(
+        None, "--gold", help="Column of reference labels: accuracy and macro-F1 per model. "
+                             "KEY=COLUMN gives one key its own gold column."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Also write the full report as JSON here."),
+    confusion: bool = typer.Option(False, "--confusion", help="Print a confusion table per model pair."),
+    no_normalize: bool = typer.Option(False, "--no-normalize", help="Compare labels exactly "
+                                      "(default: strip whitespace, ignore case)."),
+) -> None:
+    """Pairwise Cohen's κ and percent agreement, Krippendorff's α, and optional gold-label scores.
+
+    Empty cells are missing answers (a model that errored on that row); text such as "NA" or
+    "None" stays a label.
+    """
+    from ..tables.agreement import agreement
+
+    frame = read_table(file)
+    keys = _split(key) or None
+    model_list = _split([models]) if models else None
+    report = agreement(frame, key=keys, models=model_list, gold=_gold_arg(gold),
+                       normalize=not no_normalize)
+    from rich.console import Console
+
+    Console(file=sys.stdout).print(report.render(confusion=confusion))
+    if json_out:
+        _write_json(json_out, report.to_dict())
+
+
+def read_table(path_text: str) -> Any:
+    """A results file as a DataFrame, the format chosen by extension; problems become UsageError."""
+    import pandas as pd
+
+    path = Path(path_text)
+    if not path.is_file():
+        raise UsageError(f"{path_text}: no such file")
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSION:
+        suffixes = suffixes[:-1]
+    fmt = FORMATS.get(suffixes[-1] if suffixes else "")
+    if fmt is None:
+        raise UsageError(f"{path_text}: unknown file type; use one of {', '.join(FORMATS)}")
+    # Only empty cells are missing: a label "NA", "null" or "None" is an answer, not a gap.
+    text_opts: dict[str, Any] = {"keep_default_na": False, "na_values": [""]}
+    try:
+        if fmt in ("csv", "tsv"):
+            return pd.read_csv(path, sep="," if fmt == "csv" else "\t", **text_opts)
+        if fmt == "parquet":
+            return pd.read_parquet(path)
+        if fmt == "jsonl":
+            return pd.read_json(path, lines=True, dtype=False)
+        if fmt == "json":
+            return pd.read_json(path, dtype=False)
+        return pd.read_excel(path, **text_opts)
+    except ImportError as exc:
+        raise UsageError(f"{path_text}: reading {fmt} needs an extra package ({exc}); "
+                         f"pip install 'corral[tables]'") from None
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{path_text}: cannot read as {fmt}: {first}") from None
+
+
+def _split(values: list[str] | None) -> list[str]:
+    """Repeated and comma-separated values as one list (model names never contain commas)."""
+    return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+
+
+def _gold_arg(values: list[str] | None) -> str | dict[str, str] | None:
+    """``--gold COL`` (every key) or ``--gold KEY=COL`` (per key); the two forms do not mix."""
+    if not values:
+        return None
+    if len(values) == 1 and "=" not in values[0]:
+        return values[0]
+    mapping: dict[str, str] = {}
+    for value in values:
+        name, sep, column = value.partition("=")
+        if not sep or not name or not column:
+            raise UsageError(f"--gold {value!r}: with several --gold flags, write KEY=COLUMN")
+        mapping[name.strip()] = column.strip()
+    return mapping
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    try:
+        Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
+                              encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    print(f"corral: wrote the agreement report to {path}", file=sys.stderr)

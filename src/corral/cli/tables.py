@@ -1,0 +1,213 @@
+"""`corral analyze` and `corral fill`: table files through run_analysis / fill, streamed."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from ..errors import UsageError
+from . import app
+from .common import load_schema, parse_option_pairs, read_text_arg, setup_logging
+from .run import _run_interruptibly
+
+
+def _servers(server: list[str], api: str, local: bool, config: Optional[str], workers: int,
+             stack: ExitStack) -> tuple[Any, Optional[str]]:
+    """Servers for a table job: --local, --server URLs, else the config / OLLAMA_HOST."""
+    if local:
+        from ..config import ServerSpec
+        from ..local import LocalServer
+
+        print("corral: starting the embedded llama.cpp server (SmolLM2-135M)...", file=sys.stderr)
+        srv = stack.enter_context(LocalServer(n_parallel=max(workers, 1)))
+        return [ServerSpec(url=srv.url, api="openai", models=(srv.model,), name="local")], srv.model
+    return (server or None), None
+
+
+def _options(option: list[str], temperature: Optional[float], seed: Optional[int],
+             num_ctx: Optional[int], max_tokens: Optional[int]) -> dict[str, Any]:
+    options = parse_option_pairs(option)
+    for name, value in (("temperature", temperature), ("seed", seed), ("num_ctx", num_ctx),
+                        ("num_predict", max_tokens)):
+        if value is not None:
+            options[name] = value
+    return options
+
+
+def _split(value: Optional[str]) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def _col_map(value: Optional[str]) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    for pair in _split(value):
+        if "=" not in pair:
+            raise UsageError(f"--col-map {pair!r}: expected FIELD=COLUMN, e.g. Occasion=occ")
+        field, column = pair.split("=", 1)
+        mapping[field.strip()] = column.strip()
+    return mapping
+
+
+@app.command("analyze")
+def analyze_command(
+    input: str = typer.Argument(..., help="Table: CSV, TSV, Parquet, JSONL or Excel."),
+    output: str = typer.Option(..., "-o", "--output", help="Output table (.csv, .parquet, .jsonl)."),
+    text_column: str = typer.Option("text", "--text-column", help="Column holding the text."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Template with {text} / {column} (or @file)."),
+    json_keys: Optional[str] = typer.Option(None, "--json-keys", help="Keys of the JSON answer: label,prob"),
+    schema: Optional[str] = typer.Option(None, "--schema", help="JSON Schema of the answer (inline or @file)."),
+    models: str = typer.Option("llama3.2", "--models", "-m", help="Model(s), comma-separated."),
+    fanout: bool = typer.Option(False, "--fanout", help="Every model answers every row."),
+    system: Optional[str] = typer.Option(None, "--system", help="System message (or @file)."),
+    config: Optional[str] = typer.Option(None, "--config", "-c"),
+    server: list[str] = typer.Option([], "--server", "-s"),
+    api: str = typer.Option("ollama", "--api"),
+    local: bool = typer.Option(False, "--local", help="Use the embedded llama.cpp model."),
+    workers: int = typer.Option(3, "--workers", "-j", help="Requests in flight per server."),
+    max_concurrent_calls: Optional[int] = typer.Option(None, "--max-concurrent-calls"),
+    option: list[str] = typer.Option([], "--option", "-O"),
+    temperature: Optional[float] = typer.Option(None, "--temperature"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    num_ctx: Optional[int] = typer.Option(None, "--num-ctx"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "--num-predict"),
+    id_column: Optional[str] = typer.Option(None, "--id-column"),
+    chunk_size: int = typer.Option(20_000, "--chunk-size"),
+    json_retries: int = typer.Option(2, "--json-retries", help="Re-asks when the answer is not valid JSON."),
+    store: Optional[str] = typer.Option(None, "--store", help="Journal [<output>.corral.db]."),
+    timeout: Optional[float] = typer.Option(None, "--timeout"),
+    keep_formulas: bool = typer.Option(False, "--keep-formulas", help="Do not neutralise =,+,-,@ cells in CSV."),
+    progress: str = typer.Option("auto", "--progress"),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True),
+) -> None:
+    """Run one prompt over every row of a table; split across models or fanned out."""
+    from ..tables.analysis import build_runner
+    from ..tables.execute import ServerChoice, execute, model_list, server_specs
+    from ..tables.io import TableWriter, count_rows, read_table_chunks
+
+    setup_logging(verbose)
+    model_names = model_list(_split(models))
+    answer_schema = load_schema(schema) if schema else None
+    err = Console(file=sys.stderr, width=None if sys.stderr.isatty() else 120)
+    with ExitStack() as stack:
+        servers, local_model = _servers(server, api, local, config, workers, stack)
+        if local_model:
+            model_names = (local_model,)
+        specs, cfg = server_specs(ServerChoice(servers, config, api), workers)
+        chunks = read_table_chunks(input, chunk_size=chunk_size)
+        first = next(chunks, None)
+        if first is None:
+            raise UsageError(f"{input}: the table has no rows")
+        writer = TableWriter(output, neutralize_formulas=not keep_formulas)
+        written = 0
+
+        def emit(frame: Any) -> None:
+            nonlocal written
+            writer.write(frame)
+            written += len(frame)
+
+        runner = build_runner(
+            [str(c) for c in first.columns], emit, text_column=text_column, models=model_names,
+            fanout=fanout, prompt_template=read_text_arg(prompt, "--prompt"),
+            json_keys=_split(json_keys) or None, json_schema=answer_schema,
+            system=read_text_arg(system, "--system") or cfg.get("system"),
+            options={**cfg.get("options", {}), **_options(option, temperature, seed, num_ctx, max_tokens)},
+            id_column=id_column,
+        )
+
+        def all_chunks() -> Any:
+            yield first
+            yield from chunks
+
+        rows = count_rows(input)
+        total = rows * (len(model_names) if fanout else 1) if rows else None
+        complete = False
+        try:
+            stats = _run_interruptibly(execute(
+                runner, all_chunks(), specs=specs,
+                store=store or Path(output + ".corral.db"), max_concurrent_calls=max_concurrent_calls,
+                timeout=timeout, max_json_retries=json_retries, progress=progress, total=total,
+                argv=sys.argv,
+            ), store or output + ".corral.db")
+            complete = True
+        finally:
+            writer.close(complete=complete)
+    if runner.skipped:
+        err.print(f"corral: {len(runner.skipped)} row(s) not sent: {'; '.join(runner.skipped[:5])}",
+                  highlight=False, markup=False)
+    err.print(f"corral: {written} rows written to {output} ({stats.ok} answers ok, {stats.failed} failed, "
+              f"{stats.cached} from the store)", highlight=False)
+    keys = runner.plan.keys  # type: ignore[attr-defined]
+    if fanout and keys and len(model_names) > 1 and written:
+        _print_agreement(output, keys, model_names, err)
+    if stats.failed:
+        raise typer.Exit(1)
+
+
+def _print_agreement(output: str, keys: tuple[str, ...], models: tuple[str, ...], err: Console) -> None:
+    """After a fan-out run: how much the models agree on each categorical key."""
+    try:
+        from ..tables.agreement import agreement
+        from ..tables.io import read_table
+
+        report = agreement(read_table(output), models=list(models))
+    except UsageError as exc:
+        err.print(f"corral: no agreement table: {exc}", highlight=False, markup=False)
+        return
+    err.print(report.render())
+
+
+@app.command("fill")
+def fill_command(
+    input: str = typer.Argument(..., help="Table: CSV, TSV, Parquet, JSONL or Excel."),
+    output: str = typer.Option(..., "-o", "--output", "--output_csv", help="Output table."),
+    fields: str = typer.Option(..., "--fields", "--json_fields", help="Fields to fill: Occasion,City"),
+    title_col: str = typer.Option("title_en", "--title-col", "--text-column", help="Column with the text."),
+    col_map: Optional[str] = typer.Option(None, "--col-map", help="FIELD=COLUMN,...: fill these columns' gaps."),
+    models: str = typer.Option("llama3.2", "--models", "-m"),
+    fanout: bool = typer.Option(False, "--fanout"),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Template with {text} and {fields} (or @file)."),
+    system: Optional[str] = typer.Option(None, "--system"),
+    config: Optional[str] = typer.Option(None, "--config", "-c"),
+    server: list[str] = typer.Option([], "--server", "-s"),
+    api: str = typer.Option("ollama", "--api"),
+    local: bool = typer.Option(False, "--local"),
+    workers: int = typer.Option(3, "--workers", "-j"),
+    max_concurrent_calls: Optional[int] = typer.Option(None, "--max-concurrent-calls"),
+    chunk_size: int = typer.Option(20_000, "--chunk-size", "--chunk_size"),
+    option: list[str] = typer.Option([], "--option", "-O"),
+    temperature: Optional[float] = typer.Option(None, "--temperature"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    num_ctx: Optional[int] = typer.Option(None, "--num-ctx"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "--num-predict"),
+    json_retries: int = typer.Option(2, "--json-retries"),
+    store: Optional[str] = typer.Option(None, "--store"),
+    timeout: Optional[float] = typer.Option(None, "--timeout"),
+    keep_formulas: bool = typer.Option(False, "--keep-formulas"),
+    progress: str = typer.Option("auto", "--progress"),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True),
+) -> None:
+    """Ask the model only for the fields each row is missing; never overwrite existing values."""
+    from ..tables.fill import fill_file_async
+
+    setup_logging(verbose)
+    with ExitStack() as stack:
+        servers, local_model = _servers(server, api, local, config, workers, stack)
+        written, stats = _run_interruptibly(fill_file_async(
+            input, output, chunk_size=chunk_size, title_col=title_col, json_fields=tuple(_split(fields)),
+            col_map=_col_map(col_map) or None, model_names=(local_model,) if local_model else _split(models),
+            fanout=fanout, workers=workers, max_concurrent_calls=max_concurrent_calls,
+            prompt_template=read_text_arg(prompt, "--prompt"), system=read_text_arg(system, "--system"),
+            servers=servers, config=config, api=api, store=store, max_json_retries=json_retries,
+            timeout=timeout, progress=progress, neutralize_formulas=not keep_formulas, argv=sys.argv,
+            **_options(option, temperature, seed, num_ctx, max_tokens),
+        ), store or output + ".corral.db")
+    print(f"corral: {written} rows written to {output} ({stats.ok} answers ok, {stats.failed} failed, "
+          f"{stats.cached} from the store)", file=sys.stderr)
+    if stats.failed:
+        raise typer.Exit(1)
+

@@ -1,0 +1,65 @@
+"""Run a TableRunner through the engine: the part run_analysis, fill and the CLI share."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pandas as pd
+
+from ..api import resolve_server_list
+from ..config import ServerSpec
+from ..engine import EngineSettings, JobStats, RetryPolicy
+from ..errors import UsageError
+from ..jobs import run_requests
+from ..store import Store
+from .runner import TableRunner
+
+
+@dataclass(slots=True)
+class ServerChoice:
+    """Where to send work: explicit servers, a config file, or OLLAMA_HOST."""
+
+    servers: Any = None
+    config: str | None = None
+    api: str = "ollama"
+
+
+def model_list(model_names: str | Sequence[str]) -> tuple[str, ...]:
+    names = [model_names] if isinstance(model_names, str) else list(model_names)
+    models = tuple(dict.fromkeys(n.strip() for n in names if n and n.strip()))
+    if not models:
+        raise UsageError("model_names is empty: give at least one model")
+    return models
+
+
+def server_specs(choice: ServerChoice, workers: int | None) -> tuple[list[ServerSpec], dict[str, Any]]:
+    """Servers with ``workers`` slots each, unless a server's config sets its own max_concurrency."""
+    specs, cfg = resolve_server_list(choice.servers, choice.config, choice.api)
+    if workers is not None:
+        if workers < 1:
+            raise UsageError("workers must be at least 1")
+        specs = [s if s.max_concurrency else replace(s, max_concurrency=workers) for s in specs]
+    return specs, cfg
+
+
+async def execute(runner: TableRunner, chunks: Iterable[pd.DataFrame], *, specs: list[ServerSpec],
+                  store: str | os.PathLike[str] | Store | None, max_concurrent_calls: int | None,
+                  timeout: float | None, max_json_retries: int, progress: str,
+                  total: int | None = None, argv: list[str] | None = None) -> JobStats:
+    settings = EngineSettings(
+        timeout=timeout or 300.0, retry=RetryPolicy(), max_in_flight=max_concurrent_calls,
+        validate=runner.validate, content_retries=max_json_retries,
+    )
+    journal = store if isinstance(store, Store) else Store(store)
+    try:
+        result = await run_requests(
+            runner.requests(chunks), servers=specs, store=journal, settings=settings, sinks=[runner],
+            models=runner.models, total=total, progress=progress, argv=argv,
+        )
+    finally:
+        if not isinstance(store, Store):
+            journal.close()
+    return result.stats

@@ -1,0 +1,223 @@
+"""Fill only what is missing: seed 000's `fill_missing_fields_from_csv`, streamed and resumable.
+
+For each row, the fields whose cells are empty are asked for, and only those: a row with nothing
+missing is never sent. Existing values are never overwritten. Answers go to ``computed_<key>``, or
+into the ``col_map`` column's empty cells, or to ``computed_<key>_<model>`` in fan-out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..api import run_sync
+from ..engine import JobStats
+from ..errors import UsageError
+from ..store import Store
+from .answers import check_keys
+from .execute import ServerChoice, execute, model_list, server_specs
+from .io import TableWriter, read_table_chunks, to_pandas
+from .prompts import PromptTemplate, is_missing
+from .runner import RowPlan, RowResult, TableRunner, parse_outcome
+
+log = logging.getLogger("corral")
+
+DEFAULT_FILL_PROMPT = (
+    "Extract these fields from the text: {fields}. Answer with one JSON object with exactly these "
+    "keys; use null for a field the text does not give.\n\nText:\n{text}"
+)
+
+
+class FillPlan:
+    """Per row: which fields are missing, and the prompt asking for exactly those."""
+
+    def __init__(self, columns: list[str], title_col: str, json_fields: tuple[str, ...],
+                 col_map: dict[str, str] | None, prompt_template: str | None) -> None:
+        if title_col not in columns:
+            raise UsageError(f"text column {title_col!r} is not in the table; columns are: "
+                             f"{', '.join(map(str, columns))}")
+        self.title_col = title_col
+        self.fields = check_keys(json_fields, "json_fields")
+        self.col_map = dict(col_map or {})
+        unknown = sorted(set(self.col_map) - set(self.fields))
+        if unknown:
+            raise UsageError(f"col_map names {', '.join(unknown)}, which are not among the fields "
+                             f"{', '.join(self.fields)}")
+        # Where a field's existing value lives: its col_map column, else a column of its own name.
+        self.source = {f: self.col_map.get(f, f if f in columns else None) for f in self.fields}
+        template = prompt_template or DEFAULT_FILL_PROMPT
+        self.template = PromptTemplate(template.replace("{fields}", "\x00fields\x00"), title_col,
+                                       [str(c) for c in columns])
+
+    def missing(self, row: dict[str, Any]) -> tuple[str, ...]:
+        return tuple(f for f in self.fields
+                     if self.source[f] is None or is_missing(row.get(self.source[f])))
+
+    def __call__(self, row: dict[str, Any]) -> RowPlan | str:
+        wanted = self.missing(row)
+        if not wanted:
+            return "nothing missing"
+        if is_missing(row.get(self.title_col)):
+            return "empty text"
+        prompt = self.template.render(row).replace("\x00fields\x00", ", ".join(wanted))
+        schema = {"type": "object", "properties": {f: {"type": ["string", "null"]} for f in wanted},
+                  "required": list(wanted)}
+        return RowPlan(prompt=prompt, keys=wanted, schema=schema)
+
+
+def fill_columns(frame: pd.DataFrame, results: list[RowResult], plan: FillPlan,
+                 models: tuple[str, ...], fanout: bool) -> pd.DataFrame:
+    """The chunk with its answers placed; an existing value is never replaced."""
+    out = frame.copy()
+    names = models if fanout else ("*",)
+    for name in names:
+        suffix = f"_{name}" if fanout else ""
+        values: dict[str, list[Any]] = {f: [] for f in plan.fields}
+        errors: list[Any] = []
+        answered_by: list[Any] = []
+        for result in results:
+            outcome = result.outcomes.get(name)
+            parsed, error, _ = parse_outcome(outcome, result.plan)
+            if result.skipped and result.skipped != "nothing missing":
+                error = f"not sent: {result.skipped}"
+            errors.append(error)
+            answered_by.append(outcome.request.model if outcome else None)
+            asked = result.plan.keys if result.plan else ()
+            for field in plan.fields:
+                values[field].append(parsed.get(field) if field in (asked or ()) and error is None else None)
+        for field in plan.fields:
+            target = plan.col_map.get(field) if not fanout else None
+            if target:
+                column = out[target] if target in out.columns else pd.Series([None] * len(out), dtype=object)
+                column = column.astype(object)
+                fills = pd.Series(values[field], index=out.index, dtype=object)
+                empty = column.map(is_missing)
+                out[target] = column.where(~empty, fills)
+            else:
+                out[f"computed_{field}{suffix}"] = values[field]
+        out[f"fill_error{suffix}"] = errors
+        if not fanout:
+            out["fill_model"] = answered_by
+    return out
+
+
+def _runner(columns: list[str], emit: Any, *, title_col: str, json_fields: Sequence[str],
+            col_map: dict[str, str] | None, models: tuple[str, ...], fanout: bool,
+            prompt_template: str | None, system: str | None, options: dict[str, Any]) -> tuple[TableRunner, FillPlan]:
+    plan = FillPlan(columns, title_col, tuple(json_fields), col_map, prompt_template)
+    runner = TableRunner(
+        models=models, fanout=fanout, system=system, options=options, plan=plan,
+        finish=lambda frame, results: fill_columns(frame, results, plan, models, fanout), emit=emit,
+    )
+    return runner, plan
+
+
+async def fill_missing_fields_async(
+    df: Any, title_col: str = "title_en",
+    json_fields: Sequence[str] = ("Occasion", "Institution", "City"),
+    col_map: dict[str, str] | None = None, model_names: str | Sequence[str] = "llama3.2",
+    fanout: bool = False, workers: int = 3, *, max_concurrent_calls: int | None = None,
+    prompt_template: str | None = None, system: str | None = None, servers: Any = None,
+    config: str | None = None, api: str = "ollama", store: str | os.PathLike[str] | Store | None = None,
+    max_json_retries: int = 2, timeout: float | None = None, progress: bool | str = True,
+    chunk_size: int = 20_000, **options: Any,
+) -> Any:
+    frame = to_pandas(df)
+    models = model_list(model_names)
+    specs, cfg = server_specs(ServerChoice(servers, config, api), workers)
+    parts: list[pd.DataFrame] = []
+    runner, _ = _runner(list(frame.columns), parts.append, title_col=title_col, json_fields=json_fields,
+                        col_map=col_map, models=models, fanout=fanout, prompt_template=prompt_template,
+                        system=system or cfg.get("system"), options={**cfg.get("options", {}), **options})
+    chunks = [frame.iloc[s:s + chunk_size] for s in range(0, len(frame), chunk_size)] or [frame]
+    await execute(runner, chunks, specs=specs, store=store, max_concurrent_calls=max_concurrent_calls,
+                  timeout=timeout, max_json_retries=max_json_retries,
+                  progress="auto" if progress is True else (progress or "none"))
+    out = pd.concat(parts, ignore_index=True)
+    out.index = frame.index
+    if type(df).__module__.startswith("polars"):
+        import polars as pl
+
+        return pl.from_pandas(out)
+    return out
+
+
+def fill_missing_fields(df: Any, title_col: str = "title_en",
+                        json_fields: Sequence[str] = ("Occasion", "Institution", "City"),
+                        col_map: dict[str, str] | None = None,
+                        model_names: str | Sequence[str] = "llama3.2", fanout: bool = False,
+                        workers: int = 3, **kwargs: Any) -> Any:
+    """Ask only for the fields each row lacks; return a new DataFrame (pandas or polars, as given)."""
+    return run_sync(fill_missing_fields_async(df, title_col, json_fields, col_map, model_names, fanout,
+                                              workers, **kwargs))
+
+
+async def fill_file_async(
+    input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], *, chunk_size: int = 20_000,
+    title_col: str = "title_en", json_fields: Sequence[str] = ("Occasion", "Institution", "City"),
+    col_map: dict[str, str] | None = None, model_names: str | Sequence[str] = "llama3.2",
+    fanout: bool = False, workers: int = 3, max_concurrent_calls: int | None = None,
+    prompt_template: str | None = None, system: str | None = None, servers: Any = None,
+    config: str | None = None, api: str = "ollama", store: str | os.PathLike[str] | Store | None = None,
+    max_json_retries: int = 2, timeout: float | None = None, progress: str = "auto",
+    neutralize_formulas: bool = True, argv: list[str] | None = None, **options: Any,
+) -> tuple[int, JobStats]:
+    """Stream a table file through the fill job, writing the output chunk by chunk."""
+    models = model_list(model_names)
+    specs, cfg = server_specs(ServerChoice(servers, config, api), workers)
+    chunks = read_table_chunks(input_path, chunk_size=chunk_size)
+    first = next(chunks, None)
+    if first is None:
+        raise UsageError(f"{input_path}: the table has no rows")
+    writer = TableWriter(output_path, neutralize_formulas=neutralize_formulas)
+    written = 0
+
+    def emit(frame: pd.DataFrame) -> None:
+        nonlocal written
+        writer.write(frame)
+        written += len(frame)
+
+    runner, _ = _runner([str(c) for c in first.columns], emit, title_col=title_col,
+                        json_fields=json_fields, col_map=col_map, models=models, fanout=fanout,
+                        prompt_template=prompt_template, system=system or cfg.get("system"),
+                        options={**cfg.get("options", {}), **options})
+
+    def all_chunks() -> Any:
+        yield first
+        yield from chunks
+
+    complete = False
+    try:
+        stats = await execute(runner, all_chunks(), specs=specs,
+                      store=store if store is not None else Path(str(output_path) + ".corral.db"),
+                      max_concurrent_calls=max_concurrent_calls, timeout=timeout,
+                      max_json_retries=max_json_retries, progress=progress, argv=argv,
+                      total=None)
+        complete = True
+    finally:
+        writer.close(complete=complete)
+    if runner.skipped:
+        log.warning("%d row(s) not sent: %s", len(runner.skipped), "; ".join(runner.skipped[:5]))
+    return written, stats
+
+
+def fill_missing_fields_from_csv(
+    input_csv: str, output_csv: str = "out.csv", chunk_size: int = 20_000, workers: int = 3,
+    batch_size: int = 4, title_col: str = "title_en",
+    json_fields: tuple[str, ...] = ("Occasion", "Institution", "City"),
+    col_map: dict[str, str] | None = None, model_names: str | Sequence[str] = "llama3.2",
+    fanout: bool = False, **kwargs: Any,
+) -> None:
+    """Seed 000's function: stream ``input_csv`` in chunks and write ``output_csv`` (any table format
+    by extension). ``batch_size`` is accepted for compatibility; corral's slots make it unnecessary.
+    Re-running resumes from the journal beside the output (``<output>.corral.db``)."""
+    del batch_size
+    kwargs.setdefault("progress", "auto")
+    run_sync(fill_file_async(input_csv, output_csv, chunk_size=chunk_size, workers=workers,
+                             title_col=title_col, json_fields=json_fields, col_map=col_map,
+                             model_names=model_names, fanout=fanout, **kwargs))

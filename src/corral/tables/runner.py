@@ -1,0 +1,188 @@
+"""Tables through the engine: rows become requests, outcomes become columns, chunk by chunk.
+
+A table job reads chunks lazily, asks the engine for one request per row (split mode: any model of
+the group answers; fan-out: one request per model), and rebuilds each chunk with its new columns as
+soon as the chunk's last outcome arrives. The engine delivers outcomes in input order, so only the
+chunks being worked on are in memory, never the table.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from ..backends import Reply
+from ..requests import Request, build_messages, canonical_options, model_group
+from ..results import Outcome
+from .answers import AnswerCheck
+
+log = logging.getLogger("corral")
+
+
+@dataclass(slots=True)
+class RowPlan:
+    """What to ask about one row."""
+
+    prompt: str
+    keys: tuple[str, ...] | None = None
+    schema: dict[str, Any] | None = None
+    model_class: Any = None
+
+
+@dataclass(slots=True)
+class RowResult:
+    """What came back for one row: an outcome per model, or why the row was not sent."""
+
+    plan: RowPlan | None
+    skipped: str | None = None
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Chunk:
+    frame: pd.DataFrame
+    results: list[RowResult]
+    expected: int
+    received: int = 0
+
+
+def parse_outcome(outcome: Outcome | None, plan: RowPlan | None) -> tuple[dict[str, Any], str | None, str | None]:
+    """(values by key, error, raw text) for one outcome; errors always carry a reason."""
+    if outcome is None:
+        return {}, None, None
+    text = outcome.text
+    if not outcome.ok:
+        return {}, outcome.error or "failed", text
+    if plan is None or plan.keys is None:
+        return {}, None, text
+    values, problem = AnswerCheck(plan.keys, plan.schema, plan.model_class).parse(text)
+    return (values or {}), problem, text
+
+
+class TableRunner:
+    """Turns chunks into requests and outcomes back into chunks; a sink for the engine."""
+
+    def __init__(self, *, models: tuple[str, ...], fanout: bool, system: str | None,
+                 options: dict[str, Any], plan: Callable[[dict[str, Any]], RowPlan | str],
+                 finish: Callable[[pd.DataFrame, list[RowResult]], pd.DataFrame],
+                 emit: Callable[[pd.DataFrame], None], id_column: str | None = None) -> None:
+        self.models = models
+        self.fanout = fanout
+        self.system = system
+        self.options = canonical_options(options)
+        self.plan = plan
+        self.finish = finish
+        self.emit = emit
+        self.id_column = id_column
+        self.skipped: list[str] = []
+        self.rows_read = 0
+        self._pending: deque[_Chunk] = deque()
+        self._checks: dict[tuple[Any, ...], AnswerCheck] = {}
+
+    # -- the request side ---------------------------------------------------------------------------
+    def requests(self, chunks: Iterable[pd.DataFrame]) -> Iterator[Request]:
+        for frame in chunks:
+            frame = frame.reset_index(drop=True)
+            results: list[RowResult] = []
+            chunk_requests: list[Request] = []
+            for position, row in enumerate(frame.to_dict("records")):
+                row_number = self.rows_read + position + 1
+                planned = self.plan(row)
+                if isinstance(planned, str):
+                    results.append(RowResult(plan=None, skipped=planned))
+                    if planned != "nothing missing":
+                        self.skipped.append(f"row {row_number}: {planned}")
+                    continue
+                results.append(RowResult(plan=planned))
+                row_id = str(row.get(self.id_column)) if self.id_column else str(row_number)
+                for model in (self.models if self.fanout else (model_group(self.models),)):
+                    chunk_requests.append(self._request(planned, model, row_id, len(results) - 1))
+            self.rows_read += len(frame)
+            self._pending.append(_Chunk(frame, results, expected=len(chunk_requests)))
+            self._drain()
+            yield from chunk_requests
+
+    def _request(self, plan: RowPlan, model: str, row_id: str, position: int) -> Request:
+        split = not self.fanout
+        return Request(
+            index=0, id=row_id, model=model,
+            messages=build_messages(plan.prompt, self.system),
+            options=dict(self.options), format=plan.schema,
+            meta={"row": position, "plan": plan},
+            model_choices=self.models if split else None,
+        )
+
+    def validate(self, request: Request, reply: Reply) -> str | None:
+        """Engine hook: re-ask when a structured answer is not the JSON we asked for."""
+        plan: RowPlan | None = request.meta.get("plan")
+        if plan is None or plan.keys is None:
+            return None
+        key = (plan.keys, id(plan.schema), plan.model_class)
+        check = self._checks.get(key)
+        if check is None:
+            check = self._checks[key] = AnswerCheck(plan.keys, plan.schema, plan.model_class)
+        return check.problem(reply.text)
+
+    # -- the outcome side (the engine's sink) ------------------------------------------------------
+    def write(self, outcome: Outcome) -> None:
+        chunk = self._pending[0]
+        result = chunk.results[outcome.request.meta["row"]]
+        name = outcome.request.model if self.fanout else "*"
+        result.outcomes[name] = outcome
+        chunk.received += 1
+        self._drain()
+
+    def _drain(self) -> None:
+        while self._pending and self._pending[0].received >= self._pending[0].expected:
+            chunk = self._pending.popleft()
+            self.emit(self.finish(chunk.frame, chunk.results))
+
+    def close(self, complete: bool = True) -> None:
+        if complete:
+            self._drain()
+
+
+def split_columns(keys: tuple[str, ...] | None) -> list[str]:
+    return ["response", *(keys or ()), "model", "error"]
+
+
+def add_answer_columns(frame: pd.DataFrame, results: list[RowResult], models: tuple[str, ...],
+                       fanout: bool, keys: tuple[str, ...] | None) -> pd.DataFrame:
+    """run_analysis's columns: response/keys/model/error, or each suffixed _<model> in fan-out."""
+    out = frame.copy()
+    key_list = list(keys or ())
+    if fanout:
+        for model in models:
+            columns = _columns_for(results, model, key_list)
+            out[f"response_{model}"] = columns["response"]
+            for key in key_list:
+                out[f"{key}_{model}"] = columns[key]
+            out[f"error_{model}"] = columns["error"]
+    else:
+        columns = _columns_for(results, "*", key_list)
+        out["response"] = columns["response"]
+        for key in key_list:
+            out[key] = columns[key]
+        out["model"] = columns["model"]
+        out["error"] = columns["error"]
+    return out
+
+
+def _columns_for(results: list[RowResult], name: str, keys: list[str]) -> dict[str, list[Any]]:
+    columns: dict[str, list[Any]] = {c: [] for c in ("response", "model", "error", *keys)}
+    for result in results:
+        outcome = result.outcomes.get(name)
+        values, error, text = parse_outcome(outcome, result.plan)
+        if result.skipped:
+            error = f"not sent: {result.skipped}"
+        columns["response"].append(text)
+        columns["model"].append(outcome.request.model if outcome else None)
+        columns["error"].append(error)
+        for key in keys:
+            columns[key].append(values.get(key) if error is None else None)
+    return columns
