@@ -136,8 +136,8 @@ def analyze_command(
             complete = True
         finally:
             writer.close(complete=complete)
-    if runner.skipped:
-        err.print(f"corral: {len(runner.skipped)} row(s) not sent: {'; '.join(runner.skipped[:5])}",
+    if runner.skipped_count:
+        err.print(f"corral: {runner.skipped_count} row(s) not sent: {'; '.join(runner.skipped[:5])}",
                   highlight=False, markup=False)
     err.print(f"corral: {written} rows written to {output} ({stats.ok} answers ok, {stats.failed} failed, "
               f"{stats.cached} from the store)", highlight=False)

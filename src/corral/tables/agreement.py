@@ -59,7 +59,9 @@ class KeyAgreement:
     n_complete: int              # rows every model answered
     n_alpha: int                 # rows answered by ≥ 2 models: the units α is computed on
     labels: list[Any]            # every (normalised) label seen, sorted
-    pairs: pd.DataFrame          # model_a, model_b, n, percent_agreement (0-100), cohen_kappa
+    # model_a, model_b, n, percent_agreement (0-100), cohen_kappa; undefined values are NaN here
+    # and None in to_dict()
+    pairs: pd.DataFrame
     alpha: float | None          # Krippendorff's α (nominal) across all models
     confusion: dict[tuple[str, str], pd.DataFrame]
     gold: pd.DataFrame | None = None   # model, n, accuracy, macro_f1

@@ -85,8 +85,8 @@ async def run_analysis_async(
     await execute(runner, chunks, specs=specs, store=store, max_concurrent_calls=max_concurrent_calls,
                   timeout=timeout, max_json_retries=max_json_retries,
                   progress=_progress_mode(progress), total=len(frame) * per_row)
-    if runner.skipped:
-        log.warning("%d row(s) not sent: %s", len(runner.skipped), "; ".join(runner.skipped[:5]))
+    if runner.skipped_count:
+        log.warning("%d row(s) not sent: %s", runner.skipped_count, "; ".join(runner.skipped[:5]))
     out = pd.concat(parts, ignore_index=True) if parts else add_answer_columns(
         frame.iloc[0:0], [], models, fanout, runner.plan.keys)  # type: ignore[attr-defined]
     out.index = frame.index

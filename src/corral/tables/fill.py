@@ -53,6 +53,7 @@ class FillPlan:
         template = prompt_template or DEFAULT_FILL_PROMPT
         self.template = PromptTemplate(template.replace("{fields}", "\x00fields\x00"), title_col,
                                        [str(c) for c in columns])
+        self._schemas: dict[tuple[str, ...], dict[str, Any]] = {}
 
     def missing(self, row: dict[str, Any]) -> tuple[str, ...]:
         return tuple(f for f in self.fields
@@ -65,8 +66,11 @@ class FillPlan:
         if is_missing(row.get(self.title_col)):
             return "empty text"
         prompt = self.template.render(row).replace("\x00fields\x00", ", ".join(wanted))
-        schema = {"type": "object", "properties": {f: {"type": ["string", "null"]} for f in wanted},
-                  "required": list(wanted)}
+        schema = self._schemas.get(wanted)
+        if schema is None:  # one schema object per combination of missing fields, shared by rows
+            schema = self._schemas[wanted] = {
+                "type": "object", "properties": {f: {"type": ["string", "null"]} for f in wanted},
+                "required": list(wanted)}
         return RowPlan(prompt=prompt, keys=wanted, schema=schema)
 
 
@@ -201,8 +205,8 @@ async def fill_file_async(
         complete = True
     finally:
         writer.close(complete=complete)
-    if runner.skipped:
-        log.warning("%d row(s) not sent: %s", len(runner.skipped), "; ".join(runner.skipped[:5]))
+    if runner.skipped_count:
+        log.warning("%d row(s) not sent: %s", runner.skipped_count, "; ".join(runner.skipped[:5]))
     return written, stats
 
 

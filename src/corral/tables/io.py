@@ -204,13 +204,25 @@ def _next_csv_chunk(reader: Any) -> pd.DataFrame | None:
 
 def _reject_nul(path: Path, chunk: pd.DataFrame) -> None:
     """NUL bytes mean a binary or UTF-16 file; pandas would pass them through as text."""
-    for i in range(chunk.shape[1]):
-        try:
-            found = chunk.iloc[:, i].str.contains("\x00", regex=False, na=False).any()
-        except AttributeError:  # an all-missing object column has no .str
+    if _any_cell_contains(chunk, "\x00"):
+        raise _nul_error(path)
+
+
+def _any_cell_contains(frame: pd.DataFrame, text: str, unless: str | None = None) -> bool:
+    """Whether any text cell contains ``text`` (and not ``unless``), vectorised column by column."""
+    for i in range(frame.shape[1]):
+        column = frame.iloc[:, i]
+        if column.dtype != object and not pd.api.types.is_string_dtype(column.dtype):
             continue
-        if found:
-            raise _nul_error(path)
+        try:
+            hits = column.str.contains(text, regex=False, na=False)
+            if unless is not None and hits.any():
+                hits &= ~column.str.contains(unless, regex=False, na=False)
+        except AttributeError:  # an object column without any str has no .str
+            continue
+        if hits.any():
+            return True
+    return False
 
 
 _FIELDS_RE = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
@@ -670,7 +682,8 @@ class TableWriter:
     ``neutralize_formulas`` (default on) applies to CSV/TSV only, because spreadsheets execute cells
     that look like formulas (see :func:`neutralize_formulas`). Parquet and JSONL are data formats
     and are written unchanged; Excel output is written with every text cell typed as text, so no
-    cell is ever a formula and nothing needs changing.
+    cell is ever a formula and nothing needs changing. (Excel's XML does turn a carriage return
+    inside a cell into a line feed: use CSV, Parquet or JSONL where that matters.)
     """
 
     def __init__(self, path: PathLike, fmt: str | None = None, *,
@@ -750,9 +763,14 @@ class TableWriter:
         frame = _nested_to_json(frame)
         if self.neutralize:
             frame = neutralize_formulas(frame)
+        # Python < 3.12's csv writer only quotes the characters of the line terminator, so with
+        # "\n" a cell holding a "\r" but no "\n" would go out unquoted and split the row when read
+        # back. Such (rare) chunks are written fully quoted instead: still standard CSV, same values.
+        bare_cr = _any_cell_contains(frame, "\r", unless="\n")
+        quoting = csv.QUOTE_ALL if bare_cr else csv.QUOTE_MINIMAL
         assert self._handle is not None
         frame.to_csv(self._handle, sep=_SEPARATORS[self.fmt], header=not self._header_done,
-                     index=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\n", na_rep="")
+                     index=False, quoting=quoting, lineterminator="\n", na_rep="")
         self._header_done = True
 
     def _write_jsonl(self, frame: pd.DataFrame) -> None:

@@ -79,7 +79,8 @@ class TableRunner:
         self.finish = finish
         self.emit = emit
         self.id_column = id_column
-        self.skipped: list[str] = []
+        self.skipped: list[str] = []   # the first 1,000 reasons; skipped_count counts them all
+        self.skipped_count = 0
         self.rows_read = 0
         self._pending: deque[_Chunk] = deque()
         self._checks: dict[tuple[Any, ...], AnswerCheck] = {}
@@ -96,7 +97,9 @@ class TableRunner:
                 if isinstance(planned, str):
                     results.append(RowResult(plan=None, skipped=planned))
                     if planned != "nothing missing":
-                        self.skipped.append(f"row {row_number}: {planned}")
+                        self.skipped_count += 1
+                        if len(self.skipped) < 1000:
+                            self.skipped.append(f"row {row_number}: {planned}")
                     continue
                 results.append(RowResult(plan=planned))
                 row_id = str(row.get(self.id_column)) if self.id_column else str(row_number)
@@ -122,7 +125,7 @@ class TableRunner:
         plan: RowPlan | None = request.meta.get("plan")
         if plan is None or plan.keys is None:
             return None
-        key = (plan.keys, id(plan.schema), plan.model_class)
+        key = (plan.keys, plan.model_class)
         check = self._checks.get(key)
         if check is None:
             check = self._checks[key] = AnswerCheck(plan.keys, plan.schema, plan.model_class)
