@@ -73,24 +73,15 @@ def prompt_request(item: str | dict[str, Any], model: str, system: str | None,
     )
 
 
+SEED_003_KEYS = ("prompt", "response", "model", "success", "error", "eval_count", "eval_duration")
+
+
 def result_dict(outcome: Outcome) -> dict[str, Any]:
-    """Seed 003's keys first (prompt, response, model, success, error, eval_count, eval_duration)."""
-    reply = outcome.reply
-    return {
-        "prompt": outcome.request.prompt,
-        "response": reply.text if reply else None,
-        "model": outcome.request.model,
-        "success": outcome.ok,
-        "error": outcome.error,
-        "eval_count": reply.eval_count if reply else None,
-        "eval_duration": reply.eval_duration if reply else None,
-        "prompt_eval_count": reply.prompt_eval_count if reply else None,
-        "total_duration": reply.total_duration if reply else None,
-        "server": outcome.server,
-        "latency": outcome.latency,
-        "attempts": outcome.attempts,
-        "cached": outcome.cached,
-    }
+    """Seed 003's keys first (OllamaManager.batch_generate), then corral's provenance fields."""
+    row = {**outcome.summary(), "success": outcome.ok}
+    ordered = {key: row[key] for key in SEED_003_KEYS}
+    ordered.update((key, value) for key, value in row.items() if key not in ordered and key != "id")
+    return ordered
 
 
 async def batch_generate_async(
