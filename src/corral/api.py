@@ -12,6 +12,7 @@ import os
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, TypeVar
 
+from . import runtime
 from .config import ServerSpec, default_servers, load_config, server_from_url
 from .engine import Engine, EngineSettings, RetryPolicy
 from .errors import UsageError
@@ -29,9 +30,9 @@ def run_sync(awaitable: Awaitable[T]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(awaitable)  # type: ignore[arg-type]
+        return runtime.run(awaitable)  # type: ignore[arg-type]
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="corral") as pool:
-        return pool.submit(asyncio.run, awaitable).result()  # type: ignore[arg-type]
+        return pool.submit(runtime.run, awaitable).result()  # type: ignore[arg-type]
 
 
 def resolve_server_list(servers: ServerLike | Sequence[ServerLike] | None, config: str | None,

@@ -7,7 +7,7 @@ status code, so the engine alone decides what to do next.
 
 from __future__ import annotations
 
-import time
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,8 +119,7 @@ class Backend(ABC):
         url = self.base + path
         try:
             async with self.session.request(
-                method, url, data=data, headers=self._headers,
-                timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(10.0, timeout)),
+                method, url, data=data, headers=self._headers, timeout=_timeout(timeout),
             ) as resp:
                 body = await resp.read()
                 if resp.status >= 400:
@@ -152,5 +151,7 @@ class Backend(ABC):
         return decoded
 
 
-def now_ns() -> int:
-    return time.monotonic_ns()
+@functools.lru_cache(maxsize=64)
+def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+    """One ClientTimeout per distinct value, not one per request."""
+    return aiohttp.ClientTimeout(total=seconds, sock_connect=min(10.0, seconds))

@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from .. import runtime
 from ..engine import EngineSettings, RetryPolicy
 from ..errors import UsageError
 from ..jobs import default_store_path, open_sinks, run_prompt_file
@@ -142,7 +143,7 @@ def _run_interruptibly(coro, store_path: str):  # type: ignore[no-untyped-def]
         return await coro
 
     try:
-        return asyncio.run(main())
+        return runtime.run(main())
     except asyncio.CancelledError:
         print(f"\ncorral: interrupted; finished results are kept in {store_path}: "
               "run the same command again to resume", file=sys.stderr)

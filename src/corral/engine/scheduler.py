@@ -123,7 +123,9 @@ class Engine:
     async def start(self) -> None:
         """Open the HTTP session and probe every server; unreachable ones are reported and skipped."""
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
-        self._session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
+        # No cookie jar: LLM servers set no cookies, and filtering them costs time on every request.
+        self._session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
+                                              skip_auto_headers=("User-Agent",))
         backends = [make_backend(spec, self._session) for spec in self.specs]
         probes = await asyncio.gather(*(probe_one(b, self.settings.probe_timeout) for b in backends))
         for spec, backend, result in zip(self.specs, backends, probes):
