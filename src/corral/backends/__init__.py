@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from ..config import ServerSpec
+from ..transport import HttpTransport
 from .base import Backend, BackendError, Reply, ServerInfo
 from .ollama import OllamaBackend, ollama_model_name
 from .openai import OpenAIBackend
@@ -12,8 +13,9 @@ from .openai import OpenAIBackend
 BACKENDS: dict[str, type[Backend]] = {"ollama": OllamaBackend, "openai": OpenAIBackend}
 
 
-def make_backend(spec: ServerSpec, session: aiohttp.ClientSession) -> Backend:
-    return BACKENDS[spec.api](spec, session)
+def make_backend(spec: ServerSpec, session: aiohttp.ClientSession,
+                 transport: HttpTransport | None = None) -> Backend:
+    return BACKENDS[spec.api](spec, session, transport)
 
 
 __all__ = [

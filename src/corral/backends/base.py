@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
+from urllib.parse import urlsplit
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ import orjson
 
 from ..config import ServerSpec
 from ..requests import Request
+from ..transport import HttpTransport, TransportError
 
 # Statuses worth another try: the server is busy, restarting or overloaded, not the request wrong.
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -90,7 +92,8 @@ class Backend(ABC):
 
     kind: str = ""
 
-    def __init__(self, spec: ServerSpec, session: aiohttp.ClientSession) -> None:
+    def __init__(self, spec: ServerSpec, session: aiohttp.ClientSession,
+                 transport: HttpTransport | None = None) -> None:
         self.spec = spec
         self.session = session
         self.base = spec.url
@@ -98,6 +101,17 @@ class Backend(ABC):
         key = spec.api_key()
         if key:
             self._headers["Authorization"] = f"Bearer {key}"
+        parts = urlsplit(spec.url)
+        # Plain http goes through the lean transport; https (and anything else) through aiohttp.
+        self._fast = transport if parts.scheme == "http" and parts.hostname else None
+        if self._fast is not None:
+            self._host = parts.hostname or ""
+            self._port = parts.port or 80
+            self._prefix = parts.path.rstrip("/")
+            host_header = f"[{self._host}]" if ":" in self._host else self._host
+            lines = [f"Host: {host_header}:{self._port}", "Accept: application/json",
+                     *(f"{k}: {v}" for k, v in self._headers.items())]
+            self._raw_headers = "".join(line + "\r\n" for line in lines).encode("latin-1")
 
     @abstractmethod
     async def probe(self, timeout: float) -> ServerInfo:
@@ -116,30 +130,21 @@ class Backend(ABC):
         return await self._call("GET", path, None, timeout)
 
     async def _call(self, method: str, path: str, data: bytes | None, timeout: float) -> dict[str, Any]:
-        url = self.base + path
-        try:
-            async with self.session.request(
-                method, url, data=data, headers=self._headers, timeout=_timeout(timeout),
-            ) as resp:
-                body = await resp.read()
-                if resp.status >= 400:
-                    raise BackendError(
-                        f"HTTP {resp.status} from {path}: {error_message(body)}",
-                        status=resp.status,
-                        retryable=resp.status in RETRYABLE_STATUSES,
-                        retry_after=parse_retry_after(resp.headers.get("Retry-After")),
-                    )
-        except BackendError:
-            raise
-        except TimeoutError:
-            raise BackendError(f"timed out after {timeout:g}s", retryable=True, kind="timeout") from None
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
-            raise BackendError(f"connection dropped mid-answer: {exc}", retryable=True,
-                               kind="connection") from None
-        except aiohttp.ClientError as exc:
-            raise BackendError(f"connection failed: {exc}", retryable=True, kind="connection") from None
-        except OSError as exc:
-            raise BackendError(f"connection failed: {exc}", retryable=True, kind="connection") from None
+        if self._fast is not None:
+            try:
+                answer = await self._fast.request(self._host, self._port, method, self._prefix + path,
+                                                  self._raw_headers, data, timeout)
+            except TransportError as exc:
+                raise BackendError(str(exc), retryable=True, kind=exc.kind) from None
+            return self._decode(path, answer.status, answer.body, answer.retry_after)
+        return await self._call_aiohttp(method, path, data, timeout)
+
+    def _decode(self, path: str, status: int, body: bytes, retry_after: str | None) -> dict[str, Any]:
+        if status >= 400:
+            raise BackendError(
+                f"HTTP {status} from {path}: {error_message(body)}", status=status,
+                retryable=status in RETRYABLE_STATUSES, retry_after=parse_retry_after(retry_after),
+            )
         try:
             decoded = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -149,6 +154,26 @@ class Backend(ABC):
             raise BackendError(f"unexpected answer from {path}: not a JSON object", retryable=True,
                                kind="protocol")
         return decoded
+
+    async def _call_aiohttp(self, method: str, path: str, data: bytes | None,
+                            timeout: float) -> dict[str, Any]:
+        url = self.base + path
+        try:
+            async with self.session.request(
+                method, url, data=data, headers=self._headers, timeout=_timeout(timeout),
+            ) as resp:
+                body = await resp.read()
+                status, retry_after = resp.status, resp.headers.get("Retry-After")
+        except TimeoutError:
+            raise BackendError(f"timed out after {timeout:g}s", retryable=True, kind="timeout") from None
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+            raise BackendError(f"connection dropped mid-answer: {exc}", retryable=True,
+                               kind="connection") from None
+        except aiohttp.ClientError as exc:
+            raise BackendError(f"connection failed: {exc}", retryable=True, kind="connection") from None
+        except OSError as exc:
+            raise BackendError(f"connection failed: {exc}", retryable=True, kind="connection") from None
+        return self._decode(path, status, body, retry_after)
 
 
 @functools.lru_cache(maxsize=64)

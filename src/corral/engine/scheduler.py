@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from ..errors import NoServerError
 from ..requests import GROUP_SEP, Request, request_key
 from ..results import Outcome
 from ..store import Store
+from ..transport import HttpTransport
 from .queue import WorkQueue
 from .retry import BUSY_STATUSES, RetryPolicy
 from .servers import ServerState, default_slots, describe_probe_error, probe_one, resolve_model
@@ -126,7 +128,9 @@ class Engine:
         # No cookie jar: LLM servers set no cookies, and filtering them costs time on every request.
         self._session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
                                               skip_auto_headers=("User-Agent",))
-        backends = [make_backend(spec, self._session) for spec in self.specs]
+        # CORRAL_HTTP=aiohttp sends everything through aiohttp (to compare, or to rule us out).
+        self._transport = None if os.environ.get("CORRAL_HTTP") == "aiohttp" else HttpTransport()
+        backends = [make_backend(spec, self._session, self._transport) for spec in self.specs]
         probes = await asyncio.gather(*(probe_one(b, self.settings.probe_timeout) for b in backends))
         for spec, backend, result in zip(self.specs, backends, probes):
             if isinstance(result, ServerInfo):
@@ -142,6 +146,8 @@ class Engine:
 
     async def aclose(self) -> None:
         self._closing = True
+        if getattr(self, "_transport", None) is not None:
+            self._transport.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -205,6 +211,7 @@ class Engine:
         self._all_read = False
         self._done = loop.create_future()
         self._flush_handle: asyncio.Handle | None = None
+        self._committed: asyncio.Future[None] | None = None
         self._next_start = 0.0
         self._no_server_since: dict[str, float] = {}
 
@@ -300,6 +307,11 @@ class Engine:
                     await self._attempt(server, item)
             else:
                 await self._attempt(server, item)
+            committed = self._committed
+            if committed is not None and not committed.done():
+                # The slot sends its next request only once its last answer is on disk, so a crash
+                # never loses more answers than there are slots (group commit keeps this cheap).
+                await asyncio.shield(committed)
 
     def _bind_model(self, server: ServerState, slot: int, item: _Item) -> None:
         """Split mode: this slot answers with its own model of the group (slot i -> model i mod k),
@@ -449,7 +461,9 @@ class Engine:
         self._outstanding -= 1
         self.store.record(outcome)
         if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+            loop = asyncio.get_running_loop()
+            self._flush_handle = loop.call_soon(self._flush)
+            self._committed = loop.create_future()
         self._deliver(outcome)
         for follower in item.followers:
             if follower.model_choices:
@@ -460,11 +474,15 @@ class Engine:
 
     def _flush(self) -> None:
         self._flush_handle = None
+        committed, self._committed = self._committed, None
         try:
             self.store.flush()
         except Exception as exc:  # the store cannot be written: stop the run, keep what is safe
             if not self._done.done():
                 self._done.set_exception(exc)
+        finally:
+            if committed is not None and not committed.done():
+                committed.set_result(None)
 
     def _deliver(self, outcome: Outcome) -> None:
         """Pass outcomes on in input order; each one passed on frees a row of the read-ahead window."""
