@@ -143,6 +143,10 @@ def test_default_ctx_size_and_commands(tmp_path, monkeypatch):
     srv = LocalServer(tmp_path / "m.gguf", n_parallel=3, port=1234, engine="xllamacpp")
     assert srv.ctx_size == 3 * local.SLOT_CTX
     assert srv.url == "http://127.0.0.1:1234" and srv.model == "smollm2" and srv.pid is None
+    assert srv.recommended_concurrency == 6
+    assert LocalServer(port=0).port == 0 and not LocalServer(port=0)._port_given  # 0 = pick one
+    with pytest.raises(ValueError):
+        LocalServer(engine="vllm")
     cmd = srv.command()
     assert cmd[1:3] == ["-m", "corral._local_child"]
     assert cmd[cmd.index("--parallel") + 1] == "3" and cmd[cmd.index("--ctx-size") + 1] == "6144"
@@ -252,7 +256,7 @@ _PARENT = textwrap.dedent("""
     import sys, threading, time
     sys.path.insert(0, {src!r})
     from corral.local import LocalServer
-    srv = LocalServer(n_parallel=1, engine=sys.argv[1], startup_timeout=60)
+    srv = LocalServer(n_parallel=1, engine=sys.argv[1], startup_timeout=60, log_path=sys.argv[3])
     if sys.argv[2] == "thread":   # started from a worker thread that then exits
         t = threading.Thread(target=srv.start); t.start(); t.join()
     else:
@@ -267,7 +271,8 @@ _PARENT = textwrap.dedent("""
 def test_sigkilled_parent_leaves_no_orphan(tmp_path, where):
     script = tmp_path / "parent.py"
     script.write_text(_PARENT.format(src=SRC))
-    parent = subprocess.Popen([sys.executable, str(script), "xllamacpp", where],
+    parent = subprocess.Popen([sys.executable, str(script), "xllamacpp", where,
+                               str(tmp_path / "server.log")],
                               stdout=subprocess.PIPE, text=True)
     try:
         line = parent.stdout.readline()
@@ -333,7 +338,8 @@ def test_binary_child_dies_with_sigkilled_parent(fake_binary, tmp_path):
     script = tmp_path / "parent.py"
     script.write_text(_PARENT.format(src=SRC))
     for where in ("main", "thread"):  # PDEATHSIG directly / via the supervisor
-        parent = subprocess.Popen([sys.executable, str(script), "binary", where],
+        parent = subprocess.Popen([sys.executable, str(script), "binary", where,
+                                   str(tmp_path / f"server-{where}.log")],
                                   stdout=subprocess.PIPE, text=True)
         try:
             child = int(parent.stdout.readline())
@@ -371,7 +377,8 @@ def test_sigint_to_terminal_group_is_handled_by_parent(tmp_path):
         import sys, time
         sys.path.insert(0, {SRC!r})
         from corral.local import LocalServer
-        with LocalServer(n_parallel=1, engine="xllamacpp", startup_timeout=60) as srv:
+        with LocalServer(n_parallel=1, engine="xllamacpp", startup_timeout=60,
+                         log_path={str(tmp_path / "server.log")!r}) as srv:
             print(srv.pid, flush=True)
             try:
                 time.sleep(120)

@@ -207,3 +207,18 @@ def test_sync_api_works_inside_a_running_event_loop(fake_ollama) -> None:
 def test_async_twin(fake_ollama) -> None:
     results = asyncio.run(corral.batch_generate_async(["a"], model="llama3.2", servers=fake_ollama.url))
     assert results[0]["response"] == "echo: a"
+
+
+def test_default_slots_follow_what_the_server_reports(fake_ollama_factory) -> None:
+    llama = fake_ollama_factory(api="openai", llamacpp=True, slots=3, strict_models=False)
+    plain = fake_ollama_factory()
+    configured = fake_ollama_factory()
+
+    async def probe() -> list[int]:
+        specs = [ServerSpec(llama.url, api="openai"), ServerSpec(plain.url),
+                 ServerSpec(configured.url, max_concurrency=5)]
+        async with corral.Engine(specs) as engine:
+            return [s.slots for s in engine.servers]
+
+    # llama.cpp: twice its /props total_slots, so its queue never runs dry; Ollama: 8; config wins.
+    assert asyncio.run(probe()) == [6, 8, 5]

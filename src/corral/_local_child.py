@@ -39,7 +39,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 EXIT_OK = 0
 EXIT_FAILED = 2

@@ -139,7 +139,8 @@ def batch_generate(
 
     Failures are reported in the result (``success=False``, ``error``), never raised, so a long batch
     is never lost to one bad row. ``max_concurrent`` is the number of requests in flight per server
-    (default: what the server reports, else 4 for Ollama). Extra keyword arguments are model options
+    (default: twice the slots llama.cpp reports, else 8 for Ollama, 16 for other OpenAI-compatible
+    servers). Extra keyword arguments are model options
     (``temperature=0, seed=1, num_ctx=4096, num_predict=64``...) or the keyword arguments of
     `batch_generate_async` (``system``, ``format``, ``api``, ``config``, ``store``, ``timeout``).
     Works the same in a plain script and inside Jupyter's running event loop.

@@ -7,7 +7,7 @@ engine. Nothing here speaks HTTP or parses a wire format.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,14 +105,3 @@ def open_sinks(output: str | None, output_dir: str | None, report: ScanReport,
     if not sinks:
         raise UsageError("no output: give -o results.jsonl and/or --output-dir DIR")
     return sinks
-
-
-def iter_chunks(items: Iterable[Request], size: int) -> Iterator[list[Request]]:
-    chunk: list[Request] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

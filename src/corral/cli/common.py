@@ -76,8 +76,9 @@ def resolve_servers(config: Config, server_urls: list[str], api: str, local: boo
 
         print("corral: starting the embedded llama.cpp server (SmolLM2-135M)...", file=sys.stderr)
         server = stack.enter_context(LocalServer(n_parallel=local_parallel))
-        spec = ServerSpec(url=server.url, api="openai", models=(server.model,),
-                          max_concurrency=local_parallel, name="local")
+        # No max_concurrency: the engine reads the slots from llama.cpp's /props and keeps twice
+        # as many requests in flight, the best setting measured on this server.
+        spec = ServerSpec(url=server.url, api="openai", models=(server.model,), name="local")
         return [spec], server.model
     if server_urls:
         return [server_from_url(url, api) for url in server_urls], None

@@ -88,7 +88,7 @@ def run_command(
     answer_format = load_schema(schema) if schema else ("json" if json_mode else cfg.format)
 
     with ExitStack() as stack:
-        specs, local_model = resolve_servers(cfg, server, api, local, concurrency or LOCAL_PARALLEL, stack)
+        specs, local_model = resolve_servers(cfg, server, api, local, LOCAL_PARALLEL, stack)
         defaults = Defaults(
             model=model or local_model or cfg.model,
             system=read_text_arg(system, "--system") or cfg.system_message,
