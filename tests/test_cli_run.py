@@ -159,6 +159,7 @@ def test_usage_errors_are_one_line_exit_2(tmp_path: Path, fake_ollama, args: lis
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert fragment in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("*.part"))  # no stray half-written output
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")

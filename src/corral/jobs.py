@@ -62,18 +62,20 @@ async def run_requests(
             failures.append(outcome)
 
     complete = False
-    async with Engine(servers, store, settings) as engine:
-        engine.check_models(models)
-        store.start_run(argv, {"servers": [s.label for s in engine.servers],
-                               "unreachable": engine.unreachable})
-        try:
-            async with ProgressDisplay(engine, progress):
-                stats = await engine.run(requests, on_outcome, total=total)
-            complete = True
-        finally:
-            for sink in sinks:
-                sink.close(complete=complete)
-            store.finish_run(engine.stats.as_dict())
+    try:
+        async with Engine(servers, store, settings) as engine:
+            engine.check_models(models)
+            store.start_run(argv, {"servers": [s.label for s in engine.servers],
+                                   "unreachable": engine.unreachable})
+            try:
+                async with ProgressDisplay(engine, progress):
+                    stats = await engine.run(requests, on_outcome, total=total)
+                complete = True
+            finally:
+                store.finish_run(engine.stats.as_dict())
+    finally:
+        for sink in sinks:  # also when no server answered: no stray half-written output
+            sink.close(complete=complete)
     return JobResult(stats=stats, failures=failures, unreachable=engine.unreachable, engine=engine)
 
 

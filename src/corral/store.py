@@ -94,6 +94,9 @@ class Store:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # Checkpoint the WAL every ~40 MB rather than every 4 MB: checkpoints run inside COMMIT,
+            # and a busy run commits often (measured: COMMIT 193 -> 102 us).
+            self._db.execute("PRAGMA wal_autocheckpoint=10000")
             self._db.executescript(_SCHEMA)
             self._db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",

@@ -54,6 +54,8 @@ class JsonlSink:
             self._file = None
         if complete:
             os.replace(self.part, self.path)
+        elif self.rows == 0:
+            self.part.unlink(missing_ok=True)  # nothing was written: leave no stray file behind
 
 
 def result_line(outcome: Outcome) -> dict[str, Any]:
