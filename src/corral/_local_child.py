@@ -153,17 +153,23 @@ def run_xllamacpp(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     _log(f"listening on {server.listening_address}")
 
-    def on_signal(signum, frame):  # noqa: ARG001
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    _stop_on_signals(stop)
     while not stop.is_set():
         stop.wait(1.0)
     _log("stopping")
     del server  # ~Server stops the HTTP server and joins its main loop
     _log("stopped")
     return EXIT_OK
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM (from corral) and SIGINT (a terminal) both mean: stop the server and exit cleanly."""
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
 
 
 def run_exec(args: argparse.Namespace) -> int:
@@ -178,11 +184,7 @@ def run_exec(args: argparse.Namespace) -> int:
         return EXIT_EXEC_FAILED
     _log(f"started {args.exec_argv[0]} as pid {child.pid}")
 
-    def on_signal(signum, frame):  # noqa: ARG001
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    _stop_on_signals(stop)
     while not stop.is_set():
         try:
             rc = child.wait(timeout=0.5)
