@@ -72,19 +72,24 @@ def resolve_servers(config: Config, server_urls: list[str], api: str, local: boo
     Precedence: --local, then --server flags, then the config's servers, then OLLAMA_HOST.
     """
     if local:
-        from ..local import LocalServer
-
-        print("corral: starting the embedded llama.cpp server (SmolLM2-135M)...", file=sys.stderr)
-        server = stack.enter_context(LocalServer(n_parallel=local_parallel))
-        # No max_concurrency: the engine reads the slots from llama.cpp's /props and keeps twice
-        # as many requests in flight, the best setting measured on this server.
-        spec = ServerSpec(url=server.url, api="openai", models=(server.model,), name="local")
-        return [spec], server.model
+        spec = start_local(local_parallel, stack)
+        return [spec], (spec.models or ("",))[0]
     if server_urls:
         return [server_from_url(url, api) for url in server_urls], None
     if config.servers:
         return list(config.servers), None
     return default_servers(), None
+
+
+def start_local(n_parallel: int, stack: ExitStack) -> ServerSpec:
+    """Start the embedded llama.cpp server for this command; it stops when ``stack`` closes."""
+    from ..local import LocalServer
+
+    print("corral: starting the embedded llama.cpp server (SmolLM2-135M)...", file=sys.stderr)
+    server = stack.enter_context(LocalServer(n_parallel=n_parallel))
+    # No max_concurrency: the engine reads the slots from llama.cpp's /props and keeps twice as many
+    # requests in flight, the best setting measured on this server.
+    return ServerSpec(url=server.url, api="openai", models=(server.model,), name="local")
 
 
 def load_config_arg(path: str | None) -> Config:

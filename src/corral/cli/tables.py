@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any, Optional
 
 import typer
@@ -12,7 +11,8 @@ from rich.console import Console
 
 from ..errors import UsageError
 from . import app
-from .common import load_schema, parse_option_pairs, read_text_arg, setup_logging
+from ..jobs import default_store_path
+from .common import load_schema, parse_option_pairs, read_text_arg, setup_logging, start_local
 from .run import _run_interruptibly
 
 
@@ -20,12 +20,8 @@ def _servers(server: list[str], api: str, local: bool, config: Optional[str], wo
              stack: ExitStack) -> tuple[Any, Optional[str]]:
     """Servers for a table job: --local, --server URLs, else the config / OLLAMA_HOST."""
     if local:
-        from ..config import ServerSpec
-        from ..local import LocalServer
-
-        print("corral: starting the embedded llama.cpp server (SmolLM2-135M)...", file=sys.stderr)
-        srv = stack.enter_context(LocalServer(n_parallel=max(workers, 1)))
-        return [ServerSpec(url=srv.url, api="openai", models=(srv.model,), name="local")], srv.model
+        spec = start_local(max(workers, 1), stack)
+        return [spec], (spec.models or ("",))[0]
     return (server or None), None
 
 
@@ -129,10 +125,10 @@ def analyze_command(
         try:
             stats = _run_interruptibly(execute(
                 runner, all_chunks(), specs=specs,
-                store=store or Path(output + ".corral.db"), max_concurrent_calls=max_concurrent_calls,
+                store=store or default_store_path(output, None), max_concurrent_calls=max_concurrent_calls,
                 timeout=timeout, max_json_retries=json_retries, progress=progress, total=total,
                 argv=sys.argv,
-            ), store or output + ".corral.db")
+            ), str(store or default_store_path(output, None)))
             complete = True
         finally:
             writer.close(complete=complete)
@@ -205,7 +201,7 @@ def fill_command(
             servers=servers, config=config, api=api, store=store, max_json_retries=json_retries,
             timeout=timeout, progress=progress, neutralize_formulas=not keep_formulas, argv=sys.argv,
             **_options(option, temperature, seed, num_ctx, max_tokens),
-        ), store or output + ".corral.db")
+        ), str(store or default_store_path(output, None)))
     print(f"corral: {written} rows written to {output} ({stats.ok} answers ok, {stats.failed} failed, "
           f"{stats.cached} from the store)", file=sys.stderr)
     if stats.failed:

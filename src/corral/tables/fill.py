@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -18,6 +17,7 @@ import pandas as pd
 from ..api import run_sync
 from ..engine import JobStats
 from ..errors import UsageError
+from ..jobs import default_store_path
 from ..store import Store
 from .answers import check_keys
 from .execute import ServerChoice, execute, model_list, server_specs
@@ -198,7 +198,7 @@ async def fill_file_async(
     complete = False
     try:
         stats = await execute(runner, all_chunks(), specs=specs,
-                      store=store if store is not None else Path(str(output_path) + ".corral.db"),
+                      store=store if store is not None else default_store_path(str(output_path), None),
                       max_concurrent_calls=max_concurrent_calls, timeout=timeout,
                       max_json_retries=max_json_retries, progress=progress, argv=argv,
                       total=None)
