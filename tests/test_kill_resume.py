@@ -62,3 +62,24 @@ def test_sigkill_at_random_moments_then_resume_exactly_once(tmp_path: Path, fake
     print(f"\nkills={KILLS} server-side in flight at kills={in_flight_at_kills} resent={resent}")
     assert resent <= KILLS * SLOTS, (resent, in_flight_at_kills)
     assert not (tmp_path / "out.jsonl.part").exists()
+
+
+def test_ctrl_c_journals_what_arrived_and_the_rerun_resumes(tmp_path: Path, fake_ollama_factory) -> None:
+    server = fake_ollama_factory(slots=4, latency=0.05)
+    write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"prompt {i}"} for i in range(200)])
+    proc = _start(tmp_path, server.url)
+    server.wait_until(lambda s: s.completed >= 30, timeout=30)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "run the same command again to resume" in err
+    assert "Traceback" not in err
+    done_before = server.completed
+    server.reset_stats()
+    final = _start(tmp_path, server.url)
+    _, err = final.communicate(timeout=120)
+    assert final.returncode == 0, err
+    rows = read_jsonl(tmp_path / "out.jsonl")
+    assert [r["response"] for r in rows] == [f"echo: prompt {i}" for i in range(200)]
+    resent = sum(server.count_by_prompt().values()) - (200 - done_before)
+    assert resent <= SLOTS, resent  # at most the requests in flight when Ctrl-C came
