@@ -107,37 +107,40 @@ def _cmdline(pid: str) -> str:
         return ""
 
 
+LABEL_SCHEMA = {"type": "object", "required": ["label"],
+                "properties": {"label": {"type": "string", "enum": ["positive", "negative"]}}}
+
+
 def test_run_analysis_fanout_over_two_real_servers_with_constrained_json(tmp_path: Path) -> None:
     """Two llama.cpp servers under two model names, as a config lists them; every answer is valid
-    JSON under the schema because the server decodes with it."""
+    JSON under the schema because the server decodes with it. One thread each: two llama.cpp
+    processes spinning two threads each on two cores slow both down tenfold."""
     import pandas as pd
 
     from corral.local import LocalServer
 
     reviews = pd.DataFrame({"review": [
         "I loved this film, wonderful acting.", "Terrible food and rude staff.",
-        "Best purchase I made this year.", "It broke after two days.", "An okay hotel, clean rooms.",
-        "The service was slow and the soup was cold.",
+        "Best purchase I made this year.", "It broke after two days.",
     ]})
-    with LocalServer(n_parallel=2, alias="smol-a") as a, LocalServer(n_parallel=2, alias="smol-b") as b:
+    ask = dict(text_column="review", model_names=["smol-a", "smol-b"], json_schema=LABEL_SCHEMA,
+               prompt_template="Is this review positive or negative? Review: {text}", progress=False,
+               temperature=0, seed=5, num_predict=24)
+    with LocalServer(n_parallel=2, alias="smol-a", threads=1) as a, \
+            LocalServer(n_parallel=2, alias="smol-b", threads=1) as b:
         config = tmp_path / "cluster.toml"
         config.write_text(
             f'[[servers]]\nurl = "{a.url}"\napi = "openai"\nmodels = ["smol-a"]\n\n'
             f'[[servers]]\nurl = "{b.url}"\napi = "openai"\nmodels = ["smol-b"]\n')
-        out = corral.run_analysis(
-            reviews, text_column="review", model_names=["smol-a", "smol-b"], fanout=True,
-            prompt_template="Is this review positive or negative? Review: {text}",
-            json_schema=SCHEMA, config=str(config), progress=False, temperature=0, seed=5,
-            num_predict=48)
-        split = corral.run_analysis(
-            reviews, text_column="review", model_names=["smol-a", "smol-b"], json_schema=SCHEMA,
-            prompt_template="Is this review positive or negative? Review: {text}", config=str(config),
-            progress=False, temperature=0, seed=5, num_predict=48, workers=1)
+        out = corral.run_analysis(reviews, fanout=True, config=str(config), **ask)
+        split = corral.run_analysis(reviews, config=str(config), workers=1, **ask)
     for model in ("smol-a", "smol-b"):
         assert out[f"error_{model}"].isna().all(), out[f"error_{model}"].tolist()
         assert set(out[f"label_{model}"]) <= {"positive", "negative"}
-        assert all(isinstance(v, (int, float)) for v in out[f"confidence_{model}"])
+        assert all(json.loads(text)["label"] == label
+                   for text, label in zip(out[f"response_{model}"], out[f"label_{model}"]))
     report = corral.agreement(out, key="label", models=["smol-a", "smol-b"])
     pair = report.keys["label"].pairs.iloc[0]
     assert pair["n"] == len(reviews) and 0 <= pair["percent_agreement"] <= 100
     assert split["error"].isna().all() and set(split["model"]) <= {"smol-a", "smol-b"}
+    assert set(split["label"]) <= {"positive", "negative"}

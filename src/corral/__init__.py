@@ -21,6 +21,10 @@ _TABLES = {"run_analysis", "run_analysis_async", "fill_missing_fields", "fill_mi
 
 def __getattr__(name: str):  # type: ignore[no-untyped-def]
     """The table functions load pandas only when first used, so the core stays light."""
+    if name == "agreement":  # the function, not the corral.tables.agreement module of that name
+        from .tables.agreement import agreement
+
+        return agreement
     if name in _TABLES:
         from . import tables
 

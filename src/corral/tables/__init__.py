@@ -7,11 +7,7 @@ from .analysis import run_analysis, run_analysis_async
 from .fill import fill_missing_fields, fill_missing_fields_async, fill_missing_fields_from_csv
 
 __all__ = ["run_analysis", "run_analysis_async", "fill_missing_fields", "fill_missing_fields_async",
-           "fill_missing_fields_from_csv", "agreement"]
+           "fill_missing_fields_from_csv"]
 
-
-def agreement(*args, **kwargs):  # type: ignore[no-untyped-def]
-    """Agreement between fanned-out models (see corral.tables.agreement.agreement)."""
-    from .agreement import agreement as _agreement
-
-    return _agreement(*args, **kwargs)
+# `corral.agreement` is the function in the submodule corral.tables.agreement (loaded on first use:
+# it brings scikit-learn); a same-named function here would be shadowed by the submodule on import.
