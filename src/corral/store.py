@@ -130,10 +130,6 @@ class Store:
         """Queue one result; it reaches disk at the next flush()."""
         self._pending.append(_row(outcome, self.run_id))
 
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
     def flush(self) -> int:
         """Write every queued result in one transaction; return how many."""
         if not self._pending:
@@ -183,15 +179,6 @@ class Store:
             latency=row["latency"], started_at=row["started_at"], finished_at=row["finished_at"],
             cached=True,
         )
-
-    def count(self, status: str | None = None) -> int:
-        if status is None:
-            return int(self._db.execute("SELECT count(*) FROM results").fetchone()[0])
-        return int(self._db.execute("SELECT count(*) FROM results WHERE status = ?", (status,)).fetchone()[0])
-
-    def runs(self) -> list[dict[str, Any]]:
-        cols = ("id", "started_at", "finished_at", "argv", "info", "counts")
-        return [dict(zip(cols, row)) for row in self._db.execute(f"SELECT {', '.join(cols)} FROM runs")]
 
     def close(self) -> None:
         try:

@@ -26,10 +26,6 @@ class WorkQueue(Generic[T]):
     def __len__(self) -> int:
         return self._size
 
-    def queued_for(self, model: str) -> int:
-        items = self._items.get(model)
-        return len(items) if items else 0
-
     def put(self, item: T, *, front: bool = False) -> None:
         """Queue an item; ``front`` for retries, so an old item is not starved by new ones."""
         model = self._model_of(item)

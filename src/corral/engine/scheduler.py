@@ -56,7 +56,6 @@ class JobStats:
     """Live counters, read by progress displays while the job runs."""
 
     total: int | None = None
-    read: int = 0
     done: int = 0
     ok: int = 0
     failed: int = 0
@@ -65,7 +64,6 @@ class JobStats:
     sent: int = 0
     retries: int = 0
     in_flight: int = 0
-    queued: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -110,6 +108,8 @@ class Engine:
         self.stats = JobStats()
         self._session: aiohttp.ClientSession | None = None
         self._serves: dict[tuple[int, str], bool] = {}
+        self._key_kinds: dict[str, str] = {}
+        self._served_choices: dict[tuple[int, tuple[str, ...]], list[str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
         self._closing = False
@@ -178,16 +178,11 @@ class Engine:
 
     def key_kind(self, model: str) -> str:
         """The backend kind(s) that will answer this model: part of the request's stable key."""
-        kinds = sorted({s.spec.api for s in self.servers if self.serves(s, model)})
-        return "+".join(kinds) or "none"
-
-    def model_details(self, model: str) -> dict[str, object]:
-        """Digest and friends for provenance, from the first live server having the model."""
-        for server in self.servers:
-            name = resolve_model(server, model)
-            if name is not None:
-                return {"server": server.label, "name": name, **server.info.models.get(name, {})}
-        return {}
+        kind = self._key_kinds.get(model)
+        if kind is None:  # computed once per model, not once per request
+            kinds = sorted({s.spec.api for s in self.servers if self.serves(s, model)})
+            kind = self._key_kinds[model] = "+".join(kinds) or "none"
+        return kind
 
     @property
     def total_slots(self) -> int:
@@ -268,7 +263,6 @@ class Engine:
         self.store.flush()  # so results of this run are visible to the lookup below
         stored = self.store.lookup(r.key for r in batch)
         for request in batch:
-            self.stats.read += 1
             leader = self._leaders.get(request.key)
             if leader is not None:
                 leader.followers.append(request)
@@ -285,7 +279,6 @@ class Engine:
             self._leaders[request.key] = item
             self._outstanding += 1
             self._queue.put(item)
-        self.stats.queued = len(self._queue)
 
     async def _worker(self, server: ServerState, slot: int) -> None:
         accepts = lambda model: self.serves(server, model)  # noqa: E731
@@ -317,7 +310,10 @@ class Engine:
         """Split mode: this slot answers with its own model of the group (slot i -> model i mod k),
         so each model has its own slots pulling from the one queue and a slow model does less."""
         choices = item.request.model_choices or ()
-        served = [m for m in choices if resolve_model(server, m) is not None]
+        key = (id(server), choices)
+        served = self._served_choices.get(key)
+        if served is None:  # once per server and group, not once per row
+            served = self._served_choices[key] = [m for m in choices if resolve_model(server, m)]
         item.request.model = served[slot % len(served)]
 
     async def _pace(self) -> None:

@@ -7,7 +7,6 @@ cool-down that doubles each time (capped), and the server rejoins when it answer
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
 
 from ..backends import Backend, BackendError, ServerInfo, ollama_model_name
@@ -45,7 +44,6 @@ class ServerState:
     in_flight: int = 0
     stats: ServerStats = field(default_factory=ServerStats)
     last_error: str | None = None
-    benched_since: float | None = None
 
     def __post_init__(self) -> None:
         self.available.set()
@@ -73,13 +71,11 @@ class ServerState:
 
     def bench(self) -> None:
         self.available.clear()
-        self.benched_since = time.monotonic()
         self.stats.benched += 1
 
     def unbench(self) -> None:
         self.consecutive_failures = 0
         self.cooldown = 2.0
-        self.benched_since = None
         self.available.set()
 
 

@@ -19,7 +19,7 @@ from ..api import run_sync
 from ..errors import UsageError
 from ..store import Store
 from .answers import resolve_schema
-from .execute import ServerChoice, execute, model_list, server_specs
+from .execute import ServerChoice, execute, like_input, model_list, progress_mode, server_specs
 from .io import to_pandas
 from .prompts import PromptTemplate, default_template, is_missing
 from .runner import RowPlan, RowResult, TableRunner, add_answer_columns
@@ -84,13 +84,13 @@ async def run_analysis_async(
     per_row = len(models) if fanout else 1
     await execute(runner, chunks, specs=specs, store=store, max_concurrent_calls=max_concurrent_calls,
                   timeout=timeout, max_json_retries=max_json_retries,
-                  progress=_progress_mode(progress), total=len(frame) * per_row)
+                  progress=progress_mode(progress), total=len(frame) * per_row)
     if runner.skipped_count:
         log.warning("%d row(s) not sent: %s", runner.skipped_count, "; ".join(runner.skipped[:5]))
     out = pd.concat(parts, ignore_index=True) if parts else add_answer_columns(
         frame.iloc[0:0], [], models, fanout, runner.plan.keys)  # type: ignore[attr-defined]
     out.index = frame.index
-    return _like_input(df, out)
+    return like_input(df, out)
 
 
 def run_analysis(
@@ -112,18 +112,3 @@ def run_analysis(
     return run_sync(run_analysis_async(
         df, text_column, workers, max_concurrent_calls, model_names=model_names,
         prompt_template=prompt_template, json_keys=json_keys, fanout=fanout, **kwargs))
-
-
-def _progress_mode(progress: bool | str) -> str:
-    if isinstance(progress, str):
-        return progress
-    return "auto" if progress else "none"
-
-
-def _like_input(original: Any, out: pd.DataFrame) -> Any:
-    """Give polars users a polars DataFrame back."""
-    if type(original).__module__.startswith("polars"):
-        import polars as pl
-
-        return pl.from_pandas(out)
-    return out

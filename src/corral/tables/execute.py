@@ -63,3 +63,18 @@ async def execute(runner: TableRunner, chunks: Iterable[pd.DataFrame], *, specs:
         if not isinstance(store, Store):
             journal.close()
     return result.stats
+
+
+def progress_mode(progress: bool | str) -> str:
+    if isinstance(progress, str):
+        return progress
+    return "auto" if progress else "none"
+
+
+def like_input(original: Any, out: pd.DataFrame) -> Any:
+    """Give polars users a polars DataFrame back."""
+    if type(original).__module__.startswith("polars"):
+        import polars as pl
+
+        return pl.from_pandas(out)
+    return out

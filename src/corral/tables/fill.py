@@ -20,7 +20,7 @@ from ..errors import UsageError
 from ..jobs import default_store_path
 from ..store import Store
 from .answers import check_keys
-from .execute import ServerChoice, execute, model_list, server_specs
+from .execute import ServerChoice, execute, like_input, model_list, progress_mode, server_specs
 from .io import TableWriter, read_table_chunks, to_pandas
 from .prompts import PromptTemplate, is_missing
 from .runner import RowPlan, RowResult, TableRunner, parse_outcome
@@ -141,14 +141,10 @@ async def fill_missing_fields_async(
     chunks = [frame.iloc[s:s + chunk_size] for s in range(0, len(frame), chunk_size)] or [frame]
     await execute(runner, chunks, specs=specs, store=store, max_concurrent_calls=max_concurrent_calls,
                   timeout=timeout, max_json_retries=max_json_retries,
-                  progress="auto" if progress is True else (progress or "none"))
+                  progress=progress_mode(progress))
     out = pd.concat(parts, ignore_index=True)
     out.index = frame.index
-    if type(df).__module__.startswith("polars"):
-        import polars as pl
-
-        return pl.from_pandas(out)
-    return out
+    return like_input(df, out)
 
 
 def fill_missing_fields(df: Any, title_col: str = "title_en",
