@@ -241,6 +241,7 @@ def test_cli_table_errors_exit_2(tmp_path: Path, fake_ollama, args, fragment) ->
     assert proc.returncode == 2, proc.stderr
     assert fragment in proc.stderr and "Traceback" not in proc.stderr
     assert fake_ollama.requests == []
+    assert not list(tmp_path.glob("*.part"))  # no stray half-written output
 
 
 def test_csv_output_neutralises_formulas(tmp_path: Path, fake_ollama_factory) -> None:

@@ -83,7 +83,7 @@ def analyze_command(
     """Run one prompt over every row of a table; split across models or fanned out."""
     from ..tables.analysis import build_runner
     from ..tables.execute import ServerChoice, execute, model_list, server_specs
-    from ..tables.io import TableWriter, count_rows, read_table_chunks
+    from ..tables.io import TableStream, count_rows
 
     setup_logging(verbose)
     model_names = model_list(_split(models))
@@ -94,47 +94,32 @@ def analyze_command(
         if local_model:
             model_names = (local_model,)
         specs, cfg = server_specs(ServerChoice(servers, config, api), workers)
-        chunks = read_table_chunks(input, chunk_size=chunk_size)
-        first = next(chunks, None)
-        if first is None:
-            raise UsageError(f"{input}: the table has no rows")
-        writer = TableWriter(output, neutralize_formulas=not keep_formulas)
-        written = 0
-
-        def emit(frame: Any) -> None:
-            nonlocal written
-            writer.write(frame)
-            written += len(frame)
-
-        runner = build_runner(
-            [str(c) for c in first.columns], emit, text_column=text_column, models=model_names,
-            fanout=fanout, prompt_template=read_text_arg(prompt, "--prompt"),
-            json_keys=_split(json_keys) or None, json_schema=answer_schema,
-            system=read_text_arg(system, "--system") or cfg.get("system"),
-            options={**cfg.get("options", {}), **_options(option, temperature, seed, num_ctx, max_tokens)},
-            id_column=id_column,
-        )
-
-        def all_chunks() -> Any:
-            yield first
-            yield from chunks
-
-        rows = count_rows(input)
-        total = rows * (len(model_names) if fanout else 1) if rows else None
+        table = TableStream(input, output, chunk_size=chunk_size, neutralize_formulas=not keep_formulas)
         complete = False
         try:
+            runner = build_runner(
+                table.columns, table.emit, text_column=text_column, models=model_names,
+                fanout=fanout, prompt_template=read_text_arg(prompt, "--prompt"),
+                json_keys=_split(json_keys) or None, json_schema=answer_schema,
+                system=read_text_arg(system, "--system") or cfg.get("system"),
+                options={**cfg.get("options", {}), **_options(option, temperature, seed, num_ctx, max_tokens)},
+                id_column=id_column,
+            )
+            rows = count_rows(input)
+            total = rows * (len(model_names) if fanout else 1) if rows else None
             stats = _run_interruptibly(execute(
-                runner, all_chunks(), specs=specs,
+                runner, table.chunks(), specs=specs,
                 store=store or default_store_path(output, None), max_concurrent_calls=max_concurrent_calls,
                 timeout=timeout, max_json_retries=json_retries, progress=progress, total=total,
                 argv=sys.argv,
             ), str(store or default_store_path(output, None)))
             complete = True
         finally:
-            writer.close(complete=complete)
+            table.close(complete=complete)
     if runner.skipped_count:
         err.print(f"corral: {runner.skipped_count} row(s) not sent: {'; '.join(runner.skipped[:5])}",
                   highlight=False, markup=False)
+    written = table.written
     err.print(f"corral: {written} rows written to {output} ({stats.ok} answers ok, {stats.failed} failed, "
               f"{stats.cached} from the store)", highlight=False)
     keys = runner.plan.keys  # type: ignore[attr-defined]

@@ -21,7 +21,7 @@ from ..jobs import default_store_path
 from ..store import Store
 from .answers import check_keys
 from .execute import ServerChoice, execute, like_input, model_list, progress_mode, server_specs
-from .io import TableWriter, read_table_chunks, to_pandas
+from .io import TableStream, to_pandas
 from .prompts import PromptTemplate, is_missing
 from .runner import RowPlan, RowResult, TableRunner, parse_outcome
 
@@ -170,40 +170,24 @@ async def fill_file_async(
     """Stream a table file through the fill job, writing the output chunk by chunk."""
     models = model_list(model_names)
     specs, cfg = server_specs(ServerChoice(servers, config, api), workers)
-    chunks = read_table_chunks(input_path, chunk_size=chunk_size)
-    first = next(chunks, None)
-    if first is None:
-        raise UsageError(f"{input_path}: the table has no rows")
-    writer = TableWriter(output_path, neutralize_formulas=neutralize_formulas)
-    written = 0
-
-    def emit(frame: pd.DataFrame) -> None:
-        nonlocal written
-        writer.write(frame)
-        written += len(frame)
-
-    runner, _ = _runner([str(c) for c in first.columns], emit, title_col=title_col,
-                        json_fields=json_fields, col_map=col_map, models=models, fanout=fanout,
-                        prompt_template=prompt_template, system=system or cfg.get("system"),
-                        options={**cfg.get("options", {}), **options})
-
-    def all_chunks() -> Any:
-        yield first
-        yield from chunks
-
+    table = TableStream(input_path, output_path, chunk_size=chunk_size,
+                        neutralize_formulas=neutralize_formulas)
     complete = False
     try:
-        stats = await execute(runner, all_chunks(), specs=specs,
-                      store=store if store is not None else default_store_path(str(output_path), None),
-                      max_concurrent_calls=max_concurrent_calls, timeout=timeout,
-                      max_json_retries=max_json_retries, progress=progress, argv=argv,
-                      total=None)
+        runner, _ = _runner(table.columns, table.emit, title_col=title_col,
+                            json_fields=json_fields, col_map=col_map, models=models, fanout=fanout,
+                            prompt_template=prompt_template, system=system or cfg.get("system"),
+                            options={**cfg.get("options", {}), **options})
+        stats = await execute(runner, table.chunks(), specs=specs,
+                              store=store if store is not None else default_store_path(str(output_path), None),
+                              max_concurrent_calls=max_concurrent_calls, timeout=timeout,
+                              max_json_retries=max_json_retries, progress=progress, argv=argv)
         complete = True
     finally:
-        writer.close(complete=complete)
+        table.close(complete=complete)
     if runner.skipped_count:
         log.warning("%d row(s) not sent: %s", runner.skipped_count, "; ".join(runner.skipped[:5]))
-    return written, stats
+    return table.written, stats
 
 
 def fill_missing_fields_from_csv(

@@ -844,3 +844,34 @@ class TableWriter:
             cell.data_type = "s"
             return cell
         return value.item() if isinstance(value, np.generic) else value
+
+
+class TableStream:
+    """A table job's file ends: input chunks read lazily (the first at once, so its columns are known
+    before anything is sent) and the output written chunk by chunk as results come back."""
+
+    def __init__(self, input_path: PathLike, output_path: PathLike, *, chunk_size: int,
+                 neutralize_formulas: bool = True) -> None:
+        self._chunks = read_table_chunks(input_path, chunk_size=chunk_size)
+        first = next(self._chunks, None)
+        if first is None:
+            raise UsageError(f"{input_path}: the table has no rows")
+        self._first: pd.DataFrame | None = first
+        self.columns = [str(c) for c in first.columns]
+        self.writer = TableWriter(output_path, neutralize_formulas=neutralize_formulas)
+        self.written = 0
+
+    def chunks(self) -> Iterator[pd.DataFrame]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+        yield from self._chunks
+
+    def emit(self, frame: pd.DataFrame) -> None:
+        self.writer.write(frame)
+        self.written += len(frame)
+
+    def close(self, complete: bool = True) -> None:
+        self.writer.close(complete=complete)
+        if not complete and self.written == 0:
+            self.writer.part_path.unlink(missing_ok=True)  # nothing written: no stray .part file
