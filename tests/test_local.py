@@ -379,8 +379,8 @@ def test_sigint_to_terminal_group_is_handled_by_parent(tmp_path):
         from corral.local import LocalServer
         with LocalServer(n_parallel=1, engine="xllamacpp", startup_timeout=60,
                          log_path={str(tmp_path / "server.log")!r}) as srv:
-            print(srv.pid, flush=True)
-            try:
+            try:  # the signal may land while print is still returning
+                print(srv.pid, flush=True)
                 time.sleep(120)
             except KeyboardInterrupt:
                 print("interrupted", flush=True)
