@@ -299,12 +299,12 @@ _FAKE_LLAMA_SERVER = textwrap.dedent("""\
     p.add_argument("--parallel"); p.add_argument("--ctx-size"); p.add_argument("-a")
     p.add_argument("--metrics", action="store_true"); p.add_argument("--threads")
     p.add_argument("--threads-batch"); p.add_argument("--embeddings", action="store_true")
-    p.add_argument("--pooling")
+    p.add_argument("--pooling"); p.add_argument("-b"); p.add_argument("-ub")
     a = p.parse_args()
     cmd = [sys.executable, "-m", "corral._local_child", "--model", a.m, "--host", a.host,
            "--port", a.port, "--parallel", a.parallel, "--ctx-size", a.ctx_size, "--alias", a.a]
     if a.embeddings:
-        cmd.append("--embedding")
+        cmd += ["--embedding", "--ubatch", a.ub]
     os.execv(sys.executable, cmd)
 """)
 

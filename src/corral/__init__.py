@@ -19,8 +19,15 @@ _TABLES = {"run_analysis", "run_analysis_async", "fill_missing_fields", "fill_mi
            "fill_missing_fields_from_csv", "agreement"}
 
 
+_EMBEDDINGS = {"embed", "embed_async", "embed_file", "embed_file_async", "EmbedError"}
+
+
 def __getattr__(name: str):  # type: ignore[no-untyped-def]
-    """The table functions load pandas only when first used, so the core stays light."""
+    """The table and embedding functions load pandas/numpy only when first used."""
+    if name in _EMBEDDINGS:
+        from . import embeddings
+
+        return getattr(embeddings, name)
     if name == "agreement":  # the function, not the corral.tables.agreement module of that name
         from .tables.agreement import agreement
 
@@ -34,5 +41,5 @@ def __getattr__(name: str):  # type: ignore[no-untyped-def]
 __all__ = [
     "batch_generate", "batch_generate_async", "Config", "ServerSpec", "load_config", "Engine",
     "EngineSettings", "RetryPolicy", "ConfigError", "CorralError", "InputError", "NoServerError",
-    "UsageError", "Request", "Outcome", "Store", "__version__", *sorted(_TABLES),
+    "UsageError", "Request", "Outcome", "Store", "__version__", *sorted(_TABLES), *sorted(_EMBEDDINGS),
 ]

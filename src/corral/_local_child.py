@@ -101,6 +101,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--ctx-size", type=int, default=0, help="total context, split evenly between slots")
     p.add_argument("--alias", default=None)
     p.add_argument("--embedding", action="store_true")
+    p.add_argument("--ubatch", type=int, default=None, help="physical batch (tokens); embeddings need "
+                   "every input to fit one")
     p.add_argument("--threads", type=int, default=None)
     exec_argv = None
     if "--exec" in argv:  # everything after it is the supervised command
@@ -143,6 +145,9 @@ def run_xllamacpp(args: argparse.Namespace) -> int:
     if args.embedding:
         params.embedding = True
         params.pooling_type = xlc.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
+    if args.ubatch:
+        params.n_batch = max(params.n_batch, args.ubatch)
+        params.n_ubatch = args.ubatch
 
     _log(f"xllamacpp {getattr(xlc, '__version__', '?')}: loading {args.model} "
          f"(n_parallel={args.parallel}, n_ctx={args.ctx_size}, port={args.port})")

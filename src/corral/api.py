@@ -44,7 +44,7 @@ def resolve_server_list(servers: ServerLike | Sequence[ServerLike] | None, confi
         cfg = load_config(config)
         specs = list(cfg.servers)
         settings = {"model": cfg.model, "system": cfg.system_message, "options": cfg.options,
-                    "timeout": cfg.timeout, "format": cfg.format}
+                    "timeout": cfg.timeout, "format": cfg.format, "keep_alive": cfg.keep_alive}
     if servers is not None:
         items = [servers] if isinstance(servers, (str, ServerSpec)) else list(servers)
         specs = [s if isinstance(s, ServerSpec) else server_from_url(s, api) for s in items]

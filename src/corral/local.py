@@ -352,7 +352,8 @@ class LocalServer:
             if self.threads:
                 cmd += ["--threads", str(self.threads), "--threads-batch", str(self.threads)]
             if self.embedding:
-                cmd += ["--embeddings", "--pooling", "mean"]
+                ubatch = str(self.embedding_batch)
+                cmd += ["--embeddings", "--pooling", "mean", "-b", ubatch, "-ub", ubatch]
             return cmd
         cmd = [sys.executable, "-m", "corral._local_child", "--model", str(model),
                "--host", self.host, "--port", str(self.port), "--parallel", str(self.n_parallel),
@@ -360,8 +361,14 @@ class LocalServer:
         if self.threads:
             cmd += ["--threads", str(self.threads)]
         if self.embedding:
-            cmd.append("--embedding")
+            cmd += ["--embedding", "--ubatch", str(self.embedding_batch)]
         return cmd
+
+    @property
+    def embedding_batch(self) -> int:
+        """llama.cpp embeds a text only if it fits one physical batch (default 512 tokens): make the
+        batch as long as a slot's context, so any text a slot can hold can be embedded."""
+        return max(512, self.ctx_size // self.n_parallel)
 
     def _open_log(self) -> None:
         if self.log_path is None:

@@ -9,6 +9,7 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from rich.console import Console, Group
@@ -32,13 +33,25 @@ def _eta(stats: JobStats) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(left)) if left >= 60 else f"{left:.0f}s"
 
 
-def status_line(engine: Engine) -> str:
+#: (done, total or None, a detail line) for the progress bar and the log lines.
+Counter = Callable[[], tuple[int, int | None, str]]
+
+
+def _request_counts(s: JobStats) -> tuple[int, int | None, str]:
+    return s.done, s.total, (f"{s.failed} failed · {s.cached} cached · {s.retries} retries · "
+                             f"{_rate(s):.1f} req/s")
+
+
+def status_line(engine: Engine, counter: Counter | None = None) -> str:
     s = engine.stats
-    total = f"/{s.total}" if s.total is not None else ""
     servers = "  ".join(
         f"{srv.label}{' [benched]' if srv.benched else ''} {srv.in_flight}/{srv.slots} busy, {srv.stats.ok} ok"
         for srv in engine.servers
     )
+    if counter is not None:
+        done, total, detail = counter()
+        return f"corral: {done}{f'/{total}' if total is not None else ''} done · {detail} | {servers}"
+    total = f"/{s.total}" if s.total is not None else ""
     return (f"corral: {s.done}{total} done, {s.failed} failed, {s.cached} cached, {s.retries} retries, "
             f"{_rate(s):.1f} req/s, ETA {_eta(s)} | {servers}")
 
@@ -47,8 +60,11 @@ class ProgressDisplay:
     """Use as ``async with ProgressDisplay(engine, mode):`` around ``engine.run(...)``."""
 
     def __init__(self, engine: Engine, mode: str = "auto", stream: TextIO | None = None,
-                 interval: float | None = None) -> None:
+                 interval: float | None = None, counter: Counter | None = None) -> None:
         self.engine = engine
+        # What the bar counts: the engine's requests, unless the job counts something else (texts).
+        self._custom_counter = counter
+        self.counter = counter or (lambda: _request_counts(engine.stats))
         self.stream = stream or sys.stderr
         if mode == "auto":
             mode = "bar" if self.stream.isatty() else "log"
@@ -83,10 +99,8 @@ class ProgressDisplay:
 
     def _render(self) -> Group:
         s = self.engine.stats
-        self._progress.update(
-            self._bar, total=s.total, completed=s.done,
-            detail=f"{s.failed} failed · {s.cached} cached · {s.retries} retries · {_rate(s):.1f} req/s",
-        )
+        done, total, detail = self.counter()
+        self._progress.update(self._bar, total=total, completed=done, detail=detail)
         table = Table(box=None, pad_edge=False, show_header=True, header_style="dim")
         for column in ("server", "in flight", "done", "errors", "req/s", "tok/s"):
             table.add_column(column, justify="right" if column != "server" else "left")
@@ -103,7 +117,7 @@ class ProgressDisplay:
             if self._live is not None:
                 self._live.update(self._render())
             else:
-                print(status_line(self.engine), file=self.stream, flush=True)
+                print(status_line(self.engine, self._custom_counter), file=self.stream, flush=True)
 
 
 def summary_table(engine: Engine) -> Table:

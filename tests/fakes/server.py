@@ -1082,6 +1082,11 @@ class FakeServer:
             raise self._error(request, 400, "invalid input type")
         model = self._ollama_model(request, body, pull_hint=True)
         dims = self._dimensions(request, body)
+        limit = self.max_context_tokens
+        if limit and body.get("truncate") is False and any(_count_tokens(t) > limit for t in inputs):
+            raise self._error(request, 400, "the input length exceeds the context length")
+        if limit:  # Ollama truncates by default: the vector of the first num_ctx tokens
+            inputs = [" ".join(t.split()[:limit]) if _count_tokens(t) > limit else t for t in inputs]
         self._inject_failure(request)
         async with self._slot(request):
             await self._work(body)
@@ -1357,6 +1362,17 @@ class FakeServer:
                               param="input")
         model = self._openai_model(request, body)
         dims = self._dimensions(request, body)
+        limit = self.max_context_tokens
+        too_long = [n for n in map(_count_tokens, inputs) if limit and n > limit]
+        if too_long and self.llamacpp:  # llama.cpp's words, with its 500
+            raise self._error(request, 500, f"input ({too_long[0]} tokens) is too large to process. "
+                              f"increase the physical batch size (current batch size: {limit})",
+                              err_type="server_error")
+        if too_long:
+            raise self._error(request, 400, f"This model's maximum context length is {limit} tokens. "
+                              f"However, you requested {too_long[0]} tokens in the input for "
+                              "embedding generation. Please reduce the length of the input.",
+                              err_type="BadRequestError", param="input")
         self._inject_failure(request)
         async with self._slot(request):
             await self._work(body)

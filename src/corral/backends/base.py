@@ -8,6 +8,7 @@ status code, so the engine alone decides what to do next.
 from __future__ import annotations
 
 import functools
+import re
 from abc import ABC, abstractmethod
 from urllib.parse import urlsplit
 from dataclasses import dataclass, field
@@ -22,6 +23,10 @@ from ..transport import HttpTransport, TransportError
 
 # Statuses worth another try: the server is busy, restarting or overloaded, not the request wrong.
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# An input longer than the model or server accepts: llama.cpp ("input (3001 tokens) is too large to
+# process"), Ollama ("input length exceeds the context length"), vLLM ("maximum context length").
+_TOO_LONG = re.compile(r"too large to process|too long|exceeds? (the )?(maximum )?context|"
+                       r"maximum context length|context length exceeded", re.IGNORECASE)
 
 
 @dataclass(slots=True)
@@ -59,7 +64,7 @@ class BackendError(Exception):
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
-        self.kind = kind  # "http", "connection", "timeout", "protocol"
+        self.kind = kind  # "http", "connection", "timeout", "protocol", "too_long"
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -141,8 +146,12 @@ class Backend(ABC):
 
     def _decode(self, path: str, status: int, body: bytes, retry_after: str | None) -> dict[str, Any]:
         if status >= 400:
+            message = error_message(body)
+            if _TOO_LONG.search(message):  # llama.cpp says so with a 500: no retry will help
+                raise BackendError(f"HTTP {status} from {path}: {message}", status=status,
+                                   kind="too_long")
             raise BackendError(
-                f"HTTP {status} from {path}: {error_message(body)}", status=status,
+                f"HTTP {status} from {path}: {message}", status=status,
                 retryable=status in RETRYABLE_STATUSES, retry_after=parse_retry_after(retry_after),
             )
         try:

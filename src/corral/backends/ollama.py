@@ -19,6 +19,7 @@ def ollama_model_name(name: str) -> str:
 
 class OllamaBackend(Backend):
     kind = "ollama"
+    _legacy_embed = False  # set once the server turns out to lack /api/embed
 
     async def probe(self, timeout: float) -> ServerInfo:
         version = await self._get("/api/version", timeout)
@@ -78,6 +79,8 @@ class OllamaBackend(Backend):
         )
 
     async def _embed(self, request: Request, timeout: float) -> Reply:
+        if self._legacy_embed:
+            return await self._embed_one_by_one(request, timeout)
         payload: dict[str, Any] = {"model": request.model, "input": request.inputs or []}
         if request.options:
             payload["options"] = request.options
@@ -87,7 +90,10 @@ class OllamaBackend(Backend):
         try:
             data = await self._post("/api/embed", payload, timeout)
         except BackendError as exc:
+            # Ollama before 0.3.4 has no /api/embed: a bare 404 (an unknown model is a 404 too,
+            # but its message names the model). Remember it, so each batch costs one call less.
             if exc.status == 404 and "model" not in str(exc).lower():
+                self._legacy_embed = True
                 return await self._embed_one_by_one(request, timeout)
             raise
         return Reply(
@@ -105,6 +111,8 @@ class OllamaBackend(Backend):
             payload: dict[str, Any] = {"model": request.model, "prompt": text}
             if request.options:
                 payload["options"] = request.options
+            if request.keep_alive is not None:
+                payload["keep_alive"] = request.keep_alive
             data = await self._post("/api/embeddings", payload, timeout)
             vectors.append(data.get("embedding"))
         return Reply(embeddings=vectors, model=request.model)

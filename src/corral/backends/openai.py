@@ -102,7 +102,8 @@ class OpenAIBackend(Backend):
 
     async def _embed(self, request: Request, timeout: float) -> Reply:
         payload: dict[str, Any] = {"model": request.model, "input": request.inputs or []}
-        payload.update(request.extra)  # dimensions, encoding_format...
+        # dimensions, encoding_format... but not Ollama's truncate, which no OpenAI server knows.
+        payload.update((k, v) for k, v in request.extra.items() if k != "truncate")
         data = await self._post("/v1/embeddings", payload, timeout)
         rows = sorted(data.get("data") or [], key=lambda row: row.get("index", 0))
         usage = data.get("usage") or {}

@@ -81,12 +81,12 @@ def resolve_servers(config: Config, server_urls: list[str], api: str, local: boo
     return default_servers(), None
 
 
-def start_local(n_parallel: int, stack: ExitStack) -> ServerSpec:
+def start_local(n_parallel: int, stack: ExitStack, *, embedding: bool = False) -> ServerSpec:
     """Start the embedded llama.cpp server for this command; it stops when ``stack`` closes."""
     from ..local import LocalServer
 
     print("corral: starting the embedded llama.cpp server (SmolLM2-135M)...", file=sys.stderr)
-    server = stack.enter_context(LocalServer(n_parallel=n_parallel))
+    server = stack.enter_context(LocalServer(n_parallel=n_parallel, embedding=embedding))
     # No max_concurrency: the engine reads the slots from llama.cpp's /props and keeps twice as many
     # requests in flight, the best setting measured on this server.
     return ServerSpec(url=server.url, api="openai", models=(server.model,), name="local")

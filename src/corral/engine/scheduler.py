@@ -49,6 +49,9 @@ class EngineSettings:
     # Content check of an answer (e.g. "is this the JSON we asked for?"): a message when it is not.
     validate: Callable[[Request, Reply], str | None] | None = None
     content_retries: int = 2          # re-asks (with another seed) when validate() complains
+    # Look requests up in the store and record their outcomes. Off for callers that journal at a
+    # finer grain themselves (embeddings keep one vector per text, not one row per batch).
+    journal: bool = True
 
 
 @dataclass(slots=True)
@@ -260,8 +263,11 @@ class Engine:
             self._dispatch(batch)
 
     def _dispatch(self, batch: list[Request]) -> None:
-        self.store.flush()  # so results of this run are visible to the lookup below
-        stored = self.store.lookup(r.key for r in batch)
+        if self.settings.journal:
+            self.store.flush()  # so results of this run are visible to the lookup below
+            stored = self.store.lookup(r.key for r in batch)
+        else:
+            stored = {}
         for request in batch:
             leader = self._leaders.get(request.key)
             if leader is not None:
@@ -455,7 +461,8 @@ class Engine:
     def _finish(self, item: _Item, outcome: Outcome) -> None:
         self._leaders.pop(item.request.key, None)
         self._outstanding -= 1
-        self.store.record(outcome)
+        if self.settings.journal:
+            self.store.record(outcome)
         if self._flush_handle is None:
             loop = asyncio.get_running_loop()
             self._flush_handle = loop.call_soon(self._flush)

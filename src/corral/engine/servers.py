@@ -65,7 +65,8 @@ class ServerState:
     def on_failure(self, error: BackendError) -> bool:
         """Count a failure that says something about the server; True if it should now be benched."""
         self.last_error = str(error)
-        if error.kind in ("connection", "timeout") or (error.status or 0) in (500, 502, 504):
+        says_server_is_sick = error.kind != "too_long" and (error.status or 0) in (500, 502, 504)
+        if error.kind in ("connection", "timeout") or says_server_is_sick:
             self.consecutive_failures += 1
         return self.consecutive_failures >= FAILURES_BEFORE_BENCH and not self.benched
 
