@@ -119,7 +119,8 @@ def nginx_string(obj: Any) -> str:
     return text
 
 
-def nginx_conf(prefix: Path, port: int) -> str:
+def nginx_conf(prefix: Path, port: int, extra: str = "") -> str:
+    """``extra``: more ``location`` blocks (other benchmarks add their canned answers)."""
     p = prefix
     return f"""
 worker_processes 1;
@@ -151,6 +152,7 @@ http {{
             default_type application/json;
             return 200 '{nginx_string(CANNED_VERSION)}';
         }}
+        {extra}
         location / {{ return 404; }}
     }}
 }}
@@ -160,7 +162,7 @@ http {{
 class Nginx:
     """nginx as our own child process in a temp prefix; stop() terminates that pid only."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, extra_locations: str = "") -> None:
         self.binary = binary
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
@@ -168,7 +170,7 @@ class Nginx:
         try:
             os.chmod(self.dir, 0o755)  # when run as root the worker runs as nobody
             self.conf = self.dir / "nginx.conf"
-            self.conf.write_text(nginx_conf(self.dir, self.port))
+            self.conf.write_text(nginx_conf(self.dir, self.port, extra_locations))
         except BaseException:
             shutil.rmtree(self.dir, ignore_errors=True)
             raise

@@ -300,6 +300,7 @@ _FAKE_LLAMA_SERVER = textwrap.dedent("""\
     p.add_argument("--metrics", action="store_true"); p.add_argument("--threads")
     p.add_argument("--threads-batch"); p.add_argument("--embeddings", action="store_true")
     p.add_argument("--pooling"); p.add_argument("-b"); p.add_argument("-ub")
+    p.add_argument("--kv-unified", action="store_true")
     a = p.parse_args()
     cmd = [sys.executable, "-m", "corral._local_child", "--model", a.m, "--host", a.host,
            "--port", a.port, "--parallel", a.parallel, "--ctx-size", a.ctx_size, "--alias", a.a]

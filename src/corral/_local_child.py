@@ -145,6 +145,10 @@ def run_xllamacpp(args: argparse.Namespace) -> int:
     if args.embedding:
         params.embedding = True
         params.pooling_type = xlc.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
+        # With one KV buffer per slot, texts embedded in the same batch on different slots come
+        # back wrong (cosine 0.6-0.9 to the same text embedded alone; measured with n_parallel=2).
+        # A unified KV cache gives every text its own vector, whatever else is in the batch.
+        params.kv_unified = True
     if args.ubatch:
         params.n_batch = max(params.n_batch, args.ubatch)
         params.n_ubatch = args.ubatch

@@ -353,7 +353,8 @@ class LocalServer:
                 cmd += ["--threads", str(self.threads), "--threads-batch", str(self.threads)]
             if self.embedding:
                 ubatch = str(self.embedding_batch)
-                cmd += ["--embeddings", "--pooling", "mean", "-b", ubatch, "-ub", ubatch]
+                # --kv-unified: see _local_child (per-slot KV buffers mix up batched embeddings).
+                cmd += ["--embeddings", "--pooling", "mean", "-b", ubatch, "-ub", ubatch, "--kv-unified"]
             return cmd
         cmd = [sys.executable, "-m", "corral._local_child", "--model", str(model),
                "--host", self.host, "--port", str(self.port), "--parallel", str(self.n_parallel),

@@ -59,7 +59,7 @@ def embed_command(
         servers: Optional[list[object]] = list(server) or None
         if local:
             spec = start_local(4, stack, embedding=True)
-            servers, model = [spec], model or spec.models[0]
+            servers, model = [spec], spec.models[0]  # the local server answers to its alias only
         if not model and not config:
             raise UsageError("no model: give --model (e.g. --model nomic-embed-text) or --local")
         report = _run_interruptibly(embed_file_async(
