@@ -118,11 +118,12 @@ def test_secrets_never_reach_the_manifest_or_the_store(tmp_path: Path, fake_olla
 
 
 def test_command_lines_are_redacted() -> None:
-    argv = ["/venv/bin/corral", "run", "p.jsonl", "--api-key", "sk-1", "--token=abc", "-O", "api_key=sk-2",
-            "-O", "temperature=0", "--server", "https://me:pw@host:8000", "--system", "Be brief."]
-    assert redact_argv(argv) == ["corral", "run", "p.jsonl", "--api-key", "***", "--token=***", "-O",
+    argv = ["/venv/bin/corral", "run", "p.jsonl", "--api-key", "sk-1", "--hf-token=abc", "-O", "api_key=sk-2",
+            "-O", "temperature=0", "--server", "https://me:pw@host:8000", "--max-tokens", "48",
+            "--keep-alive", "5m", "--system", "Be brief."]
+    assert redact_argv(argv) == ["corral", "run", "p.jsonl", "--api-key", "***", "--hf-token=***", "-O",
                                  "api_key=***", "-O", "temperature=0", "--server", "https://***@host:8000",
-                                 "--system", "Be brief."]
+                                 "--max-tokens", "48", "--keep-alive", "5m", "--system", "Be brief."]
 
 
 def test_reproduce_reruns_the_job_and_reports_changed_digests(tmp_path: Path, fake_ollama_factory) -> None:

@@ -10,9 +10,8 @@ import asyncio
 import concurrent.futures
 import os
 from collections.abc import Awaitable, Iterable, Sequence
-from typing import Any, TypeVar
-
 from pathlib import Path
+from typing import Any, TypeVar
 
 import orjson
 
@@ -123,12 +122,12 @@ async def batch_generate_async(
         rate_limit_delay=rate_limit_delay, retry=RetryPolicy(max_attempts=max_attempts),
     )
     collected = _Collect()
-    system_message = system or cfg.get("system")
     recorder = ManifestRecorder(
         kind="batch_generate", path=Path(manifest) if manifest is not None else None,
         input=data_facts("prompts", (orjson.dumps(r.messages) for r in requests), len(requests)),
-        job={"models": sorted({r.model for r in requests}), "model": model, "system": system_message,
-             "options": merged_options, "format": format if format is not None else cfg.get("format")},
+        job={"models": sorted({r.model for r in requests}), "model": model,
+             "system": system or cfg.get("system"), "options": merged_options,
+             "format": format if format is not None else cfg.get("format")},
     )
     journal = Store(store)
     try:

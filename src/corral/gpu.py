@@ -34,7 +34,8 @@ def parse_nvidia_smi(text: str, when: float) -> list[Sample]:
         cells = [c.strip() for c in line.split(",")]
         if len(cells) != 5 or not cells[0].isdigit():
             continue
-        samples.append((when, int(cells[0]), cells[1], *(_number(c) for c in cells[2:])))  # type: ignore[arg-type]
+        utilization, used, total = (_number(c) for c in cells[2:])
+        samples.append((when, int(cells[0]), cells[1], utilization, used, total))
     return samples
 
 

@@ -29,6 +29,7 @@ import orjson
 
 from ._version import __version__
 from .config import ServerSpec
+from .engine.servers import resolve_model
 from .errors import UsageError
 from .requests import GROUP_SEP
 
@@ -40,8 +41,11 @@ MANIFEST_FORMAT = 1
 REDACTED = "***"
 DESCRIBE_TIMEOUT = 10.0
 
-# Flag or option names whose value is a secret: --api-key, --token, -O api_key=..., password=...
-_SECRET_NAME = re.compile(r"api[-_]?key|token|secret|passw(or)?d|credential|authorization", re.I)
+# Flag or option names whose value is a secret: --api-key, --hf-token, -O api_key=..., password=...
+# Whole names only: --max-tokens and keep_alive are not secrets.
+_SECRET_NAME = re.compile(
+    r"-*(?:[\w-]*[-_])?(?:api[-_]?key|key|token|secret|password|passwd|credentials?|auth(?:orization)?)",
+    re.I)
 _URL_USERINFO = re.compile(r"\b(https?://)[^/@\s]+@", re.I)
 
 
@@ -63,14 +67,14 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
             hide_next = False
             continue
         name, eq, _ = arg.partition("=")
-        if arg.startswith("-") and _SECRET_NAME.search(name):
+        if arg.startswith("-") and _SECRET_NAME.fullmatch(name):
             if eq:
                 out.append(f"{name}={REDACTED}")
             else:
                 out.append(arg)
                 hide_next = True
             continue
-        if eq and not arg.startswith("-") and _SECRET_NAME.search(name):  # -O api_key=...
+        if eq and not arg.startswith("-") and _SECRET_NAME.fullmatch(name):  # -O api_key=...
             out.append(f"{name}={REDACTED}")
             continue
         out.append(redact_url(arg))
@@ -82,7 +86,7 @@ def redact_options(options: dict[str, Any] | None) -> dict[str, Any] | None:
     must stay exact for the manifest to describe (and reproduce) the run."""
     if options is None:
         return None
-    return {k: REDACTED if _SECRET_NAME.search(str(k)) else v for k, v in options.items()}
+    return {k: REDACTED if _SECRET_NAME.fullmatch(str(k)) else v for k, v in options.items()}
 
 
 # -- inputs ---------------------------------------------------------------------------------------
@@ -149,8 +153,6 @@ async def describe_servers(engine: "Engine", models: Iterable[str],
 
     A server that fails to describe itself still gets an entry (from its probe), so a manifest is
     never lost to provenance: the run matters more than its paperwork."""
-    from .engine.servers import resolve_model
-
     names = list(dict.fromkeys(n for m in models for n in m.split(GROUP_SEP) if n))
 
     async def one(server: Any) -> dict[str, Any]:

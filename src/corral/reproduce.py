@@ -91,7 +91,7 @@ class Comparison:
     examples: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        out = [f"model digest changed: {change}" for change in self.digest_changes]
+        out = list(self.digest_changes)
         compared = self.identical + self.different
         if compared:
             out.append(f"{self.identical} of {compared} responses identical to the original run"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -13,11 +14,11 @@ from . import app
 @app.command("report")
 def report_command(
     source: str = typer.Argument(..., help="A store (.corral.db), or the output a run wrote beside it."),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="HTML file [<store>.report.html]."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="HTML file [SOURCE.report.html]."),
 ) -> None:
     """Write an HTML report: manifest, throughput, servers, latency, errors, tokens, agreement."""
-    from ..report import build_report, resolve_store
+    from ..report import build_report
 
-    target = output or f"{resolve_store(source)}.report.html"
+    target = output or f"{str(Path(source)).removesuffix('.manifest.json')}.report.html"
     path = build_report(source, target)
     print(f"corral: report in {path}", file=sys.stderr)

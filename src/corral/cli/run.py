@@ -80,7 +80,8 @@ def run_command(
             raise UsageError(f"--reproduce takes the job from the manifest; drop {', '.join(given)}")
         repro = prepare(reproduce)
         job, engine_cfg = repro.job, repro.engine
-        input, fmt, endpoint = str(repro.input_path), job.get("input_format", "auto"), job.get("endpoint", "chat")
+        input, fmt = str(repro.input_path), job.get("input_format", "auto")
+        endpoint = job.get("endpoint", "chat")
         skip_invalid = skip_invalid or bool(job.get("skip_invalid"))
         if not (server or config or local):
             local = bool(job.get("local"))

@@ -22,6 +22,7 @@ from ..store import Store
 LATENCY_SAMPLE = 200_000
 EXAMPLES_PER_KIND = 3
 MAX_BUCKETS = 240
+MIN_PER_BUCKET = 2
 BUCKET_SIZES = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400)
 
 
@@ -217,20 +218,22 @@ def _prompt_of(asked: Any) -> str:
     return str(inputs[0]) if inputs else ""
 
 
-def bucket_size(span: float) -> float:
-    """The smallest round bucket that keeps a run's curve under MAX_BUCKETS points."""
+def bucket_size(span: float, rows: int) -> float:
+    """The smallest round bucket that keeps a run's curve under MAX_BUCKETS points and holds
+    `MIN_PER_BUCKET` rows on average (finer buckets draw noise, not throughput)."""
+    wanted = max(span / MAX_BUCKETS, MIN_PER_BUCKET * span / max(rows, 1))
     for size in BUCKET_SIZES:
-        if span / size <= MAX_BUCKETS:
+        if size >= wanted:
             return size
     return BUCKET_SIZES[-1]
 
 
 def _throughput(store: Store) -> list[Throughput]:
     curves = []
-    for run_id, first, last in store.query(
-            "SELECT run_id, MIN(finished_at), MAX(finished_at) FROM results "
+    for run_id, first, last, rows in store.query(
+            "SELECT run_id, MIN(finished_at), MAX(finished_at), COUNT(*) FROM results "
             "WHERE finished_at IS NOT NULL GROUP BY run_id ORDER BY run_id"):
-        size = bucket_size(last - first)
+        size = bucket_size(last - first, rows)
         buckets = dict(store.query(
             "SELECT CAST((finished_at - ?) / ? AS INTEGER), COUNT(*) FROM results "
             "WHERE finished_at IS NOT NULL AND run_id IS ? GROUP BY 1", (first, size, run_id)))

@@ -56,7 +56,7 @@ def throughput(data: ReportData) -> Figure | None:
     caption = (f"Rows finished per second (successes and final failures) in {'/'.join(f'{x:g}' for x in sizes)} s "
                "buckets, per run; rows answered from the store are not sent and not counted.")
     return Figure("fig-throughput", "Throughput over time", caption,
-                  _layout(fig, xaxis_title="time (UTC)", yaxis_title="rows / s"))
+                  _layout(fig, xaxis_title="time (UTC)", yaxis_title="rows / s", yaxis_rangemode="tozero"))
 
 
 def servers(data: ReportData) -> Figure | None:

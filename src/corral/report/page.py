@@ -141,49 +141,68 @@ def _manifest(m: dict[str, Any] | None) -> str:
     if not m:
         return ('<section id="manifest"><h2>Manifest</h2><p class=meta>No manifest in this store '
                 "(it was written by a corral without manifests).</p></section>")
-    job, inp, counts, tokens = m.get("job") or {}, m.get("input") or {}, m.get("counts") or {}, m.get("tokens") or {}
-    run = _pairs([
+    return (f'<section id="manifest"><h2>Manifest of the latest run (run {_e(m.get("run_id"))})</h2>'
+            f"{_notes(m)}{_run_facts(m)}<h3>Servers and models</h3>{_models_table(m)}"
+            f"<h3>Settings</h3>{_settings(m)}</section>")
+
+
+def _run_facts(m: dict[str, Any]) -> str:
+    inp, counts, tokens = m.get("input") or {}, m.get("counts") or {}, m.get("tokens") or {}
+    wall = m.get("wall_seconds")
+    return _pairs([
         ("kind", _e(m.get("kind"))), ("status", _e(m.get("status"))),
         ("started", _e(m.get("started_at"))), ("finished", _e(m.get("finished_at"))),
-        ("wall time", _e(f"{m['wall_seconds']} s" if m.get("wall_seconds") is not None else "—")),
+        ("wall time", _e(f"{wall} s" if wall is not None else "—")),
         ("corral", _e(m.get("corral_version"))), ("python", _e(m.get("python"))),
         ("command", f"<code>{_e(' '.join(m.get('command') or []) or '—')}</code>"),
-        ("input", _e(inp.get("path") or inp.get("kind")) + f"<br><code>sha256 {_e(inp.get('sha256'))}</code>"
-         f"<br>{_e(_num(inp.get('rows')))} rows"),
+        ("input", f"{_e(inp.get('path') or inp.get('kind'))}<br><code>sha256 {_e(inp.get('sha256'))}</code>"
+                  f"<br>{_e(_num(inp.get('rows')))} rows"),
         ("counts", _e(", ".join(f"{k} {v}" for k, v in counts.items() if v is not None))),
         ("tokens", _e(f"prompt {tokens.get('prompt', '—')}, completion {tokens.get('completion', '—')}")),
     ])
-    models = []
+
+
+def _models_table(m: dict[str, Any]) -> str:
+    rows = []
     for server in m.get("servers") or []:
         if not server.get("reachable", True):
-            models.append([_e(server.get("label")), "unreachable", "", "", _e(server.get("error")), ""])
+            rows.append([_e(server.get("label")), "unreachable", "", "", _e(server.get("error")), ""])
             continue
+        kind = _e(f"{server.get('kind')} {server.get('version') or ''}")
         for name, facts in (server.get("models") or {}).items():
             facts = facts or {}
             details = facts.get("details") or {}
-            about = ", ".join(str(v) for v in (details.get("parameter_size"), details.get("quantization_level"),
-                                               facts.get("model_file"), facts.get("ftype")) if v)
-            models.append([_e(server.get("label")), _e(f"{server.get('kind')} {server.get('version') or ''}"),
-                           f"<b>{_e(name)}</b>", f"<code title=\"{_e(facts.get('digest'))}\">"
-                           f"{_e(short_digest(facts.get('digest')))}</code>",
-                           _e(facts.get("digest_source")), _e(about)])
-    settings = [("models", _e(", ".join(job.get("models") or []))), ("options", _json_block(job.get("options") or {}))]
+            about = (details.get("parameter_size"), details.get("quantization_level"), facts.get("model_file"),
+                     facts.get("ftype"))
+            digest = facts.get("digest")
+            rows.append([_e(server.get("label")), kind, f"<b>{_e(name)}</b>",
+                         f'<code title="{_e(digest)}">{_e(short_digest(digest))}</code>',
+                         _e(facts.get("digest_source")), _e(", ".join(str(v) for v in about if v))])
+    return _table(["server", "kind / version", "model", "digest", "from", "details"], rows)
+
+
+def _settings(m: dict[str, Any]) -> str:
+    job = m.get("job") or {}
+    settings = [("models", _e(", ".join(job.get("models") or []))),
+                ("options", _json_block(job.get("options") or {}))]
     if job.get("format") is not None:
         settings.append(("format / schema", _json_block(job.get("format"))))
     for key, label in (("system", "system message"), ("prompt_template", "prompt template")):
         if job.get(key):
             settings.append((label, f"<pre>{_e(job[key])}</pre>"))
     settings.append(("engine", _json_block(m.get("engine") or {})))
-    warnings = "".join(f"<div class=warn>{_e(w)}</div>" for w in m.get("warnings") or [])
+    return _pairs(settings)
+
+
+def _notes(m: dict[str, Any]) -> str:
+    """Warnings (a model differing across servers) and, for a reproduction, how it compared."""
+    notes = [_e(w) for w in m.get("warnings") or []]
     repro = m.get("reproduction")
     if repro:
-        warnings += (f"<div class=warn>Reproduction of {_e(repro.get('manifest'))}: {repro.get('identical', 0)} "
-                     f"identical, {repro.get('different', 0)} different answers; digest changes: "
-                     f"{_e('; '.join(repro.get('digest_changes') or []) or 'none')}</div>")
-    return (f'<section id="manifest"><h2>Manifest of the latest run (run {_e(m.get("run_id"))})</h2>{warnings}'
-            f"{run}<h3>Servers and models</h3>"
-            + _table(["server", "kind / version", "model", "digest", "from", "details"], models)
-            + f"<h3>Settings</h3>{_pairs(settings)}</section>")
+        changes = "; ".join(repro.get("digest_changes") or []) or "none"
+        notes.append(f"Reproduction of {_e(repro.get('manifest'))}: {_e(repro.get('identical', 0))} identical, "
+                     f"{_e(repro.get('different', 0))} different answers; digest changes: {_e(changes)}")
+    return "".join(f"<div class=warn>{note}</div>" for note in notes)
 
 
 def _error_examples(data: ReportData) -> str:
@@ -201,8 +220,8 @@ def _error_examples(data: ReportData) -> str:
 
 
 def _per_model(data: ReportData) -> str:
-    rows = [[_e(m["model"]), *(_e(_num(m[k])) for k in ("ok", "failed", "prompt_tokens", "completion_tokens"))]
-            for m in data.models]
+    keys = ("ok", "failed", "prompt_tokens", "completion_tokens")
+    rows = [[_e(m["model"]), *(_e(_num(m[k])) for k in keys)] for m in data.models]
     return "<h3>Per model</h3>" + _table(["model", "ok", "failed", "prompt tokens", "completion tokens"],
                                          rows, {1, 2, 3, 4})
 
@@ -216,7 +235,7 @@ def _agreement(agreement: dict[str, Any] | None) -> tuple[str, list[figs.Figure]
         alpha = ka.get("alpha")
         parts.append(f"<h3>On {_e(repr(key))}: {len(ka.get('models') or [])} models, {ka.get('n_rows')} rows "
                      f"({ka.get('n_complete')} answered by all)</h3>"
-                     f"<p>Krippendorff's α (nominal): <b>{_e('—' if alpha is None else f'{alpha:.3f}')}</b></p>")
+                     f"<p>Krippendorff's α (nominal): <b>{_e(_num(alpha, '.3f'))}</b></p>")
         parts.append(_table(["model A", "model B", "n", "agreement", "Cohen's κ"], [
             [_e(p.get("model_a")), _e(p.get("model_b")), _e(p.get("n")),
              _e("—" if p.get("percent_agreement") is None else f"{p['percent_agreement']:.1f}%"),
@@ -241,7 +260,8 @@ def _runs(data: ReportData) -> str:
     for run in data.runs:
         c, m = run["counts"], run["manifest"] or {}
         wall = f"{run['finished_at'] - run['started_at']:.1f}" if run["finished_at"] else "—"
-        rows.append([_e(run["id"]), _e(m.get("kind", "—")), _e(m.get("status", "finished" if run["finished_at"] else "—")),
+        status = m.get("status", "finished" if run["finished_at"] else "—")
+        rows.append([_e(run["id"]), _e(m.get("kind", "—")), _e(status),
                      _e(_utc(run["started_at"])), _e(wall), *(_e(_num(c.get(k))) for k in
                      ("done", "ok", "failed", "cached", "sent", "retries")),
                      f"<code>{_e(' '.join(run['argv'] or []))}</code>"])
@@ -274,8 +294,8 @@ def render(data: ReportData) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>corral report: {_e(data.store_path)}</title><style>{_CSS}</style>",
         f"<script>{_ERROR_HOOK}</script><script>{get_plotlyjs()}</script></head><body>",
-        f"<h1>corral report</h1><p class=meta>Store <code>{_e(data.store_path)}</code>; generated {generated} "
-        f"by corral {_e(__version__)}.</p>",
+        f"<h1>corral report</h1><p class=meta>Store <code>{_e(data.store_path)}</code>; "
+        f"generated {generated} by corral {_e(__version__)}.</p>",
         '<div id="corral-errors" hidden></div>',
         _summary(data), _manifest(data.manifest),
         '<section id="figures">', *blocks, "</section>", agreement_html, _runs(data),

@@ -123,8 +123,10 @@ def run_analysis(
     otherwise); ``max_concurrent_calls`` caps the total. New columns: ``response``, one column per JSON
     key, ``model`` and ``error`` (an error is always a reason, never a silent NaN). Keywords:
     ``json_schema`` (dict or pydantic class), ``system``, ``servers``, ``config``, ``api``, ``store``
-    (a journal path: re-running resumes), ``max_json_retries``, ``timeout``, ``progress``, and any model
-    option (``temperature=0, seed=1, num_ctx=4096``...). Works in scripts and in Jupyter alike.
+    (a journal path: re-running resumes), ``manifest`` (a path for the run's manifest JSON, with the
+    agreement statistics after a fan-out; the store keeps it either way), ``max_json_retries``,
+    ``timeout``, ``progress``, and any model option (``temperature=0, seed=1, num_ctx=4096``...). Works in
+    scripts and in Jupyter alike.
     """
     return run_sync(run_analysis_async(
         df, text_column, workers, max_concurrent_calls, model_names=model_names,

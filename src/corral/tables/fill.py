@@ -168,7 +168,9 @@ def fill_missing_fields(df: Any, title_col: str = "title_en",
                         col_map: dict[str, str] | None = None,
                         model_names: str | Sequence[str] = "llama3.2", fanout: bool = False,
                         workers: int = 3, **kwargs: Any) -> Any:
-    """Ask only for the fields each row lacks; return a new DataFrame (pandas or polars, as given)."""
+    """Ask only for the fields each row lacks; return a new DataFrame (pandas or polars, as given).
+
+    ``manifest="fill.manifest.json"`` also writes the run's manifest there (the store keeps it anyway)."""
     return run_sync(fill_missing_fields_async(df, title_col, json_fields, col_map, model_names, fanout,
                                               workers, **kwargs))
 
