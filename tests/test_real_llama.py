@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,7 +108,10 @@ def test_local_flag_runs_the_embedded_model_and_stops_it(tmp_path: Path) -> None
 
 
 def _local_children() -> set[str]:
-    return {p for p in os.listdir("/proc") if p.isdigit() and "_local_child" in _cmdline(p)}
+    """Embedded servers started from this checkout's Python (other checkouts on the machine may be
+    running their own tests)."""
+    return {p for p in os.listdir("/proc")
+            if p.isdigit() and "_local_child" in (cmd := _cmdline(p)) and cmd.startswith(sys.prefix)}
 
 
 def _cmdline(pid: str) -> str:
