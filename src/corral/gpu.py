@@ -5,6 +5,11 @@ servers' APIs do not say. ``nvidia-smi`` sees the GPUs of the machine corral run
 the servers are for ``--local`` and single-host set-ups; with no ``nvidia-smi`` on PATH nothing is
 sampled and the report leaves the figure out. ``CORRAL_GPU_INTERVAL`` sets the seconds between
 samples (default 5; 0 turns sampling off).
+
+The sampler is a thread running ``subprocess.run``, not an asyncio subprocess: forking from the
+event loop of a process that also has threads can hang in the child before ``exec`` (seen with
+uvloop, about one run in fifty), while ``subprocess`` spawns safely from any thread. Samples are
+handed to the event loop, which writes them to the store as the run goes.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import contextlib
 import logging
 import os
 import shutil
+import subprocess
+import threading
 import time
 from typing import Any
 
@@ -56,49 +63,64 @@ class GpuSampler:
         self.interval = interval
         self.binary = shutil.which("nvidia-smi") if interval > 0 else None
         self.gpus: dict[int, str] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._samples: list[Sample] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._writer: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> "GpuSampler":
         if self.binary:
-            self._task = asyncio.create_task(self._loop())
+            self._thread = threading.Thread(target=self._sample_until_stopped, name="corral-gpu",
+                                            daemon=True)
+            self._thread.start()
+            self._writer = asyncio.create_task(self._write_periodically())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        if self._thread is None:
+            return
+        self._stop.set()
+        if self._writer is not None:
+            self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            await self.sample()  # one last point, so a short run still has its end
+                await self._writer
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 15)
+        self._write()
 
     def described(self) -> list[dict[str, Any]]:
         return [{"index": index, "name": name} for index, name in sorted(self.gpus.items())]
 
-    async def _loop(self) -> None:
+    async def _write_periodically(self) -> None:
         while True:
-            await self.sample()
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(max(self.interval, 1.0))
+            self._write()
 
-    async def sample(self) -> None:
-        if not self.binary:
-            return
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                self.binary, f"--query-gpu={QUERY}", "--format=csv,noheader,nounits",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-        except OSError as exc:
-            log.info("cannot run nvidia-smi (%s); GPU sampling stops", exc)
-            self.binary = None
-            return
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout=10)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            log.info("nvidia-smi did not answer in 10 s; GPU sampling stops")
-            self.binary = None
-            return
-        samples = parse_nvidia_smi(out.decode("utf-8", "replace"), time.time())
+    def _write(self) -> None:
+        with self._lock:
+            samples, self._samples = self._samples, []
         for _, index, name, *_ in samples:
             self.gpus[index] = name
         if samples:
             self.store.record_gpu_samples(samples)
+
+    def _sample_until_stopped(self) -> None:
+        while True:
+            if not self._sample_once():
+                return
+            if self._stop.wait(self.interval):
+                self._sample_once()  # one last point, so a short run still has its end
+                return
+
+    def _sample_once(self) -> bool:
+        try:
+            done = subprocess.run([self.binary or "nvidia-smi", f"--query-gpu={QUERY}",
+                                   "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                                  timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.info("nvidia-smi failed (%s); GPU sampling stops", exc)
+            return False
+        samples = parse_nvidia_smi(done.stdout, time.time())
+        with self._lock:
+            self._samples.extend(samples)
+        return True
