@@ -1174,10 +1174,10 @@ class FakeServer:
                 entry: Body = {"id": name, "object": "model", "created": _CREATED, "owned_by": owner}
                 if self.llamacpp:  # llama.cpp's /v1/models: aliases, and the GGUF's metadata
                     entry["aliases"] = [name]
-                    entry["meta"] = {"vocab_type": 2, "n_vocab": 128256, "n_ctx": self.max_context_tokens or 4096,
-                                     "n_ctx_train": 131072, "n_embd": self.embedding_dim,
-                                     "n_params": 3_212_749_888, "size": self._size(self._gguf_file(name)),
-                                     "ftype": "Q4_K_M"}
+                    entry["meta"] = {
+                        "vocab_type": 2, "n_vocab": 128256, "n_ctx": self.max_context_tokens or 4096,
+                        "n_ctx_train": 131072, "n_embd": self.embedding_dim, "n_params": 3_212_749_888,
+                        "size": self._size(self._gguf_file(name)), "ftype": "Q4_K_M"}
                 else:
                     entry.update({"root": name, "parent": None,
                                   "max_model_len": self.max_context_tokens or 4096})
