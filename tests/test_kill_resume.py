@@ -8,6 +8,7 @@ it had already received would show up as more than 8 re-sent requests for a kill
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -74,6 +75,8 @@ def test_ctrl_c_journals_what_arrived_and_the_rerun_resumes(tmp_path: Path, fake
     assert proc.returncode == 130, err
     assert "interrupted" in err and "run the same command again to resume" in err
     assert "Traceback" not in err
+    manifest = json.loads((tmp_path / "out.jsonl.manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and 30 <= manifest["counts"]["ok"] < 200
     done_before = server.completed
     server.reset_stats()
     final = _start(tmp_path, server.url)
@@ -83,3 +86,5 @@ def test_ctrl_c_journals_what_arrived_and_the_rerun_resumes(tmp_path: Path, fake
     assert [r["response"] for r in rows] == [f"echo: prompt {i}" for i in range(200)]
     resent = sum(server.count_by_prompt().values()) - (200 - done_before)
     assert resent <= SLOTS, resent  # at most the requests in flight when Ctrl-C came
+    manifest = json.loads((tmp_path / "out.jsonl.manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["counts"]["cached"] >= 30

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,10 +49,20 @@ def test_corral_run_end_to_end_on_the_real_server(tmp_path: Path, llama) -> None
     assert all(r["success"] and r["response"].strip() for r in rows)
     assert all(0 < r["eval_count"] <= 24 and r["prompt_eval_count"] > 5 for r in rows)
     assert rows[0]["prompt"].startswith("Analyze the reasons")
-    # Same seed at temperature 0, second run with a fresh store: the same text, byte for byte.
-    again = _run(tmp_path, llama, "--store", "second.db", name="again.jsonl")
+    manifest = json.loads((tmp_path / "out.jsonl.manifest.json").read_text())
+    (server,) = manifest["servers"]
+    assert server["kind"] == "llama.cpp" and server["version"]
+    facts = server["models"][llama.model]
+    assert facts["model_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf" and facts["ftype"] == "Q4_1"
+    assert facts["digest"].startswith("fingerprint:") and facts["meta"]["n_params"] > 100_000_000
+    assert manifest["job"]["options"] == {"temperature": 0.0, "seed": 7, "num_predict": 24}
+    # Reproduce: same seed at temperature 0 into a fresh store: the same text, byte for byte.
+    again = corral_cli("run", "--reproduce", "out.jsonl.manifest.json", cwd=tmp_path, timeout=600)
     assert again.returncode == 0, again.stderr
-    assert [r["response"] for r in read_jsonl(tmp_path / "again.jsonl")] == [r["response"] for r in rows]
+    assert "reproduce: 24 of 24 responses identical to the original run" in again.stderr
+    assert "digest changed" not in again.stderr
+    redo = read_jsonl(tmp_path / "out.reproduced.jsonl")
+    assert [r["response"].encode() for r in redo] == [r["response"].encode() for r in rows]
 
 
 def test_batch_generate_on_the_real_server(llama) -> None:
@@ -97,7 +108,10 @@ def test_local_flag_runs_the_embedded_model_and_stops_it(tmp_path: Path) -> None
 
 
 def _local_children() -> set[str]:
-    return {p for p in os.listdir("/proc") if p.isdigit() and "_local_child" in _cmdline(p)}
+    """Embedded servers started from this checkout's Python (other checkouts on the machine may be
+    running their own tests)."""
+    return {p for p in os.listdir("/proc")
+            if p.isdigit() and "_local_child" in (cmd := _cmdline(p)) and cmd.startswith(sys.prefix)}
 
 
 def _cmdline(pid: str) -> str:

@@ -5,6 +5,7 @@ The public Python API; the `corral` command is a thin front over the same engine
 
 from __future__ import annotations
 
+from ._version import __version__
 from .api import batch_generate, batch_generate_async
 from .config import Config, ServerSpec, load_config
 from .engine import Engine, EngineSettings, RetryPolicy
@@ -13,7 +14,6 @@ from .requests import Request
 from .results import Outcome
 from .store import Store
 
-__version__ = "0.1.0"
 
 _TABLES = {"run_analysis", "run_analysis_async", "fill_missing_fields", "fill_missing_fields_async",
            "fill_missing_fields_from_csv", "agreement"}

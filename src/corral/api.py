@@ -10,12 +10,17 @@ import asyncio
 import concurrent.futures
 import os
 from collections.abc import Awaitable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
+
+import orjson
 
 from . import runtime
 from .config import ServerSpec, default_servers, load_config, server_from_url
-from .engine import Engine, EngineSettings, RetryPolicy
+from .engine import EngineSettings, RetryPolicy
 from .errors import UsageError
+from .jobs import run_requests
+from .manifest import ManifestRecorder, data_facts
 from .requests import Request, build_messages, canonical_options
 from .results import Outcome
 from .store import Store
@@ -99,6 +104,7 @@ async def batch_generate_async(
     store: str | os.PathLike[str] | None = None,
     timeout: float | None = None,
     max_attempts: int = 5,
+    manifest: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> list[dict[str, Any]]:
     """The async twin of `batch_generate`: await it inside your own event loop."""
@@ -115,16 +121,35 @@ async def batch_generate_async(
         timeout=timeout or cfg.get("timeout") or 300.0, concurrency=max_concurrent,
         rate_limit_delay=rate_limit_delay, retry=RetryPolicy(max_attempts=max_attempts),
     )
-    results: list[dict[str, Any]] = []
+    collected = _Collect()
+    recorder = ManifestRecorder(
+        kind="batch_generate", path=Path(manifest) if manifest is not None else None,
+        input=data_facts("prompts", (orjson.dumps(r.messages) for r in requests), len(requests)),
+        job={"models": sorted({r.model for r in requests}), "model": model,
+             "system": system or cfg.get("system"), "options": merged_options,
+             "format": format if format is not None else cfg.get("format")},
+    )
     journal = Store(store)
     try:
-        async with Engine(specs, journal, settings) as engine:
-            engine.check_models({r.model for r in requests})
-            await engine.run(requests, lambda outcome: results.append(result_dict(outcome)),
-                             total=len(requests))
+        await run_requests(requests, servers=specs, store=journal, settings=settings, sinks=[collected],
+                           models={r.model for r in requests}, total=len(requests), progress="none",
+                           manifest=recorder)
     finally:
         journal.close()
-    return results
+    return collected.rows
+
+
+class _Collect:
+    """A sink that keeps every result as a dict, in input order."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def write(self, outcome: Outcome) -> None:
+        self.rows.append(result_dict(outcome))
+
+    def close(self, complete: bool = True) -> None:
+        del complete
 
 
 def batch_generate(
@@ -142,7 +167,8 @@ def batch_generate(
     (default: twice the slots llama.cpp reports, else 8 for Ollama, 16 for other OpenAI-compatible
     servers). Extra keyword arguments are model options
     (``temperature=0, seed=1, num_ctx=4096, num_predict=64``...) or the keyword arguments of
-    `batch_generate_async` (``system``, ``format``, ``api``, ``config``, ``store``, ``timeout``).
+    `batch_generate_async` (``system``, ``format``, ``api``, ``config``, ``store``, ``timeout``,
+    ``manifest``: a path for the run's manifest JSON; it is kept in the store either way).
     Works the same in a plain script and inside Jupyter's running event loop.
     """
     return run_sync(batch_generate_async(prompts, model, servers, max_concurrent, rate_limit_delay,

@@ -6,6 +6,7 @@ engine. Nothing here speaks HTTP or parses a wire format.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from contextlib import ExitStack
@@ -16,6 +17,8 @@ from typing import Protocol
 from .config import ServerSpec
 from .engine import Engine, EngineSettings, JobStats
 from .errors import UsageError
+from .gpu import GpuSampler
+from .manifest import ManifestRecorder, redact_argv
 from .progress import ProgressDisplay
 from .requests import Request
 from .results import Outcome
@@ -51,9 +54,14 @@ async def run_requests(
     requests: Iterable[Request], *, servers: list[ServerSpec], store: Store,
     settings: EngineSettings, sinks: list[Sink], models: Iterable[str], total: int | None = None,
     progress: str = "auto", keep_failures: int = 1000, argv: list[str] | None = None,
+    manifest: ManifestRecorder | None = None,
 ) -> JobResult:
-    """Probe, check models, run, and write every outcome to every sink in input order."""
+    """Probe, check models, run, and write every outcome to every sink in input order.
+
+    With a ``manifest``, the run's provenance (servers, digests, counts) is recorded as it happens;
+    it is saved even when the run is interrupted, with its status saying so."""
     failures: list[Outcome] = []
+    models = list(models)
 
     def on_outcome(outcome: Outcome) -> None:
         for sink in sinks:
@@ -65,14 +73,25 @@ async def run_requests(
     try:
         async with Engine(servers, store, settings) as engine:
             engine.check_models(models)
-            store.start_run(argv, {"servers": [s.label for s in engine.servers],
-                                   "unreachable": engine.unreachable})
+            store.start_run(redact_argv(argv) if argv else None,
+                            {"servers": [s.label for s in engine.servers],
+                             "unreachable": engine.unreachable})
+            if manifest is not None:
+                await manifest.begin(engine, store, settings, models)
+            status = "failed"
+            sampler = GpuSampler(store)
             try:
-                async with ProgressDisplay(engine, progress):
+                async with sampler, ProgressDisplay(engine, progress):
                     stats = await engine.run(requests, on_outcome, total=total)
                 complete = True
+                status = "complete"
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                status = "interrupted"
+                raise
             finally:
                 store.finish_run(engine.stats.as_dict())
+                if manifest is not None:
+                    manifest.end(engine, status, sampler.described())
     finally:
         for sink in sinks:  # also when no server answered: no stray half-written output
             sink.close(complete=complete)
@@ -82,13 +101,14 @@ async def run_requests(
 async def run_prompt_file(
     source: PromptFile, *, servers: list[ServerSpec], store: Store, settings: EngineSettings,
     sinks: list[Sink], progress: str = "auto", argv: list[str] | None = None,
+    manifest: ManifestRecorder | None = None,
 ) -> JobResult:
     report = source.report or source.scan()
     for problem in report.invalid:
         log.warning("skipping invalid line: %s", problem)
     return await run_requests(
         iter(source), servers=servers, store=store, settings=settings, sinks=sinks,
-        models=report.models, total=report.rows, progress=progress, argv=argv,
+        models=report.models, total=report.rows, progress=progress, argv=argv, manifest=manifest,
     )
 
 

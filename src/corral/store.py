@@ -23,7 +23,7 @@ from .errors import UsageError
 from .requests import Request
 from .results import Outcome
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: runs.manifest, gpu_samples
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -59,9 +59,23 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at REAL,
     argv TEXT,
     info TEXT,
-    counts TEXT
+    counts TEXT,
+    manifest TEXT                      -- JSON: the run's manifest (see corral.manifest)
+);
+CREATE TABLE IF NOT EXISTS gpu_samples (
+    run_id INTEGER,
+    t REAL,                            -- wall-clock epoch seconds
+    gpu INTEGER,
+    name TEXT,
+    utilization REAL,                  -- percent
+    memory_used REAL,                  -- MiB
+    memory_total REAL
 );
 """
+
+# Columns added after a table was first released: (table, column, type). A store written by an older
+# corral gains them on open, so old journals still resume and can still be reported on.
+_ADDED_COLUMNS = (("runs", "manifest", "TEXT"),)
 
 _COLUMNS = (
     "key", "status", "model", "endpoint", "request", "response", "embeddings", "raw", "error",
@@ -98,14 +112,20 @@ class Store:
             # and a busy run commits often (measured: COMMIT 193 -> 102 us).
             self._db.execute("PRAGMA wal_autocheckpoint=10000")
             self._db.executescript(_SCHEMA)
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
+            self._migrate()
         except sqlite3.DatabaseError as exc:
             raise UsageError(f"{self.path}: cannot open the store: {exc}") from None
         self._pending: list[tuple[Any, ...]] = []
         self.run_id: int | None = None
+        self.closed = False
+
+    def _migrate(self) -> None:
+        for table, column, kind in _ADDED_COLUMNS:
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                         (str(SCHEMA_VERSION),))
 
     # -- runs -----------------------------------------------------------------------------------
     def start_run(self, argv: list[str] | None = None, info: dict[str, Any] | None = None) -> int:
@@ -124,6 +144,23 @@ class Store:
             "UPDATE runs SET finished_at = ?, counts = ? WHERE id = ?",
             (time.time(), orjson.dumps(counts).decode(), self.run_id),
         )
+
+    def save_manifest(self, manifest: dict[str, Any], run_id: int) -> None:
+        """Keep a run's manifest with the run, so the store alone says how its results were made."""
+        self._db.execute("UPDATE runs SET manifest = ? WHERE id = ?",
+                         (orjson.dumps(manifest).decode(), run_id))
+
+    def record_gpu_samples(self, samples: Iterable[tuple[float, int, str, float | None, float | None,
+                                                           float | None]]) -> None:
+        """(t, gpu index, name, utilization %, memory used MiB, memory total MiB) for this run."""
+        self._db.executemany(
+            "INSERT INTO gpu_samples (run_id, t, gpu, name, utilization, memory_used, memory_total) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)", [(self.run_id, *sample) for sample in samples])
+
+    def query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        """Read-only SQL for readers of a finished store (the report); pending results are flushed first."""
+        self.flush()
+        return self._db.execute(sql, tuple(params)).fetchall()
 
     # -- results --------------------------------------------------------------------------------
     def record(self, outcome: Outcome) -> None:
@@ -181,10 +218,13 @@ class Store:
         )
 
     def close(self) -> None:
+        if self.closed:
+            return
         try:
             self.flush()
         finally:
             self._db.close()
+            self.closed = True
 
     def __enter__(self) -> "Store":
         return self

@@ -8,11 +8,13 @@ status code, so the engine alone decides what to do next.
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 from abc import ABC, abstractmethod
-from urllib.parse import urlsplit
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -126,6 +128,13 @@ class Backend(ABC):
     async def send(self, request: Request, timeout: float) -> Reply:
         """Run one request (chat, generate or embed)."""
 
+    @abstractmethod
+    async def describe(self, models: Sequence[str], timeout: float) -> dict[str, Any]:
+        """Provenance for a manifest: ``{"kind", "version", "models": {name: {"digest", ...}}}``.
+
+        Asked once per run, apart from the probe, because a reviewer's question "which model exactly"
+        needs more than the probe keeps (digests, quantisation, templates)."""
+
     async def _post(self, path: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
         """POST JSON and return the decoded body, or raise a classified BackendError."""
         data = orjson.dumps(payload)
@@ -189,3 +198,14 @@ class Backend(ABC):
 def _timeout(seconds: float) -> aiohttp.ClientTimeout:
     """One ClientTimeout per distinct value, not one per request."""
     return aiohttp.ClientTimeout(total=seconds, sock_connect=min(10.0, seconds))
+
+
+def sha256_text(text: str | None) -> str | None:
+    """A short-lived text (a chat template, a parameter block) as a digest: comparable, not bulky."""
+    return None if text is None else "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def fingerprint(facts: dict[str, Any]) -> str:
+    """A digest of what a server says about a model, for servers that report no digest of their own."""
+    blob = orjson.dumps(facts, option=orjson.OPT_SORT_KEYS)
+    return "fingerprint:" + hashlib.sha256(blob).hexdigest()

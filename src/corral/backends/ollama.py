@@ -6,10 +6,11 @@ carries the whole result with its counters (eval_count, eval_duration, ...).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ..requests import Request
-from .base import Backend, BackendError, Reply, ServerInfo
+from .base import Backend, BackendError, Reply, ServerInfo, sha256_text
 
 
 def ollama_model_name(name: str) -> str:
@@ -37,6 +38,39 @@ class OllamaBackend(Backend):
     async def show(self, model: str, timeout: float) -> dict[str, Any]:
         """Model details (/api/show), used for provenance."""
         return await self._post("/api/show", {"model": model}, timeout)
+
+    async def describe(self, models: Sequence[str], timeout: float) -> dict[str, Any]:
+        """The server's version, and per model the digest from /api/tags (the sha256 Ollama names the
+        model's manifest by: it changes whenever `ollama pull` brings a different build) plus what
+        /api/show says about its quantisation, parameters and prompt template."""
+        version = (await self._get("/api/version", timeout)).get("version")
+        tags = await self._get("/api/tags", timeout)
+        listed = {ollama_model_name(e.get("name") or e.get("model") or ""): e
+                  for e in tags.get("models") or [] if isinstance(e, dict)}
+        described: dict[str, Any] = {}
+        for model in models:
+            entry = listed.get(ollama_model_name(model), {})
+            facts: dict[str, Any] = {
+                "name": entry.get("name") or model, "digest": entry.get("digest") or None,
+                "digest_source": "/api/tags", "size": entry.get("size"),
+                "modified_at": entry.get("modified_at"), "details": entry.get("details") or {},
+            }
+            try:
+                shown = await self.show(model, timeout)
+            except BackendError as exc:
+                facts["show_error"] = str(exc)
+            else:
+                info = shown.get("model_info") or {}
+                arch = info.get("general.architecture")
+                facts.update({
+                    "details": shown.get("details") or facts["details"],
+                    "parameters": shown.get("parameters"),
+                    "template_sha256": sha256_text(shown.get("template")),
+                    "context_length": info.get(f"{arch}.context_length") if arch else None,
+                    "capabilities": shown.get("capabilities"),
+                })
+            described[model] = facts
+        return {"kind": "ollama", "version": version, "models": described}
 
     def _common(self, request: Request) -> dict[str, Any]:
         payload: dict[str, Any] = {"model": request.model, "stream": False}

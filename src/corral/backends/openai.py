@@ -8,10 +8,12 @@ servers reject unknown fields.
 
 from __future__ import annotations
 
+import posixpath
+from collections.abc import Sequence
 from typing import Any
 
 from ..requests import Request
-from .base import Backend, BackendError, Reply, ServerInfo
+from .base import Backend, BackendError, Reply, ServerInfo, fingerprint, sha256_text
 
 # Ollama runtime settings with no per-request meaning on OpenAI-compatible servers.
 _OLLAMA_ONLY = frozenset({
@@ -55,6 +57,52 @@ class OpenAIBackend(Backend):
             if isinstance(alias, str) and alias and alias not in info.models:
                 info.models[alias] = {}
         return info
+
+    async def describe(self, models: Sequence[str], timeout: float) -> dict[str, Any]:
+        """What /v1/models (and llama.cpp's /props, or vLLM's /version) say about each model.
+
+        These servers publish no digest, so the manifest gets a fingerprint: a hash of the facts that
+        identify the weights (llama.cpp: file name, size, parameter count, vocabulary, type, chat
+        template; vLLM: the model's root path and context length). It changes when the model file is
+        swapped for a different one, though not for a retrain of identical shape and file name."""
+        listing = await self._get("/v1/models", timeout)
+        entries = {e["id"]: e for e in listing.get("data") or [] if isinstance(e, dict) and e.get("id")}
+        props: dict[str, Any] | None
+        try:
+            props = await self._get("/props", min(timeout, 5.0))
+        except BackendError:
+            props = None
+        kind, version = "openai", None
+        if props is not None:
+            kind, version = "llama.cpp", props.get("build_info")
+        else:
+            try:  # vLLM (and SGLang) answer GET /version
+                version = (await self._get("/version", min(timeout, 5.0))).get("version")
+            except BackendError:
+                pass
+            if any(e.get("owned_by") == "vllm" for e in entries.values()):
+                kind = "vllm"
+        described: dict[str, Any] = {}
+        for model in models:
+            entry = entries.get(model) or _aliased(entries, model) or {}
+            facts: dict[str, Any] = {"id": entry.get("id", model), "owned_by": entry.get("owned_by")}
+            for name in ("root", "parent", "max_model_len"):
+                if name in entry:
+                    facts[name] = entry[name]
+            if isinstance(entry.get("meta"), dict):
+                facts["meta"] = {k: v for k, v in entry["meta"].items() if k != "n_ctx"}
+            if props is not None and props.get("model_alias") in (model, facts["id"], None):
+                path = props.get("model_path")
+                # The file name, not the path: the path names a home directory, not the weights.
+                facts["model_file"] = posixpath.basename(path.replace("\\", "/")) if path else None
+                facts["ftype"] = props.get("model_ftype")
+                facts["chat_template_sha256"] = sha256_text(props.get("chat_template"))
+            described[model] = {**facts, "digest": fingerprint(facts),
+                                "digest_source": "/v1/models" + (" + /props" if props else "")}
+            n_ctx = (entry.get("meta") or {}).get("n_ctx")
+            if n_ctx is not None:  # a runtime setting, not the weights: kept out of the fingerprint
+                described[model]["n_ctx"] = n_ctx
+        return {"kind": kind, "version": version, "models": described}
 
     def _sampling(self, request: Request) -> dict[str, Any]:
         payload: dict[str, Any] = {}
@@ -112,6 +160,14 @@ class OpenAIBackend(Backend):
             prompt_eval_count=usage.get("prompt_tokens"),
             model=data.get("model"),
         )
+
+
+def _aliased(entries: dict[str, dict[str, Any]], model: str) -> dict[str, Any] | None:
+    """llama.cpp lists aliases beside the id; any name it answers to finds the entry."""
+    for entry in entries.values():
+        if model in (entry.get("aliases") or ()):
+            return entry
+    return None
 
 
 def _first_choice(data: dict[str, Any]) -> dict[str, Any]:

@@ -12,10 +12,13 @@ import typer
 from rich.console import Console
 
 from .. import runtime
+from ..config import ServerSpec
 from ..engine import EngineSettings, RetryPolicy
 from ..errors import UsageError
 from ..jobs import default_store_path, open_sinks, run_prompt_file
+from ..manifest import ManifestRecorder, file_facts, manifest_path, spec_from_dict
 from ..progress import summary_table
+from ..reproduce import Reproduction, compare, prepare
 from ..sources import Defaults, PromptFile
 from ..store import Store
 from . import app
@@ -58,10 +61,39 @@ def run_command(
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-send rows that failed before."),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Report and skip malformed lines."),
     progress: str = typer.Option("auto", "--progress", help="auto, bar, log or none."),
+    reproduce: Optional[str] = typer.Option(
+        None, "--reproduce", help="Re-run the job of a manifest (out.jsonl.manifest.json) into a fresh "
+        "output and report models whose digest changed and answers that differ."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True),
 ) -> None:
     """Run every prompt of INPUT on the servers; re-running the same command resumes."""
     setup_logging(verbose)
+    repro: Reproduction | None = None
+    if reproduce:
+        given = [flag for flag, value in (
+            ("INPUT", input), ("--prompts", prompts), ("--model", model), ("--system", system),
+            ("--schema", schema), ("--json", json_mode), ("--option", option), ("--temperature", temperature),
+            ("--seed", seed), ("--num-ctx", num_ctx), ("--max-tokens", max_tokens),
+            ("--keep-alive", keep_alive), ("--endpoint", endpoint != "chat"), ("--format", fmt != "auto"),
+        ) if value]
+        if given:
+            raise UsageError(f"--reproduce takes the job from the manifest; drop {', '.join(given)}")
+        repro = prepare(reproduce)
+        job, engine_cfg = repro.job, repro.engine
+        input, fmt = str(repro.input_path), job.get("input_format", "auto")
+        endpoint = job.get("endpoint", "chat")
+        skip_invalid = skip_invalid or bool(job.get("skip_invalid"))
+        if not (server or config or local):
+            local = bool(job.get("local"))
+        if not output and not output_dir:
+            output = repro.default_output()
+        timeout = timeout or engine_cfg.get("timeout")
+        max_attempts = max_attempts or engine_cfg.get("max_attempts")
+        concurrency = concurrency or engine_cfg.get("concurrency")
+        rate_limit_delay = rate_limit_delay or engine_cfg.get("rate_limit_delay") or 0.0
+        max_outage = engine_cfg.get("max_outage") or max_outage
+        for message in repro.warnings:
+            print(f"corral: warning: {message}", file=sys.stderr)
     path = input or prompts
     if not path:
         raise UsageError("no prompt file: corral run PROMPTS.jsonl -o results.jsonl")
@@ -95,6 +127,8 @@ def run_command(
             options=options, format=answer_format, keep_alive=keep_alive or cfg.keep_alive,
             endpoint=endpoint,
         )
+        if repro is not None:
+            defaults, specs = _reproduced(repro, specs, local_model, bool(server or config or local))
         source = PromptFile(path, defaults, fmt=fmt, skip_invalid=skip_invalid)
         report = source.scan()
         for problem in report.invalid:
@@ -106,10 +140,22 @@ def run_command(
             timeout=timeout or cfg.timeout or 300.0, retry=retry, concurrency=concurrency,
             rate_limit_delay=rate_limit_delay, retry_failed=retry_failed, max_outage=max_outage,
         )
+        recorder = ManifestRecorder(
+            kind="run", path=manifest_path(output, output_dir), argv=sys.argv,
+            input=file_facts(path, report.rows), output={"path": output, "output_dir": output_dir},
+            job={"input_format": source.fmt, "models": list(report.models), "model": defaults.model,
+                 "system": defaults.system, "options": defaults.options, "format": defaults.format,
+                 "keep_alive": defaults.keep_alive, "endpoint": defaults.endpoint,
+                 "skip_invalid": skip_invalid, "local": local, "invalid_lines": len(report.invalid),
+                 "reproduces": str(reproduce) if reproduce else None},
+        )
         result = _run_interruptibly(run_prompt_file(
             source, servers=specs, store=store, settings=settings, sinks=sinks,
-            progress=progress, argv=sys.argv,
+            progress=progress, argv=sys.argv, manifest=recorder,
         ), store.path)
+        comparison = compare(repro, recorder.data, store.path) if repro is not None else None
+        if comparison is not None:
+            recorder.update(reproduction={"manifest": str(reproduce), **comparison.as_dict()})
 
     stats = result.stats
     err = Console(file=sys.stderr, width=None if sys.stderr.isatty() else 120)
@@ -120,6 +166,11 @@ def run_command(
     where = " and ".join(x for x in (output, output_dir) if x)
     err.print(f"corral: {stats.ok} ok, {stats.failed} failed, {stats.cached} from the store; "
               f"results in {where}", highlight=False)
+    if recorder.path is not None:
+        err.print(f"corral: manifest in {recorder.path}", highlight=False)
+    if comparison is not None:
+        for line in comparison.lines() or ["nothing to compare: the original store is not here"]:
+            err.print(f"corral: reproduce: {line}", highlight=False, markup=False)
     if result.failures:
         err.print(f"[red]corral: {stats.failed} row(s) failed:[/red]", highlight=False)
         for failure in result.failures[:20]:
@@ -129,6 +180,24 @@ def run_command(
             err.print(f"  ... and {stats.failed - 20} more (see the error field in the output)")
         err.print("corral: re-run with --retry-failed to send them again", highlight=False)
         raise typer.Exit(1)
+
+
+def _reproduced(repro: Reproduction, specs: list[ServerSpec], local_model: str | None,
+                overridden: bool) -> tuple[Defaults, list[ServerSpec]]:
+    """The manifest's prompt defaults, and its servers unless --server/--config/--local replace them."""
+    job = repro.job
+    model = job.get("model")
+    if job.get("local") and local_model:
+        model = local_model
+    defaults = Defaults(model=model, system=job.get("system"), options=dict(job.get("options") or {}),
+                        format=job.get("format"), keep_alive=job.get("keep_alive"),
+                        endpoint=job.get("endpoint") or "chat")
+    if overridden or job.get("local"):
+        return defaults, specs
+    recorded = [spec_from_dict(s["spec"]) for s in repro.manifest.get("servers") or [] if s.get("spec")]
+    if not recorded:
+        raise UsageError(f"{repro.manifest_path}: the manifest lists no servers; give --server URL")
+    return defaults, recorded
 
 
 def _run_interruptibly(coro, store_path: str):  # type: ignore[no-untyped-def]

@@ -81,7 +81,8 @@ def analyze_command(
     verbose: int = typer.Option(0, "--verbose", "-v", count=True),
 ) -> None:
     """Run one prompt over every row of a table; split across models or fanned out."""
-    from ..tables.analysis import build_runner
+    from ..manifest import file_facts, manifest_path
+    from ..tables.analysis import analysis_manifest, build_runner
     from ..tables.execute import ServerChoice, execute, model_list, server_specs
     from ..tables.io import TableStream, count_rows
 
@@ -107,11 +108,14 @@ def analyze_command(
             )
             rows = count_rows(input)
             total = rows * (len(model_names) if fanout else 1) if rows else None
+            recorder = analysis_manifest(runner, file_facts(input, rows), manifest_path(output),
+                                         text_column=text_column, output=output, argv=sys.argv)
+            recorder.job.update(local=local, id_column=id_column)
             stats = _run_interruptibly(execute(
                 runner, table.chunks(), specs=specs,
                 store=store or default_store_path(output, None), max_concurrent_calls=max_concurrent_calls,
                 timeout=timeout, max_json_retries=json_retries, progress=progress, total=total,
-                argv=sys.argv,
+                argv=sys.argv, manifest=recorder,
             ), str(store or default_store_path(output, None)))
             complete = True
         finally:
@@ -124,22 +128,24 @@ def analyze_command(
               f"{stats.cached} from the store)", highlight=False)
     keys = runner.plan.keys  # type: ignore[attr-defined]
     if fanout and keys and len(model_names) > 1 and written:
-        _print_agreement(output, keys, model_names, err)
+        _print_agreement(output, runner, recorder, err)
+    err.print(f"corral: manifest in {recorder.path}", highlight=False)
     if stats.failed:
         raise typer.Exit(1)
 
 
-def _print_agreement(output: str, keys: tuple[str, ...], models: tuple[str, ...], err: Console) -> None:
-    """After a fan-out run: how much the models agree on each categorical key."""
-    try:
-        from ..tables.agreement import agreement
-        from ..tables.io import read_table
+def _print_agreement(output: str, runner: Any, recorder: Any, err: Console) -> None:
+    """After a fan-out run: how much the models agree on each categorical key (also kept in the
+    manifest, for `corral report`)."""
+    from ..tables.execute import save_agreement
+    from ..tables.io import read_table
 
-        report = agreement(read_table(output), models=list(models))
-    except UsageError as exc:
-        err.print(f"corral: no agreement table: {exc}", highlight=False, markup=False)
-        return
-    err.print(report.render())
+    report = save_agreement(recorder, read_table(output), runner)
+    problem = (recorder.data.get("agreement") or {}).get("error")
+    if problem:
+        err.print(f"corral: no agreement table: {problem}", highlight=False, markup=False)
+    elif report is not None:
+        err.print(report.render())
 
 
 @app.command("fill")
@@ -185,10 +191,10 @@ def fill_command(
             prompt_template=read_text_arg(prompt, "--prompt"), system=read_text_arg(system, "--system"),
             servers=servers, config=config, api=api, store=store, max_json_retries=json_retries,
             timeout=timeout, progress=progress, neutralize_formulas=not keep_formulas, argv=sys.argv,
-            **_options(option, temperature, seed, num_ctx, max_tokens),
+            local=local, **_options(option, temperature, seed, num_ctx, max_tokens),
         ), str(store or default_store_path(output, None)))
     print(f"corral: {written} rows written to {output} ({stats.ok} answers ok, {stats.failed} failed, "
-          f"{stats.cached} from the store)", file=sys.stderr)
+          f"{stats.cached} from the store); manifest in {output}.manifest.json", file=sys.stderr)
     if stats.failed:
         raise typer.Exit(1)
 

@@ -11,15 +11,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ..api import run_sync
 from ..errors import UsageError
+from ..manifest import ManifestRecorder
 from ..store import Store
 from .answers import resolve_schema
-from .execute import ServerChoice, execute, like_input, model_list, progress_mode, server_specs
+from .execute import (ServerChoice, execute, frame_facts, like_input, model_list, progress_mode,
+                      save_agreement, server_specs, table_job)
 from .io import to_pandas
 from .prompts import PromptTemplate, default_template, is_missing
 from .runner import RowPlan, RowResult, TableRunner, add_answer_columns
@@ -68,7 +71,7 @@ async def run_analysis_async(
     system: str | None = None, servers: Any = None, config: str | None = None, api: str = "ollama",
     store: str | os.PathLike[str] | Store | None = None, max_json_retries: int = 2,
     timeout: float | None = None, progress: bool | str = True, chunk_size: int = 20_000,
-    **options: Any,
+    manifest: str | os.PathLike[str] | None = None, **options: Any,
 ) -> Any:
     """The async twin of `run_analysis`."""
     frame = to_pandas(df)
@@ -82,15 +85,29 @@ async def run_analysis_async(
     )
     chunks = (frame.iloc[start:start + chunk_size] for start in range(0, len(frame), chunk_size))
     per_row = len(models) if fanout else 1
+    recorder = analysis_manifest(runner, frame_facts(frame), manifest, text_column=text_column,
+                                 kind="run_analysis")
     await execute(runner, chunks, specs=specs, store=store, max_concurrent_calls=max_concurrent_calls,
                   timeout=timeout, max_json_retries=max_json_retries,
-                  progress=progress_mode(progress), total=len(frame) * per_row)
+                  progress=progress_mode(progress), total=len(frame) * per_row, manifest=recorder)
     if runner.skipped_count:
         log.warning("%d row(s) not sent: %s", runner.skipped_count, "; ".join(runner.skipped[:5]))
     out = pd.concat(parts, ignore_index=True) if parts else add_answer_columns(
         frame.iloc[0:0], [], models, fanout, runner.plan.keys)  # type: ignore[attr-defined]
     out.index = frame.index
+    save_agreement(recorder, out, runner)
     return like_input(df, out)
+
+
+def analysis_manifest(runner: TableRunner, input_facts: dict[str, Any],
+                      path: str | os.PathLike[str] | None, *, text_column: str, kind: str = "analyze",
+                      output: str | None = None, argv: list[str] | None = None) -> ManifestRecorder:
+    """The manifest of an analysis run: the prompt template as sent, the keys or schema asked for."""
+    plan: AnalysisPlan = runner.plan  # type: ignore[assignment]
+    job = table_job(runner, plan.template.template, text_column=text_column,
+                    json_keys=list(plan.keys) if plan.keys else None, format=plan.schema)
+    return ManifestRecorder(kind=kind, job=job, input=input_facts, argv=argv,
+                            path=Path(path) if path is not None else None, output={"path": output})
 
 
 def run_analysis(
@@ -106,8 +123,10 @@ def run_analysis(
     otherwise); ``max_concurrent_calls`` caps the total. New columns: ``response``, one column per JSON
     key, ``model`` and ``error`` (an error is always a reason, never a silent NaN). Keywords:
     ``json_schema`` (dict or pydantic class), ``system``, ``servers``, ``config``, ``api``, ``store``
-    (a journal path: re-running resumes), ``max_json_retries``, ``timeout``, ``progress``, and any model
-    option (``temperature=0, seed=1, num_ctx=4096``...). Works in scripts and in Jupyter alike.
+    (a journal path: re-running resumes), ``manifest`` (a path for the run's manifest JSON, with the
+    agreement statistics after a fan-out; the store keeps it either way), ``max_json_retries``,
+    ``timeout``, ``progress``, and any model option (``temperature=0, seed=1, num_ctx=4096``...). Works in
+    scripts and in Jupyter alike.
     """
     return run_sync(run_analysis_async(
         df, text_column, workers, max_concurrent_calls, model_names=model_names,

@@ -14,6 +14,7 @@ from ..config import ServerSpec
 from ..engine import EngineSettings, JobStats, RetryPolicy
 from ..errors import UsageError
 from ..jobs import run_requests
+from ..manifest import ManifestRecorder, data_facts
 from ..store import Store
 from .runner import TableRunner
 
@@ -48,7 +49,8 @@ def server_specs(choice: ServerChoice, workers: int | None) -> tuple[list[Server
 async def execute(runner: TableRunner, chunks: Iterable[pd.DataFrame], *, specs: list[ServerSpec],
                   store: str | os.PathLike[str] | Store | None, max_concurrent_calls: int | None,
                   timeout: float | None, max_json_retries: int, progress: str,
-                  total: int | None = None, argv: list[str] | None = None) -> JobStats:
+                  total: int | None = None, argv: list[str] | None = None,
+                  manifest: ManifestRecorder | None = None) -> JobStats:
     settings = EngineSettings(
         timeout=timeout or 300.0, retry=RetryPolicy(), max_in_flight=max_concurrent_calls,
         validate=runner.validate, content_retries=max_json_retries,
@@ -57,7 +59,7 @@ async def execute(runner: TableRunner, chunks: Iterable[pd.DataFrame], *, specs:
     try:
         result = await run_requests(
             runner.requests(chunks), servers=specs, store=journal, settings=settings, sinks=[runner],
-            models=runner.models, total=total, progress=progress, argv=argv,
+            models=runner.models, total=total, progress=progress, argv=argv, manifest=manifest,
         )
     finally:
         if not isinstance(store, Store):
@@ -78,3 +80,37 @@ def like_input(original: Any, out: pd.DataFrame) -> Any:
 
         return pl.from_pandas(out)
     return out
+
+
+def table_job(runner: TableRunner, template: str, **extra: Any) -> dict[str, Any]:
+    """The manifest's "job" section for a table run: what each row was asked, of which models."""
+    return {"models": list(runner.models), "fanout": runner.fanout, "prompt_template": template,
+            "system": runner.system, "options": runner.options, **extra}
+
+
+def frame_facts(frame: pd.DataFrame) -> dict[str, Any]:
+    """A DataFrame input fingerprinted by content (column names and every cell), for the manifest."""
+    names = "\x1f".join(map(str, frame.columns)).encode("utf-8")
+    try:
+        cells = pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()
+    except TypeError:  # unhashable cells (lists, dicts): hash their JSON text instead
+        cells = frame.to_json(orient="values", default_handler=str).encode("utf-8")
+    return data_facts("dataframe", [names, cells], len(frame))
+
+
+def save_agreement(manifest: ManifestRecorder, frame: pd.DataFrame, runner: TableRunner) -> Any:
+    """After a fan-out run with JSON keys: how much the models agree, kept in the manifest (and so in
+    the store, for `corral report`). Returns the AgreementReport, or None when there is nothing to
+    compare."""
+    keys = getattr(runner.plan, "keys", None)
+    if not (runner.fanout and keys and len(runner.models) > 1 and len(frame)):
+        return None
+    from .agreement import agreement
+
+    try:
+        report = agreement(frame, models=list(runner.models))
+    except UsageError as exc:
+        manifest.update(agreement={"error": str(exc)})
+        return None
+    manifest.update(agreement=report.to_dict())
+    return report

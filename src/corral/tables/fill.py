@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -18,10 +19,12 @@ from ..api import run_sync
 from ..engine import JobStats
 from ..errors import UsageError
 from ..jobs import default_store_path
+from ..manifest import ManifestRecorder, file_facts, manifest_path
 from ..store import Store
 from .answers import check_keys
-from .execute import ServerChoice, execute, like_input, model_list, progress_mode, server_specs
-from .io import TableStream, to_pandas
+from .execute import (ServerChoice, execute, frame_facts, like_input, model_list, progress_mode,
+                      server_specs, table_job)
+from .io import TableStream, count_rows, to_pandas
 from .prompts import PromptTemplate, is_missing
 from .runner import RowPlan, RowResult, TableRunner, parse_outcome
 
@@ -121,6 +124,16 @@ def _runner(columns: list[str], emit: Any, *, title_col: str, json_fields: Seque
     return runner, plan
 
 
+def fill_manifest(runner: TableRunner, plan: FillPlan, prompt_template: str | None,
+                  input_facts: dict[str, Any], path: str | os.PathLike[str] | None, *,
+                  kind: str, output: str | None = None, argv: list[str] | None = None) -> ManifestRecorder:
+    """The manifest of a fill run: the fields asked for, where answers go, the template as sent."""
+    job = table_job(runner, prompt_template or DEFAULT_FILL_PROMPT, text_column=plan.title_col,
+                    json_fields=list(plan.fields), col_map=plan.col_map or None)
+    return ManifestRecorder(kind=kind, job=job, input=input_facts, argv=argv, output={"path": output},
+                            path=Path(path) if path is not None else None)
+
+
 async def fill_missing_fields_async(
     df: Any, title_col: str = "title_en",
     json_fields: Sequence[str] = ("Occasion", "Institution", "City"),
@@ -129,19 +142,22 @@ async def fill_missing_fields_async(
     prompt_template: str | None = None, system: str | None = None, servers: Any = None,
     config: str | None = None, api: str = "ollama", store: str | os.PathLike[str] | Store | None = None,
     max_json_retries: int = 2, timeout: float | None = None, progress: bool | str = True,
-    chunk_size: int = 20_000, **options: Any,
+    chunk_size: int = 20_000, manifest: str | os.PathLike[str] | None = None, **options: Any,
 ) -> Any:
+    """The async twin of `fill_missing_fields`."""
     frame = to_pandas(df)
     models = model_list(model_names)
     specs, cfg = server_specs(ServerChoice(servers, config, api), workers)
     parts: list[pd.DataFrame] = []
-    runner, _ = _runner(list(frame.columns), parts.append, title_col=title_col, json_fields=json_fields,
+    runner, plan = _runner(list(frame.columns), parts.append, title_col=title_col, json_fields=json_fields,
                         col_map=col_map, models=models, fanout=fanout, prompt_template=prompt_template,
                         system=system or cfg.get("system"), options={**cfg.get("options", {}), **options})
     chunks = [frame.iloc[s:s + chunk_size] for s in range(0, len(frame), chunk_size)] or [frame]
+    recorder = fill_manifest(runner, plan, prompt_template, frame_facts(frame), manifest,
+                             kind="fill_missing_fields")
     await execute(runner, chunks, specs=specs, store=store, max_concurrent_calls=max_concurrent_calls,
                   timeout=timeout, max_json_retries=max_json_retries,
-                  progress=progress_mode(progress))
+                  progress=progress_mode(progress), manifest=recorder)
     out = pd.concat(parts, ignore_index=True)
     out.index = frame.index
     return like_input(df, out)
@@ -152,7 +168,9 @@ def fill_missing_fields(df: Any, title_col: str = "title_en",
                         col_map: dict[str, str] | None = None,
                         model_names: str | Sequence[str] = "llama3.2", fanout: bool = False,
                         workers: int = 3, **kwargs: Any) -> Any:
-    """Ask only for the fields each row lacks; return a new DataFrame (pandas or polars, as given)."""
+    """Ask only for the fields each row lacks; return a new DataFrame (pandas or polars, as given).
+
+    ``manifest="fill.manifest.json"`` also writes the run's manifest there (the store keeps it anyway)."""
     return run_sync(fill_missing_fields_async(df, title_col, json_fields, col_map, model_names, fanout,
                                               workers, **kwargs))
 
@@ -165,23 +183,30 @@ async def fill_file_async(
     prompt_template: str | None = None, system: str | None = None, servers: Any = None,
     config: str | None = None, api: str = "ollama", store: str | os.PathLike[str] | Store | None = None,
     max_json_retries: int = 2, timeout: float | None = None, progress: str = "auto",
-    neutralize_formulas: bool = True, argv: list[str] | None = None, **options: Any,
+    neutralize_formulas: bool = True, argv: list[str] | None = None, local: bool = False,
+    **options: Any,
 ) -> tuple[int, JobStats]:
-    """Stream a table file through the fill job, writing the output chunk by chunk."""
+    """Stream a table file through the fill job, writing the output chunk by chunk, and its manifest
+    beside it (``<output>.manifest.json``)."""
     models = model_list(model_names)
     specs, cfg = server_specs(ServerChoice(servers, config, api), workers)
     table = TableStream(input_path, output_path, chunk_size=chunk_size,
                         neutralize_formulas=neutralize_formulas)
     complete = False
     try:
-        runner, _ = _runner(table.columns, table.emit, title_col=title_col,
-                            json_fields=json_fields, col_map=col_map, models=models, fanout=fanout,
-                            prompt_template=prompt_template, system=system or cfg.get("system"),
-                            options={**cfg.get("options", {}), **options})
+        runner, plan = _runner(table.columns, table.emit, title_col=title_col,
+                               json_fields=json_fields, col_map=col_map, models=models, fanout=fanout,
+                               prompt_template=prompt_template, system=system or cfg.get("system"),
+                               options={**cfg.get("options", {}), **options})
+        recorder = fill_manifest(runner, plan, prompt_template, file_facts(input_path, count_rows(input_path)),
+                                 manifest_path(str(output_path)), kind="fill", output=str(output_path),
+                                 argv=argv)
+        recorder.job["local"] = local
         stats = await execute(runner, table.chunks(), specs=specs,
                               store=store if store is not None else default_store_path(str(output_path), None),
                               max_concurrent_calls=max_concurrent_calls, timeout=timeout,
-                              max_json_retries=max_json_retries, progress=progress, argv=argv)
+                              max_json_retries=max_json_retries, progress=progress, argv=argv,
+                              manifest=recorder)
         complete = True
     finally:
         table.close(complete=complete)

@@ -1,0 +1,34 @@
+"""`corral report`: one self-contained HTML file describing a store's runs, for people to check.
+
+Reads a store (never the servers): the latest run's manifest (models, digests, settings), throughput
+over time, each server's share of the work and latency, errors by kind with example rows, retries,
+tokens, GPU utilisation when it was sampled, and for fan-out runs the agreement tables and confusion
+heatmaps. Needs the ``corral[report]`` extra (plotly).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import UsageError
+from .data import ReportData, load, resolve_store
+
+__all__ = ["ReportData", "build_report", "load", "resolve_store"]
+
+
+def build_report(store_or_output: str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
+    """Write the report of a store (or of the output a run wrote beside its store) to ``output``."""
+    try:
+        from .page import render
+    except ImportError as exc:  # plotly is an extra
+        raise UsageError(f"corral report needs plotly: pip install 'corral[report]' ({exc})") from None
+    data = load(store_or_output)
+    target = Path(output)
+    tmp = target.with_name(target.name + ".part")
+    try:
+        tmp.write_text(render(data), encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise UsageError(f"{target}: cannot write the report: {exc.strerror or exc}") from None
+    return target
