@@ -7,6 +7,7 @@ real llama.cpp server are in test_real_llama.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -184,6 +185,14 @@ def test_cli_parquet_output(tmp_path, fake_ollama_factory):
     assert table.column("error").null_count == 150
     assert not (tmp_path / "vectors.parquet.part").exists()
     assert (tmp_path / "vectors.parquet.corral.db").exists()
+    manifest = json.loads((tmp_path / "vectors.parquet.manifest.json").read_text())
+    assert manifest["kind"] == "embed" and manifest["status"] == "complete"
+    assert manifest["job"]["model"] == MODEL and manifest["job"]["batch_size"] == 20
+    assert manifest["input"]["rows"] == 150 and len(manifest["input"]["sha256"]) == 64
+    assert manifest["counts"]["embedded"] == 100 and manifest["counts"]["deduplicated"] == 50
+    assert manifest["embedding"] == {"dim": 8, "dtype": "float32"}
+    (server_facts,) = manifest["servers"]
+    assert server_facts["models"][MODEL]["digest"] == hashlib.sha256(f"{MODEL}:latest".encode()).hexdigest()
 
 
 def test_cli_npy_output_with_ids_and_errors(tmp_path, ollama):

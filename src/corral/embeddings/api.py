@@ -6,6 +6,7 @@ Both run the same two passes (see ``job.py``) over the same engine as every othe
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from ..api import ServerLike, resolve_server_list, run_sync
 from ..config import ServerSpec
 from ..engine import Engine, EngineSettings, RetryPolicy
 from ..errors import CorralError, UsageError
+from ..gpu import GpuSampler
+from ..manifest import ManifestRecorder, data_facts, file_facts, manifest_path, redact_argv
 from ..progress import ProgressDisplay
 from ..store import Store
 from .job import DEFAULT_BATCH_SIZE, EmbedCounts, Embedder, EmbedSpec, Row
@@ -77,28 +80,53 @@ def _job(model: str | None, servers: Any, config: str | None, api: str, batch_si
     return _Job(specs, spec, settings, retry_failed, mode, argv)
 
 
+def _recorder(job: _Job, input_facts: dict[str, Any], path: Path | None,
+              output: dict[str, Any]) -> ManifestRecorder:
+    spec = job.spec
+    return ManifestRecorder(
+        kind="embed", path=path, argv=job.argv, input=input_facts, output=output,
+        job={"model": spec.model, "models": [spec.model], "endpoint": "embed",
+             "batch_size": spec.batch_size, "truncate": spec.truncate, "dimensions": spec.dimensions,
+             "keep_alive": spec.keep_alive, "options": spec.options, "retry_failed": job.retry_failed},
+    )
+
+
 async def _send(job: _Job, cache: VectorCache, journal: Store, rows: Iterable[Row], *,
-                total: int | None, use_prior: bool) -> tuple[Embedder, Engine]:
+                total: int | None, use_prior: bool, manifest: ManifestRecorder | None
+                ) -> tuple[Embedder, Engine]:
     """Pass one: probe the servers, then embed every text the store lacks."""
     async with Engine(job.specs, journal, job.settings) as engine:
         engine.check_models([job.spec.model])
         # Read ahead a few batches per slot, not thousands: a batch holds batch_size texts.
         engine.settings.window = job.settings.window or max(8, 4 * engine.total_slots)
         embedder = Embedder(engine, cache, job.spec, retry_failed=job.retry_failed, use_prior=use_prior)
-        journal.start_run(job.argv, {"job": "embed", "model": job.spec.model,
-                                     "servers": [s.label for s in engine.servers],
-                                     "unreachable": engine.unreachable})
+        journal.start_run(redact_argv(job.argv) if job.argv else None,
+                          {"job": "embed", "model": job.spec.model,
+                           "servers": [s.label for s in engine.servers], "unreachable": engine.unreachable})
+        if manifest is not None:
+            await manifest.begin(engine, journal, job.settings, [job.spec.model])
         counts = embedder.counts
 
         def counter() -> tuple[int, int | None, str]:
             rate = counts.embedded / counts.seconds if counts.seconds > 0 else 0.0
             return counts.done, total, (f"{counts.failed} failed · {counts.cached} cached · "
                                         f"{counts.deduplicated} duplicates · {rate:.1f} texts/s")
+        status = "failed"
+        sampler = GpuSampler(journal)
         try:
-            async with ProgressDisplay(engine, job.progress, counter=counter):
+            async with sampler, ProgressDisplay(engine, job.progress, counter=counter):
                 await embedder.send(rows)
+            status = "complete"
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            status = "interrupted"
+            raise
         finally:
             journal.finish_run({"job": "embed", **counts.as_dict()})
+            if manifest is not None:
+                manifest.end(engine, status, sampler.described())
+                # The engine counts batches; a reader wants texts.
+                manifest.update(counts={"total": counts.rows, **counts.as_dict()},
+                                embedding={"dim": counts.dim, "dtype": "float32"})
     return embedder, engine
 
 
@@ -122,6 +150,7 @@ async def embed_async(
     retry_failed: bool = False,
     on_error: str = "raise",
     progress: bool | str = False,
+    manifest: str | os.PathLike[str] | None = None,
 ) -> np.ndarray:
     """The async twin of `embed`."""
     if isinstance(texts, (str, bytes)):
@@ -131,9 +160,14 @@ async def embed_async(
     values = list(texts)
     job = _job(model, servers, config, api, batch_size, truncate, dimensions, keep_alive, options,
                concurrency, timeout, retry_failed, progress, None)
+    recorder = None
+    if manifest is not None:
+        facts = data_facts("texts", (str(v).encode("utf-8", "surrogatepass") + b"\x00" for v in values),
+                           len(values))
+        recorder = _recorder(job, facts, Path(manifest), {"path": None})
     with VectorCache(store) as cache, Store(store) as journal:
         embedder, _ = await _send(job, cache, journal, ((None, v) for v in values), total=len(values),
-                                  use_prior=False)
+                                  use_prior=False, manifest=recorder)
         vectors, problems = embedder.vectors_for(values)
     failed = [(i, problem) for i, problem in enumerate(problems) if problem is not None]
     if failed and on_error == "raise":
@@ -152,7 +186,8 @@ def embed(texts: Iterable[str], model: str | None = None, **kwargs: Any) -> np.n
     embedded once. With ``store="vectors.db"`` every vector is kept as it arrives, so calling again
     after a crash (or with more texts) only sends what is missing. A text that cannot be embedded
     (blank, or too long for the model) raises `EmbedError` after the others are done, unless
-    ``on_error="nan"``, which leaves its row NaN.
+    ``on_error="nan"``, which leaves its row NaN. ``manifest="run.json"`` writes the run's provenance
+    (servers, model digests, options, counts) there.
 
     >>> vecs = corral.embed(df["overview"], model="nomic-embed-text", servers=["gpu1:11434"])
     """
@@ -199,7 +234,7 @@ async def embed_file_async(
     wanted = list(dict.fromkeys([text_column, *ids]))
     read_table_chunks(input, chunk_size=1, columns=wanted)  # a missing column fails here, by name
     id_names = ids or ["row"]
-    total = count_rows(input)
+    total = file_rows = count_rows(input)
     if limit is not None:
         total = min(total, limit) if total is not None else limit
 
@@ -226,7 +261,11 @@ async def embed_file_async(
             for frame, values in table_rows():
                 yield from zip(row_ids(frame) if use_prior else [None] * len(values), values)
 
-        embedder, engine = await _send(job, cache, journal, rows(), total=total, use_prior=use_prior)
+        recorder = _recorder(job, file_facts(input, file_rows), manifest_path(output),
+                             {"path": str(output), "text_column": text_column, "id_columns": id_names,
+                              "limit": limit, "skip_existing": skip_existing})
+        embedder, engine = await _send(job, cache, journal, rows(), total=total, use_prior=use_prior,
+                                       manifest=recorder)
         report.counts = embedder.counts
         report.unreachable = engine.unreachable
         report.servers = [s.label for s in engine.servers]
@@ -255,6 +294,7 @@ def embed_file(input: str | os.PathLike[str], output: str | os.PathLike[str], **
     list column ``embedding`` plus ``error``; ``.npy``, a (rows, dim) float32 array with the ids in
     ``<name>.ids.parquet``; ``.jsonl``, one object per row. Rows keep input order. Vectors are kept in
     the store (``<output>.corral.db`` by default) as they arrive, so a re-run sends only what is
-    missing; ``skip_existing=True`` also trusts the rows already in ``output``.
+    missing; ``skip_existing=True`` also trusts the rows already in ``output``. The run's manifest
+    goes to ``<output>.manifest.json``.
     """
     return run_sync(embed_file_async(input, output, **kwargs))
