@@ -11,6 +11,7 @@ import pytest
 
 import corral
 from corral import ServerSpec
+from corral.backends.ollama import JSON_NUM_PREDICT
 from corral.errors import UsageError
 from tests.conftest import corral as corral_cli
 
@@ -66,7 +67,8 @@ def test_json_keys_become_a_schema_sent_as_format(two_model_server, speeches) ->
     (_, body), = two_model_server.requests
     assert body["format"] == {"type": "object", "properties": {"label": {}, "prob": {}},
                               "required": ["label", "prob"]}
-    assert body["options"] == {"temperature": 0, "seed": 3}
+    # JSON asks to Ollama get a token limit unless they have one (a runaway answer stays bounded)
+    assert body["options"] == {"temperature": 0, "seed": 3, "num_predict": JSON_NUM_PREDICT}
 
 
 def test_split_pulls_from_one_queue_slow_model_does_less(fake_ollama_factory) -> None:

@@ -20,6 +20,7 @@ import orjson
 
 from .backends.base import Reply
 from .errors import UsageError
+from .locks import FileLock
 from .requests import Request
 from .results import Outcome
 
@@ -82,14 +83,24 @@ _LOOKUP_COLUMNS = (
 
 
 class Store:
-    """A journal of results. ``path=None`` keeps it in memory (nothing survives the process)."""
+    """A journal of results. ``path=None`` keeps it in memory (nothing survives the process).
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    A store on disk is locked for as long as it is open (see `corral.locks`): a second corral
+    process on the same journal is refused with a clear message instead of sending every row again
+    next to the first. ``lock=False`` is for readers that only look at a finished journal.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, lock: bool = True) -> None:
         self.path = str(path) if path is not None else ":memory:"
+        self._lock: FileLock | None = None
         if path is not None:
             parent = Path(path).resolve().parent
             if not parent.is_dir():
                 raise UsageError(f"{path}: cannot create the store: folder {parent} does not exist")
+            if lock:
+                self._lock = FileLock(path, (
+                    f"{path}: this journal is in use by another corral process; wait for it to "
+                    "finish, or give this run its own output (-o) or --store"))
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -103,6 +114,8 @@ class Store:
                 (str(SCHEMA_VERSION),),
             )
         except sqlite3.DatabaseError as exc:
+            if self._lock is not None:
+                self._lock.release()
             raise UsageError(f"{self.path}: cannot open the store: {exc}") from None
         self._pending: list[tuple[Any, ...]] = []
         self.run_id: int | None = None
@@ -185,6 +198,8 @@ class Store:
             self.flush()
         finally:
             self._db.close()
+            if self._lock is not None:
+                self._lock.release()  # after the connection: its last writes are on disk
 
     def __enter__(self) -> "Store":
         return self

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from ..backends import BackendError, Reply, ServerInfo, make_backend
+from ..checks import json_answer_problem
 from ..config import ServerSpec
 from ..errors import NoServerError
 from ..requests import GROUP_SEP, Request, request_key
@@ -46,7 +47,8 @@ class EngineSettings:
     max_outage: float = 300.0         # seconds with no live server for a model before its rows fail
     retry_failed: bool = False        # re-send rows that failed in an earlier run
     max_in_flight: int | None = None  # a cap on requests in flight across all servers
-    # Content check of an answer (e.g. "is this the JSON we asked for?"): a message when it is not.
+    # Content check of an answer: a message when it is not what was asked. By default, a request
+    # asking for JSON (format / response_format) must get JSON (corral.checks.json_answer_problem).
     validate: Callable[[Request, Reply], str | None] | None = None
     content_retries: int = 2          # re-asks (with another seed) when validate() complains
 
@@ -350,7 +352,7 @@ class Engine:
             self.stats.in_flight -= 1
             server.stats.busy_seconds += time.perf_counter() - t0
         latency = time.perf_counter() - t0
-        problem = self.settings.validate(request, reply) if self.settings.validate else None
+        problem = (self.settings.validate or json_answer_problem)(request, reply)
         if problem is not None:
             item.attempts += 1
             item.invalid += 1

@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import InputError, UsageError
+from ..locks import FileLock
 
 __all__ = [
     "FORMATS", "TableWriter", "count_rows", "detect_format", "neutralize_formulas", "read_table",
@@ -703,12 +704,24 @@ class TableWriter:
         self._header_done = False
         if not self.path.parent.is_dir():
             raise UsageError(f"{self.path}: directory {self.path.parent} does not exist")
-        if self.fmt == "excel":
-            self._open_excel()
-        elif self.fmt != "parquet":
-            mode = "wb" if self.fmt == "jsonl" else "w"
-            text = {} if mode == "wb" else {"encoding": "utf-8", "newline": ""}
-            self._handle = open(self.part_path, mode, **text)  # noqa: SIM115 - closed in close()
+        # Locked before anything truncates it: a second job on the same output must not empty the
+        # file the first one is writing (see corral.locks).
+        self._lock = FileLock(self.part_path, (
+            f"{self.path}: another corral process is writing this output ({self.part_path.name}); "
+            "wait for it to finish, or choose another output"))
+        try:
+            if self.fmt == "excel":
+                self._open_excel()
+            elif self.fmt != "parquet":
+                mode = "wb" if self.fmt == "jsonl" else "w"
+                text = {} if mode == "wb" else {"encoding": "utf-8", "newline": ""}
+                self._handle = open(self.part_path, mode, **text)  # noqa: SIM115 - closed in close()
+        except OSError as exc:
+            self._lock.release()
+            raise UsageError(f"{self.path}: cannot write the output: {exc.strerror or exc}") from None
+        except BaseException:
+            self._lock.release()
+            raise
 
     def __enter__(self) -> TableWriter:
         return self
@@ -721,8 +734,12 @@ class TableWriter:
         if self._closed:
             raise UsageError(f"{self.path}: write after close")
         frame = self._align(to_pandas(df))
-        {"csv": self._write_csv, "tsv": self._write_csv, "jsonl": self._write_jsonl,
-         "parquet": self._write_parquet, "excel": self._write_excel}[self.fmt](frame)
+        try:
+            {"csv": self._write_csv, "tsv": self._write_csv, "jsonl": self._write_jsonl,
+             "parquet": self._write_parquet, "excel": self._write_excel}[self.fmt](frame)
+        except OSError as exc:  # e.g. the disk filled up: one clear line, not a traceback
+            raise UsageError(f"{self.path}: writing the output failed: {exc.strerror or exc}; "
+                             "results are kept in the store, re-run to finish") from None
         self.rows_written += len(frame)
 
     def close(self, complete: bool = True) -> None:
@@ -730,19 +747,29 @@ class TableWriter:
         if self._closed:
             return
         self._closed = True
-        if self.fmt == "parquet" and self._parquet is None:
-            # Nothing written: still leave a valid (empty) Parquet file.
-            self._parquet = pq.ParquetWriter(self.part_path, pa.schema([]))
-        if self._parquet is not None:
-            self._parquet.close()
-        if self._excel is not None:
-            self._excel.save(self.part_path)
-        if self._handle is not None:
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            self._handle.close()
-        if complete:
-            os.replace(self.part_path, self.path)
+        try:
+            if self.fmt == "parquet" and self._parquet is None:
+                # Nothing written: still leave a valid (empty) Parquet file.
+                self._parquet = pq.ParquetWriter(self.part_path, pa.schema([]))
+            if self._parquet is not None:
+                self._parquet.close()
+            if self._excel is not None:
+                self._excel.save(self.part_path)
+            if self._handle is not None:
+                self._handle.flush()
+                os.fsync(self._handle.fileno())
+                self._handle.close()
+            if complete:
+                os.replace(self.part_path, self.path)
+        except OSError as exc:  # e.g. the disk filled up: one clear line, not a traceback
+            raise UsageError(f"{self.path}: writing the output failed: {exc.strerror or exc}") from None
+        finally:
+            if self._handle is not None and not self._handle.closed:
+                try:
+                    self._handle.close()
+                except OSError:
+                    pass  # already reported above
+            self._lock.release()
 
     # ---- per format --------------------------------------------------------------------------
 
