@@ -156,7 +156,9 @@ class Store:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             self._pending = rows + self._pending  # keep them for the next try
-            raise UsageError(f"{self.path}: cannot write to the store: {exc}") from None
+            hint = "" if "full" in str(exc) else " (is the disk full?)"
+            raise UsageError(f"{self.path}: cannot write to the store: {exc}{hint}; the rows "
+                             "journaled so far are kept, re-run to finish") from None
         return len(rows)
 
     def lookup(self, keys: Iterable[str], *, include_failed: bool = True) -> dict[str, dict[str, Any]]:

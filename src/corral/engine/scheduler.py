@@ -219,27 +219,44 @@ class Engine:
             for server in self.servers for i in range(server.slots)
         ]
         watchdog = asyncio.create_task(self._watch_outages())
+        # The producer runs beside the wait for the end: when the journal or an output cannot be
+        # written (_done fails), the run stops at once, even with the producer waiting for room in
+        # the read-ahead window.
+        producer = asyncio.create_task(self._produce(requests), name="corral-producer")
         try:
-            await self._produce(requests)
-            self._all_read = True
-            if self._outstanding == 0 and not self._done.done():
-                self._done.set_result(None)
+            await asyncio.wait((producer, self._done), return_when=asyncio.FIRST_COMPLETED)
+            if not self._done.done():
+                producer.result()  # an input error surfaces here
+                self._all_read = True
+                if self._outstanding == 0:
+                    self._done.set_result(None)
             await self._done
+            self.store.flush()  # the last answers are on disk before run() returns
         finally:
             self._closing = True
             self._queue.close()
             for handle in self._timers:
                 handle.cancel()
             self._timers.clear()
-            for task in (*workers, watchdog, *self._tasks):
+            for task in (producer, *workers, watchdog, *self._tasks):
                 task.cancel()
-            await asyncio.gather(*workers, watchdog, *self._tasks, return_exceptions=True)
+            await asyncio.gather(producer, *workers, watchdog, *self._tasks, return_exceptions=True)
             self._tasks.clear()
             if self._flush_handle is not None:
                 self._flush_handle.cancel()
-            self.store.flush()
+            if self._done.done() and not self._done.cancelled():
+                self._done.exception()  # retrieved: the caller already has this error or another
+            self._flush_on_the_way_out()
             self.stats.finished = time.monotonic()
         return self.stats
+
+    def _flush_on_the_way_out(self) -> None:
+        """Interrupted or failed: journal what arrived, but never mask the error that stopped us
+        (the store keeps unwritten rows, so whoever closes it next reports a lasting failure)."""
+        try:
+            self.store.flush()
+        except Exception as exc:
+            log.debug("could not journal the last answers yet: %s", exc)
 
     async def _produce(self, requests: Iterable[Request]) -> None:
         batch: list[Request] = []

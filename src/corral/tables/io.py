@@ -95,7 +95,8 @@ def _check_input(path: PathLike) -> Path:
     return p
 
 
-def _require_columns(path: PathLike, available: Sequence[Any], wanted: Sequence[str] | None) -> None:
+def _require_columns(path: PathLike, available: Sequence[Any], wanted: Sequence[str] | None,
+                     line: int | None = None) -> None:
     """A requested column that the file lacks is the user's typo: say which ones exist."""
     if not wanted:
         return
@@ -103,7 +104,7 @@ def _require_columns(path: PathLike, available: Sequence[Any], wanted: Sequence[
     if missing:
         names = ", ".join(repr(c) for c in missing)
         have = ", ".join(str(c) for c in available) or "none"
-        raise InputError(str(path), None, f"no column {names} (columns: {have})")
+        raise InputError(str(path), line, f"no column {names} (columns: {have})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -879,6 +880,7 @@ class TableStream:
 
     def __init__(self, input_path: PathLike, output_path: PathLike, *, chunk_size: int,
                  neutralize_formulas: bool = True) -> None:
+        self.input_path = Path(input_path)
         self._chunks = read_table_chunks(input_path, chunk_size=chunk_size)
         first = next(self._chunks, None)
         if first is None:
@@ -887,6 +889,12 @@ class TableStream:
         self.columns = [str(c) for c in first.columns]
         self.writer = TableWriter(output_path, neutralize_formulas=neutralize_formulas)
         self.written = 0
+
+    def require_columns(self, names: Iterable[str]) -> None:
+        """Columns the job reads but the input lacks: an InputError naming the file (and the header
+        line of a delimited file), before anything is sent."""
+        header = 1 if _resolve_format(self.input_path, None) in _SEPARATORS else None
+        _require_columns(self.input_path, self.columns, [n for n in names if n], header)
 
     def chunks(self) -> Iterator[pd.DataFrame]:
         if self._first is not None:
