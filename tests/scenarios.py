@@ -740,12 +740,15 @@ def two_runs(work: Path, rows: int = 400, latency: float = 0.05, slots: int = 4)
     """A second `corral run` (same command, or another output on the same journal) while the first
     is running: refused at once with a clear message, nothing sent, the first run's output and
     journal intact. The same for a table job (`corral analyze`)."""
-    with FakeServer(slots=slots, latency=latency) as server:
+    pace = [latency]  # slowed down while the second runs try, so the first is surely still running
+    with FakeServer(slots=slots, latency=lambda body: pace[0]) as server:
         write_prompts(work / "p.jsonl", rows)
         args = ["run", "p.jsonl", "--server", server.url, "-m", "llama3.2", "-o", "out.jsonl",
                 "-j", str(slots), "--progress", "none"]
         first = start_corral(args, work)
         server.wait_until(lambda s: s.completed >= 20, timeout=60)
+        pace[0] = 1.0
+        assert first.poll() is None, "the first run ended too soon"
         sent = len(server.requests)
         code, _, err_same, seconds = run_corral(args, work)
         line_same = one_line_error(err_same)
@@ -756,6 +759,8 @@ def two_runs(work: Path, rows: int = 400, latency: float = 0.05, slots: int = 4)
         assert code == 2 and "in use by another corral process" in line_store, err_store
         assert not (work / "other.jsonl.part").exists() and not (work / "other.jsonl").exists()
         during = server.count_by_prompt()
+        assert first.poll() is None, "the first run ended too soon"
+        pace[0] = latency
         _, err = first.communicate(timeout=300)
         assert first.returncode == 0, err
         out = read_rows(work / "out.jsonl")
@@ -773,9 +778,12 @@ def two_runs(work: Path, rows: int = 400, latency: float = 0.05, slots: int = 4)
         before = server.completed
         table = start_corral(table_args, work)
         server.wait_until(lambda s: s.completed >= before + 10, timeout=60)
+        pace[0] = 1.0
         code, _, err_table, _ = run_corral(table_args, work)
         line_table = one_line_error(err_table)
         assert code == 2 and "another corral process is writing this output" in line_table, err_table
+        assert table.poll() is None, "the first table job ended too soon"
+        pace[0] = latency
         _, err = table.communicate(timeout=300)
         assert table.returncode == 0, err
         import pandas as pd
@@ -879,7 +887,7 @@ def secrets(work: Path, rows: int = 60) -> Figures:
     assert not leaks, leaks
     figures["setup"] = ("key via api_key_env; -vv debug log, 429 retries and 400 errors whose text "
                         "quotes the key; a run with a wrong key")
-    figures["result"] = (f"key found in 0 of {len(files)} files of the run folder (journal + WAL, "
+    figures["result"] = (f"key found in 0 of {len(files)} files of the run folder (journal, "
                          "outputs, per-prompt files, logs) and 0 printed lines; quoted keys "
                          "shown as `***`")
     return figures

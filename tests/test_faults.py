@@ -33,7 +33,7 @@ def test_01_sigkill_at_20_random_moments_of_2000_rows(tmp_path: Path) -> None:
 
 
 def test_02_one_of_three_servers_killed_and_restarted(tmp_path: Path) -> None:
-    figures = scenarios.server_dies(tmp_path, rows=3000)
+    figures = scenarios.server_dies(tmp_path, rows=6000)
     _show(figures)
     assert figures["lost"] == figures["duplicated"] == figures["failed"] == 0
     assert figures["benched"] and figures["reprobed_back"] and figures["rows_after_revival"] > 0

@@ -57,16 +57,18 @@ def test_json_answer_problem(fmt, text, reason, expected) -> None:
 
 
 def test_json_asks_are_rechecked_and_bounded_on_ollama(fake_ollama_factory) -> None:
-    server = fake_ollama_factory(responder=lambda body: "not json" if body["options"]["seed"] == 1 else '{"a": 1}')
+    server = fake_ollama_factory(
+        responder=lambda body: "not json" if body.get("options", {}).get("seed") == 1 else '{"a": 1}')
     results = corral.batch_generate(["x"], model="llama3.2", servers=[server.url], format="json", seed=1)
     assert results[0]["success"] and results[0]["attempts"] == 2  # re-asked with another seed
     assert [body["options"]["num_predict"] for _, body in server.requests] == [JSON_NUM_PREDICT] * 2
     server.reset_stats()
-    corral.batch_generate(["y"], model="llama3.2", servers=[server.url], format="json", num_predict=10)
-    assert server.requests[0][1]["options"]["num_predict"] == 10   # the user's own limit wins
+    (ok,) = corral.batch_generate(["y"], model="llama3.2", servers=[server.url], format="json",
+                                  num_predict=10)
+    assert ok["success"] and server.requests[0][1]["options"]["num_predict"] == 10  # the user's wins
     server.reset_stats()
-    corral.batch_generate(["z"], model="llama3.2", servers=[server.url])
-    assert "options" not in server.requests[0][1]                  # plain text asks: untouched
+    (plain,) = corral.batch_generate(["z"], model="llama3.2", servers=[server.url])
+    assert plain["success"] and "options" not in server.requests[0][1]  # plain text asks: untouched
 
 
 def test_openai_servers_get_no_invented_max_tokens(fake_openai) -> None:
@@ -107,10 +109,37 @@ def test_config_errors_name_file_and_line(tmp_path: Path, text: str, expected: s
 def test_a_store_is_locked_while_open(tmp_path: Path) -> None:
     db = tmp_path / "j.db"
     with Store(db):
+        assert (tmp_path / "j.db-lock").exists()  # beside the journal, not on it (SQLite's locks)
         with pytest.raises(UsageError, match="in use by another corral process"):
             Store(db)
         Store(db, lock=False).close()  # a reader that does not write may look
+    assert not (tmp_path / "j.db-lock").exists()
     Store(db).close()                  # released with the first
+
+
+def test_a_lock_file_removed_by_its_holder_is_never_shared(tmp_path: Path, monkeypatch) -> None:
+    import corral.locks as locks
+
+    path = tmp_path / "j.db-lock"
+    first = FileLock(path, "busy", remove=True)
+    real_open = os.open
+    opened: list[int] = []
+
+    def racing_open(*args, **kwargs):  # the holder finishes between our open and our flock
+        fd = real_open(*args, **kwargs)
+        if not opened:
+            first.release()
+        opened.append(fd)
+        return fd
+
+    monkeypatch.setattr(locks.os, "open", racing_open)
+    second = FileLock(path, "busy", remove=True)
+    monkeypatch.undo()
+    assert second.held and len(opened) == 2  # the unlinked file was not kept: locked the new one
+    with pytest.raises(UsageError, match="busy"):
+        FileLock(path, "busy", remove=True)
+    second.release()
+    assert not path.exists()
 
 
 def test_a_lock_dies_with_its_process(tmp_path: Path) -> None:

@@ -98,9 +98,9 @@ class Store:
             if not parent.is_dir():
                 raise UsageError(f"{path}: cannot create the store: folder {parent} does not exist")
             if lock:
-                self._lock = FileLock(path, (
+                self._lock = FileLock(f"{path}-lock", (
                     f"{path}: this journal is in use by another corral process; wait for it to "
-                    "finish, or give this run its own output (-o) or --store"))
+                    "finish, or give this run its own output (-o) or --store"), remove=True)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -154,7 +154,10 @@ class Store:
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # SQLite rolls back itself when it cannot; the error below says why
             self._pending = rows + self._pending  # keep them for the next try
             hint = "" if "full" in str(exc) else " (is the disk full?)"
             raise UsageError(f"{self.path}: cannot write to the store: {exc}{hint}; the rows "
