@@ -77,7 +77,7 @@ def test_cli_unknown_config_key_exits_2_without_traceback(tmp_path: Path) -> Non
     write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hi"}])
     proc = corral("run", "p.jsonl", "--config", "c.toml", "-o", "out.jsonl", cwd=tmp_path)
     assert proc.returncode == 2
-    assert "c.toml: unknown key(s) max_concurency" in proc.stderr
+    assert "c.toml:2: unknown key(s) max_concurency" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
@@ -87,4 +87,4 @@ def test_cli_invalid_toml(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hi"}])
     proc = corral("run", "p.jsonl", "--config", "c.toml", "-o", "out.jsonl", cwd=tmp_path)
     assert proc.returncode == 2
-    assert "c.toml: invalid TOML" in proc.stderr
+    assert "c.toml:1: invalid TOML" in proc.stderr

@@ -11,6 +11,7 @@ import pytest
 
 import corral
 from corral import ServerSpec
+from corral.backends.ollama import JSON_NUM_PREDICT
 from corral.errors import UsageError
 from tests.conftest import corral as corral_cli
 
@@ -66,7 +67,8 @@ def test_json_keys_become_a_schema_sent_as_format(two_model_server, speeches) ->
     (_, body), = two_model_server.requests
     assert body["format"] == {"type": "object", "properties": {"label": {}, "prob": {}},
                               "required": ["label", "prob"]}
-    assert body["options"] == {"temperature": 0, "seed": 3}
+    # JSON asks to Ollama get a token limit unless they have one (a runaway answer stays bounded)
+    assert body["options"] == {"temperature": 0, "seed": 3, "num_predict": JSON_NUM_PREDICT}
 
 
 def test_split_pulls_from_one_queue_slow_model_does_less(fake_ollama_factory) -> None:
@@ -226,12 +228,12 @@ def test_cli_fill_with_col_map(tmp_path: Path, fake_ollama_factory) -> None:
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["analyze", "t.csv", "--text-column", "nope", "-o", "o.csv"], "text column 'nope' is not in the table"),
+    (["analyze", "t.csv", "--text-column", "nope", "-o", "o.csv"], "t.csv:1: no column 'nope' (columns: text)"),
     (["analyze", "t.csv", "--prompt", "{text} {who}", "-o", "o.csv"], "{who}, which is not a column"),
     (["analyze", "t.csv", "--json-keys", "a b", "-o", "o.csv"], "not a valid name"),
     (["analyze", "bad.csv", "-o", "o.csv"], "bad.csv"),
     (["analyze", "fake.parquet", "-o", "o.csv"], "fake.parquet"),
-    (["fill", "t.csv", "-o", "o.csv", "--fields", "City", "--title-col", "zzz"], "text column 'zzz'"),
+    (["fill", "t.csv", "-o", "o.csv", "--fields", "City", "--title-col", "zzz"], "t.csv:1: no column 'zzz'"),
 ])
 def test_cli_table_errors_exit_2(tmp_path: Path, fake_ollama, args, fragment) -> None:
     pd.DataFrame({"text": ["a", "b"]}).to_csv(tmp_path / "t.csv", index=False)

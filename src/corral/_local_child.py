@@ -47,6 +47,7 @@ EXIT_EXEC_FAILED = 4
 
 _PR_SET_PDEATHSIG = 1
 PARENT_POLL_SECONDS = 0.5
+STOP_SECONDS = 3
 
 
 def _log(msg: str) -> None:
@@ -166,6 +167,13 @@ def run_xllamacpp(args: argparse.Namespace) -> int:
     while not stop.is_set():
         stop.wait(1.0)
     _log("stopping")
+    # ~Server stops llama.cpp's main loop, then joins its HTTP threads, holding the GIL. A handler
+    # still waiting for a result (a client that did not hang up, e.g. a request queued for a slot
+    # when our parent was killed) then waits for ever, and the server would outlive corral. So the
+    # stop is bounded by an alarm whose default action ends the process, GIL or not.
+    if hasattr(signal, "alarm"):
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(STOP_SECONDS)
     del server  # ~Server stops the HTTP server and joins its main loop
     _log("stopped")
     return EXIT_OK

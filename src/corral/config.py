@@ -101,16 +101,16 @@ def normalize_url(raw: str, api: str = "ollama") -> str:
         text = "http://" + text
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"bad server URL {raw!r}: expected http://host:port")
+        raise ConfigError(f"bad server URL {raw!r}: expected http://host:port", near=raw)
     try:
         port = parts.port
     except ValueError:
-        raise ConfigError(f"bad server URL {raw!r}: the port is not a number") from None
+        raise ConfigError(f"bad server URL {raw!r}: the port is not a number", near=raw) from None
     if port is None and api == "ollama" and parts.scheme == "http":
         port = DEFAULT_OLLAMA_PORT
     host = parts.hostname
     if not _HOST.match(host):
-        raise ConfigError(f"bad server URL {raw!r}: {host!r} is not a host name or address")
+        raise ConfigError(f"bad server URL {raw!r}: {host!r} is not a host name or address", near=raw)
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
     netloc = f"{host}:{port}" if port else host
@@ -122,7 +122,7 @@ def normalize_url(raw: str, api: str = "ollama") -> str:
 
 def server_from_url(url: str, api: str = "ollama", **extra: Any) -> ServerSpec:
     if api not in APIS:
-        raise ConfigError(f"unknown api {api!r} for {url}: use one of {', '.join(APIS)}")
+        raise ConfigError(f"unknown api {api!r} for {url}: use one of {', '.join(APIS)}", near=api)
     return ServerSpec(url=normalize_url(url, api), api=api, **extra)
 
 
@@ -133,28 +133,60 @@ def default_servers() -> list[ServerSpec]:
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read a TOML config; any problem is a ConfigError naming the file."""
+    """Read a TOML config; any problem is a ConfigError naming the file (and the line when known)."""
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a folder, not a config file") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{p}: not UTF-8 text ({exc.reason})") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: invalid TOML: {exc}") from None
-    return parse_config(data, str(p))
+        message = str(exc)
+        where = _TOML_AT.search(message)
+        if where:
+            message = message[:where.start()].rstrip() + f" (column {where.group(2)})"
+            raise ConfigError(f"{p}:{where.group(1)}: invalid TOML: {message}") from None
+        raise ConfigError(f"{p}: invalid TOML: {message}") from None
+    try:
+        return parse_config(data, str(p))
+    except ConfigError as exc:
+        line = _line_of(text, exc.near) if exc.near else None
+        if line is None or not str(exc).startswith(f"{p}: "):
+            raise
+        raise ConfigError(f"{p}:{line}: {str(exc)[len(str(p)) + 2:]}", near=exc.near) from None
+
+
+_TOML_AT = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+
+def _line_of(text: str, near: str) -> int | None:
+    """The line of ``near`` in the file: where it is set as a key, else where it first appears."""
+    key = re.compile(rf'^\s*["\']?{re.escape(near)}["\']?\s*=', re.MULTILINE)
+    found = key.search(text)
+    at = found.start() if found else text.find(near)
+    if at < 0:
+        return None
+    if found:
+        at += len(found.group(0)) - len(found.group(0).lstrip())
+    return text.count("\n", 0, at) + 1
 
 
 def parse_config(data: dict[str, Any], where: str = "<config>") -> Config:
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_TOP_KEYS))}"
+            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_TOP_KEYS))}",
+            near=unknown[0],
         )
     default_api = _expect(data.get("api", "ollama"), str, where, "api")
     if default_api not in APIS:
-        raise ConfigError(f"{where}: api must be one of {', '.join(APIS)}, not {default_api!r}")
+        raise ConfigError(f"{where}: api must be one of {', '.join(APIS)}, not {default_api!r}",
+                          near="api")
     default_slots = data.get("max_concurrency")
     if default_slots is not None:
         default_slots = _positive_int(default_slots, where, "max_concurrency")
@@ -165,8 +197,12 @@ def parse_config(data: dict[str, Any], where: str = "<config>") -> Config:
         raise ConfigError(f"{where}: [ollama_instances] must be a table of \"host:port\" = gpu")
     for hostport, gpu in instances.items():
         if not isinstance(gpu, int):
-            raise ConfigError(f"{where}: ollama_instances.{hostport} must be a GPU index (integer)")
-        servers.append(server_from_url(hostport, "ollama", gpu=gpu, max_concurrency=default_slots))
+            raise ConfigError(f"{where}: ollama_instances.{hostport} must be a GPU index (integer)",
+                              near=hostport)
+        try:
+            servers.append(server_from_url(hostport, "ollama", gpu=gpu, max_concurrency=default_slots))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: ollama_instances: {exc}", near=exc.near) from None
 
     raw_servers = data.get("servers", [])
     if not isinstance(raw_servers, list):
@@ -182,7 +218,7 @@ def parse_config(data: dict[str, Any], where: str = "<config>") -> Config:
 
     options = data.get("options", {})
     if not isinstance(options, dict):
-        raise ConfigError(f"{where}: options must be a table ({_OPTION_KEYS_HINT})")
+        raise ConfigError(f"{where}: options must be a table ({_OPTION_KEYS_HINT})", near="options")
     timeout = data.get("timeout")
     if timeout is not None:
         timeout = _positive_float(timeout, where, "timeout")
@@ -208,7 +244,8 @@ def _parse_server(entry: Any, where: str, default_api: str, default_slots: int |
     unknown = sorted(set(entry) - _SERVER_KEYS)
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_SERVER_KEYS))}"
+            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_SERVER_KEYS))}",
+            near=unknown[0],
         )
     if "url" not in entry:
         raise ConfigError(f"{where}: missing url")
@@ -218,7 +255,7 @@ def _parse_server(entry: Any, where: str, default_api: str, default_slots: int |
         if isinstance(models, str):
             models = [models]
         if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
-            raise ConfigError(f"{where}: models must be a list of model names")
+            raise ConfigError(f"{where}: models must be a list of model names", near="models")
         models = tuple(models)
     slots = entry.get("max_concurrency", default_slots)
     if slots is not None:
@@ -228,7 +265,7 @@ def _parse_server(entry: Any, where: str, default_api: str, default_slots: int |
         timeout = _positive_float(timeout, where, "timeout")
     gpu = entry.get("gpu")
     if gpu is not None and not isinstance(gpu, int):
-        raise ConfigError(f"{where}: gpu must be an integer")
+        raise ConfigError(f"{where}: gpu must be an integer", near="gpu")
     try:
         return server_from_url(
             _expect(entry["url"], str, where, "url"), api,
@@ -237,12 +274,12 @@ def _parse_server(entry: Any, where: str, default_api: str, default_slots: int |
             gpu=gpu, name=_opt_str(entry.get("name"), where, "name"), timeout=timeout,
         )
     except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        raise ConfigError(f"{where}: {exc}", near=exc.near) from None
 
 
 def _expect(value: Any, kind: type, where: str, key: str) -> Any:
     if not isinstance(value, kind):
-        raise ConfigError(f"{where}: {key} must be a {kind.__name__}, not {value!r}")
+        raise ConfigError(f"{where}: {key} must be a {kind.__name__}, not {value!r}", near=key)
     return value
 
 
@@ -252,13 +289,13 @@ def _opt_str(value: Any, where: str, key: str) -> str | None:
 
 def _positive_int(value: Any, where: str, key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{where}: {key} must be a positive integer, not {value!r}")
+        raise ConfigError(f"{where}: {key} must be a positive integer, not {value!r}", near=key)
     return value
 
 
 def _positive_float(value: Any, where: str, key: str) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{where}: {key} must be a positive number, not {value!r}")
+        raise ConfigError(f"{where}: {key} must be a positive number, not {value!r}", near=key)
     return float(value)
 
 

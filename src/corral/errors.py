@@ -18,7 +18,12 @@ class UsageError(CorralError):
 
 
 class ConfigError(UsageError):
-    """The config file or server list is wrong."""
+    """The config file or server list is wrong. ``near`` is text the file holds at the problem (a
+    key, a URL), so the loader can name the line."""
+
+    def __init__(self, message: str, *, near: str | None = None) -> None:
+        super().__init__(message)
+        self.near = near
 
 
 class InputError(UsageError):

@@ -122,6 +122,8 @@ def open_sinks(output: str | None, output_dir: str | None, report: ScanReport,
         if Path(output).is_dir():
             raise UsageError(f"{output}: is a folder; use --output-dir for one file per prompt")
         sinks.append(JsonlSink(output, openai_batch=report.openai_batch))
+        # If the job never starts (the store is locked, no server answers...), the empty .part goes.
+        stack.callback(sinks[-1].close, complete=False)
     if output_dir:
         sinks.append(PromptFilesSink(output_dir))
     if not sinks:

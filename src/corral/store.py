@@ -20,6 +20,7 @@ import orjson
 
 from .backends.base import Reply
 from .errors import UsageError
+from .locks import FileLock
 from .requests import Request
 from .results import Outcome
 
@@ -96,14 +97,24 @@ _LOOKUP_COLUMNS = (
 
 
 class Store:
-    """A journal of results. ``path=None`` keeps it in memory (nothing survives the process)."""
+    """A journal of results. ``path=None`` keeps it in memory (nothing survives the process).
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    A store on disk is locked for as long as it is open (see `corral.locks`): a second corral
+    process on the same journal is refused with a clear message instead of sending every row again
+    next to the first. ``lock=False`` is for readers that only look at a finished journal.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, lock: bool = True) -> None:
         self.path = str(path) if path is not None else ":memory:"
+        self._lock: FileLock | None = None
         if path is not None:
             parent = Path(path).resolve().parent
             if not parent.is_dir():
                 raise UsageError(f"{path}: cannot create the store: folder {parent} does not exist")
+            if lock:
+                self._lock = FileLock(f"{path}-lock", (
+                    f"{path}: this journal is in use by another corral process; wait for it to "
+                    "finish, or give this run its own output (-o) or --store"), remove=True)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -114,6 +125,8 @@ class Store:
             self._db.executescript(_SCHEMA)
             self._migrate()
         except sqlite3.DatabaseError as exc:
+            if self._lock is not None:
+                self._lock.release()
             raise UsageError(f"{self.path}: cannot open the store: {exc}") from None
         self._pending: list[tuple[Any, ...]] = []
         self.run_id: int | None = None
@@ -178,9 +191,14 @@ class Store:
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # SQLite rolls back itself when it cannot; the error below says why
             self._pending = rows + self._pending  # keep them for the next try
-            raise UsageError(f"{self.path}: cannot write to the store: {exc}") from None
+            hint = "" if "full" in str(exc) else " (is the disk full?)"
+            raise UsageError(f"{self.path}: cannot write to the store: {exc}{hint}; the rows "
+                             "journaled so far are kept, re-run to finish") from None
         return len(rows)
 
     def lookup(self, keys: Iterable[str], *, include_failed: bool = True) -> dict[str, dict[str, Any]]:
@@ -225,6 +243,8 @@ class Store:
         finally:
             self._db.close()
             self.closed = True
+            if self._lock is not None:
+                self._lock.release()  # after the connection: its last writes are on disk
 
     def __enter__(self) -> "Store":
         return self

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .server import (
         OLLAMA_BUSY_MESSAGE,
+        Blackhole,
         FakeServer,
         Latency,
         Responder,
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "Blackhole",
     "FakeServer",
     "Latency",
     "OLLAMA_BUSY_MESSAGE",

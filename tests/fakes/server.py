@@ -63,6 +63,7 @@ except ImportError:  # pragma: no cover - exercised only without orjson
 
 __all__ = [
     "ApiKind",
+    "Blackhole",
     "FakeServer",
     "Latency",
     "OLLAMA_BUSY_MESSAGE",
@@ -324,7 +325,9 @@ class FakeServer:
     Faults: ``fail_next(n)`` then ``fail_rate`` fail valid inference requests (after the 400/404
     checks) with ``fail_status`` and an optional ``Retry-After``; ``hang`` holds requests until the
     client leaves or the server stops; ``drop_rate`` sends 200 and part of the body, then resets the
-    connection; ``slow_body`` dribbles a 200 body over that many seconds; ``kill()``/``revive()``.
+    connection; ``slow_body`` dribbles a 200 body over that many seconds (``slow_rate`` of them);
+    ``endless_whitespace`` answers whitespace up to the token limit (never ending without one, on
+    Ollama); ``fail_message`` sets the injected errors' text; ``kill()``/``revive()``.
 
     Counting rules: ``requests``, ``count_by_prompt()``, ``status_counts``, ``completed``,
     ``in_flight`` and the fault injections concern *inference* calls only (chat, generate,
@@ -375,10 +378,20 @@ class FakeServer:
         self.responder: Responder | None = responder
         self.fail_rate: float = 0.0
         self.fail_status: int = 503
+        #: The error text of injected failures (default: the status phrase), e.g. OLLAMA_BUSY_MESSAGE.
+        self.fail_message: str | None = None
         self.retry_after: float | None = None
         self.hang: bool = False
         self.drop_rate: float = 0.0
         self.slow_body: float = 0.0
+        #: With ``slow_body``: the share of answers dribbled (the rest answer at once).
+        self.slow_rate: float = 1.0
+        #: Ollama's JSON-mode failure: the answer is whitespace until the token limit (num_predict /
+        #: max_tokens; on OpenAI servers the context, as vLLM). Ollama with no limit never stops.
+        self.endless_whitespace: bool = False
+        #: A file that gets one line per inference request ("path<TAB>prompt"), so a test can count
+        #: what a server *process* received even after it was killed.
+        self.record_path: str | None = None
         #: llama.cpp while loading its model: /health and inference answer 503 "Loading model".
         self.loading: bool = False
         #: Paths that answer as if this server version lacked them (e.g. {"/api/embed"}).
@@ -742,6 +755,10 @@ class FakeServer:
         body = await self._read_body(request)
         with self._lock:
             self._requests.append((request.path, body))
+            if self.record_path:
+                prompts = " | ".join(prompts_of(request.path, body)).replace("\n", " ")
+                with open(self.record_path, "a", encoding="utf-8") as record:
+                    record.write(f"{request.path}\t{prompts}\n")
         if self.loading and self.api == "openai":
             raise _Reply(503, {"error": {"code": 503, "message": "Loading model",
                                          "type": "unavailable_error"}})
@@ -762,11 +779,14 @@ class FakeServer:
             else:
                 return
         headers = {"Retry-After": _format_retry_after(retry_after)} if retry_after is not None else None
-        try:
-            phrase = http.HTTPStatus(status).phrase
-        except ValueError:
-            phrase = "Error"
-        raise self._error(request, status, f"{phrase} (injected by fake server)", headers=headers)
+        message = self.fail_message
+        if message is None:
+            try:
+                phrase = http.HTTPStatus(status).phrase
+            except ValueError:
+                phrase = "Error"
+            message = f"{phrase} (injected by fake server)"
+        raise self._error(request, status, message, headers=headers)
 
     @contextlib.asynccontextmanager
     async def _slot(self, request: web.Request) -> AsyncIterator[None]:
@@ -807,7 +827,8 @@ class FakeServer:
         """Send a 200 answer, honouring drop_rate (cut the body, reset the connection) and
         slow_body (dribble the body over that many seconds)."""
         drop = self._draw(self.drop_rate)
-        slow = self.slow_body
+        slow = self.slow_body if self.slow_body and (
+            self.slow_rate >= 1 or self._draw(self.slow_rate)) else 0.0
         if not drop and not slow and not streaming:
             self._count_status(200)
             with self._lock:
@@ -862,6 +883,14 @@ class FakeServer:
                 self._completed -= 1
             raise
         return resp
+
+    async def _runaway(self, limit: int | None) -> tuple[str, int, bool]:
+        """Whitespace until ``limit`` tokens: (text, tokens, cut). With no limit (Ollama's default
+        num_predict -1) it never ends, as on the real server: the client must give up."""
+        if limit is None or limit <= 0:
+            await asyncio.Event().wait()  # until the client leaves, kill() or stop()
+        assert limit is not None
+        return "\n" * limit, limit, True
 
     def _answer(self, body: Body, prompt: str, json_schema: Any, json_mode: bool,
                 request: web.Request) -> str:
@@ -1028,8 +1057,11 @@ class FakeServer:
                     {"role": "assistant", "content": ""} if chat else "")
                 final.update({"done_reason": "load", "done": True})
                 return await self._send_ollama(request, [final], stream)
-            text = self._answer(body, prompt, schema, json_mode, request)
-            text, eval_count, cut = _limit_tokens(text, num_predict)
+            if self.endless_whitespace and json_mode:
+                text, eval_count, cut = await self._runaway(num_predict)
+            else:
+                text = self._answer(body, prompt, schema, json_mode, request)
+                text, eval_count, cut = _limit_tokens(text, num_predict)
             stats = self._ollama_stats(max(prompt_tokens, 1), eval_count, started)
             reason = "length" if cut else "stop"
             created = _now_rfc3339()
@@ -1241,6 +1273,11 @@ class FakeServer:
         if limit is None or prompt_tokens <= limit:
             return
         completion = max_tokens or 0
+        if self.llamacpp:  # tools/server/server.cpp: the prompt alone does not fit a slot
+            raise _Reply(400, {"error": {
+                "code": 400, "type": "exceed_context_size_error", "n_prompt_tokens": prompt_tokens,
+                "n_ctx": limit,
+                "message": "the request exceeds the available context size, try increasing it"}})
         if chat:
             message = (f"This model's maximum context length is {limit} tokens. However, you "
                        f"requested {prompt_tokens + completion} tokens ({prompt_tokens} in the "
@@ -1285,8 +1322,12 @@ class FakeServer:
         self._inject_failure(request)
         async with self._slot(request):
             await self._work(body)
-            text = self._answer(body, prompt, schema, json_mode, request)
-            text, completion_tokens, cut = _limit_tokens(text, max_tokens)
+            if self.endless_whitespace and json_mode:
+                room = (self.max_context_tokens or 4096) - prompt_tokens
+                text, completion_tokens, cut = await self._runaway(max_tokens or max(room, 1))
+            else:
+                text = self._answer(body, prompt, schema, json_mode, request)
+                text, completion_tokens, cut = _limit_tokens(text, max_tokens)
             reason = "length" if cut else "stop"
             ident = self._completion_id("chatcmpl", body, prompt)
             created = int(time.time())
@@ -1416,6 +1457,33 @@ class FakeServer:
                             charset="utf-8")
 
 
+class Blackhole:
+    """A port that accepts TCP connections and never sends a byte: not even the probes are answered.
+
+    The socket listens but never calls accept(): the kernel completes each handshake and queues the
+    connection, so a client connects and writes happily, then waits for ever.
+    """
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind((_HOST, 0))
+        self._sock.listen(512)
+        self.port: int = self._sock.getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://{_HOST}:{self.port}"
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> Blackhole:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 # --------------------------------------------------------------------------------------------------
 # Command line: one or more fake servers in the foreground, for subprocess tests and benchmarks.
 # --------------------------------------------------------------------------------------------------
@@ -1446,7 +1514,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-after", type=float, default=None)
     p.add_argument("--drop-rate", type=float, default=0.0)
     p.add_argument("--slow-body", type=float, default=0.0)
+    p.add_argument("--slow-rate", type=float, default=1.0)
+    p.add_argument("--fail-message", default=None)
+    p.add_argument("--endless-whitespace", action="store_true")
     p.add_argument("--hang", action="store_true")
+    p.add_argument("--record", default=None,
+                   help="append 'path<TAB>prompt' per inference request to this file")
     return p
 
 
@@ -1476,6 +1549,8 @@ def run_fake_servers_cli(argv: Sequence[str] | None = None) -> int:
             server.fail_rate, server.fail_status = args.fail_rate, args.fail_status
             server.retry_after, server.drop_rate = args.retry_after, args.drop_rate
             server.slow_body, server.hang = args.slow_body, args.hang
+            server.slow_rate, server.fail_message = args.slow_rate, args.fail_message
+            server.endless_whitespace, server.record_path = args.endless_whitespace, args.record
             servers.append(server.start())
             print(f"READY {server.url}", flush=True)
         while not stop.wait(0.2):

@@ -106,6 +106,7 @@ class Backend(ABC):
         self.base = spec.url
         self._headers = {"Content-Type": "application/json"}
         key = spec.api_key()
+        self._secret = key
         if key:
             self._headers["Authorization"] = f"Bearer {key}"
         parts = urlsplit(spec.url)
@@ -119,6 +120,11 @@ class Backend(ABC):
             lines = [f"Host: {host_header}:{self._port}", "Accept: application/json",
                      *(f"{k}: {v}" for k, v in self._headers.items())]
             self._raw_headers = "".join(line + "\r\n" for line in lines).encode("latin-1")
+
+    def redact(self, text: str) -> str:
+        """``text`` with the API key masked. Some servers and proxies quote the key they refused in
+        their error body, and error messages go to the terminal, the log, the journal and the output."""
+        return text.replace(self._secret, "***") if self._secret else text
 
     @abstractmethod
     async def probe(self, timeout: float) -> ServerInfo:
@@ -155,7 +161,7 @@ class Backend(ABC):
 
     def _decode(self, path: str, status: int, body: bytes, retry_after: str | None) -> dict[str, Any]:
         if status >= 400:
-            message = error_message(body)
+            message = self.redact(error_message(body))
             if _TOO_LONG.search(message):  # llama.cpp says so with a 500: no retry will help
                 raise BackendError(f"HTTP {status} from {path}: {message}", status=status,
                                    kind="too_long")
@@ -185,10 +191,11 @@ class Backend(ABC):
         except TimeoutError:
             raise BackendError(f"timed out after {timeout:g}s", retryable=True, kind="timeout") from None
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
-            raise BackendError(f"connection dropped mid-answer: {exc}", retryable=True,
+            raise BackendError(f"connection dropped mid-answer: {self.redact(str(exc))}", retryable=True,
                                kind="connection") from None
         except aiohttp.ClientError as exc:
-            raise BackendError(f"connection failed: {exc}", retryable=True, kind="connection") from None
+            raise BackendError(f"connection failed: {self.redact(str(exc))}", retryable=True,
+                               kind="connection") from None
         except OSError as exc:
             raise BackendError(f"connection failed: {exc}", retryable=True, kind="connection") from None
         return self._decode(path, status, body, retry_after)

@@ -13,6 +13,14 @@ from ..requests import Request
 from .base import Backend, BackendError, Reply, ServerInfo, sha256_text
 
 
+# Ollama generates without end by default (num_predict -1, shifting its context when full), and in
+# JSON mode some models emit whitespace for ever, a known Ollama failure. A JSON ask with no limit of
+# its own gets this one: a runaway answer then costs bounded time, fails the JSON check and is
+# re-asked, instead of holding a slot until the timeout and getting the server benched. It is sent,
+# not part of the request's key, and generous: real JSON answers are far shorter.
+JSON_NUM_PREDICT = 4096
+
+
 def ollama_model_name(name: str) -> str:
     """Ollama lists "llama3.2" as "llama3.2:latest"; compare names in that full form."""
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
@@ -74,8 +82,11 @@ class OllamaBackend(Backend):
 
     def _common(self, request: Request) -> dict[str, Any]:
         payload: dict[str, Any] = {"model": request.model, "stream": False}
-        if request.options:
-            payload["options"] = request.options
+        options = request.options
+        if request.format is not None and "num_predict" not in options:
+            options = {**options, "num_predict": JSON_NUM_PREDICT}
+        if options:
+            payload["options"] = options
         if request.format is not None:
             payload["format"] = request.format
         if request.keep_alive is not None:

@@ -98,6 +98,7 @@ def analyze_command(
         table = TableStream(input, output, chunk_size=chunk_size, neutralize_formulas=not keep_formulas)
         complete = False
         try:
+            table.require_columns([text_column, id_column or ""])
             runner = build_runner(
                 table.columns, table.emit, text_column=text_column, models=model_names,
                 fanout=fanout, prompt_template=read_text_arg(prompt, "--prompt"),

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from ..backends import BackendError, Reply, ServerInfo, make_backend
+from ..checks import json_answer_problem
 from ..config import ServerSpec
 from ..errors import NoServerError
 from ..requests import GROUP_SEP, Request, request_key
@@ -46,7 +47,8 @@ class EngineSettings:
     max_outage: float = 300.0         # seconds with no live server for a model before its rows fail
     retry_failed: bool = False        # re-send rows that failed in an earlier run
     max_in_flight: int | None = None  # a cap on requests in flight across all servers
-    # Content check of an answer (e.g. "is this the JSON we asked for?"): a message when it is not.
+    # Content check of an answer: a message when it is not what was asked. By default, a request
+    # asking for JSON (format / response_format) must get JSON (corral.checks.json_answer_problem).
     validate: Callable[[Request, Reply], str | None] | None = None
     content_retries: int = 2          # re-asks (with another seed) when validate() complains
     # Look requests up in the store and record their outcomes. Off for callers that journal at a
@@ -220,27 +222,44 @@ class Engine:
             for server in self.servers for i in range(server.slots)
         ]
         watchdog = asyncio.create_task(self._watch_outages())
+        # The producer runs beside the wait for the end: when the journal or an output cannot be
+        # written (_done fails), the run stops at once, even with the producer waiting for room in
+        # the read-ahead window.
+        producer = asyncio.create_task(self._produce(requests), name="corral-producer")
         try:
-            await self._produce(requests)
-            self._all_read = True
-            if self._outstanding == 0 and not self._done.done():
-                self._done.set_result(None)
+            await asyncio.wait((producer, self._done), return_when=asyncio.FIRST_COMPLETED)
+            if not self._done.done():
+                producer.result()  # an input error surfaces here
+                self._all_read = True
+                if self._outstanding == 0:
+                    self._done.set_result(None)
             await self._done
+            self.store.flush()  # the last answers are on disk before run() returns
         finally:
             self._closing = True
             self._queue.close()
             for handle in self._timers:
                 handle.cancel()
             self._timers.clear()
-            for task in (*workers, watchdog, *self._tasks):
+            for task in (producer, *workers, watchdog, *self._tasks):
                 task.cancel()
-            await asyncio.gather(*workers, watchdog, *self._tasks, return_exceptions=True)
+            await asyncio.gather(producer, *workers, watchdog, *self._tasks, return_exceptions=True)
             self._tasks.clear()
             if self._flush_handle is not None:
                 self._flush_handle.cancel()
-            self.store.flush()
+            if self._done.done() and not self._done.cancelled():
+                self._done.exception()  # retrieved: the caller already has this error or another
+            self._flush_on_the_way_out()
             self.stats.finished = time.monotonic()
         return self.stats
+
+    def _flush_on_the_way_out(self) -> None:
+        """Interrupted or failed: journal what arrived, but never mask the error that stopped us
+        (the store keeps unwritten rows, so whoever closes it next reports a lasting failure)."""
+        try:
+            self.store.flush()
+        except Exception as exc:
+            log.debug("could not journal the last answers yet: %s", exc)
 
     async def _produce(self, requests: Iterable[Request]) -> None:
         batch: list[Request] = []
@@ -356,7 +375,7 @@ class Engine:
             self.stats.in_flight -= 1
             server.stats.busy_seconds += time.perf_counter() - t0
         latency = time.perf_counter() - t0
-        problem = self.settings.validate(request, reply) if self.settings.validate else None
+        problem = (self.settings.validate or json_answer_problem)(request, reply)
         if problem is not None:
             item.attempts += 1
             item.invalid += 1

@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from ..errors import UsageError
+from ..locks import FileLock
 from ..results import Outcome
 
 
@@ -28,8 +29,17 @@ class JsonlSink:
         self.rows = 0
         try:
             self.part.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"{self.path}: cannot write the output: {exc.strerror or exc}") from None
+        # Locked before it is truncated: a second run on the same output must not empty the file
+        # the first one is writing.
+        self._lock = FileLock(self.part, (
+            f"{self.path}: another corral process is writing this output ({self.part.name}); "
+            "wait for it to finish, or choose another -o"))
+        try:
             self._file: BinaryIO | None = open(self.part, "wb")
         except OSError as exc:
+            self._lock.release()
             raise UsageError(f"{self.path}: cannot write the output: {exc.strerror or exc}") from None
 
     def write(self, outcome: Outcome) -> None:
@@ -43,19 +53,21 @@ class JsonlSink:
         self.rows += 1
 
     def close(self, complete: bool = True) -> None:
-        """Finish the file; only a complete job replaces the output path."""
+        """Finish the file; only a complete job replaces the output path. Idempotent."""
         if self._file is None:
             return
         try:
             self._file.close()
+            if complete:
+                os.replace(self.part, self.path)
+            elif self.rows == 0:
+                self.part.unlink(missing_ok=True)  # nothing was written: leave no stray file behind
         except OSError as exc:
-            raise UsageError(f"{self.path}: writing the output failed: {exc.strerror or exc}") from None
+            raise UsageError(f"{self.path}: writing the output failed: {exc.strerror or exc}; "
+                             "results are kept in the store, re-run to finish") from None
         finally:
             self._file = None
-        if complete:
-            os.replace(self.part, self.path)
-        elif self.rows == 0:
-            self.part.unlink(missing_ok=True)  # nothing was written: leave no stray file behind
+            self._lock.release()
 
 
 def result_line(outcome: Outcome) -> dict[str, Any]:

@@ -5,39 +5,16 @@ Works on a folder of per-prompt JSON files or on a results JSONL (corral rows or
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from ..checks import parse_json_response
 from ..errors import InputError
 
-_FENCE = re.compile(r"^\s*```(?:json|JSON)?\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
-
-
-def parse_json_response(text: str | None) -> Any:
-    """The JSON inside a model's answer, tolerating ```json fences; ValueError when there is none."""
-    if text is None:
-        raise ValueError("no response")
-    candidate = text.strip()
-    fenced = _FENCE.match(candidate)
-    if fenced:
-        candidate = fenced.group(1).strip()
-    try:
-        return orjson.loads(candidate)
-    except orjson.JSONDecodeError:
-        pass
-    start = min((i for i in (candidate.find("{"), candidate.find("[")) if i >= 0), default=-1)
-    if start >= 0:  # prose around one JSON value: take the value
-        end = max(candidate.rfind("}"), candidate.rfind("]"))
-        if end > start:
-            try:
-                return orjson.loads(candidate[start:end + 1])
-            except orjson.JSONDecodeError:
-                pass
-    raise ValueError("response is not JSON")
+__all__ = ["iter_result_files", "merge_responses", "parse_json_response"]
 
 
 def iter_result_files(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:

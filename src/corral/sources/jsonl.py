@@ -85,6 +85,10 @@ class PromptFile:
             for number, raw in enumerate(handle, 1):
                 if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
                     raw = raw[3:]  # a UTF-8 byte-order mark, as Windows editors write
+                elif number == 1 and raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+                    # Windows "Unicode": every line would be garbage, so say what the file is, once
+                    yield number, _Bad("file is UTF-16, not UTF-8: save it as UTF-8")
+                    return
                 if len(raw) > MAX_LINE_BYTES:
                     yield number, _Bad(f"line is {len(raw) / 1e6:.0f} MB; the limit is "
                                        f"{MAX_LINE_BYTES / 1e6:.0f} MB")

@@ -194,6 +194,7 @@ async def fill_file_async(
                         neutralize_formulas=neutralize_formulas)
     complete = False
     try:
+        table.require_columns([title_col])
         runner, plan = _runner(table.columns, table.emit, title_col=title_col,
                                json_fields=json_fields, col_map=col_map, models=models, fanout=fanout,
                                prompt_template=prompt_template, system=system or cfg.get("system"),

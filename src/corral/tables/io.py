@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import InputError, UsageError
+from ..locks import FileLock
 
 __all__ = [
     "FORMATS", "TableWriter", "count_rows", "detect_format", "neutralize_formulas", "read_table",
@@ -94,7 +95,8 @@ def _check_input(path: PathLike) -> Path:
     return p
 
 
-def _require_columns(path: PathLike, available: Sequence[Any], wanted: Sequence[str] | None) -> None:
+def _require_columns(path: PathLike, available: Sequence[Any], wanted: Sequence[str] | None,
+                     line: int | None = None) -> None:
     """A requested column that the file lacks is the user's typo: say which ones exist."""
     if not wanted:
         return
@@ -102,7 +104,7 @@ def _require_columns(path: PathLike, available: Sequence[Any], wanted: Sequence[
     if missing:
         names = ", ".join(repr(c) for c in missing)
         have = ", ".join(str(c) for c in available) or "none"
-        raise InputError(str(path), None, f"no column {names} (columns: {have})")
+        raise InputError(str(path), line, f"no column {names} (columns: {have})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -703,12 +705,24 @@ class TableWriter:
         self._header_done = False
         if not self.path.parent.is_dir():
             raise UsageError(f"{self.path}: directory {self.path.parent} does not exist")
-        if self.fmt == "excel":
-            self._open_excel()
-        elif self.fmt != "parquet":
-            mode = "wb" if self.fmt == "jsonl" else "w"
-            text = {} if mode == "wb" else {"encoding": "utf-8", "newline": ""}
-            self._handle = open(self.part_path, mode, **text)  # noqa: SIM115 - closed in close()
+        # Locked before anything truncates it: a second job on the same output must not empty the
+        # file the first one is writing (see corral.locks).
+        self._lock = FileLock(self.part_path, (
+            f"{self.path}: another corral process is writing this output ({self.part_path.name}); "
+            "wait for it to finish, or choose another output"))
+        try:
+            if self.fmt == "excel":
+                self._open_excel()
+            elif self.fmt != "parquet":
+                mode = "wb" if self.fmt == "jsonl" else "w"
+                text = {} if mode == "wb" else {"encoding": "utf-8", "newline": ""}
+                self._handle = open(self.part_path, mode, **text)  # noqa: SIM115 - closed in close()
+        except OSError as exc:
+            self._lock.release()
+            raise UsageError(f"{self.path}: cannot write the output: {exc.strerror or exc}") from None
+        except BaseException:
+            self._lock.release()
+            raise
 
     def __enter__(self) -> TableWriter:
         return self
@@ -721,8 +735,12 @@ class TableWriter:
         if self._closed:
             raise UsageError(f"{self.path}: write after close")
         frame = self._align(to_pandas(df))
-        {"csv": self._write_csv, "tsv": self._write_csv, "jsonl": self._write_jsonl,
-         "parquet": self._write_parquet, "excel": self._write_excel}[self.fmt](frame)
+        try:
+            {"csv": self._write_csv, "tsv": self._write_csv, "jsonl": self._write_jsonl,
+             "parquet": self._write_parquet, "excel": self._write_excel}[self.fmt](frame)
+        except OSError as exc:  # e.g. the disk filled up: one clear line, not a traceback
+            raise UsageError(f"{self.path}: writing the output failed: {exc.strerror or exc}; "
+                             "results are kept in the store, re-run to finish") from None
         self.rows_written += len(frame)
 
     def close(self, complete: bool = True) -> None:
@@ -730,19 +748,29 @@ class TableWriter:
         if self._closed:
             return
         self._closed = True
-        if self.fmt == "parquet" and self._parquet is None:
-            # Nothing written: still leave a valid (empty) Parquet file.
-            self._parquet = pq.ParquetWriter(self.part_path, pa.schema([]))
-        if self._parquet is not None:
-            self._parquet.close()
-        if self._excel is not None:
-            self._excel.save(self.part_path)
-        if self._handle is not None:
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            self._handle.close()
-        if complete:
-            os.replace(self.part_path, self.path)
+        try:
+            if self.fmt == "parquet" and self._parquet is None:
+                # Nothing written: still leave a valid (empty) Parquet file.
+                self._parquet = pq.ParquetWriter(self.part_path, pa.schema([]))
+            if self._parquet is not None:
+                self._parquet.close()
+            if self._excel is not None:
+                self._excel.save(self.part_path)
+            if self._handle is not None:
+                self._handle.flush()
+                os.fsync(self._handle.fileno())
+                self._handle.close()
+            if complete:
+                os.replace(self.part_path, self.path)
+        except OSError as exc:  # e.g. the disk filled up: one clear line, not a traceback
+            raise UsageError(f"{self.path}: writing the output failed: {exc.strerror or exc}") from None
+        finally:
+            if self._handle is not None and not self._handle.closed:
+                try:
+                    self._handle.close()
+                except OSError:
+                    pass  # already reported above
+            self._lock.release()
 
     # ---- per format --------------------------------------------------------------------------
 
@@ -852,6 +880,7 @@ class TableStream:
 
     def __init__(self, input_path: PathLike, output_path: PathLike, *, chunk_size: int,
                  neutralize_formulas: bool = True) -> None:
+        self.input_path = Path(input_path)
         self._chunks = read_table_chunks(input_path, chunk_size=chunk_size)
         first = next(self._chunks, None)
         if first is None:
@@ -860,6 +889,12 @@ class TableStream:
         self.columns = [str(c) for c in first.columns]
         self.writer = TableWriter(output_path, neutralize_formulas=neutralize_formulas)
         self.written = 0
+
+    def require_columns(self, names: Iterable[str]) -> None:
+        """Columns the job reads but the input lacks: an InputError naming the file (and the header
+        line of a delimited file), before anything is sent."""
+        header = 1 if _resolve_format(self.input_path, None) in _SEPARATORS else None
+        _require_columns(self.input_path, self.columns, [n for n in names if n], header)
 
     def chunks(self) -> Iterator[pd.DataFrame]:
         if self._first is not None:
