@@ -4,10 +4,11 @@
 Prints figures; it is not a test. Each part measures both contenders side by side in one run, on the
 same texts, alternating in rounds so a change of machine load hits both alike.
 
-1. Client overhead (always): nginx answers with canned Ollama embeddings (768 floats per text), so
-   the server costs ~nothing and the client is the bottleneck. Seed 002's async loop (aiohttp,
-   ``/api/embeddings``, one ``prompt`` per request, a semaphore of 10) against ``corral.embed``
-   (``/api/embed``, 32 texts per request).
+1. Client overhead (always): nginx answers with canned embeddings (768 floats per text), so the
+   server costs ~nothing and the client is the bottleneck. Seed 002's async loop (aiohttp, one text
+   per request, a semaphore of 10) against ``corral.embed`` (32 texts per request): on Ollama's API
+   (``/api/embeddings`` vs ``/api/embed``) and on the OpenAI-compatible one (``/v1/embeddings``;
+   the loop gets JSON floats, corral asks for base64 float32, as vLLM and llama.cpp can send).
 2. Memory (always): ``corral embed`` on a Parquet corpus of 10,240 and of 102,400 rows against the same
    nginx; the peak RSS of the CLI process should not grow with the corpus.
 3. Real server (--real): the embedded llama.cpp server (SmolLM2-135M, embedding mode) on this CPU,
@@ -21,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import random
 import resource
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -32,6 +35,7 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import Nginx, nginx_string  # noqa: E402  (the nginx harness of the throughput benchmark)
@@ -59,8 +63,16 @@ def canned_locations(folder: Path) -> str:
              "load_duration": 10, "prompt_eval_count": BATCH * 12}
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o755)  # the worker may run as nobody
-    for name, answer in (("one.json", one), ("batch.json", batch)):
-        (folder / name).write_text(nginx_string(answer))
+    # OpenAI-compatible: floats for one text (what seed 002's loop asks), base64 float32 for a batch
+    # (what corral asks); one nginx each, since both are POST /v1/embeddings.
+    packed = base64.b64encode(struct.pack(f"<{DIM}f", *vector)).decode()
+    openai_one = {"object": "list", "model": "m", "data": [{"object": "embedding", "index": 0,
+                                                             "embedding": vector}]}
+    openai_batch = {"object": "list", "model": "m", "usage": {"prompt_tokens": 1, "total_tokens": 1},
+                    "data": [{"object": "embedding", "index": i, "embedding": packed} for i in range(BATCH)]}
+    for name, answer in (("one.json", one), ("batch.json", batch), ("openai-one.json", openai_one),
+                         ("openai-batch.json", openai_batch)):
+        (folder / name).write_bytes(orjson.dumps(answer))
         (folder / name).chmod(0o644)
     # Static files answer POST with 405; error_page turns that into a 200 with the file.
     return f"""
@@ -68,6 +80,15 @@ def canned_locations(folder: Path) -> str:
                                       error_page 405 =200 $uri; }}
         location = /api/embed {{ default_type application/json; alias {folder}/batch.json;
                                  error_page 405 =200 $uri; }}
+    """
+
+
+def openai_location(folder: Path, name: str) -> str:
+    return f"""
+        location = /v1/models {{ default_type application/json;
+            return 200 '{{"object":"list","data":[{{"id":"m","object":"model","owned_by":"bench"}}]}}'; }}
+        location = /v1/embeddings {{ default_type application/json; alias {folder}/{name};
+                                     error_page 405 =200 $uri; }}
     """
 
 
@@ -134,6 +155,23 @@ def overhead(nginx: Nginx, args: argparse.Namespace) -> None:
             lambda chunk: corral_embed(spec, chunk, "llama3.2", batch_size=BATCH))
 
 
+def overhead_openai(binary: str, folder: Path, args: argparse.Namespace) -> None:
+    texts = corpus(args.texts)
+    seed_server = Nginx(binary, openai_location(folder, "openai-one.json")).start()
+    corral_server = Nginx(binary, openai_location(folder, "openai-batch.json")).start()
+    try:
+        spec = ServerSpec(corral_server.url, api="openai")
+        asyncio.run(seed_002(seed_server.url, texts[:200], "m", path="/v1/embeddings"))
+        corral_embed(spec, texts[:BATCH * 4], "m", batch_size=BATCH)
+        compare("zero-latency nginx, OpenAI-compatible (/v1/embeddings; corral asks base64)",
+                split(texts, args.rounds),
+                lambda chunk: asyncio.run(seed_002(seed_server.url, chunk, "m", path="/v1/embeddings")),
+                lambda chunk: corral_embed(spec, chunk, "m", batch_size=BATCH))
+    finally:
+        seed_server.stop()
+        corral_server.stop()
+
+
 def memory(nginx: Nginx, tmp: Path) -> None:
     import pandas as pd
 
@@ -190,6 +228,7 @@ def main() -> None:
         raise
     try:
         overhead(nginx, args)
+        overhead_openai(binary, tmp / "canned", args)
         if not args.no_memory:
             memory(nginx, tmp)
     finally:

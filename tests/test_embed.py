@@ -101,7 +101,32 @@ def test_openai_servers_use_v1_embeddings_with_dimensions(fake_openai):
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     (path, body), = fake_openai.requests
     assert path == "/v1/embeddings" and body["dimensions"] == 4
+    assert body["encoding_format"] == "base64"  # float32 bytes: nothing to parse
     assert "truncate" not in body  # an Ollama option no OpenAI server knows
+
+
+def test_a_server_refusing_base64_is_asked_for_floats(fake_openai):
+    fake_openai.base64_embeddings = False
+    texts = [f"t{i}" for i in range(24)]
+    vectors = corral.embed(texts, model="llama3.2", servers=[ServerSpec(fake_openai.url, api="openai")],
+                           batch_size=4, concurrency=1)
+    np.testing.assert_allclose(vectors, expected(texts), rtol=1e-6)
+    formats = [body.get("encoding_format") for _, body in fake_openai.requests]
+    assert formats == ["base64"] + [None] * 6  # refused once, then floats for every batch
+    assert fake_openai.status_counts[400] == 1
+
+
+def test_corral_run_passes_batch_embedding_lines_through(tmp_path, fake_openai):
+    """OpenAI batch input lines for /v1/embeddings (corral run) come out as vLLM's output lines."""
+    line = {"custom_id": "e1", "method": "POST", "url": "/v1/embeddings",
+            "body": {"model": "llama3.2", "input": ["alpha", "beta"]}}
+    (tmp_path / "batch.jsonl").write_text(json.dumps(line) + "\n")
+    proc = corral_cli("run", "batch.jsonl", "-s", fake_openai.url, "--api", "openai", "-o", "out.jsonl",
+                      cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = read_jsonl(tmp_path / "out.jsonl")
+    data = row["response"]["body"]["data"]
+    np.testing.assert_allclose([d["embedding"] for d in data], expected(["alpha", "beta"]), rtol=1e-6)
 
 
 def test_ollama_gets_truncate_dimensions_and_keep_alive(fake_ollama):

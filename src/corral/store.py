@@ -263,7 +263,8 @@ def _row(outcome: Outcome, run_id: int | None) -> tuple[Any, ...]:
     return (
         req.key, "ok" if outcome.ok else "failed", req.model, req.endpoint, asked,
         reply.text if reply else None,
-        orjson.dumps(reply.embeddings) if reply and reply.embeddings is not None else None,
+        orjson.dumps(reply.embeddings, option=orjson.OPT_SERIALIZE_NUMPY)
+        if reply and reply.embeddings is not None else None,
         orjson.dumps(reply.raw).decode() if reply and reply.raw is not None else None,
         outcome.error, outcome.error_kind, outcome.status_code, outcome.attempts, outcome.server,
         reply.prompt_eval_count if reply else None, reply.eval_count if reply else None,

@@ -19,6 +19,7 @@ Run one from a shell (prints ``READY <url>`` once listening, stops on SIGTERM)::
 from __future__ import annotations
 
 import argparse
+import base64
 import asyncio
 import contextlib
 import hashlib
@@ -394,6 +395,9 @@ class FakeServer:
         self.record_path: str | None = None
         #: llama.cpp while loading its model: /health and inference answer 503 "Loading model".
         self.loading: bool = False
+        #: OpenAI mode: answer ``encoding_format: "base64"`` embeddings (False: refuse it with a 400,
+        #: as servers that only know floats do).
+        self.base64_embeddings: bool = True
         #: Paths that answer as if this server version lacked them (e.g. {"/api/embed"}).
         self.missing_paths: set[str] = set()
         #: Model name -> revision: set one to stand for new weights under the same name (a new
@@ -1425,6 +1429,11 @@ class FakeServer:
                               param="input")
         model = self._openai_model(request, body)
         dims = self._dimensions(request, body)
+        encoding = body.get("encoding_format", "float")
+        if encoding not in (("float", "base64") if self.base64_embeddings else ("float",)):
+            raise self._error(request, 400, f"encoding_format {encoding!r} is not supported; "
+                              "use 'float'" if not self.base64_embeddings else
+                              "encoding_format must be 'float' or 'base64'", param="encoding_format")
         limit = self.max_context_tokens
         too_long = [n for n in map(_count_tokens, inputs) if limit and n > limit]
         if too_long and self.llamacpp:  # llama.cpp's words, with its 500
@@ -1445,6 +1454,8 @@ class FakeServer:
                 if dims < self.embedding_dim:
                     norm = math.sqrt(sum(x * x for x in vector)) or 1.0
                     vector = [x / norm for x in vector]
+                if encoding == "base64":  # little-endian float32, as OpenAI, vLLM and llama.cpp send it
+                    vector = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
                 data.append({"object": "embedding", "index": index, "embedding": vector})
             tokens = sum(_count_tokens(text) for text in inputs)
             payload = {"object": "list", "data": data, "model": model,

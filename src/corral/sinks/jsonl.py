@@ -46,7 +46,7 @@ class JsonlSink:
         assert self._file is not None
         record = batch_line(outcome) if self.openai_batch else result_line(outcome)
         try:
-            self._file.write(orjson.dumps(record) + b"\n")
+            self._file.write(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
         except OSError as exc:
             raise UsageError(f"{self.path}: writing the output failed: {exc.strerror or exc}; "
                              "results are kept in the store, re-run to finish") from None
