@@ -80,7 +80,7 @@ def test_corral_embed_local_end_to_end(tmp_path):
     proc = corral_cli("embed", "notes.csv", "--local", "--id-column", "doc_id", "-o", "vectors.parquet",
                       "--batch-size", "4", cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    assert "8 rows -> vectors.parquet (576-dim float32): 7 embedded, 0 from the store, 1 duplicates" in proc.stderr
+    assert "8 rows -> vectors.parquet (576-dim float32): 7 embedded, 0 from the store, 1 duplicate," in proc.stderr
     table = pq.read_table(tmp_path / "vectors.parquet")
     assert table.column("doc_id").to_pylist() == [f"d{i}" for i in range(len(TEXTS))]
     vectors = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)

@@ -75,7 +75,8 @@ def embed_command(
         err.print(f"[yellow]corral: skipped unreachable server {message}[/yellow]", highlight=False)
     rate = c.embedded / c.seconds if c.seconds > 0 else 0.0
     err.print(f"corral: {c.rows} rows -> {output} ({c.dim or 0}-dim float32): {c.embedded} embedded, "
-              f"{c.cached} from the store, {c.deduplicated} duplicates, {report.failed_rows} failed; "
+              f"{c.cached} from the store, {c.deduplicated} duplicate{'' if c.deduplicated == 1 else 's'}, "
+              f"{report.failed_rows} failed; "
               f"{c.requests} requests in {c.seconds:.1f}s ({rate:.1f} texts/s)", highlight=False, markup=False)
     if report.errors:
         err.print(f"corral: {report.failed_rows} row(s) have no vector:", style="red", highlight=False)
