@@ -327,3 +327,25 @@ def test_store_records_the_run(tmp_path, ollama):
         stored = db.execute("SELECT count(*), min(dim), max(length(vector)) FROM vectors").fetchone()
     assert json.loads(counts)["embedded"] == 10
     assert stored == (10, 8, 32)  # float32 bytes, not JSON
+
+
+def test_cli_second_embed_on_the_same_store_is_refused(tmp_path, fake_ollama_factory):
+    import subprocess
+    import sys
+
+    server = fake_ollama_factory(models=(MODEL,), slots=1, latency=0.05)
+    write_corpus(tmp_path / "movies.parquet", 400)
+    args = [sys.executable, "-m", "corral", "embed", "movies.parquet", "--text-column", "overview",
+            "-m", MODEL, "-s", server.url, "-o", "v.parquet", "-b", "4", "--progress", "none"]
+    first = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.wait_until(lambda s: len(s.requests) >= 3, timeout=60)
+        second = corral_cli(*args[3:], cwd=tmp_path)
+        assert second.returncode == 2 and "in use by another corral process" in second.stderr
+        assert first.wait(timeout=120) == 0, first.stderr.read()
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.stderr.close()
+    assert pq.read_metadata(tmp_path / "v.parquet").num_rows == 400
+    assert sorted(sent_inputs(server)) == sorted(set(sent_inputs(server)))  # nothing sent twice
