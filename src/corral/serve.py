@@ -188,7 +188,10 @@ def is_ours(member: Member) -> bool:
 
 
 def port_in_use(host: str, port: int) -> bool:
+    """True when a server listens on ``port`` (SO_REUSEADDR, as Go and llama.cpp servers bind, so
+    the TIME_WAIT connections a just-stopped server leaves behind do not count)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
