@@ -162,7 +162,7 @@ def test_foreground_ctrl_c_stops_every_child(tmp_path: Path, fleet_env) -> None:
     env, record, state = fleet_env
     port = _base_port(2)
     proc = subprocess.Popen([sys.executable, "-m", "corral", "serve", "--cpu", "2", "--port", str(port),
-                             "--form", "instances"], cwd=tmp_path, env={**os.environ, **env},
+                             "--form", "instances", "--advertise", "node7"], cwd=tmp_path, env={**os.environ, **env},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -174,7 +174,7 @@ def test_foreground_ctrl_c_stops_every_child(tmp_path: Path, fleet_env) -> None:
         assert all(json.loads((record / f"{p}.json").read_text())["CUDA_VISIBLE_DEVICES"] == "-1"
                    for p in (port, port + 1))
         seed_form = (tmp_path / "cluster.toml").read_text()
-        assert f'"127.0.0.1:{port}" = 0' in seed_form and "[ollama_instances]" in seed_form
+        assert f'"node7:{port}" = 0' in seed_form and "[ollama_instances]" in seed_form
         assert len(load_config(tmp_path / "cluster.toml").servers) == 2
         proc.send_signal(signal.SIGINT)  # what Ctrl-C does to corral (children have their own group)
         _, err = proc.communicate(timeout=30)

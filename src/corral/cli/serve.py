@@ -7,6 +7,7 @@ so ``corral serve --gpus 4`` reads as the seed's ``ollama-batch-servers.sh 4`` w
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
@@ -51,6 +52,13 @@ def _devices(gpus: Optional[str], cpu: Optional[int]) -> list[int | None]:
         raise UsageError("no GPU found (`nvidia-smi -L` is missing or lists none); "
                          "use --cpu N for N CPU-only servers, or --gpus 0,1 to name GPUs")
     return list(found)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @serve_app.callback(invoke_without_command=True)
@@ -101,7 +109,7 @@ def serve_command(
     devices = _devices(gpus, cpu)
     if engine == "llama.cpp" and threads is None and cpu:
         threads = max(1, (os.cpu_count() or 1) // len(devices))  # 2 servers on 2 cores: 1 thread each
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if not _loopback(host):
         _err(f"warning: binding {host}: {'Ollama' if engine == 'ollama' else 'llama.cpp'} has no "
              "authentication, anyone who reaches these ports can use the servers")
     options = serve.FleetOptions(
