@@ -158,7 +158,9 @@ def test_ollama_fleet_pinned_pulled_run_failover_and_stop(tmp_path: Path, fleet_
     assert "no fleet recorded" in corral("serve", "status", env=env, cwd=tmp_path).stdout
 
 
-def test_foreground_ctrl_c_stops_every_child(tmp_path: Path, fleet_env) -> None:
+@pytest.mark.parametrize("how", ["ctrl-c", "serve stop"])
+def test_foreground_stops_every_child(tmp_path: Path, fleet_env, how: str) -> None:
+    """Ctrl-C ends the fleet and corral; `serve stop` from another shell too (corral then exits)."""
     env, record, state = fleet_env
     port = _base_port(2)
     proc = subprocess.Popen([sys.executable, "-m", "corral", "serve", "--cpu", "2", "--port", str(port),
@@ -176,13 +178,16 @@ def test_foreground_ctrl_c_stops_every_child(tmp_path: Path, fleet_env) -> None:
         seed_form = (tmp_path / "cluster.toml").read_text()
         assert f'"node7:{port}" = 0' in seed_form and "[ollama_instances]" in seed_form
         assert len(load_config(tmp_path / "cluster.toml").servers) == 2
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C does to corral (children have their own group)
+        if how == "ctrl-c":
+            proc.send_signal(signal.SIGINT)  # what Ctrl-C does to corral (children have their own group)
+        else:
+            assert corral("serve", "stop", env=env, cwd=tmp_path).stdout.count(": stopped") == 2
         _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
-    assert "stopped" in err
+    assert ("stopped" if how == "ctrl-c" else "every server has exited") in err
     assert not any(_alive(p) for p in pids)
     assert not (state / "fleet.json").exists()
 

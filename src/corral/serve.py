@@ -224,7 +224,8 @@ class OllamaProcess:
     def __init__(self, member: Member, options: FleetOptions, binary: str) -> None:
         self.member = member
         self.cmd = [binary, "serve"]
-        self.env = {**os.environ, **ollama_env(member, options)}
+        self.pinning = ollama_env(member, options)
+        self.env = {**os.environ, **self.pinning}
         self.detached = options.detach
         self.timeout = options.startup_timeout
         self.proc: subprocess.Popen[bytes] | None = None
@@ -233,7 +234,7 @@ class OllamaProcess:
         """From the main thread: PDEATHSIG fires when the spawning *thread* ends, not the process."""
         pdeathsig = not self.detached and threading.current_thread() is threading.main_thread()
         with open(self.member.log, "ab") as log:
-            log.write(f"$ {' '.join(self.cmd)}  # {ollama_env(self.member, FleetOptions())}\n".encode())
+            log.write(f"$ {' '.join(self.cmd)}  # {self.pinning}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
                 self.cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self.env,

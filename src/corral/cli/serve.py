@@ -190,6 +190,9 @@ def _serve_until_interrupted(fleet: serve.Fleet) -> None:
                     m = members[name]
                     _err(f"{name} (pid {m.pid}) exited with code {rc}; last log lines:\n"
                          f"{serve.log_tail(m.log)}")
+            if len(reported) == len(fleet.handles):  # e.g. `corral serve stop` from another shell
+                _err("every server has exited")
+                break
     finally:
         _err("stopping every server ...")
         fleet.stop()
