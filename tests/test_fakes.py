@@ -583,3 +583,19 @@ def test_cli_runs_until_sigterm() -> None:
             proc.kill()
             proc.wait()
     assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
+
+
+def test_ollama_pull_streams_progress_then_serves_the_model() -> None:
+    with FakeServer(api="ollama", models=("tinyllama",)) as srv:
+        status, headers, raw = call("POST", srv.url + "/api/pull", {"model": "qwen2.5:0.5b"})
+        lines = [json.loads(line) for line in raw.splitlines()]
+        assert status == 200 and headers["Content-Type"].startswith("application/x-ndjson")
+        assert lines[0] == {"status": "pulling manifest"} and lines[-1] == {"status": "success"}
+        assert lines[1]["digest"].startswith("sha256:") and lines[1]["completed"] == lines[1]["total"]
+        assert post(srv.url + "/api/pull", {"model": "llama3.2", "stream": False}) == (
+            200, {"status": "success"})
+        assert post(srv.url + "/api/pull", {"model": "missing-model", "stream": False}) == (
+            500, {"error": "pull model manifest: file does not exist"})
+        names = {m["name"] for m in get(srv.url + "/api/tags")[1]["models"]}
+        assert names == {"tinyllama:latest", "qwen2.5:0.5b", "llama3.2:latest"}
+        assert post(srv.url + "/api/chat", chat_body("hi", model="llama3.2"))[0] == 200

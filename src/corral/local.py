@@ -157,9 +157,16 @@ def _xllamacpp_available() -> bool:
     return importlib.util.find_spec("xllamacpp") is not None
 
 
-def _preexec(pdeathsig: bool) -> None:
-    """Runs in the child between fork and exec."""
-    os.setpgid(0, 0)  # own process group: terminal Ctrl-C goes to corral only
+def _preexec(pdeathsig: bool, new_session: bool = False) -> None:
+    """Runs in the child between fork and exec.
+
+    ``new_session``: for servers that outlive corral (``corral serve --detach``), a session of
+    their own, so closing the terminal (SIGHUP) does not end them either.
+    """
+    if new_session:
+        os.setsid()
+    else:
+        os.setpgid(0, 0)  # own process group: terminal Ctrl-C goes to corral only
     if pdeathsig and sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -206,6 +213,8 @@ class LocalServer:
         log_path: Path | None = None,
         threads: int | None = None,
         startup_timeout: float = 120.0,
+        extra_env: dict[str, str] | None = None,
+        detached: bool = False,
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
@@ -223,6 +232,11 @@ class LocalServer:
         self.engine = engine
         self.threads = threads
         self.startup_timeout = float(startup_timeout)
+        # ``corral serve``: e.g. CUDA_VISIBLE_DEVICES to pin one server per GPU.
+        self.extra_env = dict(extra_env or {})
+        # Detached servers outlive this process (no PDEATHSIG, no parent polling, no atexit stop):
+        # ``corral serve --detach`` hands them to ``corral serve stop``.
+        self.detached = detached
         self.log_path = Path(log_path) if log_path is not None else None
         self._own_log = False
         self._log_offset = 0
@@ -281,7 +295,8 @@ class LocalServer:
                             f"local server could not bind {self.host}:{self.port}\n{self.log_tail()}"
                         ) from None
             self.resolved_engine = engine
-            _live.add(self)
+            if not self.detached:
+                _live.add(self)
             return self
 
     def stop(self, timeout: float = 10) -> None:
@@ -384,7 +399,9 @@ class LocalServer:
         cmd = self._command(engine, binary, self.model_path)
         main_thread = threading.current_thread() is threading.main_thread()
         parent = ["--parent-pid", str(os.getpid())]
-        if engine == "binary" and not main_thread:
+        if self.detached:
+            pass
+        elif engine == "binary" and not main_thread:
             # PDEATHSIG would fire when *this thread* exits, so let the
             # supervisor (which polls our pid) own the binary instead.
             cmd = [sys.executable, "-m", "corral._local_child", *parent, "--exec", "--", *cmd]
@@ -395,6 +412,8 @@ class LocalServer:
         # from a source tree that is not installed.
         pkg_root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
+        env.update(self.extra_env)
+        pdeathsig = main_thread and not self.detached
         with open(self.log_path, "ab") as log:
             self._log_offset = log.tell()
             log.write(f"$ {' '.join(cmd)}\n".encode())
@@ -407,7 +426,7 @@ class LocalServer:
                     stderr=subprocess.STDOUT,
                     env=env,
                     close_fds=True,
-                    preexec_fn=lambda: _preexec(pdeathsig=main_thread),
+                    preexec_fn=lambda: _preexec(pdeathsig, new_session=self.detached),
                 )
             except OSError as exc:
                 raise LocalServerError(f"cannot start {cmd[0]!r}: {exc}") from exc

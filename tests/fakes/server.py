@@ -661,6 +661,7 @@ class FakeServer:
             r.add_get("/api/tags", self._h_tags)
             r.add_get("/api/ps", self._h_ps)
             r.add_post("/api/show", self._h_show)
+            r.add_post("/api/pull", self._h_pull)
             r.add_post("/api/chat", self._h_ollama_chat)
             r.add_post("/api/generate", self._h_ollama_generate)
             r.add_post("/api/embed", self._h_ollama_embed)
@@ -980,6 +981,36 @@ class FakeServer:
             "capabilities": ["embedding"] if _is_embedding_model(name) else ["completion"],
             "modified_at": _MODIFIED_AT,
         })
+
+    async def _h_pull(self, request: web.Request) -> web.StreamResponse:
+        """``POST /api/pull``: the fake registry has every model; a pulled one is served from then on.
+
+        As Ollama: ``model`` (or the older ``name``); by default a stream of NDJSON progress lines
+        ending in ``{"status": "success"}``, with ``"stream": false`` only that last line. Names
+        containing "missing" stand for models the registry lacks (Ollama's 500 "file does not exist").
+        """
+        self._check_auth(request)
+        body = await self._read_body(request)
+        model = body.get("model") or body.get("name")
+        if not isinstance(model, str) or not model:
+            raise self._error(request, 400, "model is required")
+        if "missing" in model:
+            raise self._error(request, 500, "pull model manifest: file does not exist")
+        with self._lock:
+            self._ollama_names[_ollama_key(model)] = _ollama_full_name(model)
+            if model not in self.models:
+                self.models = (*self.models, model)
+        if body.get("stream") is False:
+            return self._json({"status": "success"})
+        digest = _digest(self._weights(_ollama_full_name(model)))
+        size = self._size(_ollama_full_name(model))
+        lines = [{"status": "pulling manifest"},
+                 {"status": f"pulling {digest[:12]}", "digest": f"sha256:{digest}", "total": size,
+                  "completed": size},
+                 {"status": "verifying sha256 digest"}, {"status": "writing manifest"},
+                 {"status": "success"}]
+        return web.Response(body=b"".join(_dumps(line) + b"\n" for line in lines),
+                            content_type="application/x-ndjson")
 
     # ---------------------------------------------------------------- Ollama: inference
 

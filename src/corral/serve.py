@@ -1,0 +1,504 @@
+"""``corral serve``: a fleet of inference servers on this machine, one per GPU (or per CPU share).
+
+Why: one Ollama process left four L40S GPUs ~25% busy each, while one ``ollama serve`` per GPU,
+pinned with ``CUDA_VISIBLE_DEVICES`` and on its own port, kept them over 90% busy (seed 001). This
+module starts that fleet for Ollama or llama.cpp, waits until every server answers its health
+endpoint, writes the cluster TOML that ``corral run --config`` reads, and records what it started in
+a state folder so ``corral serve status`` / ``stop`` (possibly from another shell) find exactly
+those processes again.
+
+Process identity: a pid alone may be reused after its process ended, so the state file keeps each
+child's pid *and* its start time (``/proc/<pid>/stat``, field 22). Nothing is signalled unless both
+still match, so ``stop`` can never hit an unrelated process that inherited the pid.
+
+llama.cpp servers go through :class:`corral.local.LocalServer` (a ``llama-server`` binary on PATH,
+else the xllamacpp wheel), Ollama servers are ``ollama serve`` children handled here with the same
+process hygiene (own process group; PDEATHSIG in the foreground, own session when detached).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import local
+from .errors import UsageError
+
+ENGINES = ("ollama", "llama.cpp")
+DEFAULT_BASE_PORT = 11432  # seed 001's ollama-batch-servers.sh: 11432, 11433, ...
+STATE_FILE = "fleet.json"
+LOG_TAIL_LINES = 8
+# CUDA_VISIBLE_DEVICES for CPU-only servers: an invalid id hides every GPU (Ollama's documented way
+# to force CPU; "" would mean "all GPUs" to some tools).
+NO_GPU = "-1"
+
+
+class FleetError(RuntimeError):
+    """A fleet could not be started, or its state folder is in use."""
+
+
+def default_state_dir() -> Path:
+    """``$CORRAL_STATE_DIR`` or ``~/.corral/serve``: where pid file and logs live."""
+    env = os.environ.get("CORRAL_STATE_DIR")
+    return Path(env) if env else Path.home() / ".corral" / "serve"
+
+
+# ------------------------------------------------------------------------------------ devices
+
+
+def detect_gpus() -> list[int]:
+    """GPU indices from ``nvidia-smi -L`` ("GPU 0: NVIDIA L40S (UUID: ...)"); [] without it."""
+    binary = shutil.which("nvidia-smi")
+    if not binary:
+        return []
+    try:
+        done = subprocess.run([binary, "-L"], capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    gpus = []
+    for line in done.stdout.splitlines():
+        head = line.split(":", 1)[0].split()
+        if len(head) == 2 and head[0] == "GPU" and head[1].isdigit():
+            gpus.append(int(head[1]))
+    return gpus
+
+
+def parse_gpus(spec: str) -> list[int]:
+    """``--gpus 4`` is the first four GPUs (0-3), as the seed's script; ``--gpus 0,2`` those indices."""
+    text = spec.strip()
+    try:
+        if "," in text:
+            indices = [int(part) for part in text.split(",") if part.strip()]
+        else:
+            count = int(text)
+            if count < 1:
+                raise ValueError
+            indices = list(range(count))
+    except ValueError:
+        raise UsageError(f"--gpus {spec!r}: expected a count (--gpus 4) or indices (--gpus 0,2)") from None
+    if any(i < 0 for i in indices) or len(set(indices)) != len(indices):
+        raise UsageError(f"--gpus {spec!r}: indices must be distinct and >= 0")
+    return indices
+
+
+# ------------------------------------------------------------------------------------ plan
+
+
+@dataclass
+class FleetOptions:
+    """What ``corral serve`` was asked for; one server per entry of ``gpus`` (None = a CPU server)."""
+
+    engine: str = "ollama"
+    gpus: list[int | None] = field(default_factory=list)
+    base_port: int = DEFAULT_BASE_PORT
+    host: str = "127.0.0.1"
+    model: str | None = None            # llama.cpp: GGUF path (default the bundled SmolLM2)
+    parallel: int | None = None         # OLLAMA_NUM_PARALLEL / llama.cpp --parallel
+    threads: int | None = None          # llama.cpp --threads
+    keep_alive: str | None = None       # OLLAMA_KEEP_ALIVE
+    max_loaded_models: int | None = None  # OLLAMA_MAX_LOADED_MODELS
+    detach: bool = False
+    startup_timeout: float = 120.0
+
+
+@dataclass
+class Member:
+    """One server of the fleet, as recorded in the state file."""
+
+    name: str
+    engine: str
+    gpu: int | None
+    host: str
+    port: int
+    log: str
+    pid: int | None = None
+    start_time: int | None = None
+    cmdline: list[str] = field(default_factory=list)
+    model: str | None = None
+    error: str | None = None
+
+    @property
+    def url(self) -> str:
+        """Where this machine reaches it (a wildcard bind is probed on the loopback)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def health_url(self) -> str:
+        return self.url + ("/api/version" if self.engine == "ollama" else "/health")
+
+
+def plan(options: FleetOptions, state_dir: Path) -> list[Member]:
+    members = []
+    for i, gpu in enumerate(options.gpus):
+        name = f"gpu{gpu}" if gpu is not None else f"cpu{i}"
+        members.append(Member(name=name, engine=options.engine, gpu=gpu, host=options.host,
+                              port=options.base_port + i, log=str(state_dir / f"{name}.log")))
+    return members
+
+
+def ollama_env(member: Member, options: FleetOptions) -> dict[str, str]:
+    """The environment that pins one ``ollama serve`` to its GPU and port."""
+    env = {"CUDA_VISIBLE_DEVICES": NO_GPU if member.gpu is None else str(member.gpu),
+           "OLLAMA_HOST": f"{member.host}:{member.port}"}
+    if options.parallel:
+        env["OLLAMA_NUM_PARALLEL"] = str(options.parallel)
+    if options.keep_alive:
+        env["OLLAMA_KEEP_ALIVE"] = options.keep_alive
+    if options.max_loaded_models:
+        env["OLLAMA_MAX_LOADED_MODELS"] = str(options.max_loaded_models)
+    return env
+
+
+# ------------------------------------------------------------------------------------ processes
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of ``/proc/<pid>/stat`` (clock ticks since boot), None when gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    except OSError:
+        return None
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def is_ours(member: Member) -> bool:
+    """True while ``member.pid`` is still the very process we started (same start time)."""
+    if not member.pid:
+        return False
+    started = process_start_time(member.pid)
+    return started is not None and started == member.start_time
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when a server listens on ``port`` (SO_REUSEADDR, as Go and llama.cpp servers bind, so
+    the TIME_WAIT connections a just-stopped server leaves behind do not count)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def healthy(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status == 200
+    except urllib.error.HTTPError as exc:  # 503 while llama.cpp loads its model
+        exc.close()
+    except (urllib.error.URLError, OSError):
+        pass
+    return False
+
+
+def log_tail(path: str, n: int = LOG_TAIL_LINES) -> str:
+    try:
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+class OllamaProcess:
+    """One ``ollama serve`` child, pinned through its environment."""
+
+    def __init__(self, member: Member, options: FleetOptions, binary: str) -> None:
+        self.member = member
+        self.cmd = [binary, "serve"]
+        self.pinning = ollama_env(member, options)
+        self.env = {**os.environ, **self.pinning}
+        self.detached = options.detach
+        self.timeout = options.startup_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def spawn(self) -> None:
+        """From the main thread: PDEATHSIG fires when the spawning *thread* ends, not the process."""
+        pdeathsig = not self.detached and threading.current_thread() is threading.main_thread()
+        with open(self.member.log, "ab") as log:
+            log.write(f"$ {' '.join(self.cmd)}  # {self.pinning}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                self.cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                close_fds=True, preexec_fn=lambda: local._preexec(pdeathsig, new_session=self.detached))
+
+    def wait(self) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + self.timeout
+        while not healthy(self.member.health_url):
+            rc = self.proc.poll()
+            if rc is not None:
+                self.proc = None
+                raise FleetError(f"exited with code {rc}; last log lines:\n{log_tail(self.member.log)}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise FleetError(f"no answer on {self.member.health_url} after {self.timeout:.0f}s; "
+                                 f"last log lines:\n{log_tail(self.member.log)}")
+            time.sleep(0.1)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def poll(self) -> int | None:
+        return self.proc.poll() if self.proc is not None else -1
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            local._terminate(proc, 10)
+
+
+class LlamaProcess:
+    """One llama.cpp server through :class:`~corral.local.LocalServer` (binary or xllamacpp)."""
+
+    def __init__(self, member: Member, options: FleetOptions) -> None:
+        self.member = member
+        env = {"CUDA_VISIBLE_DEVICES": NO_GPU if member.gpu is None else str(member.gpu)}
+        self.server = local.LocalServer(
+            options.model, n_parallel=options.parallel or local.DEFAULT_N_PARALLEL, port=member.port,
+            host=member.host, log_path=Path(member.log), threads=options.threads,
+            startup_timeout=options.startup_timeout, extra_env=env, detached=options.detach)
+        member.model = self.server.alias
+
+    def spawn(self) -> None:
+        """Nothing: LocalServer spawns and waits in one call, from a worker thread (safe there: the
+        xllamacpp child polls our pid, a llama-server binary runs under corral's supervisor)."""
+
+    def wait(self) -> None:
+        try:
+            self.server.start()
+        except local.LocalServerError as exc:
+            raise FleetError(str(exc)) from None
+
+    @property
+    def pid(self) -> int | None:
+        return self.server.pid
+
+    def poll(self) -> int | None:
+        proc = self.server._proc
+        return proc.poll() if proc is not None else -1
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+Process = OllamaProcess | LlamaProcess
+
+
+# ------------------------------------------------------------------------------------ fleet
+
+
+@dataclass
+class Fleet:
+    """The members of a fleet and, in the process that started them, their process handles."""
+
+    members: list[Member]
+    state_dir: Path
+    engine: str
+    detached: bool = False
+    handles: dict[str, Process] = field(default_factory=dict)
+
+    @property
+    def running(self) -> list[Member]:
+        return [m for m in self.members if m.error is None]
+
+    @property
+    def failed(self) -> list[Member]:
+        return [m for m in self.members if m.error is not None]
+
+    def save(self) -> None:
+        data = {"engine": self.engine, "detached": self.detached, "corral_pid": os.getpid(),
+                "members": [asdict(m) for m in self.running]}
+        path = self.state_dir / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+
+    def stop(self) -> None:
+        """Stop every child this process holds (foreground mode) and forget the state."""
+        with ThreadPoolExecutor(max_workers=max(1, len(self.handles))) as pool:
+            list(pool.map(lambda h: h.stop(), self.handles.values()))
+        self.handles.clear()
+        (self.state_dir / STATE_FILE).unlink(missing_ok=True)
+
+
+def load_members(state_dir: Path) -> list[Member] | None:
+    """The members recorded in ``state_dir``, or None when no fleet was started there."""
+    try:
+        data = json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise FleetError(f"{state_dir / STATE_FILE}: unreadable state file ({exc})") from None
+    return [Member(**m) for m in data.get("members", [])]
+
+
+def start_fleet(options: FleetOptions, state_dir: Path) -> Fleet:
+    """Start one server per entry of ``options.gpus`` and wait until each answers its health check.
+
+    Servers that fail are reported on their member (``error``: port taken, binary missing, exited
+    with code N and the last log lines); the others keep running.
+    """
+    if options.engine not in ENGINES:
+        raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, not {options.engine!r}")
+    if not options.gpus:
+        raise UsageError("no servers to start")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    previous = load_members(state_dir)
+    if previous and any(is_ours(m) for m in previous):
+        raise FleetError(f"a fleet started from {state_dir} is still running: see `corral serve status`, "
+                         "end it with `corral serve stop`, or use another --state-dir")
+    members = plan(options, state_dir)
+    fleet = Fleet(members, state_dir, options.engine, options.detach)
+    binary = shutil.which("ollama") if options.engine == "ollama" else None
+    for member in members:
+        Path(member.log).unlink(missing_ok=True)
+        if options.engine == "ollama" and not binary:
+            member.error = "the `ollama` executable is not on PATH (https://ollama.com/download)"
+        elif port_in_use(member.host, member.port):
+            member.error = f"port {member.port} is already in use on {member.host}"
+    todo = [m for m in members if m.error is None]
+
+    spawned: list[tuple[Member, Process]] = []
+    for member in todo:
+        handle: Process
+        try:
+            if options.engine == "ollama":
+                assert binary
+                handle = OllamaProcess(member, options, binary)
+            else:
+                handle = LlamaProcess(member, options)
+            handle.spawn()
+        except (FleetError, local.LocalServerError, OSError) as exc:
+            member.error = str(exc)
+            continue
+        spawned.append((member, handle))
+
+    def wait(pair: tuple[Member, Process]) -> None:
+        member, handle = pair
+        try:
+            handle.wait()
+        except (FleetError, local.LocalServerError, OSError) as exc:
+            member.error = str(exc)
+            return
+        member.pid = handle.pid
+        member.start_time = process_start_time(member.pid) if member.pid else None
+        member.cmdline = _cmdline(member.pid)
+        fleet.handles[member.name] = handle
+
+    # Started side by side: each waits for its own health check (model loading takes seconds).
+    with ThreadPoolExecutor(max_workers=max(1, len(spawned))) as pool:
+        list(pool.map(wait, spawned))
+    if fleet.running:
+        fleet.save()
+    return fleet
+
+
+def _cmdline(pid: int | None) -> list[str]:
+    if not pid:
+        return []
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def pull(members: list[Member], model: str, timeout: float = 3600.0) -> dict[str, str | None]:
+    """``POST /api/pull`` of ``model`` on every Ollama member at once; name -> error (None when ok)."""
+
+    def one(member: Member) -> str | None:
+        body = json.dumps({"model": model, "stream": False}).encode()
+        req = urllib.request.Request(member.url + "/api/pull", data=body,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                answer = json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            try:
+                answer = json.loads(exc.read() or b"{}")
+            except ValueError:
+                answer = {}
+            return str(answer.get("error") or f"HTTP {exc.code}")
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            return str(exc)
+        return None if answer.get("status") == "success" else str(answer.get("error") or answer)
+
+    targets = [m for m in members if m.engine == "ollama"]
+    with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
+        return dict(zip((m.name for m in targets), pool.map(one, targets)))
+
+
+# ------------------------------------------------------------------------------------ status / stop
+
+
+def status(state_dir: Path) -> list[dict[str, Any]]:
+    """One row per recorded member: running (our pid, same start time) and healthy (answers)."""
+    members = load_members(state_dir)
+    if members is None:
+        return []
+    rows = []
+    for m in members:
+        alive = is_ours(m)
+        rows.append({"name": m.name, "url": m.url, "gpu": m.gpu, "pid": m.pid, "running": alive,
+                     "healthy": alive and healthy(m.health_url), "log": m.log})
+    return rows
+
+
+def stop(state_dir: Path, timeout: float = 10.0) -> list[tuple[Member, str]]:
+    """SIGTERM each recorded process that is still ours (SIGKILL after ``timeout``), then forget them.
+
+    Returns (member, what happened) pairs. Each child leads its own process group or session, so
+    the group is signalled: a ``llama-server`` under corral's supervisor goes with it.
+    """
+    members = load_members(state_dir)
+    if members is None:
+        return []
+    outcome: list[tuple[Member, str]] = []
+    live = []
+    for m in members:
+        if is_ours(m):
+            _signal(m, signal.SIGTERM)
+            live.append(m)
+        else:
+            outcome.append((m, "was not running"))
+    deadline = time.monotonic() + timeout
+    while any(is_ours(m) for m in live) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for m in live:
+        if is_ours(m):
+            _signal(m, signal.SIGKILL)
+            outcome.append((m, "killed (did not stop within %.0fs)" % timeout))
+        else:
+            outcome.append((m, "stopped"))
+    (state_dir / STATE_FILE).unlink(missing_ok=True)
+    return outcome
+
+
+def _signal(member: Member, sig: signal.Signals) -> None:
+    assert member.pid
+    try:
+        os.killpg(member.pid, sig)  # our child leads its group (setpgid / setsid at start)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        os.kill(member.pid, sig)
