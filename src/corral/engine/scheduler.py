@@ -10,6 +10,7 @@ servers and the store; it knows nothing about files, tables or terminals. Result
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -27,7 +28,8 @@ from ..requests import GROUP_SEP, Request, request_key
 from ..results import Outcome
 from ..store import Store
 from ..transport import HttpTransport
-from .queue import WorkQueue
+from .costs import Speeds, TimeoutPolicy, hedge_gain
+from .queue import IDLE, WorkQueue
 from .retry import BUSY_STATUSES, RetryPolicy
 from .servers import ServerState, default_slots, describe_probe_error, probe_one, resolve_model
 
@@ -38,7 +40,17 @@ DISPATCH_BATCH = 256
 
 @dataclass(slots=True)
 class EngineSettings:
-    timeout: float = 300.0            # seconds per request attempt (a server may override)
+    # Seconds per request attempt. None: derived per request from its expected tokens and the
+    # server's observed speed (costs.TimeoutPolicy: 4x expected, 30 s floor, 900 s ceiling, 300 s
+    # before the first answer). A number (--timeout, or a server's own timeout) fixes it for all.
+    timeout: float | None = None
+    timeout_floor: float = 30.0
+    timeout_ceiling: float = 900.0
+    # Tail handling: a slot with nothing queued re-sends an item a slower server still holds when
+    # it would finish it at least ``hedge_margin`` times sooner; the first answer wins.
+    hedge: bool = True
+    hedge_margin: float = 1.5
+    hedge_min_gain: float = 0.25      # seconds: a hedge costs a request, so only for a real gain
     probe_timeout: float = 5.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     window: int | None = None         # rows read ahead of the oldest unfinished one
@@ -71,6 +83,9 @@ class JobStats:
     in_flight: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    hedged: int = 0          # items re-sent to an idle server while a slower one held them
+    hedge_wins: int = 0      # ... where the re-sent copy answered first
+    hedge_cancelled: int = 0 # attempts cancelled (or answers dropped) because the other copy won
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
 
@@ -83,7 +98,8 @@ class JobStats:
             "total": self.total, "done": self.done, "ok": self.ok, "failed": self.failed,
             "cached": self.cached, "deduplicated": self.deduplicated, "sent": self.sent,
             "retries": self.retries, "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens, "seconds": round(self.elapsed, 3),
+            "completion_tokens": self.completion_tokens, "hedged": self.hedged,
+            "hedge_wins": self.hedge_wins, "hedge_cancelled": self.hedge_cancelled, "seconds": round(self.elapsed, 3),
         }
 
 
@@ -96,6 +112,20 @@ class _Item:
     invalid: int = 0
     followers: list[Request] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
+    cost: float = 0.0                  # estimated when dispatched (costs.Speeds.cost)
+    runs: list[_Run] = field(default_factory=list)  # attempts in flight: two while hedged
+    hedged: bool = False
+    finished: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _Run:
+    """One attempt of an item in flight on a server."""
+
+    server: ServerState
+    started: float
+    send: asyncio.Future[Reply]
+    hedge: bool = False
 
 
 class Engine:
@@ -118,6 +148,8 @@ class Engine:
         self._tasks: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
         self._closing = False
+        self.speeds = Speeds()  # learnt across runs of this engine: a second run starts informed
+        self._in_flight_items: set[_Item] = set()
 
     # -- set-up -----------------------------------------------------------------------------------
     async def __aenter__(self) -> "Engine":
@@ -202,7 +234,9 @@ class Engine:
         loop = asyncio.get_running_loop()
         window_size = self.settings.window or max(2048, 16 * self.total_slots)
         self._window = asyncio.Semaphore(window_size)
-        self._queue: WorkQueue[_Item] = WorkQueue(lambda item: item.request.model)
+        self._queue: WorkQueue[_Item] = WorkQueue(lambda item: item.request.model,
+                                                  lambda item: item.cost)
+        self._in_flight_items = set()
         self._on_outcome = on_outcome
         self._reorder: dict[int, Outcome] = {}
         self._next_out = 0
@@ -300,7 +334,7 @@ class Engine:
                     request.model = row["model"]  # split mode: who answered last time
                 self._deliver(self.store.outcome_from_row(request, row))
                 continue
-            item = _Item(request)
+            item = _Item(request, cost=self.speeds.cost(request))
             self._leaders[request.key] = item
             self._outstanding += 1
             self._queue.put(item)
@@ -310,26 +344,67 @@ class Engine:
         while True:
             if server.benched:
                 await server.available.wait()
-            item = await self._queue.get(accepts)
+            hedge = False
+            item = self._queue.get_nowait(accepts)
+            if item is None and self.settings.hedge:
+                item = self._straggler_for(server)
+                hedge = item is not None
             if item is None:
-                return
+                got = await self._queue.get(accepts)
+                if got is None:
+                    return
+                if got is IDLE:  # the queue ran dry: look again for a straggler worth a hedge
+                    continue
+                item = got
             if server.benched:
-                self._queue.put(item, front=True)
+                if not hedge:
+                    self._queue.put(item, front=True)
                 continue
-            if item.request.model_choices:
+            if item.request.model_choices and not hedge:
                 self._bind_model(server, slot, item)
             if self.settings.rate_limit_delay > 0:
                 await self._pace()
             if self._in_flight_cap is not None:
                 async with self._in_flight_cap:
-                    await self._attempt(server, item)
+                    await self._attempt(server, item, hedge=hedge)
             else:
-                await self._attempt(server, item)
+                await self._attempt(server, item, hedge=hedge)
             committed = self._committed
             if committed is not None and not committed.done():
                 # The slot sends its next request only once its last answer is on disk, so a crash
                 # never loses more answers than there are slots (group commit keeps this cheap).
                 await asyncio.shield(committed)
+
+    def _straggler_for(self, server: ServerState) -> _Item | None:
+        """The in-flight item this idle server would finish soonest compared with its holder.
+
+        Only items with one attempt in flight, on another server, of a model this server has, and
+        not in split mode (there the slot, not the item, picks the model). The biggest gain wins."""
+        if not self._in_flight_items:
+            return None
+        now = time.monotonic()
+        best: _Item | None = None
+        best_gain = 0.0
+        for item in self._in_flight_items:
+            if item.hedged or item.finished or len(item.runs) != 1 or item.request.model_choices:
+                continue
+            run = item.runs[0]
+            if run.server is server or not self.serves(server, item.request.model):
+                continue
+            mine = self.speeds.expected_seconds(id(server), item.request.model, item.cost)
+            if mine is None:
+                continue
+            theirs = (None if run.server.benched else
+                      self.speeds.expected_seconds(id(run.server), item.request.model, item.cost))
+            gain = hedge_gain(now, run.started, theirs, mine, self.settings.hedge_margin,
+                              self.settings.hedge_min_gain)
+            if gain is not None and gain > best_gain:
+                best, best_gain = item, gain
+        if best is not None:
+            best.hedged = True
+            self.stats.hedged += 1
+            log.debug("hedging %s on %s (%.2fs sooner)", best.request.id, server.label, best_gain)
+        return best
 
     def _bind_model(self, server: ServerState, slot: int, item: _Item) -> None:
         """Split mode: this slot answers with its own model of the group (slot i -> model i mod k),
@@ -349,37 +424,73 @@ class Engine:
         if start > now:
             await asyncio.sleep(start - now)
 
-    async def _attempt(self, server: ServerState, item: _Item) -> None:
+    def _timeout_for(self, server: ServerState, item: _Item) -> float:
+        fixed = server.spec.timeout or self.settings.timeout
+        policy = TimeoutPolicy(fixed=fixed, floor=self.settings.timeout_floor,
+                               ceiling=self.settings.timeout_ceiling)
+        return policy.seconds(self.speeds.expected_seconds(id(server), item.request.model, item.cost))
+
+    async def _attempt(self, server: ServerState, item: _Item, hedge: bool = False) -> None:
         request = item.request
-        timeout = server.spec.timeout or self.settings.timeout
+        if item.finished:  # a hedge picked as its other copy answered
+            return
+        timeout = self._timeout_for(server, item)
         server.in_flight += 1
         self.stats.in_flight += 1
         self.stats.sent += 1
         server.stats.requests += 1
         started_wall = time.time()
         t0 = time.perf_counter()
+        send = asyncio.ensure_future(server.backend.send(request, timeout))
+        run = _Run(server=server, started=time.monotonic(), send=send, hedge=hedge)
+        item.runs.append(run)
+        self._in_flight_items.add(item)
+        if self.settings.hedge and len(self._queue) == 0 and self._queue.waiting_slots:
+            self._queue.wake_idle()  # idle slots elsewhere may finish this one sooner
         try:
-            reply = await server.backend.send(request, timeout)
-        except BackendError as exc:
-            self._on_error(server, item, exc, started_wall, time.perf_counter() - t0)
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a bug or an answer we cannot parse: the row fails, the run goes on
-            log.exception("unexpected error from %s", server.label)
-            self._on_error(server, item, BackendError(f"{type(exc).__name__}: {exc}", kind="protocol"),
-                           started_wall, time.perf_counter() - t0)
-            return
+            await asyncio.wait((send,))
         finally:
+            if not send.done():  # this slot is being cancelled (end of run): take the send with it
+                send.cancel()
+                with contextlib.suppress(BaseException):
+                    await send
+            item.runs.remove(run)
+            if not item.runs:
+                self._in_flight_items.discard(item)
             server.in_flight -= 1
             self.stats.in_flight -= 1
             server.stats.busy_seconds += time.perf_counter() - t0
+        if send.cancelled():
+            if item.finished:  # the other copy of a hedged item answered first: not a failure
+                self.stats.hedge_cancelled += 1
+                return
+            exc: BaseException | None = BackendError("the attempt was cancelled", kind="connection")
+        else:
+            exc = send.exception()
+        if exc is not None and not isinstance(exc, BackendError):
+            # a bug or an answer we cannot parse: the row fails, the run goes on
+            log.error("unexpected error from %s", server.label, exc_info=exc)
+            exc = BackendError(f"{type(exc).__name__}: {exc}", kind="protocol")
+        if item.finished:  # both copies answered in the same moment: the first one stands
+            self.stats.hedge_cancelled += 1
+            return
+        if exc is not None:
+            if item.runs:  # the other copy is still running: let it answer for the item
+                server.stats.errors += 1
+                if server.on_failure(exc):
+                    self._bench(server)
+                return
+            self._on_error(server, item, exc, started_wall, time.perf_counter() - t0)
+            return
+        reply = send.result()
         latency = time.perf_counter() - t0
         problem = (self.settings.validate or json_answer_problem)(request, reply)
         if problem is not None:
+            server.on_success()
+            if item.runs:  # the other copy is still running: it may do better
+                return
             item.attempts += 1
             item.invalid += 1
-            server.on_success()
             if item.invalid <= self.settings.content_retries and not self._closing:
                 self.stats.retries += 1
                 item.request = _reseeded(request, item.invalid)
@@ -393,6 +504,9 @@ class Engine:
             return
         server.on_success()
         server.stats.ok += 1
+        self.speeds.observe(id(server), request, item.cost, latency, reply.eval_count)
+        if hedge:
+            self.stats.hedge_wins += 1
         server.stats.prompt_tokens += reply.prompt_eval_count or 0
         server.stats.completion_tokens += reply.eval_count or 0
         server.stats.eval_ns += reply.eval_duration or 0
@@ -461,6 +575,8 @@ class Engine:
         while True:
             await asyncio.sleep(min(1.0, self.settings.max_outage / 4))
             now = time.monotonic()
+            if self.settings.hedge and len(self._queue) == 0 and self._in_flight_items:
+                self._queue.wake_idle()  # estimates move with time: an overdue item may now be worth it
             for model in self._queue.models_waiting():
                 if any(not s.benched and self.serves(s, model) for s in self.servers):
                     self._no_server_since.pop(model, None)
@@ -478,6 +594,9 @@ class Engine:
                     ))
 
     def _finish(self, item: _Item, outcome: Outcome) -> None:
+        item.finished = True
+        for run in item.runs:  # a hedged item's other copy: cancelled, its slot moves on
+            run.send.cancel()
         self._leaders.pop(item.request.key, None)
         self._outstanding -= 1
         if self.settings.journal:
