@@ -48,6 +48,8 @@ class EngineSettings:
     timeout_ceiling: float = 900.0
     # Tail handling: a slot with nothing queued re-sends an item a slower server still holds when
     # it would finish it at least ``hedge_margin`` times sooner; the first answer wins.
+    # Length-aware order: queued items leave longest first by estimated cost (costs.Speeds.cost).
+    longest_first: bool = True
     hedge: bool = True
     hedge_margin: float = 1.5
     hedge_min_gain: float = 0.25      # seconds: a hedge costs a request, so only for a real gain
@@ -234,8 +236,10 @@ class Engine:
         loop = asyncio.get_running_loop()
         window_size = self.settings.window or max(2048, 16 * self.total_slots)
         self._window = asyncio.Semaphore(window_size)
-        self._queue: WorkQueue[_Item] = WorkQueue(lambda item: item.request.model,
-                                                  lambda item: item.cost)
+        # Without longest_first every item weighs the same, and the queue keeps input order.
+        self._queue: WorkQueue[_Item] = WorkQueue(
+            lambda item: item.request.model,
+            (lambda item: item.cost) if self.settings.longest_first else None)
         self._in_flight_items = set()
         self._on_outcome = on_outcome
         self._reorder: dict[int, Outcome] = {}
@@ -462,7 +466,6 @@ class Engine:
             server.stats.busy_seconds += time.perf_counter() - t0
         if send.cancelled():
             if item.finished:  # the other copy of a hedged item answered first: not a failure
-                self.stats.hedge_cancelled += 1
                 return
             exc: BaseException | None = BackendError("the attempt was cancelled", kind="connection")
         else:
@@ -472,7 +475,6 @@ class Engine:
             log.error("unexpected error from %s", server.label, exc_info=exc)
             exc = BackendError(f"{type(exc).__name__}: {exc}", kind="protocol")
         if item.finished:  # both copies answered in the same moment: the first one stands
-            self.stats.hedge_cancelled += 1
             return
         if exc is not None:
             if item.runs:  # the other copy is still running: let it answer for the item
@@ -595,8 +597,9 @@ class Engine:
 
     def _finish(self, item: _Item, outcome: Outcome) -> None:
         item.finished = True
-        for run in item.runs:  # a hedged item's other copy: cancelled, its slot moves on
+        for run in item.runs:  # a hedged item's other copy: cancelled (counted here, once)
             run.send.cancel()
+            self.stats.hedge_cancelled += 1
         self._leaders.pop(item.request.key, None)
         self._outstanding -= 1
         if self.settings.journal:
