@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import platform
 import random
@@ -189,6 +190,7 @@ def main() -> None:
     parser.add_argument("--token-ms", type=float, default=1.6, help="ms per cost unit at speed 1")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
+    logging.getLogger("corral").setLevel(logging.ERROR)  # the killed server's benching is expected
     token_seconds = args.token_ms / 1000
     items = make_items(args.items, args.seed)
     print(f"# corral fleet makespan benchmark  ({' '.join(sys.argv)})")

@@ -15,6 +15,7 @@ from corral.config import ServerSpec
 from corral.engine import Engine, EngineSettings, RetryPolicy
 from corral.engine.costs import Speeds, TimeoutPolicy, hedge_gain
 from corral.engine.queue import IDLE, WorkQueue
+from corral.engine.servers import SlotControl
 from corral.requests import Request
 from corral.results import Outcome
 from corral.store import Store
@@ -190,3 +191,47 @@ def test_cli_no_hedge_and_fixed_timeout(tmp_path: Path, fake_ollama) -> None:
                   "--no-hedge", "--timeout", "30", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert len(read_jsonl(tmp_path / "out.jsonl")) == 5
+
+
+# -- slots learnt during the run (AIMD) -----------------------------------------------------------
+def _feed(control: SlotControl, now: float, answers: int, rate: float, waiting: bool = True) -> float:
+    for _ in range(answers):
+        now += 1 / rate
+        control.on_answer(now, work_waiting=waiting)
+    return now
+
+
+def test_slot_control_raises_while_throughput_rises_and_gives_back_what_does_not_pay() -> None:
+    control = SlotControl(limit=2, ceiling=4)
+    now = _feed(control, 0.0, 4, rate=10)           # first period: a baseline, then try one more
+    assert control.limit == 3
+    now = _feed(control, now, control.period, rate=15)  # it paid: keep it, try another
+    assert control.limit == 4
+    now = _feed(control, now, control.period, rate=15)  # no gain: give it back and rest
+    assert control.limit == 3
+    now = _feed(control, now, control.period * control.rest_periods, rate=15)
+    assert control.limit == 3                       # resting
+    _feed(control, now, control.period * 3, rate=15, waiting=False)
+    assert control.limit == 3                       # nothing waiting: no reason to try more
+    assert control.raises == 2
+
+
+def test_slot_control_halves_on_busy_once_per_burst_and_never_below_one() -> None:
+    control = SlotControl(limit=8, ceiling=16)
+    control.on_busy(9.5, 10.0)
+    control.on_busy(9.9, 10.1)  # sent before the cut: the same burst
+    assert control.limit == 4 and control.cuts == 1
+    for t in range(3):
+        control.on_busy(11.0 + 2 * t, 12.0 + 2 * t)
+    assert control.limit == 1
+
+
+def test_busy_server_slots_are_cut_and_every_row_still_answers(fake_ollama_factory) -> None:
+    server = fake_ollama_factory(slots=2, max_queue=0, latency=0.02)  # a third request gets 503
+    requests = [_request(i, f"q{i:03d}") for i in range(120)]
+    settings = EngineSettings(retry=RetryPolicy(base=0.01, cap=0.05))
+    _, outcomes, engine, _ = _run([ServerSpec(server.url, max_concurrency=8)], requests, settings,
+                                  Store(None))
+    assert all(o.ok for o in outcomes)
+    control = engine.servers[0].control
+    assert control.cuts >= 1 and control.limit <= 4, (control.cuts, control.limit)

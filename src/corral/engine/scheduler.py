@@ -31,7 +31,7 @@ from ..transport import HttpTransport
 from .costs import Speeds, TimeoutPolicy, hedge_gain
 from .queue import IDLE, WorkQueue
 from .retry import BUSY_STATUSES, RetryPolicy
-from .servers import ServerState, default_slots, describe_probe_error, probe_one, resolve_model
+from .servers import SlotControl, ServerState, default_slots, describe_probe_error, probe_one, resolve_model
 
 log = logging.getLogger("corral")
 
@@ -50,6 +50,10 @@ class EngineSettings:
     # it would finish it at least ``hedge_margin`` times sooner; the first answer wins.
     # Length-aware order: queued items leave longest first by estimated cost (costs.Speeds.cost).
     longest_first: bool = True
+    # Slots learnt per server (servers.SlotControl): start from the config or probe, try up to
+    # ``adaptive_ceiling`` x that while throughput rises, halve on 503/429. --concurrency fixes them.
+    adaptive_slots: bool = True
+    adaptive_ceiling: float = 2.0
     hedge: bool = True
     hedge_margin: float = 1.5
     hedge_min_gain: float = 0.25      # seconds: a hedge costs a request, so only for a real gain
@@ -174,7 +178,10 @@ class Engine:
         for spec, backend, result in zip(self.specs, backends, probes):
             if isinstance(result, ServerInfo):
                 slots = self.settings.concurrency or default_slots(spec, result)
-                self.servers.append(ServerState(spec=spec, backend=backend, info=result, slots=slots))
+                adaptive = self.settings.adaptive_slots and not self.settings.concurrency
+                ceiling = max(slots, int(slots * self.settings.adaptive_ceiling)) if adaptive else slots
+                self.servers.append(ServerState(spec=spec, backend=backend, info=result, slots=slots,
+                                                control=SlotControl(limit=slots, ceiling=ceiling)))
             else:
                 self.unreachable.append(describe_probe_error(spec, result))
         if not self.servers:
@@ -257,7 +264,7 @@ class Engine:
                                if self.settings.max_in_flight else None)
         workers = [
             asyncio.create_task(self._worker(server, i), name=f"corral-{server.label}-{i}")
-            for server in self.servers for i in range(server.slots)
+            for server in self.servers for i in range(server.control.ceiling)
         ]
         watchdog = asyncio.create_task(self._watch_outages())
         # The producer runs beside the wait for the end: when the journal or an output cannot be
@@ -348,6 +355,9 @@ class Engine:
         while True:
             if server.benched:
                 await server.available.wait()
+            if slot >= server.control.limit:  # a slot above the learnt limit rests until it rises
+                await server.control.changed.wait()
+                continue
             hedge = False
             item = self._queue.get_nowait(accepts)
             if item is None and self.settings.hedge:
@@ -479,6 +489,8 @@ class Engine:
         if exc is not None:
             if item.runs:  # the other copy is still running: let it answer for the item
                 server.stats.errors += 1
+                if exc.status in BUSY_STATUSES:
+                    server.control.on_busy(started_wall, time.time())
                 if server.on_failure(exc):
                     self._bench(server)
                 return
@@ -506,6 +518,7 @@ class Engine:
             return
         server.on_success()
         server.stats.ok += 1
+        server.control.on_answer(time.monotonic(), work_waiting=len(self._queue) > 0)
         self.speeds.observe(id(server), request, item.cost, latency, reply.eval_count)
         if hedge:
             self.stats.hedge_wins += 1
@@ -527,6 +540,7 @@ class Engine:
         busy = exc.status in BUSY_STATUSES
         if busy:
             item.busy += 1
+            server.control.on_busy(started, time.time())
         else:
             item.failures += 1
         if server.on_failure(exc):
