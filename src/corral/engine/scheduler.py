@@ -276,6 +276,8 @@ class Engine:
             if not self._done.done():
                 producer.result()  # an input error surfaces here
                 self._all_read = True
+                if self._hedging():
+                    self._queue.wake_idle()  # slots that went idle before the end was known
                 if self._outstanding == 0:
                     self._done.set_result(None)
             await self._done
@@ -360,7 +362,7 @@ class Engine:
                 continue
             hedge = False
             item = self._queue.get_nowait(accepts)
-            if item is None and self.settings.hedge:
+            if item is None and self._hedging():
                 item = self._straggler_for(server)
                 hedge = item is not None
             if item is None:
@@ -388,6 +390,12 @@ class Engine:
                 # The slot sends its next request only once its last answer is on disk, so a crash
                 # never loses more answers than there are slots (group commit keeps this cheap).
                 await asyncio.shield(committed)
+
+    def _hedging(self) -> bool:
+        """Hedge only in a tail: the input is all read, or the oldest rows hold the read-ahead
+        window full. Mid-job an empty queue just means the reader is behind; scanning then would
+        cost every request of a fast job a pass over everything in flight."""
+        return self.settings.hedge and (self._all_read or self._window.locked())
 
     def _straggler_for(self, server: ServerState) -> _Item | None:
         """The in-flight item this idle server would finish soonest compared with its holder.
@@ -459,7 +467,7 @@ class Engine:
         run = _Run(server=server, started=time.monotonic(), send=send, hedge=hedge)
         item.runs.append(run)
         self._in_flight_items.add(item)
-        if self.settings.hedge and len(self._queue) == 0 and self._queue.waiting_slots:
+        if len(self._queue) == 0 and self._queue.waiting_slots and self._hedging():
             self._queue.wake_idle()  # idle slots elsewhere may finish this one sooner
         try:
             await asyncio.wait((send,))
@@ -591,7 +599,7 @@ class Engine:
         while True:
             await asyncio.sleep(min(1.0, self.settings.max_outage / 4))
             now = time.monotonic()
-            if self.settings.hedge and len(self._queue) == 0 and self._in_flight_items:
+            if len(self._queue) == 0 and self._in_flight_items and self._hedging():
                 self._queue.wake_idle()  # estimates move with time: an overdue item may now be worth it
             for model in self._queue.models_waiting():
                 if any(not s.benched and self.serves(s, model) for s in self.servers):
