@@ -248,6 +248,8 @@ class Engine:
             lambda item: item.request.model,
             (lambda item: item.cost) if self.settings.longest_first else None)
         self._in_flight_items = set()
+        self._timeouts = TimeoutPolicy(fixed=self.settings.timeout, floor=self.settings.timeout_floor,
+                                       ceiling=self.settings.timeout_ceiling)
         self._on_outcome = on_outcome
         self._reorder: dict[int, Outcome] = {}
         self._next_out = 0
@@ -447,10 +449,10 @@ class Engine:
             await asyncio.sleep(start - now)
 
     def _timeout_for(self, server: ServerState, item: _Item) -> float:
-        fixed = server.spec.timeout or self.settings.timeout
-        policy = TimeoutPolicy(fixed=fixed, floor=self.settings.timeout_floor,
-                               ceiling=self.settings.timeout_ceiling)
-        return policy.seconds(self.speeds.expected_seconds(id(server), item.request.model, item.cost))
+        if server.spec.timeout:
+            return server.spec.timeout
+        return self._timeouts.seconds(
+            self.speeds.expected_seconds(id(server), item.request.model, item.cost))
 
     async def _attempt(self, server: ServerState, item: _Item, hedge: bool = False) -> None:
         request = item.request
@@ -474,7 +476,7 @@ class Engine:
         finally:
             if not send.done():  # this slot is being cancelled (end of run): take the send with it
                 send.cancel()
-                with contextlib.suppress(BaseException):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await send
             item.runs.remove(run)
             if not item.runs:
