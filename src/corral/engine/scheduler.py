@@ -10,13 +10,13 @@ servers and the store; it knows nothing about files, tables or terminals. Result
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
@@ -130,8 +130,9 @@ class _Run:
 
     server: ServerState
     started: float
-    send: asyncio.Future[Reply]
+    task: asyncio.Task[Any]   # the slot awaiting the answer: cancelled when the other copy wins
     hedge: bool = False
+    lost: bool = False        # the other copy answered first
 
 
 class Engine:
@@ -465,35 +466,36 @@ class Engine:
         server.stats.requests += 1
         started_wall = time.time()
         t0 = time.perf_counter()
-        send = asyncio.ensure_future(server.backend.send(request, timeout))
-        run = _Run(server=server, started=time.monotonic(), send=send, hedge=hedge)
+        task = asyncio.current_task()
+        assert task is not None
+        run = _Run(server=server, started=time.monotonic(), task=task, hedge=hedge)
         item.runs.append(run)
         self._in_flight_items.add(item)
         if len(self._queue) == 0 and self._queue.waiting_slots and self._hedging():
             self._queue.wake_idle()  # idle slots elsewhere may finish this one sooner
+        # The send is awaited in this slot's own task (no task per request: this is the hot path);
+        # when a hedged item's other copy wins, _finish cancels this task and we take the
+        # cancellation back here (uncancel), unless the run is being torn down as well.
+        exc: BackendError | None = None
+        reply: Reply | None = None
         try:
-            await asyncio.wait((send,))
+            reply = await server.backend.send(request, timeout)
+        except BackendError as error:
+            exc = error
+        except asyncio.CancelledError:
+            if run.lost and task.uncancel() == 0:
+                return  # the other copy answered first: not a failure, counted in _finish
+            raise
+        except Exception as error:  # a bug or an answer we cannot parse: the row fails, the run goes on
+            log.exception("unexpected error from %s", server.label)
+            exc = BackendError(f"{type(error).__name__}: {error}", kind="protocol")
         finally:
-            if not send.done():  # this slot is being cancelled (end of run): take the send with it
-                send.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await send
             item.runs.remove(run)
             if not item.runs:
                 self._in_flight_items.discard(item)
             server.in_flight -= 1
             self.stats.in_flight -= 1
             server.stats.busy_seconds += time.perf_counter() - t0
-        if send.cancelled():
-            if item.finished:  # the other copy of a hedged item answered first: not a failure
-                return
-            exc: BaseException | None = BackendError("the attempt was cancelled", kind="connection")
-        else:
-            exc = send.exception()
-        if exc is not None and not isinstance(exc, BackendError):
-            # a bug or an answer we cannot parse: the row fails, the run goes on
-            log.error("unexpected error from %s", server.label, exc_info=exc)
-            exc = BackendError(f"{type(exc).__name__}: {exc}", kind="protocol")
         if item.finished:  # both copies answered in the same moment: the first one stands
             return
         if exc is not None:
@@ -506,7 +508,7 @@ class Engine:
                 return
             self._on_error(server, item, exc, started_wall, time.perf_counter() - t0)
             return
-        reply = send.result()
+        assert reply is not None
         latency = time.perf_counter() - t0
         problem = (self.settings.validate or json_answer_problem)(request, reply)
         if problem is not None:
@@ -622,7 +624,8 @@ class Engine:
     def _finish(self, item: _Item, outcome: Outcome) -> None:
         item.finished = True
         for run in item.runs:  # a hedged item's other copy: cancelled (counted here, once)
-            run.send.cancel()
+            run.lost = True
+            run.task.cancel()
             self.stats.hedge_cancelled += 1
         self._leaders.pop(item.request.key, None)
         self._outstanding -= 1
