@@ -69,7 +69,9 @@ def test_embed_batches_over_servers_in_input_order(fake_ollama_factory):
     np.testing.assert_allclose(vectors, expected(texts), rtol=1e-6)
     batches = [body["input"] for s in (fast, slow) for _, body in s.requests]
     assert all(1 <= len(b) <= 16 for b in batches)
-    assert len(batches) == 300 // 16 + 1  # one request per batch, not one per text
+    # one request per batch, not one per text (a batch a slow server holds at the end may be
+    # hedged: sent once more to the idle fast one)
+    assert len({tuple(b) for b in batches}) == 300 // 16 + 1
     assert fast.requests and slow.requests  # both servers worked
     assert sorted(sent_inputs(fast) + sent_inputs(slow)) == sorted(texts)
 

@@ -102,7 +102,8 @@ def test_dead_server_is_skipped_at_start(fake_ollama_factory) -> None:
 def test_server_dying_mid_run_is_benched_then_rejoins(fake_ollama_factory) -> None:
     a = fake_ollama_factory(slots=2, latency=0.02)
     b = fake_ollama_factory(slots=2, latency=0.02)
-    prompts = [f"q{i}" for i in range(240)]
+    # Prompts of one length: the queue is longest-first, so only equal costs keep input order = time order.
+    prompts = [f"q{i:03d}" for i in range(240)]
 
     def chaos() -> None:
         a.wait_until(lambda s: s.completed >= 20, timeout=10)

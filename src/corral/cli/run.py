@@ -52,7 +52,13 @@ def run_command(
     keep_alive: Optional[str] = typer.Option(None, "--keep-alive"),
     endpoint: str = typer.Option("chat", "--endpoint", help="chat or generate (raw completion)."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", "-j", help="Slots per server."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds per request attempt [300]."),
+    timeout: Optional[float] = typer.Option(
+        None, "--timeout",
+        help="Seconds per request attempt, the same for all [default: from each request's expected "
+             "tokens and the server's observed speed, 30-900 s; 300 s before a first answer]."),
+    no_hedge: bool = typer.Option(
+        False, "--no-hedge",
+        help="Never re-send an item a slow server holds to an idle faster one at the end of a job."),
     max_attempts: Optional[int] = typer.Option(None, "--max-attempts", help="Tries per failing row [5]."),
     rate_limit_delay: float = typer.Option(0.0, "--rate-limit-delay", help="Seconds between request starts."),
     max_outage: float = typer.Option(
@@ -137,7 +143,8 @@ def run_command(
         store = stack.enter_context(Store(store_path or default_store_path(output, output_dir)))
         retry = RetryPolicy(max_attempts=max_attempts or cfg.max_attempts or 5)
         settings = EngineSettings(
-            timeout=timeout or cfg.timeout or 300.0, retry=retry, concurrency=concurrency,
+            timeout=timeout or cfg.timeout or None, retry=retry, concurrency=concurrency,
+            hedge=not no_hedge,
             rate_limit_delay=rate_limit_delay, retry_failed=retry_failed, max_outage=max_outage,
         )
         recorder = ManifestRecorder(

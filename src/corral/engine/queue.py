@@ -2,12 +2,18 @@
 
 Items are kept per model, and a waiting slot says which models its server has; so per-row model
 routing costs nothing and a slot never takes work its server cannot do. An item handed to a waiting
-slot skips the deques entirely, which keeps the hot path short when servers are hungry.
+slot skips the queue entirely, which keeps the hot path short when servers are hungry.
+
+Queued items leave longest first (``cost_of``): on a mixed fleet, a long item that starts last on a
+slow server is what makes a job end late, while short ones fill the gaps at the end. Retries go in
+front of everything, so an old item is not starved by new ones.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -15,16 +21,53 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
+class _Idle:
+    """What a waiting slot gets when it should look for other work (a straggler to hedge)."""
+
+    def __repr__(self) -> str:
+        return "IDLE"
+
+
+IDLE = _Idle()
+
+
+class _ModelQueue(Generic[T]):
+    __slots__ = ("front", "heap")
+
+    def __init__(self) -> None:
+        self.front: deque[T] = deque()
+        self.heap: list[tuple[float, int, T]] = []
+
+    def __len__(self) -> int:
+        return len(self.front) + len(self.heap)
+
+    def head_cost(self) -> float:
+        """Sort key of the next item: retries first (infinite), then the costliest."""
+        if self.front:
+            return float("inf")
+        return -self.heap[0][0] if self.heap else float("-inf")
+
+    def pop(self) -> T:
+        return self.front.popleft() if self.front else heapq.heappop(self.heap)[2]
+
+
 class WorkQueue(Generic[T]):
-    def __init__(self, model_of: Callable[[T], str]) -> None:
+    def __init__(self, model_of: Callable[[T], str],
+                 cost_of: Callable[[T], float] | None = None) -> None:
         self._model_of = model_of
-        self._items: dict[str, deque[T]] = {}
-        self._waiters: deque[tuple[Callable[[str], bool], asyncio.Future[T | None]]] = deque()
+        self._cost_of = cost_of
+        self._items: dict[str, _ModelQueue[T]] = {}
+        self._waiters: deque[tuple[Callable[[str], bool], asyncio.Future[T | _Idle | None]]] = deque()
         self._closed = False
         self._size = 0
+        self._seq = itertools.count()
 
     def __len__(self) -> int:
         return self._size
+
+    @property
+    def waiting_slots(self) -> int:
+        return sum(1 for _, fut in self._waiters if not fut.done())
 
     def put(self, item: T, *, front: bool = False) -> None:
         """Queue an item; ``front`` for retries, so an old item is not starved by new ones."""
@@ -37,40 +80,62 @@ class WorkQueue(Generic[T]):
                 fut.set_result(item)
                 return
             self._waiters.append((accepts, fut))
-        items = self._items.setdefault(model, deque())
+        queue = self._items.get(model)
+        if queue is None:
+            queue = self._items[model] = _ModelQueue()
         if front:
-            items.appendleft(item)
+            queue.front.appendleft(item)
         else:
-            items.append(item)
+            cost = self._cost_of(item) if self._cost_of is not None else 0.0
+            heapq.heappush(queue.heap, (-cost, next(self._seq), item))
         self._size += 1
 
-    async def get(self, accepts: Callable[[str], bool]) -> T | None:
-        """The next item of a model ``accepts`` allows, or None once the queue is closed."""
-        for model, items in self._items.items():
-            if items and accepts(model):
-                self._size -= 1
-                return items.popleft()
+    def get_nowait(self, accepts: Callable[[str], bool]) -> T | None:
+        """The costliest queued item of a model ``accepts`` allows, or None when there is none."""
+        best: _ModelQueue[T] | None = None
+        for model, queue in self._items.items():
+            if queue and accepts(model) and (best is None or queue.head_cost() > best.head_cost()):
+                best = queue
+        if best is None:
+            return None
+        self._size -= 1
+        return best.pop()
+
+    async def get(self, accepts: Callable[[str], bool]) -> T | _Idle | None:
+        """The next item of a model ``accepts`` allows; None once the queue is closed; IDLE when
+        ``wake_idle`` asks waiting slots to look for other work."""
+        item = self.get_nowait(accepts)
+        if item is not None:
+            return item
         if self._closed:
             return None
-        fut: asyncio.Future[T | None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[T | _Idle | None] = asyncio.get_running_loop().create_future()
         self._waiters.append((accepts, fut))
         try:
             return await fut
         except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled() and fut.result() is not None:
-                self.put(fut.result(), front=True)  # handed to us as we were cancelled: give it back
+            if fut.done() and not fut.cancelled() and fut.result() not in (None, IDLE):
+                self.put(fut.result(), front=True)  # type: ignore[arg-type]  # handed to us as we were cancelled
             raise
+
+    def wake_idle(self) -> None:
+        """Wake every waiting slot with IDLE (the queue is empty; a straggler may be worth a hedge)."""
+        while self._waiters:
+            _, fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(IDLE)
 
     def take_all(self, model: str) -> list[T]:
         """Remove and return every queued item of a model (used when no server can run them)."""
-        items = self._items.pop(model, None)
-        if not items:
+        queue = self._items.pop(model, None)
+        if not queue:
             return []
+        items = list(queue.front) + [entry[2] for entry in sorted(queue.heap)]
         self._size -= len(items)
-        return list(items)
+        return items
 
     def models_waiting(self) -> list[str]:
-        return [model for model, items in self._items.items() if items]
+        return [model for model, queue in self._items.items() if queue]
 
     def close(self) -> None:
         """Wake every waiting slot with None: there will be no more work."""

@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
@@ -27,9 +28,10 @@ from ..requests import GROUP_SEP, Request, request_key
 from ..results import Outcome
 from ..store import Store
 from ..transport import HttpTransport
-from .queue import WorkQueue
+from .costs import Speeds, TimeoutPolicy, hedge_gain
+from .queue import IDLE, WorkQueue
 from .retry import BUSY_STATUSES, RetryPolicy
-from .servers import ServerState, default_slots, describe_probe_error, probe_one, resolve_model
+from .servers import SlotControl, ServerState, default_slots, describe_probe_error, probe_one, resolve_model
 
 log = logging.getLogger("corral")
 
@@ -38,7 +40,23 @@ DISPATCH_BATCH = 256
 
 @dataclass(slots=True)
 class EngineSettings:
-    timeout: float = 300.0            # seconds per request attempt (a server may override)
+    # Seconds per request attempt. None: derived per request from its expected tokens and the
+    # server's observed speed (costs.TimeoutPolicy: 4x expected, 30 s floor, 900 s ceiling, 300 s
+    # before the first answer). A number (--timeout, or a server's own timeout) fixes it for all.
+    timeout: float | None = None
+    timeout_floor: float = 30.0
+    timeout_ceiling: float = 900.0
+    # Tail handling: a slot with nothing queued re-sends an item a slower server still holds when
+    # it would finish it at least ``hedge_margin`` times sooner; the first answer wins.
+    # Length-aware order: queued items leave longest first by estimated cost (costs.Speeds.cost).
+    longest_first: bool = True
+    # Slots learnt per server (servers.SlotControl): start from the config or probe, try up to
+    # ``adaptive_ceiling`` x that while throughput rises, halve on 503/429. --concurrency fixes them.
+    adaptive_slots: bool = True
+    adaptive_ceiling: float = 2.0
+    hedge: bool = True
+    hedge_margin: float = 1.5
+    hedge_min_gain: float = 0.25      # seconds: a hedge costs a request, so only for a real gain
     probe_timeout: float = 5.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     window: int | None = None         # rows read ahead of the oldest unfinished one
@@ -71,6 +89,9 @@ class JobStats:
     in_flight: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    hedged: int = 0          # items re-sent to an idle server while a slower one held them
+    hedge_wins: int = 0      # ... where the re-sent copy answered first
+    hedge_cancelled: int = 0 # attempts cancelled (or answers dropped) because the other copy won
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
 
@@ -83,7 +104,8 @@ class JobStats:
             "total": self.total, "done": self.done, "ok": self.ok, "failed": self.failed,
             "cached": self.cached, "deduplicated": self.deduplicated, "sent": self.sent,
             "retries": self.retries, "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens, "seconds": round(self.elapsed, 3),
+            "completion_tokens": self.completion_tokens, "hedged": self.hedged,
+            "hedge_wins": self.hedge_wins, "hedge_cancelled": self.hedge_cancelled, "seconds": round(self.elapsed, 3),
         }
 
 
@@ -96,6 +118,21 @@ class _Item:
     invalid: int = 0
     followers: list[Request] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
+    cost: float = 0.0                  # estimated when dispatched (costs.Speeds.cost)
+    runs: list[_Run] = field(default_factory=list)  # attempts in flight: two while hedged
+    hedged: bool = False
+    finished: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _Run:
+    """One attempt of an item in flight on a server."""
+
+    server: ServerState
+    started: float
+    task: asyncio.Task[Any]   # the slot awaiting the answer: cancelled when the other copy wins
+    hedge: bool = False
+    lost: bool = False        # the other copy answered first
 
 
 class Engine:
@@ -118,6 +155,8 @@ class Engine:
         self._tasks: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
         self._closing = False
+        self.speeds = Speeds()  # learnt across runs of this engine: a second run starts informed
+        self._in_flight_items: set[_Item] = set()
 
     # -- set-up -----------------------------------------------------------------------------------
     async def __aenter__(self) -> "Engine":
@@ -140,7 +179,10 @@ class Engine:
         for spec, backend, result in zip(self.specs, backends, probes):
             if isinstance(result, ServerInfo):
                 slots = self.settings.concurrency or default_slots(spec, result)
-                self.servers.append(ServerState(spec=spec, backend=backend, info=result, slots=slots))
+                adaptive = self.settings.adaptive_slots and not self.settings.concurrency
+                ceiling = max(slots, int(slots * self.settings.adaptive_ceiling)) if adaptive else slots
+                self.servers.append(ServerState(spec=spec, backend=backend, info=result, slots=slots,
+                                                control=SlotControl(limit=slots, ceiling=ceiling)))
             else:
                 self.unreachable.append(describe_probe_error(spec, result))
         if not self.servers:
@@ -202,7 +244,13 @@ class Engine:
         loop = asyncio.get_running_loop()
         window_size = self.settings.window or max(2048, 16 * self.total_slots)
         self._window = asyncio.Semaphore(window_size)
-        self._queue: WorkQueue[_Item] = WorkQueue(lambda item: item.request.model)
+        # Without longest_first every item weighs the same, and the queue keeps input order.
+        self._queue: WorkQueue[_Item] = WorkQueue(
+            lambda item: item.request.model,
+            (lambda item: item.cost) if self.settings.longest_first else None)
+        self._in_flight_items = set()
+        self._timeouts = TimeoutPolicy(fixed=self.settings.timeout, floor=self.settings.timeout_floor,
+                                       ceiling=self.settings.timeout_ceiling)
         self._on_outcome = on_outcome
         self._reorder: dict[int, Outcome] = {}
         self._next_out = 0
@@ -219,7 +267,7 @@ class Engine:
                                if self.settings.max_in_flight else None)
         workers = [
             asyncio.create_task(self._worker(server, i), name=f"corral-{server.label}-{i}")
-            for server in self.servers for i in range(server.slots)
+            for server in self.servers for i in range(server.control.ceiling)
         ]
         watchdog = asyncio.create_task(self._watch_outages())
         # The producer runs beside the wait for the end: when the journal or an output cannot be
@@ -231,6 +279,8 @@ class Engine:
             if not self._done.done():
                 producer.result()  # an input error surfaces here
                 self._all_read = True
+                if self._hedging():
+                    self._queue.wake_idle()  # slots that went idle before the end was known
                 if self._outstanding == 0:
                     self._done.set_result(None)
             await self._done
@@ -300,7 +350,7 @@ class Engine:
                     request.model = row["model"]  # split mode: who answered last time
                 self._deliver(self.store.outcome_from_row(request, row))
                 continue
-            item = _Item(request)
+            item = _Item(request, cost=self.speeds.cost(request))
             self._leaders[request.key] = item
             self._outstanding += 1
             self._queue.put(item)
@@ -310,26 +360,76 @@ class Engine:
         while True:
             if server.benched:
                 await server.available.wait()
-            item = await self._queue.get(accepts)
-            if item is None:
-                return
-            if server.benched:
-                self._queue.put(item, front=True)
+            if slot >= server.control.limit:  # a slot above the learnt limit rests until it rises
+                await server.control.changed.wait()
                 continue
-            if item.request.model_choices:
+            hedge = False
+            item = self._queue.get_nowait(accepts)
+            if item is None and self._hedging():
+                item = self._straggler_for(server)
+                hedge = item is not None
+            if item is None:
+                got = await self._queue.get(accepts)
+                if got is None:
+                    return
+                if got is IDLE:  # the queue ran dry: look again for a straggler worth a hedge
+                    continue
+                item = got
+            if server.benched:
+                if not hedge:
+                    self._queue.put(item, front=True)
+                continue
+            if item.request.model_choices and not hedge:
                 self._bind_model(server, slot, item)
             if self.settings.rate_limit_delay > 0:
                 await self._pace()
             if self._in_flight_cap is not None:
                 async with self._in_flight_cap:
-                    await self._attempt(server, item)
+                    await self._attempt(server, item, hedge=hedge)
             else:
-                await self._attempt(server, item)
+                await self._attempt(server, item, hedge=hedge)
             committed = self._committed
             if committed is not None and not committed.done():
                 # The slot sends its next request only once its last answer is on disk, so a crash
                 # never loses more answers than there are slots (group commit keeps this cheap).
                 await asyncio.shield(committed)
+
+    def _hedging(self) -> bool:
+        """Hedge only in a tail: the input is all read, or the oldest rows hold the read-ahead
+        window full. Mid-job an empty queue just means the reader is behind; scanning then would
+        cost every request of a fast job a pass over everything in flight."""
+        return self.settings.hedge and (self._all_read or self._window.locked())
+
+    def _straggler_for(self, server: ServerState) -> _Item | None:
+        """The in-flight item this idle server would finish soonest compared with its holder.
+
+        Only items with one attempt in flight, on another server, of a model this server has, and
+        not in split mode (there the slot, not the item, picks the model). The biggest gain wins."""
+        if not self._in_flight_items:
+            return None
+        now = time.monotonic()
+        best: _Item | None = None
+        best_gain = 0.0
+        for item in self._in_flight_items:
+            if item.hedged or item.finished or len(item.runs) != 1 or item.request.model_choices:
+                continue
+            run = item.runs[0]
+            if run.server is server or not self.serves(server, item.request.model):
+                continue
+            mine = self.speeds.expected_seconds(id(server), item.request.model, item.cost)
+            if mine is None:
+                continue
+            theirs = (None if run.server.benched else
+                      self.speeds.expected_seconds(id(run.server), item.request.model, item.cost))
+            gain = hedge_gain(now, run.started, theirs, mine, self.settings.hedge_margin,
+                              self.settings.hedge_min_gain)
+            if gain is not None and gain > best_gain:
+                best, best_gain = item, gain
+        if best is not None:
+            best.hedged = True
+            self.stats.hedged += 1
+            log.debug("hedging %s on %s (%.2fs sooner)", best.request.id, server.label, best_gain)
+        return best
 
     def _bind_model(self, server: ServerState, slot: int, item: _Item) -> None:
         """Split mode: this slot answers with its own model of the group (slot i -> model i mod k),
@@ -349,37 +449,74 @@ class Engine:
         if start > now:
             await asyncio.sleep(start - now)
 
-    async def _attempt(self, server: ServerState, item: _Item) -> None:
+    def _timeout_for(self, server: ServerState, item: _Item) -> float:
+        if server.spec.timeout:
+            return server.spec.timeout
+        return self._timeouts.seconds(
+            self.speeds.expected_seconds(id(server), item.request.model, item.cost))
+
+    async def _attempt(self, server: ServerState, item: _Item, hedge: bool = False) -> None:
         request = item.request
-        timeout = server.spec.timeout or self.settings.timeout
+        if item.finished:  # a hedge picked as its other copy answered
+            return
+        timeout = self._timeout_for(server, item)
         server.in_flight += 1
         self.stats.in_flight += 1
         self.stats.sent += 1
         server.stats.requests += 1
         started_wall = time.time()
         t0 = time.perf_counter()
+        task = asyncio.current_task()
+        assert task is not None
+        run = _Run(server=server, started=time.monotonic(), task=task, hedge=hedge)
+        item.runs.append(run)
+        self._in_flight_items.add(item)
+        if len(self._queue) == 0 and self._queue.waiting_slots and self._hedging():
+            self._queue.wake_idle()  # idle slots elsewhere may finish this one sooner
+        # The send is awaited in this slot's own task (no task per request: this is the hot path);
+        # when a hedged item's other copy wins, _finish cancels this task and we take the
+        # cancellation back here (uncancel), unless the run is being torn down as well.
+        exc: BackendError | None = None
+        reply: Reply | None = None
         try:
             reply = await server.backend.send(request, timeout)
-        except BackendError as exc:
-            self._on_error(server, item, exc, started_wall, time.perf_counter() - t0)
-            return
+        except BackendError as error:
+            exc = error
         except asyncio.CancelledError:
+            if run.lost and task.uncancel() == 0:
+                return  # the other copy answered first: not a failure, counted in _finish
             raise
-        except Exception as exc:  # a bug or an answer we cannot parse: the row fails, the run goes on
+        except Exception as error:  # a bug or an answer we cannot parse: the row fails, the run goes on
             log.exception("unexpected error from %s", server.label)
-            self._on_error(server, item, BackendError(f"{type(exc).__name__}: {exc}", kind="protocol"),
-                           started_wall, time.perf_counter() - t0)
-            return
+            exc = BackendError(f"{type(error).__name__}: {error}", kind="protocol")
         finally:
+            item.runs.remove(run)
+            if not item.runs:
+                self._in_flight_items.discard(item)
             server.in_flight -= 1
             self.stats.in_flight -= 1
             server.stats.busy_seconds += time.perf_counter() - t0
+        if item.finished:  # both copies answered in the same moment: the first one stands
+            return
+        if exc is not None:
+            if item.runs:  # the other copy is still running: let it answer for the item
+                server.stats.errors += 1
+                if exc.status in BUSY_STATUSES:
+                    server.control.on_busy(started_wall, time.time())
+                if server.on_failure(exc):
+                    self._bench(server)
+                return
+            self._on_error(server, item, exc, started_wall, time.perf_counter() - t0)
+            return
+        assert reply is not None
         latency = time.perf_counter() - t0
         problem = (self.settings.validate or json_answer_problem)(request, reply)
         if problem is not None:
+            server.on_success()
+            if item.runs:  # the other copy is still running: it may do better
+                return
             item.attempts += 1
             item.invalid += 1
-            server.on_success()
             if item.invalid <= self.settings.content_retries and not self._closing:
                 self.stats.retries += 1
                 item.request = _reseeded(request, item.invalid)
@@ -393,6 +530,10 @@ class Engine:
             return
         server.on_success()
         server.stats.ok += 1
+        server.control.on_answer(time.monotonic(), work_waiting=len(self._queue) > 0)
+        self.speeds.observe(id(server), request, item.cost, latency, reply.eval_count)
+        if hedge:
+            self.stats.hedge_wins += 1
         server.stats.prompt_tokens += reply.prompt_eval_count or 0
         server.stats.completion_tokens += reply.eval_count or 0
         server.stats.eval_ns += reply.eval_duration or 0
@@ -411,6 +552,7 @@ class Engine:
         busy = exc.status in BUSY_STATUSES
         if busy:
             item.busy += 1
+            server.control.on_busy(started, time.time())
         else:
             item.failures += 1
         if server.on_failure(exc):
@@ -461,6 +603,8 @@ class Engine:
         while True:
             await asyncio.sleep(min(1.0, self.settings.max_outage / 4))
             now = time.monotonic()
+            if len(self._queue) == 0 and self._in_flight_items and self._hedging():
+                self._queue.wake_idle()  # estimates move with time: an overdue item may now be worth it
             for model in self._queue.models_waiting():
                 if any(not s.benched and self.serves(s, model) for s in self.servers):
                     self._no_server_since.pop(model, None)
@@ -478,6 +622,11 @@ class Engine:
                     ))
 
     def _finish(self, item: _Item, outcome: Outcome) -> None:
+        item.finished = True
+        for run in item.runs:  # a hedged item's other copy: cancelled (counted here, once)
+            run.lost = True
+            run.task.cancel()
+            self.stats.hedge_cancelled += 1
         self._leaders.pop(item.request.key, None)
         self._outstanding -= 1
         if self.settings.journal:

@@ -44,9 +44,12 @@ class ServerState:
     in_flight: int = 0
     stats: ServerStats = field(default_factory=ServerStats)
     last_error: str | None = None
+    control: SlotControl = None  # type: ignore[assignment]  # None: fixed at slots (__post_init__)
 
     def __post_init__(self) -> None:
         self.available.set()
+        if self.control is None:
+            self.control = SlotControl(limit=self.slots, ceiling=self.slots)
 
     @property
     def label(self) -> str:
@@ -121,3 +124,74 @@ def describe_probe_error(spec: ServerSpec, error: BackendError) -> str:
         other = "openai" if spec.api == "ollama" else "ollama"
         return f"{spec.label}: answered 404 to the probe; is it an {other} server? ({error})"
     return f"{spec.label}: probe failed ({error})"
+
+
+@dataclass(eq=False)
+class SlotControl:
+    """How many requests to keep in flight on one server, learnt during the run (AIMD-like).
+
+    It starts from the configured (or probed) slots. Every ``period`` answers it measures the
+    server's throughput; while work is waiting it tries one slot more, keeps it if throughput rose
+    by ``gain`` and gives it back otherwise (then waits a few periods before trying again). A 503/429
+    "busy" halves it at once; refusals of requests sent before the last cut are ignored (they say
+    nothing about the new limit), so one burst is one cut, as in TCP's congestion control. Rising
+    latency without more answers per second shows up as no gain, so the extra slot is given back.
+    """
+
+    limit: int
+    ceiling: int
+    floor: int = 1
+    gain: float = 1.05
+    rest_periods: int = 4
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _count: int = 0
+    _since: float | None = None
+    _rate: float | None = None
+    _trying: bool = False
+    _resting: int = 0
+    _cut_at: float = float("-inf")
+    raises: int = 0
+    cuts: int = 0
+
+    @property
+    def period(self) -> int:
+        return max(4, 2 * self.limit)
+
+    def _set(self, limit: int) -> None:
+        self.limit = max(self.floor, min(self.ceiling, limit))
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()  # wake slots waiting above the old limit (they re-check the new one)
+
+    def on_answer(self, now: float, work_waiting: bool) -> None:
+        if self._since is None:
+            self._since = now
+        self._count += 1
+        if self._count < self.period:
+            return
+        elapsed = max(now - self._since, 1e-6)
+        rate = self._count / elapsed
+        self._count, self._since = 0, now
+        previous, self._rate = self._rate, rate
+        if self._trying:
+            self._trying = False
+            if previous is not None and rate < previous * self.gain:
+                self._set(self.limit - 1)  # no better with one more: give it back, rest a while
+                self._resting = self.rest_periods
+                return
+        elif self._resting:
+            self._resting -= 1
+            return
+        if work_waiting and self.limit < self.ceiling:  # it paid (or first try): one more
+            self._trying = True
+            self.raises += 1
+            self._set(self.limit + 1)
+
+    def on_busy(self, started: float, now: float) -> None:
+        """A 503/429 to a request sent at ``started`` (the same clock as ``now``)."""
+        if started < self._cut_at:
+            return
+        self._cut_at = now
+        self.cuts += 1
+        self._trying, self._resting, self._rate = False, self.rest_periods, None
+        self._count, self._since = 0, None
+        self._set(self.limit // 2)

@@ -1,0 +1,245 @@
+#!/usr/bin/env python3
+"""Does a mixed fleet stay busy to the end? corral's makespan against the theoretical optimum.
+
+Prints figures; it is not a test. Simulated fleets of fake Ollama servers on loopback
+(tests/fakes/server.py), each with a number of slots (requests it runs at once; more wait) and a
+speed. The service model, stated once and used by both the fakes and the optimum:
+
+    seconds(item on server) = (prompt_tokens x 0.05 + num_predict) x TOKEN_SECONDS / speed(server)
+
+(0.05: a prompt token costs a twentieth of a generated one; corral's own estimate uses the same
+weight, but it has to *learn* each server's speed during the run.) The items have mixed lengths:
+output tokens log-normal (median ~100, clipped to 8..1024), prompts 10..2000 tokens.
+
+Theoretical optimum = total work / total capacity, where total work is the sum of the items'
+seconds on one slot of speed 1 and total capacity the sum over servers of slots x speed: the fluid
+bound, as if items could be split across servers. It cannot be beaten; no real schedule reaches it
+exactly, because items are whole. With a server killed at time t_k, the bound is
+t_k + (work - capacity x t_k) / capacity_after (the work the dead server had in flight is lost on
+top of that, and counted against corral).
+
+Contenders, side by side in one process, rounds alternating:
+  corral            the engine as `corral run` drives it (config slots = the fake's slots)
+  corral --no-hedge the same without tail hedging
+  corral input order the same without length-aware order (longest_first=False), with hedging
+  corral before #10 neither (input order, no hedging): the engine as it was before issue #10
+  seed 001's way    one worker per server pulling from one shared queue in input order (a tiny
+                    aiohttp loop; a worker whose server fails puts its item back and stops)
+
+Fleets: "mixed" = four servers with 1, 2, 4 and 8 slots; "killed" = the same with the 4-slot
+server killed at 30% of the optimum's makespan.
+
+Usage: .venv/bin/python benchmarks/fleet.py [--items 400] [--rounds 3] [--token-ms 1.6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import platform
+import random
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from corral.config import ServerSpec  # noqa: E402
+from corral.engine import Engine, EngineSettings  # noqa: E402
+from corral.engine.costs import CHARS_PER_TOKEN, PREFILL_WEIGHT  # noqa: E402
+from corral.requests import Request  # noqa: E402
+from corral.store import Store  # noqa: E402
+from tests.fakes.server import FakeServer  # noqa: E402
+
+MODEL = "llama3.2"
+# (slots, speed): per-slot speed relative to 1. Capacity = 1x2 + 2x1 + 4x1 + 8x0.5 = 12.
+FLEET = [(1, 2.0), (2, 1.0), (4, 1.0), (8, 0.5)]
+VICTIM = 2           # the 4-slot server is the one killed in the "killed" fleet
+KILL_AT = 0.30       # fraction of the optimum's makespan
+
+
+@dataclass(frozen=True)
+class Item:
+    prompt_tokens: int
+    output_tokens: int
+
+    @property
+    def units(self) -> float:
+        return self.prompt_tokens * PREFILL_WEIGHT + self.output_tokens
+
+    @property
+    def prompt(self) -> str:
+        return "w" * (self.prompt_tokens * CHARS_PER_TOKEN - 1)
+
+
+def make_items(n: int, seed: int) -> list[Item]:
+    rng = random.Random(seed)
+    items = []
+    for _ in range(n):
+        out = int(min(1024, max(8, rng.lognormvariate(4.6, 0.9))))
+        items.append(Item(prompt_tokens=rng.randint(10, 2000), output_tokens=out))
+    return items
+
+
+def units_of(body: dict[str, Any]) -> float:
+    """The service model, read back from the request the fake received."""
+    chars = sum(len(m.get("content") or "") for m in body.get("messages") or [])
+    prompt_tokens = chars // CHARS_PER_TOKEN + 1
+    return prompt_tokens * PREFILL_WEIGHT + int((body.get("options") or {}).get("num_predict") or 0)
+
+
+def start_fleet(token_seconds: float) -> list[FakeServer]:
+    servers = []
+    for slots, speed in FLEET:
+        latency: Callable[[dict[str, Any]], float] = (
+            lambda body, speed=speed: units_of(body) * token_seconds / speed)
+        servers.append(FakeServer(api="ollama", models=(MODEL,), slots=slots, latency=latency).start())
+    return servers
+
+
+def optimum(items: list[Item], token_seconds: float, kill_time: float | None) -> float:
+    work = sum(i.units for i in items) * token_seconds
+    capacity = sum(slots * speed for slots, speed in FLEET)
+    if kill_time is None:
+        return work / capacity
+    after = capacity - FLEET[VICTIM][0] * FLEET[VICTIM][1]
+    return kill_time + (work - capacity * kill_time) / after
+
+
+# -- contenders -----------------------------------------------------------------------------------
+async def run_corral(servers: list[FakeServer], items: list[Item], hedge: bool = True,
+                     longest_first: bool = True) -> tuple[int, dict[str, Any]]:
+    specs = [ServerSpec(url=s.url, api="ollama", max_concurrency=slots)
+             for s, (slots, _) in zip(servers, FLEET)]
+    requests = [Request(index=i, id=f"row-{i}", model=MODEL,
+                        messages=[{"role": "user", "content": item.prompt}],
+                        options={"num_predict": item.output_tokens})
+                for i, item in enumerate(items)]
+    ok = 0
+
+    def on_outcome(outcome: Any) -> None:
+        nonlocal ok
+        ok += outcome.ok
+
+    settings = EngineSettings(hedge=hedge, longest_first=longest_first)
+    async with Engine(specs, Store(None), settings) as engine:
+        stats = await engine.run(requests, on_outcome, total=len(requests))
+    return ok, {"hedged": stats.hedged, "hedge_wins": stats.hedge_wins,
+                "cancelled": stats.hedge_cancelled, "retries": stats.retries}
+
+
+async def run_seed001(servers: list[FakeServer], items: list[Item]) -> tuple[int, dict[str, Any]]:
+    """Seed 001's way: one worker per server, one shared queue in input order."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(len(items)):
+        queue.put_nowait(i)
+    done: set[int] = set()
+
+    async def worker(session: aiohttp.ClientSession, url: str) -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            body = {"model": MODEL, "stream": False,
+                    "messages": [{"role": "user", "content": items[i].prompt}],
+                    "options": {"num_predict": items[i].output_tokens}}
+            try:
+                async with session.post(f"{url}/api/chat", json=body) as resp:
+                    await resp.read()
+                    resp.raise_for_status()
+            except aiohttp.ClientError:
+                queue.put_nowait(i)  # this server is gone: give the item back and stop
+                return
+            done.add(i)
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+        await asyncio.gather(*(worker(session, s.url) for s in servers))
+    return len(done), {}
+
+
+async def timed(contender: Callable[[], Any], victim: FakeServer | None, kill_after: float | None
+                ) -> tuple[float, int, dict[str, Any], float | None]:
+    kill_time: list[float] = []
+    started = time.monotonic()
+    killer = None
+    if victim is not None and kill_after is not None:
+        def kill() -> None:
+            victim.kill()
+            kill_time.append(time.monotonic() - started)
+        killer = threading.Timer(kill_after, kill)
+        killer.start()
+    ok, extra = await contender()
+    seconds = time.monotonic() - started
+    if killer is not None:
+        killer.cancel()
+        killer.join()
+    return seconds, ok, extra, (kill_time[0] if kill_time else None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--items", type=int, default=400)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--token-ms", type=float, default=1.6, help="ms per cost unit at speed 1")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    logging.getLogger("corral").setLevel(logging.ERROR)  # the killed server's benching is expected
+    token_seconds = args.token_ms / 1000
+    items = make_items(args.items, args.seed)
+    print(f"# corral fleet makespan benchmark  ({' '.join(sys.argv)})")
+    print(f"python {platform.python_version()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
+    print(f"fleet (slots x speed): {', '.join(f'{s}x{v:g}' for s, v in FLEET)}; capacity "
+          f"{sum(s * v for s, v in FLEET):g}; {len(items)} items, cost units "
+          f"min {min(i.units for i in items):.0f} median {statistics.median(i.units for i in items):.0f} "
+          f"max {max(i.units for i in items):.0f}; {args.token_ms:g} ms per unit at speed 1")
+    print("model: seconds = (prompt_tokens x 0.05 + num_predict) x per-unit time / speed; "
+          "optimum = total work / total capacity (fluid bound)")
+    base_optimum = optimum(items, token_seconds, None)
+    longest = max(i.units for i in items) * token_seconds / max(v for _, v in FLEET)
+    print(f"optimum {base_optimum:.2f}s (longest item alone on the fastest slot: {longest:.2f}s)\n")
+
+    contenders: dict[str, Callable[[list[FakeServer]], Any]] = {
+        "corral": lambda fleet: run_corral(fleet, items, hedge=True),
+        "corral --no-hedge": lambda fleet: run_corral(fleet, items, hedge=False),
+        "corral input order": lambda fleet: run_corral(fleet, items, longest_first=False),
+        "corral before #10": lambda fleet: run_corral(fleet, items, hedge=False, longest_first=False),
+        "seed 001's way": lambda fleet: run_seed001(fleet, items),
+    }
+    for fleet_name in ("mixed", "killed"):
+        ratios: dict[str, list[float]] = {name: [] for name in contenders}
+        notes: dict[str, dict[str, Any]] = {}
+        for _ in range(args.rounds):
+            for name, contender in contenders.items():
+                fleet = start_fleet(token_seconds)
+                try:
+                    victim = fleet[VICTIM] if fleet_name == "killed" else None
+                    kill_after = KILL_AT * base_optimum if victim is not None else None
+                    seconds, ok, extra, kill_time = asyncio.run(
+                        timed(lambda: contender(fleet), victim, kill_after))
+                finally:
+                    for server in fleet:
+                        server.stop()
+                if ok != len(items):
+                    print(f"  {name}: only {ok}/{len(items)} items answered")
+                best = optimum(items, token_seconds, kill_time if fleet_name == "killed" else None)
+                ratios[name].append(seconds / best)
+                notes[name] = {**extra, "last": f"{seconds:.2f}s vs optimum {best:.2f}s"}
+        print(f"## fleet '{fleet_name}'" + (f": 4-slot server killed at {KILL_AT:.0%} of the optimum"
+                                             if fleet_name == "killed" else ""))
+        print(f"{'contender':<20} {'makespan/optimum: median':>26} {'(min-max)':>14}  last round")
+        for name, values in ratios.items():
+            extra = ", ".join(f"{k} {v}" for k, v in notes[name].items())
+            print(f"{name:<20} {statistics.median(values):>26.3f} "
+                  f"{f'({min(values):.3f}-{max(values):.3f})':>14}  {extra}")
+        print()
+
+
+if __name__ == "__main__":
+    main()
