@@ -953,7 +953,8 @@ def ctrl_c(work: Path, rows: int = 400, local: bool = False, slots: int = 8) -> 
         journaled = journal_rows(db)
         assert integrity(db) == "ok" and 0 < journaled < rows, journaled
         manifest = json.loads((work / "out.jsonl.manifest.json").read_text())
-        assert manifest["status"] == "interrupted" and 0 < manifest["counts"]["ok"] < rows, manifest["counts"]
+        # counts are of outcomes delivered in input order, which may lag what the journal holds
+        assert manifest["status"] == "interrupted" and manifest["counts"]["ok"] <= journaled, manifest["counts"]
         if not local:
             sent_before = {p for path, body in server.requests for p in _prompts_of(path, body)}
             server.reset_stats()
