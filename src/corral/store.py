@@ -170,6 +170,13 @@ class Store:
             "INSERT INTO gpu_samples (run_id, t, gpu, name, utilization, memory_used, memory_total) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)", [(self.run_id, *sample) for sample in samples])
 
+    def add_schema(self, script: str) -> None:
+        """Create tables that live beside the journal in its file (``IF NOT EXISTS`` statements)."""
+        try:
+            self._db.executescript(script)
+        except sqlite3.DatabaseError as exc:
+            raise UsageError(f"{self.path}: cannot open the store: {exc}") from None
+
     def query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         """Read-only SQL for readers of a finished store (the report); pending results are flushed first."""
         self.flush()
@@ -186,8 +193,18 @@ class Store:
             return 0
         rows, self._pending = self._pending, []
         try:
+            self.write_many(_INSERT, rows)
+        except UsageError:
+            self._pending = rows + self._pending  # keep them for the next try
+            raise
+        return len(rows)
+
+    def write_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """Run ``sql`` for every row in one transaction, for this journal and for tables kept beside
+        it (embedding vectors); a failure rolls back and says so in one line."""
+        try:
             self._db.execute("BEGIN")
-            self._db.executemany(_INSERT, rows)
+            self._db.executemany(sql, rows)
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             if self._db.in_transaction:
@@ -195,11 +212,9 @@ class Store:
                     self._db.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass  # SQLite rolls back itself when it cannot; the error below says why
-            self._pending = rows + self._pending  # keep them for the next try
             hint = "" if "full" in str(exc) else " (is the disk full?)"
             raise UsageError(f"{self.path}: cannot write to the store: {exc}{hint}; the rows "
                              "journaled so far are kept, re-run to finish") from None
-        return len(rows)
 
     def lookup(self, keys: Iterable[str], *, include_failed: bool = True) -> dict[str, dict[str, Any]]:
         """Stored rows for these keys (one query per 500 keys)."""

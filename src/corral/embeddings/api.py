@@ -165,7 +165,7 @@ async def embed_async(
         facts = data_facts("texts", (str(v).encode("utf-8", "surrogatepass") + b"\x00" for v in values),
                            len(values))
         recorder = _recorder(job, facts, Path(manifest), {"path": None})
-    with Store(store) as journal, VectorCache(store) as cache:  # the journal takes the lock first
+    with Store(store) as journal, VectorCache(journal) as cache:
         embedder, _ = await _send(job, cache, journal, ((None, v) for v in values), total=len(values),
                                   use_prior=False, manifest=recorder)
         vectors, problems = embedder.vectors_for(values)
@@ -253,7 +253,7 @@ async def embed_file_async(
     job = _job(model, servers, config, api, batch_size, truncate, dimensions, keep_alive, options,
                concurrency, timeout, retry_failed, progress, argv)
     report = EmbedReport(counts=EmbedCounts(), output=Path(output), store=store_path)
-    with Store(store_path) as journal, VectorCache(store_path) as cache:  # the lock first
+    with Store(store_path) as journal, VectorCache(journal) as cache:
         use_prior = skip_existing and Path(output).exists() and cache.add_prior(
             read_prior(output, id_names)) > 0
 

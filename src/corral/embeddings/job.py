@@ -32,9 +32,8 @@ from .vectors import VectorCache
 READ_CHUNK = 1024
 DEFAULT_BATCH_SIZE = 32
 NOT_EMBEDDED = "not embedded (the run stopped before this row)"
-# Failures that say nothing about the texts (the server is down, busy or lacks the model): a smaller
-# batch would fail the same way, so these are not split.
-_SERVER_KINDS = frozenset({"connection", "timeout", "no_server"})
+# Statuses that say nothing about the texts (the server is busy or lacks the model): a smaller batch
+# would fail the same way, so these are not split.
 _NOT_THE_INPUT = frozenset({401, 403, 404, 408, 429, 502, 503, 504})
 
 
@@ -316,9 +315,11 @@ def _matrix(embeddings: Any, expected: int) -> tuple[np.ndarray | None, str | No
 
 
 def _worth_splitting(outcome: Outcome) -> bool:
-    """Could one text of the batch be to blame? Yes for "too long" and other refusals of the input."""
+    """Could one text of the batch be to blame? Yes for "too long" and other refusals of the input,
+    and for an answer that does not fit the batch; not for a server that is down, busy or lacks the
+    model (those come without a status, or with one in _NOT_THE_INPUT or 5xx)."""
     if outcome.error_kind == "too_long":
         return True
-    if outcome.error_kind in _SERVER_KINDS or outcome.status_code is None:
+    if outcome.status_code is None:
         return outcome.error_kind == "protocol"
-    return outcome.status_code not in _NOT_THE_INPUT and outcome.status_code < 500
+    return outcome.status_code < 500 and outcome.status_code not in _NOT_THE_INPUT

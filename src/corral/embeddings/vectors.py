@@ -6,23 +6,20 @@ batch's key would rarely match again. Keyed by text, every vector ever computed 
 identical texts anywhere in the corpus share one. Stored as raw little-endian float32 a 768-wide
 vector costs 3 KB instead of ~15 KB of JSON, and reading it back is a memory copy.
 
-The table lives in the same file as the journal (``<output>.corral.db``), on its own connection;
-WAL mode lets both write.
+The table lives in the job's store (``<output>.corral.db``, or memory), on the store's own connection,
+so it shares its lock and its one way of writing a transaction.
 """
 
 from __future__ import annotations
 
-import os
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError
+from ..store import Store
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vectors (
@@ -35,9 +32,9 @@ CREATE TABLE IF NOT EXISTS vectors (
     server TEXT,
     finished_at REAL
 );
+-- Vectors of an earlier output file, by row id (--skip-existing); gone when the connection closes.
+CREATE TEMP TABLE IF NOT EXISTS prior (id TEXT PRIMARY KEY, vector BLOB);
 """
-# Vectors of an earlier output file, by row id (--skip-existing); gone when the connection closes.
-_PRIOR = "CREATE TEMP TABLE IF NOT EXISTS prior (id TEXT PRIMARY KEY, vector BLOB)"
 _LOOKUP_CHUNK = 500
 
 
@@ -53,21 +50,11 @@ class Stored:
 
 
 class VectorCache:
-    """Vectors by text key. ``path=None`` keeps them in memory (the Python API without a store)."""
+    """Vectors by text key, in ``store``'s file (in memory when the store is)."""
 
-    def __init__(self, path: str | os.PathLike[str] | None) -> None:
-        self.path = str(path) if path is not None else ":memory:"
-        if path is not None and not Path(path).resolve().parent.is_dir():
-            raise UsageError(f"{path}: cannot create the store: its folder does not exist")
-        try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(_PRIOR)
-        except sqlite3.DatabaseError as exc:
-            raise UsageError(f"{self.path}: cannot open the store: {exc}") from None
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        store.add_schema(_SCHEMA)
         self._pending: list[tuple[Any, ...]] = []
 
     # -- writing ----------------------------------------------------------------------------------
@@ -84,14 +71,10 @@ class VectorCache:
             return
         rows, self._pending = self._pending, []
         try:
-            self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+            self.store.write_many("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        except Exception:
             self._pending = rows + self._pending
-            raise UsageError(f"{self.path}: cannot write to the store: {exc}") from None
+            raise
 
     # -- reading ----------------------------------------------------------------------------------
     def lookup(self, keys: Iterable[str]) -> dict[str, Stored]:
@@ -102,7 +85,7 @@ class VectorCache:
         for start in range(0, len(wanted), _LOOKUP_CHUNK):
             chunk = wanted[start:start + _LOOKUP_CHUNK]
             marks = ", ".join("?" for _ in chunk)
-            for key, status, dim, vector, error, kind in self._db.execute(
+            for key, status, dim, vector, error, kind in self.store.query(
                 f"SELECT key, status, dim, vector, error, error_kind FROM vectors WHERE key IN ({marks})",
                 chunk,
             ):
@@ -113,13 +96,11 @@ class VectorCache:
     def add_prior(self, rows: Iterable[tuple[str, bytes]]) -> int:
         """Remember the vectors of an existing output file by row id; returns how many."""
         before = self.count_prior()
-        self._db.execute("BEGIN")
-        self._db.executemany("INSERT OR REPLACE INTO prior VALUES (?, ?)", rows)
-        self._db.execute("COMMIT")
+        self.store.write_many("INSERT OR REPLACE INTO prior VALUES (?, ?)", list(rows))
         return self.count_prior() - before
 
     def count_prior(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM prior").fetchone()[0])
+        return int(self.store.query("SELECT count(*) FROM prior")[0][0])
 
     def prior(self, ids: Iterable[str]) -> dict[str, bytes]:
         wanted = list(dict.fromkeys(ids))
@@ -127,17 +108,11 @@ class VectorCache:
         for start in range(0, len(wanted), _LOOKUP_CHUNK):
             chunk = wanted[start:start + _LOOKUP_CHUNK]
             marks = ", ".join("?" for _ in chunk)
-            found.update(self._db.execute(f"SELECT id, vector FROM prior WHERE id IN ({marks})", chunk))
+            found.update(self.store.query(f"SELECT id, vector FROM prior WHERE id IN ({marks})", chunk))
         return found
-
-    def close(self) -> None:
-        try:
-            self.flush()
-        finally:
-            self._db.close()
 
     def __enter__(self) -> "VectorCache":
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        self.flush()  # the store, which owns the connection, closes it
