@@ -27,7 +27,9 @@ Contenders, side by side in one process, rounds alternating:
                     aiohttp loop; a worker whose server fails puts its item back and stops)
 
 Fleets: "mixed" = four servers with 1, 2, 4 and 8 slots; "killed" = the same with the 4-slot
-server killed at 30% of the optimum's makespan.
+server killed at 30% of the optimum's makespan; "half-configured" = the "mixed" fleet with a config
+that gives each server half its slots (1, 1, 2, 4), where corral has to learn the rest during the
+run (servers.SlotControl), against the same engine with its slots fixed at the config's.
 
 Usage: .venv/bin/python benchmarks/fleet.py [--items 400] [--rounds 3] [--token-ms 1.6]
 """
@@ -117,9 +119,11 @@ def optimum(items: list[Item], token_seconds: float, kill_time: float | None) ->
 
 # -- contenders -----------------------------------------------------------------------------------
 async def run_corral(servers: list[FakeServer], items: list[Item], hedge: bool = True,
-                     longest_first: bool = True) -> tuple[int, dict[str, Any]]:
+                     longest_first: bool = True, configured: list[int] | None = None,
+                     adaptive: bool = True) -> tuple[int, dict[str, Any]]:
+    configured = configured or [slots for slots, _ in FLEET]
     specs = [ServerSpec(url=s.url, api="ollama", max_concurrency=slots)
-             for s, (slots, _) in zip(servers, FLEET)]
+             for s, slots in zip(servers, configured)]
     requests = [Request(index=i, id=f"row-{i}", model=MODEL,
                         messages=[{"role": "user", "content": item.prompt}],
                         options={"num_predict": item.output_tokens})
@@ -130,11 +134,12 @@ async def run_corral(servers: list[FakeServer], items: list[Item], hedge: bool =
         nonlocal ok
         ok += outcome.ok
 
-    settings = EngineSettings(hedge=hedge, longest_first=longest_first)
+    settings = EngineSettings(hedge=hedge, longest_first=longest_first, adaptive_slots=adaptive)
     async with Engine(specs, Store(None), settings) as engine:
         stats = await engine.run(requests, on_outcome, total=len(requests))
+        learnt = "/".join(str(s.limit) for s in engine.servers)
     return ok, {"hedged": stats.hedged, "hedge_wins": stats.hedge_wins,
-                "cancelled": stats.hedge_cancelled, "retries": stats.retries}
+                "cancelled": stats.hedge_cancelled, "retries": stats.retries, "slots at the end": learnt}
 
 
 async def run_seed001(servers: list[FakeServer], items: list[Item]) -> tuple[int, dict[str, Any]]:
@@ -212,7 +217,18 @@ def main() -> None:
         "corral before #10": lambda fleet: run_corral(fleet, items, hedge=False, longest_first=False),
         "seed 001's way": lambda fleet: run_seed001(fleet, items),
     }
-    for fleet_name in ("mixed", "killed"):
+    half = [max(1, slots // 2) for slots, _ in FLEET]
+    fleets: dict[str, dict[str, Callable[[list[FakeServer]], Any]]] = {
+        "mixed": contenders,
+        "killed": contenders,
+        "half-configured": {
+            "corral (learns slots)": lambda fleet: run_corral(fleet, items, configured=half),
+            "corral fixed slots": lambda fleet: run_corral(fleet, items, configured=half, adaptive=False),
+            "corral, right config": lambda fleet: run_corral(fleet, items),
+            "seed 001's way": lambda fleet: run_seed001(fleet, items),
+        },
+    }
+    for fleet_name, contenders in fleets.items():
         ratios: dict[str, list[float]] = {name: [] for name in contenders}
         notes: dict[str, dict[str, Any]] = {}
         for _ in range(args.rounds):
@@ -231,12 +247,14 @@ def main() -> None:
                 best = optimum(items, token_seconds, kill_time if fleet_name == "killed" else None)
                 ratios[name].append(seconds / best)
                 notes[name] = {**extra, "last": f"{seconds:.2f}s vs optimum {best:.2f}s"}
-        print(f"## fleet '{fleet_name}'" + (f": 4-slot server killed at {KILL_AT:.0%} of the optimum"
-                                             if fleet_name == "killed" else ""))
-        print(f"{'contender':<20} {'makespan/optimum: median':>26} {'(min-max)':>14}  last round")
+        about = {"killed": f": 4-slot server killed at {KILL_AT:.0%} of the optimum",
+                 "half-configured": f": configured slots {'/'.join(map(str, half))}, real "
+                                    f"{'/'.join(str(s) for s, _ in FLEET)}"}
+        print(f"## fleet '{fleet_name}'{about.get(fleet_name, '')}")
+        print(f"{'contender':<22} {'makespan/optimum: median':>26} {'(min-max)':>14}  last round")
         for name, values in ratios.items():
             extra = ", ".join(f"{k} {v}" for k, v in notes[name].items())
-            print(f"{name:<20} {statistics.median(values):>26.3f} "
+            print(f"{name:<22} {statistics.median(values):>26.3f} "
                   f"{f'({min(values):.3f}-{max(values):.3f})':>14}  {extra}")
         print()
 

@@ -233,5 +233,108 @@ def test_busy_server_slots_are_cut_and_every_row_still_answers(fake_ollama_facto
     _, outcomes, engine, _ = _run([ServerSpec(server.url, max_concurrency=8)], requests, settings,
                                   Store(None))
     assert all(o.ok for o in outcomes)
-    control = engine.servers[0].control
+    control = engine.servers[0].controls["llama3.2"]
     assert control.cuts >= 1 and control.limit <= 4, (control.cuts, control.limit)
+
+
+def test_slot_control_measures_work_not_answers() -> None:
+    """Late in a longest-first job answers get shorter: more answers per second is no gain."""
+    control = SlotControl(limit=2, ceiling=4)
+    now = 0.0
+    for _ in range(control.period):  # a base period: 10 answers/s of 100 units each
+        now += 0.1
+        control.on_answer(now, work_waiting=True, units=100)
+    assert control.limit == 3  # first try
+    for _ in range(control.period):  # twice the answers per second, but half the units each
+        now += 0.05
+        control.on_answer(now, work_waiting=True, units=50)
+    assert control.limit == 2 and control.raises == 1  # no more work per second: given back
+
+
+def test_slots_are_learnt_per_model_on_one_server(fake_ollama_factory) -> None:
+    """Ollama runs each loaded model with its own parallel slots: a model that answers "busy"
+    is cut, the other keeps its slots, and the server never gets more than its ceiling."""
+    server = fake_ollama_factory(models=("small", "big"), slots={"small": 8, "big": 2}, max_queue=0,
+                                 latency=0.02)
+    requests = [_request(i, f"q{i:03d}", model=("big" if i % 2 else "small")) for i in range(200)]
+    settings = EngineSettings(retry=RetryPolicy(base=0.01, cap=0.05))
+    _, outcomes, engine, _ = _run([ServerSpec(server.url, max_concurrency=6)], requests, settings,
+                                  Store(None))
+    assert all(o.ok for o in outcomes)
+    state = engine.servers[0]
+    big, small = state.controls["big"], state.controls["small"]
+    assert big.cuts >= 1 and big.limit <= 3, (big.cuts, big.limit)
+    assert small.cuts == 0 and small.limit >= 6, (small.cuts, small.limit)
+    assert server.status_counts[503] >= 1  # "big" was refused; "small" never was
+    assert server.max_in_flight <= state.ceiling == 12
+
+
+def test_split_mode_rows_are_hedged_with_the_model_they_started_on(fake_ollama_factory) -> None:
+    fast = fake_ollama_factory(models=("a", "b"), slots=1, latency=0.02)
+    slow = fake_ollama_factory(models=("a", "b"), slots=1, latency=3.0)
+    specs = [ServerSpec(fast.url, max_concurrency=1), ServerSpec(slow.url, max_concurrency=1)]
+    requests = [Request(index=i, id=f"r{i}", model="a|b", model_choices=("a", "b"),
+                        messages=[{"role": "user", "content": f"question {i:02d}"}]) for i in range(20)]
+    # fixed slots: one slot task per server, so each server answers with the group's first model
+    settings = EngineSettings(adaptive_slots=False)
+    seconds, outcomes, engine, leftover = _run(specs, requests, settings, Store(None))
+    assert [o.request.index for o in outcomes] == list(range(20)) and all(o.ok for o in outcomes)
+    assert engine.stats.hedged == 1 and engine.stats.hedge_wins == 1, engine.stats
+    assert {o.request.model for o in outcomes} == {"a"}  # the hedge kept the model its row started on
+    assert leftover == 0
+    assert seconds < 2.5  # not waiting out the slow server's 3 s
+
+
+def test_hedge_option_in_batch_generate_and_the_config(tmp_path: Path, fake_ollama_factory) -> None:
+    """The last row sits on the slow server: hedged (the default), the fast one answers it;
+    ``hedge=False`` or the config's ``hedge = false`` waits for the slow one; ``--hedge`` wins."""
+    import orjson
+
+    import corral as api
+    fast = fake_ollama_factory(slots=1, latency=0.02)
+    slow = fake_ollama_factory(slots=1, latency=1.5)
+    servers = [fast.url, slow.url]
+    prompts = [f"question {i:02d}" for i in range(12)]
+
+    slow_label = ServerSpec(slow.url).label
+
+    def slow_rows(rows: list[dict[str, Any]]) -> int:
+        return sum(row["server"] == slow_label for row in rows)
+
+    hedged = api.batch_generate(prompts, "llama3.2", servers, max_concurrent=1,
+                                manifest=tmp_path / "on.json")
+    plain = api.batch_generate(prompts, "llama3.2", servers, max_concurrent=1, hedge=False,
+                               manifest=tmp_path / "off.json")
+    assert all(r["success"] for r in hedged + plain)
+    assert slow_rows(plain) == 1 and slow_rows(hedged) == 0  # the slow one's row, answered elsewhere
+    assert orjson.loads((tmp_path / "on.json").read_bytes())["engine"]["hedge"] is True
+    assert orjson.loads((tmp_path / "off.json").read_bytes())["engine"]["hedge"] is False
+
+    config = tmp_path / "cluster.toml"
+    config.write_text(f'model = "llama3.2"\nhedge = false\nmax_concurrency = 1\n'
+                      f'[[servers]]\nurl = "{fast.url}"\n[[servers]]\nurl = "{slow.url}"\n')
+    from_config = api.batch_generate(prompts, config=str(config), manifest=tmp_path / "cfg.json")
+    assert slow_rows(from_config) == 1
+    assert orjson.loads((tmp_path / "cfg.json").read_bytes())["engine"]["hedge"] is False
+
+    write_jsonl(tmp_path / "p.jsonl", [{"role": "user", "content": p} for p in prompts])
+    for flag, expected in ((None, False), ("--hedge", True)):
+        out = f"out-{flag}.jsonl"
+        proc = corral("run", "p.jsonl", "--config", "cluster.toml", "-o", out, *([flag] if flag else []),
+                      cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        manifest = orjson.loads((tmp_path / f"{out}.manifest.json").read_bytes())
+        assert manifest["engine"]["hedge"] is expected
+
+
+def test_config_hedge_must_be_a_boolean(tmp_path: Path) -> None:
+    import pytest
+
+    from corral.config import load_config
+    from corral.errors import ConfigError
+    path = tmp_path / "c.toml"
+    path.write_text('hedge = "no"\n[[servers]]\nurl = "http://127.0.0.1:9"\n')
+    with pytest.raises(ConfigError, match="hedge must be true or false"):
+        load_config(str(path))
+    path.write_text('hedge = false\n[[servers]]\nurl = "http://127.0.0.1:9"\n')
+    assert load_config(str(path)).hedge is False

@@ -49,7 +49,8 @@ def resolve_server_list(servers: ServerLike | Sequence[ServerLike] | None, confi
         cfg = load_config(config)
         specs = list(cfg.servers)
         settings = {"model": cfg.model, "system": cfg.system_message, "options": cfg.options,
-                    "timeout": cfg.timeout, "format": cfg.format, "keep_alive": cfg.keep_alive}
+                    "timeout": cfg.timeout, "format": cfg.format, "keep_alive": cfg.keep_alive,
+                    "hedge": cfg.hedge}
     if servers is not None:
         items = [servers] if isinstance(servers, (str, ServerSpec)) else list(servers)
         specs = [s if isinstance(s, ServerSpec) else server_from_url(s, api) for s in items]
@@ -104,6 +105,7 @@ async def batch_generate_async(
     store: str | os.PathLike[str] | None = None,
     timeout: float | None = None,
     max_attempts: int = 5,
+    hedge: bool | None = None,
     manifest: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> list[dict[str, Any]]:
@@ -118,7 +120,8 @@ async def batch_generate_async(
     for position, request in enumerate(requests):
         request.id = request.id or str(position)
     settings = EngineSettings(
-        timeout=timeout or cfg.get("timeout") or 300.0, concurrency=max_concurrent,
+        timeout=timeout or cfg.get("timeout"), concurrency=max_concurrent,
+        hedge=hedge if hedge is not None else cfg.get("hedge") is not False,
         rate_limit_delay=rate_limit_delay, retry=RetryPolicy(max_attempts=max_attempts),
     )
     collected = _Collect()
@@ -167,7 +170,9 @@ def batch_generate(
     (default: twice the slots llama.cpp reports, else 8 for Ollama, 16 for other OpenAI-compatible
     servers). Extra keyword arguments are model options
     (``temperature=0, seed=1, num_ctx=4096, num_predict=64``...) or the keyword arguments of
-    `batch_generate_async` (``system``, ``format``, ``api``, ``config``, ``store``, ``timeout``,
+    `batch_generate_async` (``system``, ``format``, ``api``, ``config``, ``store``, ``timeout``:
+    seconds per attempt, by default derived from each prompt's expected tokens and the server's
+    observed speed; ``hedge=False``: never re-send a straggler to an idle faster server at the end;
     ``manifest``: a path for the run's manifest JSON; it is kept in the store either way).
     Works the same in a plain script and inside Jupyter's running event loop.
     """

@@ -38,7 +38,7 @@ DEFAULT_OLLAMA_PORT = 11434
 
 _TOP_KEYS = {
     "model", "system_message", "ollama_instances", "servers", "options", "timeout",
-    "max_attempts", "api", "max_concurrency", "format", "keep_alive",
+    "max_attempts", "api", "max_concurrency", "format", "keep_alive", "hedge",
 }
 _SERVER_KEYS = {
     "url", "api", "models", "max_concurrency", "api_key_env", "gpu", "name", "timeout",
@@ -86,6 +86,7 @@ class Config:
     keep_alive: str | int | None = None
     timeout: float | None = None
     max_attempts: int | None = None
+    hedge: bool | None = None    # re-send a straggler to an idle faster server at a job's end
     path: str | None = None
 
 
@@ -225,6 +226,9 @@ def parse_config(data: dict[str, Any], where: str = "<config>") -> Config:
     attempts = data.get("max_attempts")
     if attempts is not None:
         attempts = _positive_int(attempts, where, "max_attempts")
+    hedge = data.get("hedge")
+    if hedge is not None and not isinstance(hedge, bool):
+        raise ConfigError(f"{where}: hedge must be true or false, not {hedge!r}", near="hedge")
     return Config(
         servers=servers,
         model=_opt_str(data.get("model"), where, "model"),
@@ -234,6 +238,7 @@ def parse_config(data: dict[str, Any], where: str = "<config>") -> Config:
         keep_alive=data.get("keep_alive"),
         timeout=timeout,
         max_attempts=attempts,
+        hedge=hedge,
         path=where,
     )
 

@@ -142,6 +142,8 @@ def engine_settings(settings: "EngineSettings") -> dict[str, Any]:
         "max_in_flight": settings.max_in_flight, "rate_limit_delay": settings.rate_limit_delay,
         "max_outage": settings.max_outage, "retry_failed": settings.retry_failed,
         "content_retries": settings.content_retries if settings.validate else None,
+        "hedge": settings.hedge, "adaptive_slots": settings.adaptive_slots and not settings.concurrency,
+        "longest_first": settings.longest_first,
     }
 
 
@@ -287,7 +289,9 @@ class ManifestRecorder:
             "per_server": [{"label": s.label, "requests": s.stats.requests, "ok": s.stats.ok,
                             "errors": s.stats.errors, "prompt_tokens": s.stats.prompt_tokens,
                             "completion_tokens": s.stats.completion_tokens,
-                            "busy_seconds": round(s.stats.busy_seconds, 3), "benched": s.stats.benched}
+                            "busy_seconds": round(s.stats.busy_seconds, 3), "benched": s.stats.benched,
+                            # slots per model as learnt by the end (they start at the "slots" above)
+                            "learnt_slots": {m: c.limit for m, c in s.controls.items()}}
                            for s in engine.servers],
         })
         if gpus:

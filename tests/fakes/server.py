@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, Literal, Union
@@ -314,7 +314,8 @@ class FakeServer:
       models: served names; Ollama matches "x" and "x:latest" alike, case-insensitively.
       latency: seconds per inference request (or ``f(body) -> seconds``), spent holding a slot.
       slots: concurrent requests processed (OLLAMA_NUM_PARALLEL, llama.cpp ``-np``); the rest wait.
-        None = unlimited.
+        None = unlimited. A mapping ``{model: n}`` gives each model its own slots (and its own
+        ``max_queue``), as Ollama's runners do with several models loaded; chat and generate only.
       max_queue: with ``slots``, how many may wait; one more gets 503 "server busy".
       responder: ``f(body) -> text``; default ``"echo: <last user message or prompt>"``, or a JSON
         answer when the request asks for JSON (``format`` / ``response_format``).
@@ -342,7 +343,7 @@ class FakeServer:
         api: ApiKind = "ollama",
         models: Sequence[str] = ("llama3.2",),
         latency: Latency = 0.0,
-        slots: int | None = None,
+        slots: int | Mapping[str, int] | None = None,
         max_queue: int | None = None,
         responder: Responder | None = None,
         port: int = 0,
@@ -361,7 +362,7 @@ class FakeServer:
             models = (models,)
         if not models:
             raise ValueError("at least one model is needed")
-        if slots is not None and slots < 1:
+        if slots is not None and min(slots.values() if isinstance(slots, Mapping) else [slots]) < 1:
             raise ValueError("slots must be >= 1 or None")
         self.api: ApiKind = api
         self.models: tuple[str, ...] = tuple(models)
@@ -415,6 +416,7 @@ class FakeServer:
         self._in_flight = 0
         self._max_in_flight = 0
         self._queued = 0
+        self._queued_for: Counter[str | None] = Counter()  # per model with per-model slots
         self._completed = 0
         self._dropped = 0
         self._status_counts: Counter[int] = Counter()
@@ -426,6 +428,7 @@ class FakeServer:
         self._runner: web.AppRunner | None = None
         self._site: web.SockSite | None = None
         self._sem: asyncio.Semaphore | None = None
+        self._model_sems: dict[str, asyncio.Semaphore] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ---------------------------------------------------------------- lifecycle (test thread)
@@ -607,7 +610,10 @@ class FakeServer:
             loop.close()
 
     async def _astart(self) -> None:
-        self._sem = asyncio.Semaphore(self.slots) if self.slots else None
+        if isinstance(self.slots, Mapping):
+            self._model_sems = {_ollama_key(m): asyncio.Semaphore(n) for m, n in self.slots.items()}
+        else:
+            self._sem = asyncio.Semaphore(self.slots) if self.slots else None
         app = web.Application(middlewares=[self._middleware], client_max_size=256 * 1024 * 1024)
         self._add_routes(app)
         # handler_cancellation: a client that hangs up cancels its request, as in Ollama.
@@ -794,19 +800,22 @@ class FakeServer:
         raise self._error(request, status, message, headers=headers)
 
     @contextlib.asynccontextmanager
-    async def _slot(self, request: web.Request) -> AsyncIterator[None]:
+    async def _slot(self, request: web.Request, model: str | None = None) -> AsyncIterator[None]:
         """Hold one of ``slots`` (like OLLAMA_NUM_PARALLEL); queue or refuse when all are busy."""
-        sem = self._sem
+        lane = _ollama_key(model) if model is not None and self._model_sems else None
+        sem = self._sem if lane is None else self._model_sems.get(lane)
         if sem is not None:
-            if sem.locked() and self.max_queue is not None and self._queued >= self.max_queue:
+            if sem.locked() and self.max_queue is not None and self._queued_for[lane] >= self.max_queue:
                 raise self._error(request, 503, OLLAMA_BUSY_MESSAGE, err_type="server_error")
             with self._lock:
                 self._queued += 1
+                self._queued_for[lane] += 1
             try:
                 await sem.acquire()
             finally:
                 with self._lock:
                     self._queued -= 1
+                    self._queued_for[lane] -= 1
         with self._lock:
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
@@ -1083,7 +1092,7 @@ class FakeServer:
         if self.max_context_tokens:  # Ollama truncates to num_ctx instead of refusing
             prompt_tokens = min(prompt_tokens, self.max_context_tokens)
         self._inject_failure(request)
-        async with self._slot(request):
+        async with self._slot(request, model):
             await self._work(body)
             stream = body.get("stream") is not False
             if empty:  # Ollama's "load the model" request
@@ -1223,7 +1232,7 @@ class FakeServer:
                 "params": {"n_predict": -1, "seed": 4294967295, "temperature": 0.8, "top_k": 40,
                            "top_p": 0.95, "min_p": 0.05, "stream": False},
             },
-            "total_slots": self.slots or 1,
+            "total_slots": (sum(self.slots.values()) if isinstance(self.slots, Mapping) else self.slots) or 1,
             "model_alias": model,
             "model_ftype": "Q4_K_M",
             "model_path": f"/models/{self._gguf_file(model)}",

@@ -56,9 +56,10 @@ def run_command(
         None, "--timeout",
         help="Seconds per request attempt, the same for all [default: from each request's expected "
              "tokens and the server's observed speed, 30-900 s; 300 s before a first answer]."),
-    no_hedge: bool = typer.Option(
-        False, "--no-hedge",
-        help="Never re-send an item a slow server holds to an idle faster one at the end of a job."),
+    hedge: Optional[bool] = typer.Option(
+        None, "--hedge/--no-hedge",
+        help="Re-send an item a slow server holds to an idle faster one at the end of a job "
+             "(first answer wins) [default: on, or the config's `hedge`]."),
     max_attempts: Optional[int] = typer.Option(None, "--max-attempts", help="Tries per failing row [5]."),
     rate_limit_delay: float = typer.Option(0.0, "--rate-limit-delay", help="Seconds between request starts."),
     max_outage: float = typer.Option(
@@ -98,6 +99,7 @@ def run_command(
         concurrency = concurrency or engine_cfg.get("concurrency")
         rate_limit_delay = rate_limit_delay or engine_cfg.get("rate_limit_delay") or 0.0
         max_outage = engine_cfg.get("max_outage") or max_outage
+        hedge = hedge if hedge is not None else engine_cfg.get("hedge")
         for message in repro.warnings:
             print(f"corral: warning: {message}", file=sys.stderr)
     path = input or prompts
@@ -144,7 +146,7 @@ def run_command(
         retry = RetryPolicy(max_attempts=max_attempts or cfg.max_attempts or 5)
         settings = EngineSettings(
             timeout=timeout or cfg.timeout or None, retry=retry, concurrency=concurrency,
-            hedge=not no_hedge,
+            hedge=hedge if hedge is not None else cfg.hedge is not False,
             rate_limit_delay=rate_limit_delay, retry_failed=retry_failed, max_outage=max_outage,
         )
         recorder = ManifestRecorder(

@@ -115,8 +115,8 @@ def analyze_command(
             stats = _run_interruptibly(execute(
                 runner, table.chunks(), specs=specs,
                 store=store or default_store_path(output, None), max_concurrent_calls=max_concurrent_calls,
-                timeout=timeout, max_json_retries=json_retries, progress=progress, total=total,
-                argv=sys.argv, manifest=recorder,
+                timeout=timeout or cfg.get("timeout"), max_json_retries=json_retries, progress=progress,
+                total=total, argv=sys.argv, manifest=recorder, hedge=cfg.get("hedge") is not False,
             ), str(store or default_store_path(output, None)))
             complete = True
         finally:

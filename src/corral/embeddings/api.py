@@ -74,8 +74,8 @@ def _job(model: str | None, servers: Any, config: str | None, api: str, batch_si
         dimensions=dimensions, keep_alive=keep_alive if keep_alive is not None else cfg.get("keep_alive"),
         options={**cfg.get("options", {}), **(options or {})},
     )
-    settings = EngineSettings(timeout=timeout or cfg.get("timeout") or 300.0, concurrency=concurrency,
-                              retry=RetryPolicy(), journal=False)
+    settings = EngineSettings(timeout=timeout or cfg.get("timeout"), concurrency=concurrency,
+                              hedge=cfg.get("hedge") is not False, retry=RetryPolicy(), journal=False)
     mode = progress if isinstance(progress, str) else ("auto" if progress else "none")
     return _Job(specs, spec, settings, retry_failed, mode, argv)
 

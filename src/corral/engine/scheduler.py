@@ -31,7 +31,7 @@ from ..transport import HttpTransport
 from .costs import Speeds, TimeoutPolicy, hedge_gain
 from .queue import IDLE, WorkQueue
 from .retry import BUSY_STATUSES, RetryPolicy
-from .servers import SlotControl, ServerState, default_slots, describe_probe_error, probe_one, resolve_model
+from .servers import ServerState, default_slots, describe_probe_error, probe_one, resolve_model
 
 log = logging.getLogger("corral")
 
@@ -50,8 +50,9 @@ class EngineSettings:
     # it would finish it at least ``hedge_margin`` times sooner; the first answer wins.
     # Length-aware order: queued items leave longest first by estimated cost (costs.Speeds.cost).
     longest_first: bool = True
-    # Slots learnt per server (servers.SlotControl): start from the config or probe, try up to
-    # ``adaptive_ceiling`` x that while throughput rises, halve on 503/429. --concurrency fixes them.
+    # Slots learnt per server and model (servers.SlotControl): start from the config or probe, try
+    # up to ``adaptive_ceiling`` x that while throughput rises, halve on 503/429. --concurrency
+    # fixes them.
     adaptive_slots: bool = True
     adaptive_ceiling: float = 2.0
     hedge: bool = True
@@ -119,6 +120,7 @@ class _Item:
     followers: list[Request] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
     cost: float = 0.0                  # estimated when dispatched (costs.Speeds.cost)
+    lane: str = ""                     # the queue it waits in: its model, or its split-mode group
     runs: list[_Run] = field(default_factory=list)  # attempts in flight: two while hedged
     hedged: bool = False
     finished: bool = False
@@ -151,7 +153,7 @@ class Engine:
         self._session: aiohttp.ClientSession | None = None
         self._serves: dict[tuple[int, str], bool] = {}
         self._key_kinds: dict[str, str] = {}
-        self._served_choices: dict[tuple[int, tuple[str, ...]], list[str]] = {}
+        self._served_choices: dict[tuple[int, str], list[str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
         self._closing = False
@@ -182,7 +184,7 @@ class Engine:
                 adaptive = self.settings.adaptive_slots and not self.settings.concurrency
                 ceiling = max(slots, int(slots * self.settings.adaptive_ceiling)) if adaptive else slots
                 self.servers.append(ServerState(spec=spec, backend=backend, info=result, slots=slots,
-                                                control=SlotControl(limit=slots, ceiling=ceiling)))
+                                                ceiling=ceiling))
             else:
                 self.unreachable.append(describe_probe_error(spec, result))
         if not self.servers:
@@ -231,6 +233,21 @@ class Engine:
             kind = self._key_kinds[model] = "+".join(kinds) or "none"
         return kind
 
+    def served_choices(self, server: ServerState, lane: str) -> list[str]:
+        """The models of a split-mode group (``a|b``) this server has, in the group's order."""
+        key = (id(server), lane)
+        served = self._served_choices.get(key)
+        if served is None:  # once per server and group, not once per row
+            served = self._served_choices[key] = [
+                m for m in lane.split(GROUP_SEP) if resolve_model(server, m) is not None]
+        return served
+
+    def _has_room(self, server: ServerState, lane: str) -> bool:
+        """Is a slot free for this model (or, for a group, any model of it) on this server?"""
+        if GROUP_SEP not in lane:
+            return server.has_room(lane)
+        return any(server.has_room(m) for m in self.served_choices(server, lane))
+
     @property
     def total_slots(self) -> int:
         return sum(s.slots for s in self.servers)
@@ -246,7 +263,7 @@ class Engine:
         self._window = asyncio.Semaphore(window_size)
         # Without longest_first every item weighs the same, and the queue keeps input order.
         self._queue: WorkQueue[_Item] = WorkQueue(
-            lambda item: item.request.model,
+            lambda item: item.lane,
             (lambda item: item.cost) if self.settings.longest_first else None)
         self._in_flight_items = set()
         self._timeouts = TimeoutPolicy(fixed=self.settings.timeout, floor=self.settings.timeout_floor,
@@ -267,7 +284,7 @@ class Engine:
                                if self.settings.max_in_flight else None)
         workers = [
             asyncio.create_task(self._worker(server, i), name=f"corral-{server.label}-{i}")
-            for server in self.servers for i in range(server.control.ceiling)
+            for server in self.servers for i in range(server.ceiling)
         ]
         watchdog = asyncio.create_task(self._watch_outages())
         # The producer runs beside the wait for the end: when the journal or an output cannot be
@@ -350,19 +367,16 @@ class Engine:
                     request.model = row["model"]  # split mode: who answered last time
                 self._deliver(self.store.outcome_from_row(request, row))
                 continue
-            item = _Item(request, cost=self.speeds.cost(request))
+            item = _Item(request, cost=self.speeds.cost(request), lane=request.model)
             self._leaders[request.key] = item
             self._outstanding += 1
             self._queue.put(item)
 
     async def _worker(self, server: ServerState, slot: int) -> None:
-        accepts = lambda model: self.serves(server, model)  # noqa: E731
+        accepts = lambda lane: self.serves(server, lane) and self._has_room(server, lane)  # noqa: E731
         while True:
             if server.benched:
                 await server.available.wait()
-            if slot >= server.control.limit:  # a slot above the learnt limit rests until it rises
-                await server.control.changed.wait()
-                continue
             hedge = False
             item = self._queue.get_nowait(accepts)
             if item is None and self._hedging():
@@ -379,15 +393,26 @@ class Engine:
                 if not hedge:
                     self._queue.put(item, front=True)
                 continue
-            if item.request.model_choices and not hedge:
-                self._bind_model(server, slot, item)
-            if self.settings.rate_limit_delay > 0:
-                await self._pace()
-            if self._in_flight_cap is not None:
-                async with self._in_flight_cap:
+            if not hedge:
+                if not self._has_room(server, item.lane):
+                    # Handed over when a slot was free, but another of this server's slots took
+                    # it first: back in the queue in its place (a retry in front, as before).
+                    self._queue.put(item, front=item.attempts > 0)
+                    continue
+                if item.request.model_choices:
+                    self._bind_model(server, slot, item)
+            model = item.request.model
+            server.take(model)
+            try:
+                if self.settings.rate_limit_delay > 0:
+                    await self._pace()
+                if self._in_flight_cap is not None:
+                    async with self._in_flight_cap:
+                        await self._attempt(server, item, hedge=hedge)
+                else:
                     await self._attempt(server, item, hedge=hedge)
-            else:
-                await self._attempt(server, item, hedge=hedge)
+            finally:
+                server.release(model)
             committed = self._committed
             if committed is not None and not committed.done():
                 # The slot sends its next request only once its last answer is on disk, so a crash
@@ -403,18 +428,20 @@ class Engine:
     def _straggler_for(self, server: ServerState) -> _Item | None:
         """The in-flight item this idle server would finish soonest compared with its holder.
 
-        Only items with one attempt in flight, on another server, of a model this server has, and
-        not in split mode (there the slot, not the item, picks the model). The biggest gain wins."""
+        Only items with one attempt in flight, on another server, of a model this server has and
+        has a free slot for (a split-mode row keeps the model its first slot picked). The biggest
+        gain wins."""
         if not self._in_flight_items:
             return None
         now = time.monotonic()
         best: _Item | None = None
         best_gain = 0.0
         for item in self._in_flight_items:
-            if item.hedged or item.finished or len(item.runs) != 1 or item.request.model_choices:
+            if item.hedged or item.finished or len(item.runs) != 1:
                 continue
             run = item.runs[0]
-            if run.server is server or not self.serves(server, item.request.model):
+            model = item.request.model
+            if run.server is server or not self.serves(server, model) or not server.has_room(model):
                 continue
             mine = self.speeds.expected_seconds(id(server), item.request.model, item.cost)
             if mine is None:
@@ -433,12 +460,14 @@ class Engine:
 
     def _bind_model(self, server: ServerState, slot: int, item: _Item) -> None:
         """Split mode: this slot answers with its own model of the group (slot i -> model i mod k),
-        so each model has its own slots pulling from the one queue and a slow model does less."""
-        choices = item.request.model_choices or ()
-        key = (id(server), choices)
-        served = self._served_choices.get(key)
-        if served is None:  # once per server and group, not once per row
-            served = self._served_choices[key] = [m for m in choices if resolve_model(server, m)]
+        so each model has its own slots pulling from the one queue and a slow model does less.
+        When that model's learnt slots are all taken, the next model of the group with room."""
+        served = self.served_choices(server, item.lane)
+        for step in range(len(served)):
+            model = served[(slot + step) % len(served)]
+            if server.has_room(model):
+                item.request.model = model
+                return
         item.request.model = served[slot % len(served)]
 
     async def _pace(self) -> None:
@@ -502,7 +531,7 @@ class Engine:
             if item.runs:  # the other copy is still running: let it answer for the item
                 server.stats.errors += 1
                 if exc.status in BUSY_STATUSES:
-                    server.control.on_busy(started_wall, time.time())
+                    server.control_for(request.model).on_busy(started_wall, time.time())
                 if server.on_failure(exc):
                     self._bench(server)
                 return
@@ -530,7 +559,8 @@ class Engine:
             return
         server.on_success()
         server.stats.ok += 1
-        server.control.on_answer(time.monotonic(), work_waiting=len(self._queue) > 0)
+        if server.control_for(request.model).on_answer(time.monotonic(), len(self._queue) > 0, item.cost):
+            self._queue.wake_idle()  # a slot more for this model: waiting slots look again
         self.speeds.observe(id(server), request, item.cost, latency, reply.eval_count)
         if hedge:
             self.stats.hedge_wins += 1
@@ -552,7 +582,7 @@ class Engine:
         busy = exc.status in BUSY_STATUSES
         if busy:
             item.busy += 1
-            server.control.on_busy(started, time.time())
+            server.control_for(item.request.model).on_busy(started, time.time())
         else:
             item.failures += 1
         if server.on_failure(exc):

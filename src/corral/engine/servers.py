@@ -34,22 +34,27 @@ class ServerStats:
 
 @dataclass(eq=False)
 class ServerState:
+    """One server during a run. Its slots are learnt per model (``control_for``): on Ollama every
+    loaded model runs its own parallel requests, and a model that answers "busy" should not cost
+    the others theirs. ``ceiling`` (the slot tasks the engine runs for it) caps the sum."""
+
     spec: ServerSpec
     backend: Backend
     info: ServerInfo
-    slots: int
+    slots: int                     # where each model's learnt limit starts (config, probe or default)
+    ceiling: int = 0               # the most in flight at once, all models together; 0: ``slots``
     available: asyncio.Event = field(default_factory=asyncio.Event)
     consecutive_failures: int = 0
     cooldown: float = 2.0
     in_flight: int = 0
     stats: ServerStats = field(default_factory=ServerStats)
     last_error: str | None = None
-    control: SlotControl = None  # type: ignore[assignment]  # None: fixed at slots (__post_init__)
+    controls: dict[str, SlotControl] = field(default_factory=dict)
+    taken: dict[str, int] = field(default_factory=dict)  # per model: held by a slot, sent or about to be
 
     def __post_init__(self) -> None:
         self.available.set()
-        if self.control is None:
-            self.control = SlotControl(limit=self.slots, ceiling=self.slots)
+        self.ceiling = max(self.ceiling, self.slots)
 
     @property
     def label(self) -> str:
@@ -58,6 +63,29 @@ class ServerState:
     @property
     def benched(self) -> bool:
         return not self.available.is_set()
+
+    @property
+    def limit(self) -> int:
+        """Slots in use now, as learnt: the models' limits together, within the ceiling."""
+        if not self.controls:
+            return self.slots
+        return min(self.ceiling, sum(c.limit for c in self.controls.values()))
+
+    def control_for(self, model: str) -> SlotControl:
+        control = self.controls.get(model)
+        if control is None:
+            control = self.controls[model] = SlotControl(limit=self.slots, ceiling=self.ceiling)
+        return control
+
+    def has_room(self, model: str) -> bool:
+        control = self.controls.get(model)
+        return self.taken.get(model, 0) < (control.limit if control is not None else self.slots)
+
+    def take(self, model: str) -> None:
+        self.taken[model] = self.taken.get(model, 0) + 1
+
+    def release(self, model: str) -> None:
+        self.taken[model] -= 1
 
     def serves(self, model: str) -> bool:
         return resolve_model(self, model) is not None
@@ -128,14 +156,16 @@ def describe_probe_error(spec: ServerSpec, error: BackendError) -> str:
 
 @dataclass(eq=False)
 class SlotControl:
-    """How many requests to keep in flight on one server, learnt during the run (AIMD-like).
+    """How many requests of one model to keep in flight on one server, learnt during the run (AIMD-like).
 
     It starts from the configured (or probed) slots. Every ``period`` answers it measures the
-    server's throughput; while work is waiting it tries one slot more, keeps it if throughput rose
-    by ``gain`` and gives it back otherwise (then waits a few periods before trying again). A 503/429
-    "busy" halves it at once; refusals of requests sent before the last cut are ignored (they say
-    nothing about the new limit), so one burst is one cut, as in TCP's congestion control. Rising
-    latency without more answers per second shows up as no gain, so the extra slot is given back.
+    work done per second (in cost units, costs.Speeds.cost, so that a stretch of short answers late
+    in a longest-first job is not mistaken for a gain); while work is waiting it tries one slot more,
+    keeps it if throughput rose by ``gain`` and gives it back otherwise (then waits a few periods
+    before trying again). A 503/429 "busy" halves it at once; refusals of requests sent before the
+    last cut are ignored (they say nothing about the new limit), so one burst is one cut, as in
+    TCP's congestion control. Rising latency without more work per second shows up as no gain, so
+    the extra slot is given back.
     """
 
     limit: int
@@ -143,8 +173,8 @@ class SlotControl:
     floor: int = 1
     gain: float = 1.05
     rest_periods: int = 4
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
     _count: int = 0
+    _units: float = 0.0
     _since: float | None = None
     _rate: float | None = None
     _trying: bool = False
@@ -159,32 +189,34 @@ class SlotControl:
 
     def _set(self, limit: int) -> None:
         self.limit = max(self.floor, min(self.ceiling, limit))
-        changed, self.changed = self.changed, asyncio.Event()
-        changed.set()  # wake slots waiting above the old limit (they re-check the new one)
 
-    def on_answer(self, now: float, work_waiting: bool) -> None:
+    def on_answer(self, now: float, work_waiting: bool, units: float = 1.0) -> bool:
+        """Count one answer worth ``units`` of work; True when the limit was just raised."""
         if self._since is None:
             self._since = now
         self._count += 1
+        self._units += units
         if self._count < self.period:
-            return
+            return False
         elapsed = max(now - self._since, 1e-6)
-        rate = self._count / elapsed
-        self._count, self._since = 0, now
+        rate = self._units / elapsed
+        self._count, self._units, self._since = 0, 0.0, now
         previous, self._rate = self._rate, rate
         if self._trying:
             self._trying = False
             if previous is not None and rate < previous * self.gain:
                 self._set(self.limit - 1)  # no better with one more: give it back, rest a while
                 self._resting = self.rest_periods
-                return
+                return False
         elif self._resting:
             self._resting -= 1
-            return
+            return False
         if work_waiting and self.limit < self.ceiling:  # it paid (or first try): one more
             self._trying = True
             self.raises += 1
             self._set(self.limit + 1)
+            return True
+        return False
 
     def on_busy(self, started: float, now: float) -> None:
         """A 503/429 to a request sent at ``started`` (the same clock as ``now``)."""
@@ -193,5 +225,5 @@ class SlotControl:
         self._cut_at = now
         self.cuts += 1
         self._trying, self._resting, self._rate = False, self.rest_periods, None
-        self._count, self._since = 0, None
+        self._count, self._units, self._since = 0, 0.0, None
         self._set(self.limit // 2)

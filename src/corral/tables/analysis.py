@@ -88,7 +88,8 @@ async def run_analysis_async(
     recorder = analysis_manifest(runner, frame_facts(frame), manifest, text_column=text_column,
                                  kind="run_analysis")
     await execute(runner, chunks, specs=specs, store=store, max_concurrent_calls=max_concurrent_calls,
-                  timeout=timeout, max_json_retries=max_json_retries,
+                  timeout=timeout or cfg.get("timeout"), hedge=cfg.get("hedge") is not False,
+                  max_json_retries=max_json_retries,
                   progress=progress_mode(progress), total=len(frame) * per_row, manifest=recorder)
     if runner.skipped_count:
         log.warning("%d row(s) not sent: %s", runner.skipped_count, "; ".join(runner.skipped[:5]))

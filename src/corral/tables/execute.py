@@ -50,9 +50,9 @@ async def execute(runner: TableRunner, chunks: Iterable[pd.DataFrame], *, specs:
                   store: str | os.PathLike[str] | Store | None, max_concurrent_calls: int | None,
                   timeout: float | None, max_json_retries: int, progress: str,
                   total: int | None = None, argv: list[str] | None = None,
-                  manifest: ManifestRecorder | None = None) -> JobStats:
+                  manifest: ManifestRecorder | None = None, hedge: bool = True) -> JobStats:
     settings = EngineSettings(
-        timeout=timeout or 300.0, retry=RetryPolicy(), max_in_flight=max_concurrent_calls,
+        timeout=timeout, hedge=hedge, retry=RetryPolicy(), max_in_flight=max_concurrent_calls,
         validate=runner.validate, content_retries=max_json_retries,
     )
     journal = store if isinstance(store, Store) else Store(store)

@@ -156,7 +156,8 @@ async def fill_missing_fields_async(
     recorder = fill_manifest(runner, plan, prompt_template, frame_facts(frame), manifest,
                              kind="fill_missing_fields")
     await execute(runner, chunks, specs=specs, store=store, max_concurrent_calls=max_concurrent_calls,
-                  timeout=timeout, max_json_retries=max_json_retries,
+                  timeout=timeout or cfg.get("timeout"), hedge=cfg.get("hedge") is not False,
+                  max_json_retries=max_json_retries,
                   progress=progress_mode(progress), manifest=recorder)
     out = pd.concat(parts, ignore_index=True)
     out.index = frame.index
@@ -205,9 +206,9 @@ async def fill_file_async(
         recorder.job["local"] = local
         stats = await execute(runner, table.chunks(), specs=specs,
                               store=store if store is not None else default_store_path(str(output_path), None),
-                              max_concurrent_calls=max_concurrent_calls, timeout=timeout,
+                              max_concurrent_calls=max_concurrent_calls, timeout=timeout or cfg.get("timeout"),
                               max_json_retries=max_json_retries, progress=progress, argv=argv,
-                              manifest=recorder)
+                              manifest=recorder, hedge=cfg.get("hedge") is not False)
         complete = True
     finally:
         table.close(complete=complete)
