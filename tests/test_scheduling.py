@@ -237,6 +237,20 @@ def test_busy_server_slots_are_cut_and_every_row_still_answers(fake_ollama_facto
     assert control.cuts >= 1 and control.limit <= 4, (control.cuts, control.limit)
 
 
+def test_slot_control_doubles_its_step_while_tries_pay_then_settles_at_the_servers_slots() -> None:
+    """Configured with 4, really 12 slots (work per second grows with slots up to 12)."""
+    control = SlotControl(limit=4, ceiling=16)
+    now = 0.0
+    seen = [control.limit]
+    for _ in range(40):
+        now = _feed(control, now, control.period, rate=10.0 * min(control.limit, 12))
+        seen.append(control.limit)
+    assert seen[:5] == [4, 5, 7, 11, 16], seen  # +1, +2, +4, then the ceiling
+    assert seen[5] == 12, seen  # of the 5 added, the gain showed 1 was real: kept 12
+    # settled: 12, with a try of 13 now and then that is given back
+    assert set(seen[-12:]) == {12, 13} and seen[-12:].count(12) >= 9, seen
+
+
 def test_slot_control_measures_work_not_answers() -> None:
     """Late in a longest-first job answers get shorter: more answers per second is no gain."""
     control = SlotControl(limit=2, ceiling=4)

@@ -160,9 +160,12 @@ class SlotControl:
 
     It starts from the configured (or probed) slots. Every ``period`` answers it measures the
     work done per second (in cost units, costs.Speeds.cost, so that a stretch of short answers late
-    in a longest-first job is not mistaken for a gain); while work is waiting it tries one slot more,
-    keeps it if throughput rose by ``gain`` and gives it back otherwise (then waits a few periods
-    before trying again). A 503/429 "busy" halves it at once; refusals of requests sent before the
+    in a longest-first job is not mistaken for a gain); while work is waiting it tries more slots,
+    keeps them if throughput rose by ``gain`` and gives them back otherwise (then waits a few periods
+    before trying again). The step starts at one slot and doubles after each try that paid in full,
+    as in TCP's slow start, so a server configured with half its real slots gets them in a few
+    periods. A try that paid only in part keeps the part that paid: the gain measured, against the
+    gain the added slots would bring if throughput grew with slots, says how many of them were real. A 503/429 "busy" halves it at once; refusals of requests sent before the
     last cut are ignored (they say nothing about the new limit), so one burst is one cut, as in
     TCP's congestion control. Rising latency without more work per second shows up as no gain, so
     the extra slot is given back.
@@ -177,7 +180,8 @@ class SlotControl:
     _units: float = 0.0
     _since: float | None = None
     _rate: float | None = None
-    _trying: bool = False
+    _trying: int = 0               # slots added by the try being measured (0: none)
+    _step: int = 1
     _resting: int = 0
     _cut_at: float = float("-inf")
     raises: int = 0
@@ -203,18 +207,26 @@ class SlotControl:
         self._count, self._units, self._since = 0, 0.0, now
         previous, self._rate = self._rate, rate
         if self._trying:
-            self._trying = False
+            tried, self._trying = self._trying, 0
             if previous is not None and rate < previous * self.gain:
-                self._set(self.limit - 1)  # no better with one more: give it back, rest a while
-                self._resting = self.rest_periods
+                self._set(self.limit - tried)  # no better with more: give them back, rest a while
+                self._step, self._resting = 1, self.rest_periods
                 return False
+            if previous is not None:
+                linear = tried / (self.limit - tried)  # the gain if every added slot were real
+                paid = max(1, round(tried * min(1.0, (rate / previous - 1) / linear)))
+                if paid < tried:  # part of it was real: keep that part, then go one at a time
+                    self._set(self.limit - tried + paid)
+                    self._step, self._resting = 1, self.rest_periods
+                    return False
+            self._step *= 2
         elif self._resting:
             self._resting -= 1
             return False
-        if work_waiting and self.limit < self.ceiling:  # it paid (or first try): one more
-            self._trying = True
+        if work_waiting and self.limit < self.ceiling:  # it paid (or first try): more
+            self._trying = min(self._step, self.ceiling - self.limit)
             self.raises += 1
-            self._set(self.limit + 1)
+            self._set(self.limit + self._trying)
             return True
         return False
 
@@ -224,6 +236,6 @@ class SlotControl:
             return
         self._cut_at = now
         self.cuts += 1
-        self._trying, self._resting, self._rate = False, self.rest_periods, None
+        self._trying, self._step, self._resting, self._rate = 0, 1, self.rest_periods, None
         self._count, self._units, self._since = 0, 0.0, None
         self._set(self.limit // 2)
