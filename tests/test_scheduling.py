@@ -322,7 +322,9 @@ def test_hedge_option_in_batch_generate_and_the_config(tmp_path: Path, fake_olla
     assert all(r["success"] for r in hedged + plain)
     assert slow_rows(plain) == 1 and slow_rows(hedged) == 0  # the slow one's row, answered elsewhere
     assert orjson.loads((tmp_path / "on.json").read_bytes())["engine"]["hedge"] is True
-    assert orjson.loads((tmp_path / "off.json").read_bytes())["engine"]["hedge"] is False
+    off = orjson.loads((tmp_path / "off.json").read_bytes())
+    assert off["engine"]["hedge"] is False and off["engine"]["adaptive_slots"] is False
+    assert [s["learnt_slots"] for s in off["per_server"]] == [{"llama3.2": 1}] * 2  # -j 1: fixed
 
     config = tmp_path / "cluster.toml"
     config.write_text(f'model = "llama3.2"\nhedge = false\nmax_concurrency = 1\n'
