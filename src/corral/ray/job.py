@@ -1,0 +1,237 @@
+"""`corral run FILES --ray ADDRESS`: table files through a Ray actor pool, one output per input file.
+
+The unit of work, of output and of resume is the input file (a *partition*): Ray Data schedules
+the pending partitions (``ray.data.from_items``) over a pool of :class:`PartitionWorker` actors,
+each with one corral engine and its share of the fleet's slots. A worker streams its file in chunks
+with corral's own table readers (memory stays bounded whatever the file size), fills run_analysis's
+columns and writes ``<out>/<name>.parquet`` (or ``.jsonl``) as ``.part``, renamed when complete. A
+re-run skips every partition whose output exists. Ray restarts a killed actor and re-runs its
+partition from the start, so each row is in the output exactly once.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..errors import UsageError
+from ..tables.analysis import build_runner
+from ..tables.execute import model_list
+from ..tables.io import TableWriter, read_table_chunks
+from .worker import ActorEngine, TableJob, actor_settings, fleet_key, my_share, resolve_fleet
+
+#: Input suffixes a directory is searched for (the formats Ray-scale inputs come in).
+INPUT_SUFFIXES = (".parquet", ".pq", ".csv", ".tsv", ".jsonl", ".ndjson")
+OUTPUT_FORMATS = {"parquet": ".parquet", "jsonl": ".jsonl"}
+
+
+def discover(inputs: list[str]) -> list[Path]:
+    """Input files from paths, directories (searched recursively) and globs, sorted, each once."""
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            matches = [p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES]
+            if not matches:
+                raise UsageError(f"{item}: no {', '.join(INPUT_SUFFIXES)} files in this folder")
+        elif any(ch in item for ch in "*?["):
+            matches = [Path(p) for p in sorted(glob.glob(item, recursive=True)) if Path(p).is_file()]
+            if not matches:
+                raise UsageError(f"{item}: no file matches")
+        elif path.is_file():
+            matches = [path]
+        else:
+            raise UsageError(f"{item}: no such file or folder")
+        for match in matches:
+            if match.suffix.lower() not in INPUT_SUFFIXES:
+                raise UsageError(f"{match}: --ray reads {', '.join(INPUT_SUFFIXES)} files")
+        found.extend(matches)
+    return sorted(dict.fromkeys(p.resolve() for p in found))
+
+
+def partition_names(files: list[Path], fmt: str) -> list[str]:
+    """One output name per input, from its path below the inputs' common folder (``2024/a.parquet``
+    becomes ``2024__a.parquet``), so names never collide and stay the same when files are added."""
+    if fmt not in OUTPUT_FORMATS:
+        raise UsageError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}")
+    root = Path(os.path.commonpath([str(f.parent) for f in files]))
+    names = []
+    for f in files:
+        rel = f.relative_to(root)
+        stem = "__".join([*rel.parent.parts, rel.stem])
+        names.append(stem + OUTPUT_FORMATS[fmt])
+    return names
+
+
+@dataclass(slots=True)
+class PartitionStats:
+    path: str
+    output: str
+    rows: int = 0
+    ok: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+class PartitionWorker:
+    """A Ray Data actor: each batch row names an input file and its output; returns one stats row
+    per partition. A partition that cannot be done (a missing column, an unreadable file) is
+    reported in the stats' ``error``, leaves no output, and stays pending for the next run."""
+
+    def __init__(self, *, fleet: list[Any], num_actors: int, job: TableJob, settings: dict[str, Any],
+                 chunk_size: int = 20_000) -> None:
+        self.job = job
+        self.chunk_size = chunk_size
+        self.index, servers = my_share(fleet, num_actors, fleet_key(fleet, num_actors, "run"))
+        self.engine = ActorEngine(servers, actor_settings(**settings))
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        rows = [self.partition(str(p), str(o)) for p, o in zip(batch["path"], batch["output"])]
+        return pd.DataFrame([{f: getattr(s, f) for f in PartitionStats.__slots__} for s in rows])
+
+    def partition(self, path: str, output: str) -> PartitionStats:
+        stats = PartitionStats(path=path, output=output)
+        started = time.monotonic()
+        writer: TableWriter | None = None
+        complete = False
+        try:
+            chunks = read_table_chunks(path, chunk_size=self.chunk_size)
+            first = next(chunks)
+            writer = TableWriter(output, neutralize_formulas=False)
+            job = self.job
+            runner = build_runner(
+                [str(c) for c in first.columns], writer.write, text_column=job.text_column,
+                models=model_list(job.model_names), fanout=job.fanout,
+                prompt_template=job.prompt_template, json_keys=job.json_keys,
+                json_schema=job.json_schema, system=job.system, options=job.options,
+                id_column=job.id_column)
+            result = self.engine.run_chunks(runner, _chain(first, chunks), None)
+            stats.ok, stats.failed = result.ok, result.failed + runner.skipped_count
+            stats.rows = writer.rows_written
+            complete = True
+        except Exception as exc:  # the partition's error, not the job's: reported, run again later
+            stats.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, UsageError) else str(exc)
+        finally:
+            if writer is not None:
+                writer.close(complete=complete)
+                if not complete:
+                    writer.part_path.unlink(missing_ok=True)
+        stats.seconds = round(time.monotonic() - started, 3)
+        return stats
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            try:
+                engine.close()
+            except Exception:
+                pass
+
+
+def _chain(first: pd.DataFrame, rest: Any) -> Any:
+    yield first
+    yield from rest
+
+
+def connect(address: str) -> bool:
+    """``ray.init`` for ``--ray``: ``local`` starts a fresh local instance (no dashboard), ``auto``
+    joins the cluster of this machine (``ray start --head`` / RAY_ADDRESS), ``ray://host:10001`` goes
+    through Ray Client, and ``host:port`` is a cluster's GCS address. Returns whether this call
+    started Ray (and so should shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    quiet: dict[str, Any] = {"include_dashboard": False} if address == "local" else {}
+    try:
+        ray.init(address=None if address == "local" else address, log_to_driver=False, **quiet)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise UsageError(f"--ray {address}: cannot connect to Ray: {exc}") from None
+    return True
+
+
+def run_files(inputs: list[str], output: str, *, address: str, job: TableJob, config: Any = None,
+              servers: Any = None, api: str = "ollama", workers: int | None = None,
+              num_actors: int | None = None, output_format: str = "parquet", chunk_size: int = 20_000,
+              timeout: float | None = None, max_attempts: int = 5, max_json_retries: int = 2,
+              progress: str = "auto", actor_cpus: float = 1.0) -> list[PartitionStats]:
+    """Run every pending partition; returns the stats of the partitions run now."""
+    import ray
+
+    files = discover(inputs)
+    names = partition_names(files, output_format)
+    out_dir = Path(output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"{output}: with --ray, -o is a folder (one output file per input file)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fleet, cfg = resolve_fleet(config, servers, api, workers)
+    if not job.model_names:
+        if not cfg.model:
+            raise UsageError("no model: give -m MODEL or a config with model = ...")
+        job.model_names = (cfg.model,)
+    job.system = job.system or cfg.system_message
+    job.options = {**cfg.options, **job.options}
+    pending = [(str(f), str(out_dir / n)) for f, n in zip(files, names) if not (out_dir / n).exists()]
+    say = (lambda text: None) if progress == "none" else (lambda text: print(text, file=sys.stderr, flush=True))
+    say(f"corral: {len(files)} partition(s), {len(files) - len(pending)} already complete in {output}")
+    if not pending:
+        return []
+    started_ray = connect(address)
+    total_slots = sum(s.max_concurrency or 0 for s in fleet)
+    actors = num_actors or 0
+    try:
+        cpus = int(ray.cluster_resources().get("CPU", 1) // actor_cpus) or 1
+        actors = num_actors or max(1, min(len(pending), total_slots, cpus))
+        if actors > total_slots:
+            raise UsageError(f"{actors} actors but the fleet has {total_slots} slot(s): use --ray-actors "
+                             f"{total_slots} or fewer")
+        say(f"corral: running {len(pending)} partition(s) on {actors} Ray actor(s) sharing "
+            f"{total_slots} slot(s) of {len(fleet)} server(s)")
+        settings = {"timeout": timeout or cfg.timeout, "max_attempts": max_attempts,
+                    "max_json_retries": max_json_retries}
+        ds = ray.data.from_items([{"path": p, "output": o} for p, o in pending],
+                                 override_num_blocks=len(pending))
+        results = ds.map_batches(
+            PartitionWorker, batch_size=1, batch_format="pandas", num_cpus=actor_cpus,
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            fn_constructor_kwargs={"fleet": fleet, "num_actors": actors, "job": job, "settings": settings,
+                                   "chunk_size": chunk_size})
+        done: list[PartitionStats] = []
+        clock = time.monotonic()
+        rows = 0
+        for row in results.iter_rows():
+            stats = PartitionStats(**{f: _plain(row[f]) for f in PartitionStats.__slots__})
+            done.append(stats)
+            rows += stats.rows
+            what = (f"error: {stats.error}" if stats.error else
+                    f"{stats.rows} rows, {stats.failed} failed, {stats.seconds:.1f}s")
+            rate = rows / max(time.monotonic() - clock, 1e-9)
+            say(f"corral: [{len(done)}/{len(pending)}] {Path(stats.output).name}: {what} | "
+                f"{rows} rows in all, {rate:.0f} rows/s")
+        return done
+    finally:
+        from .ledger import drop_ledger
+
+        try:
+            drop_ledger(fleet_key(fleet, actors, "run"))
+        except Exception:
+            pass
+        if started_ray:
+            ray.shutdown()
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and NaN from a Ray row back to Python values."""
+    if value is None:
+        return None
+    if isinstance(value, float) and value != value:
+        return None
+    return value.item() if hasattr(value, "item") else value
