@@ -150,7 +150,9 @@ def connect(address: str) -> bool:
 
     if ray.is_initialized():
         return False
-    quiet: dict[str, Any] = {"include_dashboard": False} if address == "local" else {}
+    # A fresh local instance: no dashboard, and on the loopback address only.
+    quiet: dict[str, Any] = ({"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
+                             if address == "local" else {})
     try:
         ray.init(address=None if address == "local" else address, log_to_driver=False, **quiet)
     except (ConnectionError, ValueError, RuntimeError) as exc:
