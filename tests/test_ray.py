@@ -275,3 +275,63 @@ def test_killed_actor_still_completes_every_row_exactly_once(ray_address, fleet,
     assert sorted(out["id"].tolist()) == list(range(240))            # every row, exactly once
     sent_ok = out[out["text"].str.len() > 0]
     assert sent_ok["response"].notna().all()
+
+
+def test_ledger_gives_a_restarted_actor_its_index_and_reclaims_dead_ones(ray_address) -> None:
+    from corral.ray.ledger import SlotLedger
+
+    @ray.remote(num_cpus=0)
+    class Dummy:
+        def me(self) -> str:
+            return ray.get_runtime_context().get_actor_id()
+
+    ledger = SlotLedger.remote(2)
+    try:
+        dummy = Dummy.remote()
+        dead = ray.get(dummy.me.remote())
+        assert ray.get(ledger.claim.remote(dead)) == 0
+        assert ray.get(ledger.claim.remote("live-b")) == 1
+        assert ray.get(ledger.claim.remote(dead)) == 0        # the same actor (restarted): same index
+        assert ray.get(ledger.claim.remote("live-c")) is None  # both held by live actors: wait
+        ray.kill(dummy)
+        deadline = time.monotonic() + 20
+        while actor_state(dead) != "DEAD" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ray.get(ledger.claim.remote("live-c")) == 0     # a replacement takes the dead one's
+        assert ray.get(ledger.holding.remote()) == {"live-b": 1, "live-c": 0}
+    finally:
+        ray.kill(ledger)
+
+
+@pytest.mark.timeout(240)
+def test_corral_run_ray_survives_a_killed_actor(ray_address, fleet, parquet_dir, tmp_path) -> None:
+    """SIGKILL a worker actor of a running `corral run --ray`: Ray restarts it, its partition is
+    written from the start again, and every row is in the output exactly once."""
+    from ray._private import state
+
+    a, b, config = fleet
+    a.latency = b.latency = 0.1
+    cfg = tmp_path / "cluster.toml"
+    _write_toml(cfg, config)
+    out_dir = tmp_path / "out"
+    env = {**os.environ, "CORRAL_LOG_INTERVAL": "1"}
+    env.pop("OLLAMA_HOST", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corral", "run", str(parquet_dir), "--ray", ray_address, "--config", str(cfg),
+         "--prompt", TEMPLATE, "--output-format", "jsonl", "-o", str(out_dir)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        holders = _ledger_holders()
+        assert a.wait_until(lambda s: s.completed >= 10, timeout=60)
+        victim = next(iter(holders))
+        os.kill(state.actors(victim)["Pid"], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=200)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "3 partition(s) written, 240 rows" in stderr, stderr
+    assert state.actors(victim)["NumRestarts"] >= 1
+    rows = [json.loads(line) for p in sorted(out_dir.glob("*.jsonl")) for line in p.read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == list(range(240))          # exactly once
+    assert sorted(p.name for p in out_dir.iterdir()) == ["part0.jsonl", "part1.jsonl", "part2.jsonl"]
