@@ -24,6 +24,9 @@ from corral.errors import UsageError
 from tests.conftest import ROOT
 from tests.conftest import corral as corral_cli
 
+# Ray's single-machine mode: its processes listen on 127.0.0.1 only (read when Ray is imported; the
+# CLI subprocesses inherit it).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 ray = pytest.importorskip("ray")
 
 import corral  # noqa: E402
@@ -102,8 +105,8 @@ def test_without_ray_the_error_says_how_to_install(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def ray_address():
-    context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                       _node_ip_address="127.0.0.1")
+    context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    assert context.address_info["gcs_address"].startswith("127.0.0.1:")
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         yield context.address_info["gcs_address"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -20,6 +21,10 @@ def run_on_ray(inputs: list[str], output: str | None, *, address: str, config: s
         raise UsageError("no input: corral run big/*.parquet --ray auto -o out/")
     if not output:
         raise UsageError("no output: give -o FOLDER (one output file per input file)")
+    if address == "local":
+        # Ray's single-machine mode: every Ray process on 127.0.0.1, nothing listening outside.
+        # Read when Ray is imported, so it is set before.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         from ..ray.job import run_files
         from ..ray.worker import TableJob

@@ -150,9 +150,9 @@ def connect(address: str) -> bool:
 
     if ray.is_initialized():
         return False
-    # A fresh local instance: no dashboard, and on the loopback address only.
-    quiet: dict[str, Any] = ({"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
-                             if address == "local" else {})
+    # A fresh local instance: no dashboard (and, from the CLI, on the loopback address only: see
+    # corral.cli.ray_run).
+    quiet: dict[str, Any] = {"include_dashboard": False} if address == "local" else {}
     try:
         ray.init(address=None if address == "local" else address, log_to_driver=False, **quiet)
     except (ConnectionError, ValueError, RuntimeError) as exc:
