@@ -338,3 +338,47 @@ def test_corral_run_ray_survives_a_killed_actor(ray_address, fleet, parquet_dir,
     rows = [json.loads(line) for p in sorted(out_dir.glob("*.jsonl")) for line in p.read_text().splitlines()]
     assert sorted(r["id"] for r in rows) == list(range(240))          # exactly once
     assert sorted(p.name for p in out_dir.iterdir()) == ["part0.jsonl", "part1.jsonl", "part2.jsonl"]
+
+
+def test_flags_of_the_other_path_are_refused_not_ignored(tmp_path: Path) -> None:
+    ray_only = corral_cli("run", "prompts.jsonl", "--prompt", "Say {text}", "-o", str(tmp_path / "o.jsonl"))
+    assert ray_only.returncode == 2 and "go with --ray" in ray_only.stderr
+    one_process_only = corral_cli("run", str(tmp_path), "--ray", "local", "--retry-failed", "--json",
+                                  "-o", str(tmp_path / "out"))
+    assert one_process_only.returncode == 2
+    assert "--ray does not take --json, --retry-failed" in one_process_only.stderr
+
+
+def test_partition_names_never_collide(tmp_path: Path) -> None:
+    from corral.ray.job import discover, partition_names
+
+    for rel in ("in/a.csv", "in/a.jsonl", "in/2024/b.parquet", "in/c.parquet", "in/notes.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x")
+    files = discover([str(tmp_path / "in")])
+    assert [f.name for f in files] == ["b.parquet", "a.csv", "a.jsonl", "c.parquet"]   # no .txt
+    assert partition_names(files, "jsonl") == ["2024__b.jsonl", "a.csv.jsonl", "a.jsonl.jsonl", "c.jsonl"]
+    assert discover([str(tmp_path / "in" / "*.parquet")]) == [(tmp_path / "in" / "c.parquet").resolve()]
+    with pytest.raises(UsageError, match="no file matches"):
+        discover([str(tmp_path / "nothing*.csv")])
+
+
+@pytest.mark.timeout(180)
+def test_corral_run_ray_reads_csv_and_jsonl(ray_address, fleet, tmp_path) -> None:
+    _, _, config = fleet
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pd.DataFrame({"id": ["a1", "a2", "a3"], "text": ["one", "two", ""]}).to_csv(folder / "a.csv", index=False)
+    (folder / "b.jsonl").write_text("".join(json.dumps({"id": f"b{i}", "text": f"line {i}"}) + "\n"
+                                            for i in range(4)))
+    cfg = tmp_path / "cluster.toml"
+    _write_toml(cfg, config)
+    result = corral_cli("run", str(folder), "--ray", ray_address, "--config", str(cfg), "--prompt",
+                        "Say {text}", "--output-format", "jsonl", "-o", str(tmp_path / "out"), timeout=150)
+    assert result.returncode == 0, result.stderr
+    a = [json.loads(x) for x in (tmp_path / "out" / "a.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (tmp_path / "out" / "b.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in a] == ["a1", "a2", "a3"] and [r["id"] for r in b] == ["b0", "b1", "b2", "b3"]
+    assert json.loads(a[0]["response"]) == {"label": "short"} and a[0]["error"] is None
+    assert a[2]["response"] is None and a[2]["error"] == "not sent: empty text"
+    assert b[3]["model"] == "llama3.2" and b[3]["error"] is None

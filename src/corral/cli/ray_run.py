@@ -12,6 +12,13 @@ from ..errors import UsageError
 from .common import load_schema, read_text_arg
 
 
+def refuse(flags: dict[str, Any]) -> None:
+    """Flags of the one-process path that --ray does not honour: an error, not silently ignored."""
+    given = [flag for flag, value in flags.items() if value]
+    if given:
+        raise UsageError(f"--ray does not take {', '.join(given)} (see README: Scale out on Ray)")
+
+
 def run_on_ray(inputs: list[str], output: str | None, *, address: str, config: str | None,
                server: list[str], api: str, model: str | None, system: str | None,
                schema: str | None, options: dict[str, Any], text_column: str, prompt: str | None,

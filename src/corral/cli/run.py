@@ -83,7 +83,11 @@ def run_command(
     """Run every prompt of INPUT on the servers; re-running the same command resumes."""
     setup_logging(verbose)
     if ray:
-        from .ray_run import run_on_ray
+        from .ray_run import refuse, run_on_ray
+
+        refuse({"--output-dir": output_dir, "--local": local, "--json": json_mode, "--store": store_path,
+                "--retry-failed": retry_failed, "--reproduce": reproduce, "--skip-invalid": skip_invalid,
+                "--endpoint": endpoint != "chat", "--format": fmt != "auto"})
 
         options = parse_option_pairs(option)
         for name, value in (("temperature", temperature), ("seed", seed), ("num_ctx", num_ctx),
@@ -96,6 +100,9 @@ def run_command(
                    actors=ray_actors, output_format=output_format, timeout=timeout,
                    max_attempts=max_attempts, progress=progress)
         return
+    if prompt or ray_actors or text_column != "text" or output_format != "parquet":
+        raise UsageError("--prompt, --text-column, --output-format and --ray-actors go with --ray "
+                         "(for one table file on one machine: corral analyze)")
     if input and len(input) > 1:
         raise UsageError("one prompt file at a time (several table files only with --ray)")
     input = input[0] if input else None  # type: ignore[assignment]

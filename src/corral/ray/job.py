@@ -62,12 +62,10 @@ def partition_names(files: list[Path], fmt: str) -> list[str]:
     if fmt not in OUTPUT_FORMATS:
         raise UsageError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}")
     root = Path(os.path.commonpath([str(f.parent) for f in files]))
-    names = []
-    for f in files:
-        rel = f.relative_to(root)
-        stem = "__".join([*rel.parent.parts, rel.stem])
-        names.append(stem + OUTPUT_FORMATS[fmt])
-    return names
+    stems = ["__".join([*f.relative_to(root).parent.parts, f.stem]) for f in files]
+    # a.csv and a.jsonl side by side: both keep their own suffix (a.csv.parquet, a.jsonl.parquet)
+    clash = {s for s in stems if stems.count(s) > 1}
+    return [(s + f.suffix if s in clash else s) + OUTPUT_FORMATS[fmt] for s, f in zip(stems, files)]
 
 
 @dataclass(slots=True)
