@@ -81,12 +81,15 @@ def claim_index(key: str, num_actors: int, wait: float = 600.0) -> int:
     """This actor's index among ``num_actors``, from the job's ledger (created by the first asker)."""
     if num_actors == 1:
         return 0
-    ledger: Any = SlotLedger.options(name=ledger_name(key), namespace=NAMESPACE, lifetime="detached",
-                                     get_if_exists=True).remote(num_actors)
     me = ray.get_runtime_context().get_actor_id() or f"driver-{id(object())}"
     deadline = time.monotonic() + wait
     while True:
-        index = ray.get(ledger.claim.remote(me))
+        ledger: Any = SlotLedger.options(name=ledger_name(key), namespace=NAMESPACE, lifetime="detached",
+                                         get_if_exists=True).remote(num_actors)
+        try:
+            index = ray.get(ledger.claim.remote(me))
+        except ray.exceptions.RayActorError:  # an earlier run's ledger, ending itself just now
+            index = None
         if index is not None:
             return index
         if time.monotonic() > deadline:
