@@ -189,7 +189,8 @@ def run_files(inputs: list[str], output: str, *, address: str, job: TableJob, co
     actors = num_actors or 0
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1) // actor_cpus) or 1
-        actors = num_actors or max(1, min(len(pending), total_slots, cpus))
+        # More actors than partitions would hold slot shares that no partition uses.
+        actors = min(num_actors, len(pending)) if num_actors else max(1, min(len(pending), total_slots, cpus))
         if actors > total_slots:
             raise UsageError(f"{actors} actors but the fleet has {total_slots} slot(s): use --ray-actors "
                              f"{total_slots} or fewer")

@@ -80,8 +80,8 @@ class ActorEngine:
             raise
         self.totals = JobStats()
 
-    def _call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+    def _call(self, coro: Any, timeout: float | None = None) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def run_frame(self, frame: pd.DataFrame, job: TableJob) -> pd.DataFrame:
         """``frame`` with run_analysis's columns filled; a failing row has its error filled."""
@@ -111,7 +111,7 @@ class ActorEngine:
 
     def close(self) -> None:
         try:
-            self._call(self.engine.aclose())
+            self._call(self.engine.aclose(), timeout=10)
         finally:
             self._stop_loop()
 
