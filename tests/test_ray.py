@@ -382,3 +382,36 @@ def test_corral_run_ray_reads_csv_and_jsonl(ray_address, fleet, tmp_path) -> Non
     assert json.loads(a[0]["response"]) == {"label": "short"} and a[0]["error"] is None
     assert a[2]["response"] is None and a[2]["error"] == "not sent: empty text"
     assert b[3]["model"] == "llama3.2" and b[3]["error"] is None
+
+
+@pytest.mark.timeout(180)
+def test_big_parquet_files_are_cut_at_row_groups(ray_address, fleet, tmp_path) -> None:
+    """A file of 5 row groups with --partition-rows 100 becomes 3 partitions (2+2+1 groups), each
+    its own resumable output; together they are the file's rows, each once."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _, _, config = fleet
+    folder = tmp_path / "in"
+    folder.mkdir()
+    frame = pd.DataFrame({"id": range(240), "text": [f"row {i}" for i in range(240)]})
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), folder / "big.parquet", row_group_size=50)
+    frame.iloc[:30].to_parquet(folder / "small.parquet")
+    cfg = tmp_path / "cluster.toml"
+    _write_toml(cfg, config)
+    out_dir = tmp_path / "out"
+    args = ("run", str(folder), "--ray", ray_address, "--config", str(cfg), "--prompt", "Say {text}",
+            "--partition-rows", "100", "-o", str(out_dir))
+    result = corral_cli(*args, timeout=150)
+    assert result.returncode == 0, result.stderr
+    assert "4 partition(s) from 2 file(s), 0 already complete" in result.stderr
+    names = sorted(p.name for p in out_dir.iterdir())
+    assert names == ["big.rg00000-00001.parquet", "big.rg00002-00003.parquet", "big.rg00004-00004.parquet",
+                     "small.parquet"]
+    big = pd.concat([pd.read_parquet(out_dir / n) for n in names[:3]], ignore_index=True)
+    assert big["id"].tolist() == list(range(240)) and big["error"].isna().all()
+    assert [len(pd.read_parquet(out_dir / n)) for n in names] == [100, 100, 40, 30]
+    (out_dir / names[1]).unlink()
+    again = corral_cli(*args, timeout=150)
+    assert "4 partition(s) from 2 file(s), 3 already complete" in again.stderr
+    assert pd.read_parquet(out_dir / names[1])["id"].tolist() == list(range(100, 200))

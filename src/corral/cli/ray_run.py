@@ -23,7 +23,7 @@ def run_on_ray(inputs: list[str], output: str | None, *, address: str, config: s
                server: list[str], api: str, model: str | None, system: str | None,
                schema: str | None, options: dict[str, Any], text_column: str, prompt: str | None,
                workers: int | None, actors: int | None, output_format: str, timeout: float | None,
-               max_attempts: int | None, progress: str) -> None:
+               max_attempts: int | None, progress: str, partition_rows: int = 1_000_000) -> None:
     if not inputs:
         raise UsageError("no input: corral run big/*.parquet --ray auto -o out/")
     if not output:
@@ -44,7 +44,8 @@ def run_on_ray(inputs: list[str], output: str | None, *, address: str, config: s
                    system=read_text_arg(system, "--system"), options=options)
     done = run_files(inputs, output, address=address, job=job, config=config, servers=server or None,
                      api=api, workers=workers, num_actors=actors, output_format=output_format,
-                     timeout=timeout, max_attempts=max_attempts or 5, progress=progress)
+                     timeout=timeout, max_attempts=max_attempts or 5, progress=progress,
+                     rows_per_partition=partition_rows)
     rows = sum(s.rows for s in done)
     failed = sum(s.failed for s in done)
     broken = [s for s in done if s.error]

@@ -78,6 +78,9 @@ def run_command(
     text_column: str = typer.Option("text", "--text-column", help="With --ray: the column holding the text."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="With --ray: template with {text} (or @file)."),
     output_format: str = typer.Option("parquet", "--output-format", help="With --ray: parquet or jsonl."),
+    partition_rows: int = typer.Option(
+        1_000_000, "--partition-rows", help="With --ray: cut bigger Parquet files into partitions of "
+        "about this many rows, at row-group boundaries."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True),
 ) -> None:
     """Run every prompt of INPUT on the servers; re-running the same command resumes."""
@@ -98,10 +101,10 @@ def run_command(
                    server=server, api=api, model=model, system=system, schema=schema,
                    options=options, text_column=text_column, prompt=prompt, workers=concurrency,
                    actors=ray_actors, output_format=output_format, timeout=timeout,
-                   max_attempts=max_attempts, progress=progress)
+                   max_attempts=max_attempts, progress=progress, partition_rows=partition_rows)
         return
-    if prompt or ray_actors or text_column != "text" or output_format != "parquet":
-        raise UsageError("--prompt, --text-column, --output-format and --ray-actors go with --ray "
+    if prompt or ray_actors or text_column != "text" or output_format != "parquet" or partition_rows != 1_000_000:
+        raise UsageError("--prompt, --text-column, --output-format, --partition-rows and --ray-actors go with --ray "
                          "(for one table file on one machine: corral analyze)")
     if input and len(input) > 1:
         raise UsageError("one prompt file at a time (several table files only with --ray)")

@@ -69,6 +69,64 @@ def partition_names(files: list[Path], fmt: str) -> list[str]:
 
 
 @dataclass(slots=True)
+class Partition:
+    """One unit of work, output and resume: a whole file, or a run of a Parquet file's row groups."""
+
+    path: str
+    output: str
+    row_groups: list[int] | None = None
+
+
+def plan_partitions(files: list[Path], names: list[str], out_dir: Path,
+                    rows_per_partition: int | None) -> list[Partition]:
+    """Every partition; a Parquet file with more rows than ``rows_per_partition`` is cut at row-group
+    boundaries into runs of about that many rows, named by their row groups
+    (``a.rg00000-00003.parquet``), so a name always means the same rows of the same file."""
+    parts: list[Partition] = []
+    for path, name in zip(files, names):
+        groups = _row_groups(path) if rows_per_partition else None
+        if not groups or sum(groups) <= (rows_per_partition or 0) or len(groups) == 1:
+            parts.append(Partition(str(path), str(out_dir / name)))
+            continue
+        stem, suffix = name.rsplit(".", 1)
+        run: list[int] = []
+        rows = 0
+        for index, count in enumerate(groups):
+            run.append(index)
+            rows += count
+            if rows >= rows_per_partition or index == len(groups) - 1:  # type: ignore[operator]
+                label = f"{stem}.rg{run[0]:05d}-{run[-1]:05d}.{suffix}"
+                parts.append(Partition(str(path), str(out_dir / label), list(run)))
+                run, rows = [], 0
+    return parts
+
+
+def _row_groups(path: Path) -> list[int] | None:
+    """Rows per row group of a Parquet file (its footer only); None for other formats."""
+    if path.suffix.lower() not in (".parquet", ".pq"):
+        return None
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except Exception:  # unreadable: the worker reports it as that partition's error
+        return None
+    return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+
+
+def read_partition(part: Partition, chunk_size: int) -> Any:
+    """The partition's rows as DataFrame chunks: corral's own streamed readers, or for a run of row
+    groups the same Parquet reading restricted to them."""
+    if part.row_groups is None:
+        return read_table_chunks(part.path, chunk_size=chunk_size)
+    from ..tables.io import _batch_frame, _open_parquet
+
+    parquet = _open_parquet(Path(part.path))
+    return (_batch_frame(batch, None)
+            for batch in parquet.iter_batches(batch_size=chunk_size, row_groups=part.row_groups))
+
+
+@dataclass(slots=True)
 class PartitionStats:
     path: str
     output: str
@@ -92,16 +150,18 @@ class PartitionWorker:
         self.engine = ActorEngine(servers, actor_settings(**settings))
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        rows = [self.partition(str(p), str(o)) for p, o in zip(batch["path"], batch["output"])]
+        rows = [self.partition(Partition(str(p), str(o), _groups(g)))
+                for p, o, g in zip(batch["path"], batch["output"], batch["row_groups"])]
         return pd.DataFrame([{f: getattr(s, f) for f in PartitionStats.__slots__} for s in rows])
 
-    def partition(self, path: str, output: str) -> PartitionStats:
-        stats = PartitionStats(path=path, output=output)
+    def partition(self, part: Partition) -> PartitionStats:
+        stats = PartitionStats(path=part.path, output=part.output)
         started = time.monotonic()
         writer: TableWriter | None = None
+        output = part.output
         complete = False
         try:
-            chunks = read_table_chunks(path, chunk_size=self.chunk_size)
+            chunks = iter(read_partition(part, self.chunk_size))
             first = next(chunks)
             writer = TableWriter(output, neutralize_formulas=False)
             job = self.job
@@ -134,6 +194,14 @@ class PartitionWorker:
                 pass
 
 
+def _groups(value: Any) -> list[int] | None:
+    """Row groups as Ray hands them back: a list, a numpy array, or a missing value (whole file)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    groups = [int(g) for g in value]
+    return groups or None
+
+
 def _chain(first: pd.DataFrame, rest: Any) -> Any:
     yield first
     yield from rest
@@ -162,7 +230,8 @@ def run_files(inputs: list[str], output: str, *, address: str, job: TableJob, co
               servers: Any = None, api: str = "ollama", workers: int | None = None,
               num_actors: int | None = None, output_format: str = "parquet", chunk_size: int = 20_000,
               timeout: float | None = None, max_attempts: int = 5, max_json_retries: int = 2,
-              progress: str = "auto", actor_cpus: float = 1.0) -> list[PartitionStats]:
+              progress: str = "auto", actor_cpus: float = 1.0,
+              rows_per_partition: int | None = 1_000_000) -> list[PartitionStats]:
     """Run every pending partition; returns the stats of the partitions run now."""
     import ray
 
@@ -179,9 +248,11 @@ def run_files(inputs: list[str], output: str, *, address: str, job: TableJob, co
         job.model_names = (cfg.model,)
     job.system = job.system or cfg.system_message
     job.options = {**cfg.options, **job.options}
-    pending = [(str(f), str(out_dir / n)) for f, n in zip(files, names) if not (out_dir / n).exists()]
+    parts = plan_partitions(files, names, out_dir, rows_per_partition)
+    pending = [p for p in parts if not Path(p.output).exists()]
     say = (lambda text: None) if progress == "none" else (lambda text: print(text, file=sys.stderr, flush=True))
-    say(f"corral: {len(files)} partition(s), {len(files) - len(pending)} already complete in {output}")
+    split = f" from {len(files)} file(s)" if len(parts) != len(files) else ""
+    say(f"corral: {len(parts)} partition(s){split}, {len(parts) - len(pending)} already complete in {output}")
     if not pending:
         return []
     started_ray = connect(address)
@@ -198,8 +269,8 @@ def run_files(inputs: list[str], output: str, *, address: str, job: TableJob, co
             f"{total_slots} slot(s) of {len(fleet)} server(s)")
         settings = {"timeout": timeout or cfg.timeout, "max_attempts": max_attempts,
                     "max_json_retries": max_json_retries}
-        ds = ray.data.from_items([{"path": p, "output": o} for p, o in pending],
-                                 override_num_blocks=len(pending))
+        ds = ray.data.from_items([{"path": p.path, "output": p.output, "row_groups": p.row_groups or []}
+                                  for p in pending], override_num_blocks=len(pending))
         results = ds.map_batches(
             PartitionWorker, batch_size=1, batch_format="pandas", num_cpus=actor_cpus,
             compute=ray.data.ActorPoolStrategy(size=actors),
