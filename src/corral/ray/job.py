@@ -256,6 +256,8 @@ def run_files(inputs: list[str], output: str, *, address: str, job: TableJob, co
     if not pending:
         return []
     started_ray = connect(address)
+    if progress in ("none", "log") or not sys.stderr.isatty():
+        ray.data.DataContext.get_current().enable_progress_bars = False  # our lines say it all
     total_slots = sum(s.max_concurrency or 0 for s in fleet)
     actors = num_actors or 0
     try:

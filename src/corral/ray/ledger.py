@@ -94,7 +94,7 @@ def claim_index(key: str, num_actors: int, wait: float = 600.0) -> int:
             return index
         if time.monotonic() > deadline:
             raise RuntimeError(f"corral: no free slot share among {num_actors} actors after {wait:.0f}s; "
-                               "is num_actors smaller than map_batches' concurrency?")
+                               "is num_actors smaller than the actor pool's size?")
         time.sleep(1.0)
 
 

@@ -2,14 +2,15 @@
 
     import ray, corral.ray
     ds = ray.data.read_parquet("big/")
-    out = ds.map_batches(corral.ray.Processor, concurrency=8, batch_size=512, batch_format="pandas",
+    out = ds.map_batches(corral.ray.Processor, compute=ray.data.ActorPoolStrategy(size=8),
+                         batch_size=512, batch_format="pandas", num_cpus=0.5,
                          fn_constructor_kwargs={"config": "cluster.toml", "num_actors": 8,
                                                 "text_column": "text", "prompt_template": "..."})
     out.write_parquet("out/")
 
 Each actor owns one engine (see `corral.ray.worker`) with its share of every server's slots
 (`corral.ray.slots`), so the fleet's configured slots are what is in flight in all, whatever the
-number of actors. ``num_actors`` must be the pool size given to ``map_batches(concurrency=...)``.
+number of actors. ``num_actors`` must be the actor pool's size.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ def share_slots(specs: list[ServerSpec], num_actors: int, index: int) -> list[Se
     total = sum(s.max_concurrency or 0 for s in specs)
     if total < num_actors:
         raise UsageError(f"the fleet has {total} slot(s) in all, fewer than the {num_actors} actors: "
-                         f"use at most {total} actors (concurrency={total}), or more slots")
+                         f"use an actor pool of at most {total}, or more slots")
     mine: list[ServerSpec] = []
     start = 0
     for spec in specs:
