@@ -91,7 +91,6 @@ def run_command(
         refuse({"--output-dir": output_dir, "--local": local, "--json": json_mode, "--store": store_path,
                 "--retry-failed": retry_failed, "--reproduce": reproduce, "--skip-invalid": skip_invalid,
                 "--endpoint": endpoint != "chat", "--format": fmt != "auto"})
-
         options = parse_option_pairs(option)
         for name, value in (("temperature", temperature), ("seed", seed), ("num_ctx", num_ctx),
                             ("num_predict", max_tokens)):
@@ -103,9 +102,10 @@ def run_command(
                    actors=ray_actors, output_format=output_format, timeout=timeout,
                    max_attempts=max_attempts, progress=progress, partition_rows=partition_rows)
         return
-    if prompt or ray_actors or text_column != "text" or output_format != "parquet" or partition_rows != 1_000_000:
-        raise UsageError("--prompt, --text-column, --output-format, --partition-rows and --ray-actors go with --ray "
-                         "(for one table file on one machine: corral analyze)")
+    if (prompt or ray_actors or text_column != "text" or output_format != "parquet"
+            or partition_rows != 1_000_000):
+        raise UsageError("--prompt, --text-column, --output-format, --partition-rows and --ray-actors go "
+                         "with --ray (for one table file on one machine: corral analyze)")
     if input and len(input) > 1:
         raise UsageError("one prompt file at a time (several table files only with --ray)")
     input = input[0] if input else None  # type: ignore[assignment]
