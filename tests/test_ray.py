@@ -203,11 +203,18 @@ def test_corral_run_ray_matches_single_process_and_resumes(ray_address, fleet, p
     first = corral_cli("run", *args, timeout=240)
     assert first.returncode == 1, first.stderr       # some rows fail on purpose: exit 1, like `corral run`
     assert "corral: [3/3]" in first.stderr and "3 partition(s) written, 240 rows" in first.stderr
-    assert sorted(p.name for p in out_dir.iterdir()) == ["part0.parquet", "part1.parquet", "part2.parquet"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["corral-ray.manifest.json", "part0.parquet",
+                                                         "part1.parquet", "part2.parquet"]
     got = pd.concat([pd.read_parquet(p) for p in sorted(out_dir.glob("*.parquet"))], ignore_index=True)
     pd.testing.assert_frame_equal(_canonical(got), expected)
     assert a.max_in_flight <= 3 and b.max_in_flight <= 2
     sent = len(a.requests) + len(b.requests)
+
+    manifest = json.loads((out_dir / "corral-ray.manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["counts"]["rows"] == 240
+    not_sent = int(expected["error"].fillna("").str.startswith("not sent").sum())
+    assert manifest["counts"]["failed"] == int(expected["error"].notna().sum()) - not_sent
+    assert [s["slots"] for s in manifest["servers"]] == [3, 2] and manifest["job"]["prompt_template"] == TEMPLATE
 
     again = corral_cli("run", *args, timeout=240)     # complete partitions are skipped
     assert "3 partition(s), 3 already complete" in again.stderr and again.returncode == 0
@@ -337,7 +344,7 @@ def test_corral_run_ray_survives_a_killed_actor(ray_address, fleet, parquet_dir,
     assert state.actors(victim)["NumRestarts"] >= 1
     rows = [json.loads(line) for p in sorted(out_dir.glob("*.jsonl")) for line in p.read_text().splitlines()]
     assert sorted(r["id"] for r in rows) == list(range(240))          # exactly once
-    assert sorted(p.name for p in out_dir.iterdir()) == ["part0.jsonl", "part1.jsonl", "part2.jsonl"]
+    assert sorted(p.name for p in out_dir.glob("*.jsonl")) == ["part0.jsonl", "part1.jsonl", "part2.jsonl"]
 
 
 def test_flags_of_the_other_path_are_refused_not_ignored(tmp_path: Path) -> None:
@@ -373,11 +380,14 @@ def test_corral_run_ray_reads_csv_and_jsonl(ray_address, fleet, tmp_path) -> Non
                                             for i in range(4)))
     cfg = tmp_path / "cluster.toml"
     _write_toml(cfg, config)
-    result = corral_cli("run", str(folder), "--ray", ray_address, "--config", str(cfg), "--prompt",
-                        "Say {text}", "--output-format", "jsonl", "-o", str(tmp_path / "out"), timeout=150)
+    out = folder / "out"   # inside the input folder: its files must never become inputs
+    args = ("run", str(folder), "--ray", ray_address, "--config", str(cfg), "--prompt", "Say {text}",
+            "--output-format", "jsonl", "-o", str(out))
+    result = corral_cli(*args, timeout=150)
     assert result.returncode == 0, result.stderr
-    a = [json.loads(x) for x in (tmp_path / "out" / "a.jsonl").read_text().splitlines()]
-    b = [json.loads(x) for x in (tmp_path / "out" / "b.jsonl").read_text().splitlines()]
+    assert "corral: 2 partition(s), 2 already complete" in corral_cli(*args, timeout=150).stderr
+    a = [json.loads(x) for x in (out / "a.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (out / "b.jsonl").read_text().splitlines()]
     assert [r["id"] for r in a] == ["a1", "a2", "a3"] and [r["id"] for r in b] == ["b0", "b1", "b2", "b3"]
     assert json.loads(a[0]["response"]) == {"label": "short"} and a[0]["error"] is None
     assert a[2]["response"] is None and a[2]["error"] == "not sent: empty text"
@@ -405,7 +415,7 @@ def test_big_parquet_files_are_cut_at_row_groups(ray_address, fleet, tmp_path) -
     result = corral_cli(*args, timeout=150)
     assert result.returncode == 0, result.stderr
     assert "4 partition(s) from 2 file(s), 0 already complete" in result.stderr
-    names = sorted(p.name for p in out_dir.iterdir())
+    names = sorted(p.name for p in out_dir.glob("*.parquet"))
     assert names == ["big.rg00000-00001.parquet", "big.rg00002-00003.parquet", "big.rg00004-00004.parquet",
                      "small.parquet"]
     big = pd.concat([pd.read_parquet(out_dir / n) for n in names[:3]], ignore_index=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pandas as pd
 
 from ..errors import UsageError
@@ -235,11 +236,14 @@ def run_files(inputs: list[str], output: str, *, address: str, job: TableJob, co
     """Run every pending partition; returns the stats of the partitions run now."""
     import ray
 
-    files = discover(inputs)
-    names = partition_names(files, output_format)
     out_dir = Path(output)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"{output}: with --ray, -o is a folder (one output file per input file)")
+    # An output folder inside an input folder: its files are outputs, never inputs of the next run.
+    files = [f for f in discover(inputs) if not f.is_relative_to(out_dir.resolve())]
+    if not files:
+        raise UsageError(f"no input files outside the output folder {output}")
+    names = partition_names(files, output_format)
     out_dir.mkdir(parents=True, exist_ok=True)
     fleet, cfg = resolve_fleet(config, servers, api, workers)
     if not job.model_names:
@@ -280,6 +284,7 @@ def run_files(inputs: list[str], output: str, *, address: str, job: TableJob, co
                                    "chunk_size": chunk_size})
         done: list[PartitionStats] = []
         clock = time.monotonic()
+        manifest = RunManifest(out_dir, address, job, fleet, actors, len(parts), len(parts) - len(pending))
         rows = 0
         for row in results.iter_rows():
             stats = PartitionStats(**{f: _plain(row[f]) for f in PartitionStats.__slots__})
@@ -290,6 +295,8 @@ def run_files(inputs: list[str], output: str, *, address: str, job: TableJob, co
             rate = rows / max(time.monotonic() - clock, 1e-9)
             say(f"corral: [{len(done)}/{len(pending)}] {Path(stats.output).name}: {what} | "
                 f"{rows} rows in all, {rate:.0f} rows/s")
+            manifest.save(done, "running")
+        manifest.save(done, "complete" if not any(s.error for s in done) else "incomplete")
         return done
     finally:
         from .ledger import drop_ledger
@@ -300,6 +307,45 @@ def run_files(inputs: list[str], output: str, *, address: str, job: TableJob, co
             pass
         if started_ray:
             ray.shutdown()
+
+
+class RunManifest:
+    """``<out>/corral-ray.manifest.json``: what this run asked of which servers, and what each
+    partition it ran came to (rewritten after every partition; one file per output folder, for the
+    latest run)."""
+
+    def __init__(self, out_dir: Path, address: str, job: TableJob, fleet: list[Any], actors: int,
+                 partitions: int, already: int) -> None:
+        from .._version import __version__
+        from ..manifest import redact_argv
+
+        self.path = out_dir / "corral-ray.manifest.json"
+        self.data: dict[str, Any] = {
+            "corral_version": __version__, "ray_version": _ray_version(), "command": redact_argv(sys.argv),
+            "ray_address": address, "started_at": time.time(),
+            "job": {"text_column": job.text_column, "models": list(job.model_names),
+                    "prompt_template": job.prompt_template, "json_keys": job.json_keys,
+                    "json_schema": job.json_schema, "fanout": job.fanout, "system": job.system,
+                    "options": job.options, "id_column": job.id_column},
+            "servers": [{"url": s.url, "api": s.api, "slots": s.max_concurrency} for s in fleet],
+            "actors": actors, "partitions": {"total": partitions, "already_complete": already},
+        }
+
+    def save(self, done: list[PartitionStats], status: str) -> None:
+        self.data.update(status=status, finished_at=time.time(),
+                         counts={"partitions_run": len(done), "rows": sum(s.rows for s in done),
+                                 "ok": sum(s.ok for s in done), "failed": sum(s.failed for s in done),
+                                 "partitions_failed": sum(1 for s in done if s.error)},
+                         run=[{f: getattr(s, f) for f in PartitionStats.__slots__} for s in done])
+        tmp = self.path.with_name(self.path.name + ".part")
+        tmp.write_bytes(orjson.dumps(self.data, option=orjson.OPT_INDENT_2, default=str))
+        os.replace(tmp, self.path)
+
+
+def _ray_version() -> str:
+    import ray
+
+    return ray.__version__
 
 
 def _plain(value: Any) -> Any:
