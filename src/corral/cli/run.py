@@ -30,7 +30,8 @@ LOCAL_PARALLEL = 4
 
 @app.command("run")
 def run_command(
-    input: Optional[str] = typer.Argument(None, help="Prompt file: JSONL (any shape) or text."),
+    input: Optional[list[str]] = typer.Argument(
+        None, help="Prompt file: JSONL (any shape) or text. With --ray: table files, folders or globs."),
     prompts: Optional[str] = typer.Option(None, "--prompts", help="Same as INPUT (seed 001's flag)."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Results JSONL, in input order."),
     output_dir: Optional[str] = typer.Option(
@@ -71,10 +72,44 @@ def run_command(
     reproduce: Optional[str] = typer.Option(
         None, "--reproduce", help="Re-run the job of a manifest (out.jsonl.manifest.json) into a fresh "
         "output and report models whose digest changed and answers that differ."),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", help="Run table files (Parquet/CSV/JSONL) on Ray: local, auto, ray://HOST:10001 "
+        "or HOST:PORT; -o is then a folder with one output per input file (see README, Scale out on Ray)."),
+    ray_actors: Optional[int] = typer.Option(None, "--ray-actors", help="With --ray: worker actors."),
+    text_column: str = typer.Option("text", "--text-column", help="With --ray: the column holding the text."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="With --ray: template with {text} (or @file)."),
+    output_format: str = typer.Option("parquet", "--output-format", help="With --ray: parquet or jsonl."),
+    partition_rows: int = typer.Option(
+        1_000_000, "--partition-rows", help="With --ray: cut bigger Parquet files into partitions of "
+        "about this many rows, at row-group boundaries."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True),
 ) -> None:
     """Run every prompt of INPUT on the servers; re-running the same command resumes."""
     setup_logging(verbose)
+    if ray:
+        from .ray_run import refuse, run_on_ray
+
+        refuse({"--output-dir": output_dir, "--local": local, "--json": json_mode, "--store": store_path,
+                "--retry-failed": retry_failed, "--reproduce": reproduce, "--skip-invalid": skip_invalid,
+                "--endpoint": endpoint != "chat", "--format": fmt != "auto"})
+        options = parse_option_pairs(option)
+        for name, value in (("temperature", temperature), ("seed", seed), ("num_ctx", num_ctx),
+                            ("num_predict", max_tokens)):
+            if value is not None:
+                options[name] = value
+        run_on_ray(input or ([prompts] if prompts else []), output, address=ray, config=config,
+                   server=server, api=api, model=model, system=system, schema=schema,
+                   options=options, text_column=text_column, prompt=prompt, workers=concurrency,
+                   actors=ray_actors, output_format=output_format, timeout=timeout,
+                   max_attempts=max_attempts, progress=progress, partition_rows=partition_rows)
+        return
+    if (prompt or ray_actors or text_column != "text" or output_format != "parquet"
+            or partition_rows != 1_000_000):
+        raise UsageError("--prompt, --text-column, --output-format, --partition-rows and --ray-actors go "
+                         "with --ray (for one table file on one machine: corral analyze)")
+    if input and len(input) > 1:
+        raise UsageError("one prompt file at a time (several table files only with --ray)")
+    input = input[0] if input else None  # type: ignore[assignment]
     repro: Reproduction | None = None
     if reproduce:
         given = [flag for flag, value in (
