@@ -1,0 +1,173 @@
+"""`corral run --auto-tune`: a short sweep per server on the job's own first rows, then the job.
+
+Why on the job's own rows, with the job's own options: the sweep's answers are journaled like any
+other (they are real answers to real rows), so the job then takes them from the store and nothing
+the sweep did is thrown away; the only cost of tuning is the time spent at levels below the best.
+
+Why downwards from the server's starting slots (configured, or twice llama.cpp's slots, or the
+protocol default): the engine already learns slots *upwards* during a run (`SlotControl`: one more
+slot kept only while it pays), so what a sweep adds is the other direction, finding that fewer
+requests in flight give as much (a smaller queue: shorter latency, less server memory) or more (a
+server that thrashes when overloaded). Each level is one wave of that many requests; the sweep stops
+at the first level clearly worse than the best so far (throughput falls with fewer in flight once
+below the knee), or when its share of the job's rows is spent. Each server then starts the job at
+its knee, and the engine's slot learning carries on from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import ServerSpec
+from ..engine import Engine, EngineSettings
+from ..jobs import JobResult, run_prompt_file
+from ..requests import Request, request_key
+from ..sources import PromptFile
+from ..store import Store
+from .sweep import Sweep, run_level
+
+log = logging.getLogger("corral")
+
+TUNE_TOLERANCE = 0.05   # a knee within 5% of the best: one wave per level is a noisy measurement
+TUNE_SHARE = 0.4        # at most this share of the job's rows goes to the sweep
+MIN_ROWS_PER_SERVER = 6
+
+
+@dataclass
+class TuneResult:
+    sweeps: list[Sweep] = field(default_factory=list)
+    knees: dict[str, int] = field(default_factory=dict)   # server label -> slots chosen
+    notes: list[str] = field(default_factory=list)
+    rows: int = 0                                        # rows the sweep answered (kept)
+
+    def apply(self, specs: list[ServerSpec]) -> list[ServerSpec]:
+        """The servers with ``max_concurrency`` set to each one's knee (others unchanged)."""
+        return [dataclasses.replace(s, max_concurrency=self.knees[s.label]) if s.label in self.knees else s
+                for s in specs]
+
+    def lines(self) -> list[str]:
+        out = []
+        for sweep in self.sweeps:
+            tried = ", ".join(f"{lv.concurrency}: {sweep.throughput(lv):.1f}" for lv in sweep.levels)
+            unit = "tok/s" if sweep.by_tokens else "req/s"
+            picked = self.knees.get(sweep.server)
+            out.append(f"{sweep.server}: {picked} in flight (swept {tried} {unit})" if picked else
+                       f"{sweep.server}: no measurement; default slots kept")
+        return out + self.notes
+
+
+def tune_levels(start: int) -> list[int]:
+    """``start``, then halving down to 1: 16 -> [16, 8, 4, 2, 1]."""
+    levels = []
+    level = max(1, start)
+    while level >= 1:
+        levels.append(level)
+        if level == 1:
+            break
+        level //= 2
+    return levels
+
+
+async def starting_slots(specs: list[ServerSpec], settings: EngineSettings, store: Store,
+                         models: set[str]) -> dict[str, tuple[int, set[str]]]:
+    """What each reachable server would start the job with, from the engine's own probe, and which
+    of ``models`` it has (a sweep must send a server only rows it can answer)."""
+    probe = dataclasses.replace(settings, concurrency=None)
+    async with Engine(specs, store, probe) as engine:
+        return {s.label: (s.slots, {m for m in models if engine.serves(s, m)}) for s in engine.servers}
+
+
+async def tune_server(spec: ServerSpec, rows: list[Request], start: int, store: Store,
+                      timeout: float | None, tolerance: float) -> Sweep:
+    sweep = Sweep(server=spec.label, model=rows[0].model if rows else "", spec=spec, tolerance=tolerance)
+    used = 0
+    for level in tune_levels(start):
+        if len(rows) - used < level:
+            break
+        batch = rows[used:used + level]
+        used += level
+        result = await run_level(spec, batch, level, store=store, timeout=timeout, journal=True)
+        sweep.levels.append(result)
+        best = sweep.best
+        if best is not None and result.ok and sweep.throughput(result) < (1 - tolerance) * sweep.throughput(best):
+            break  # below the knee: fewer in flight only gets worse
+    return sweep
+
+
+def unanswered(rows: list[Request], store: Store, kind: str) -> list[Request]:
+    """The rows the store has no answer for, keyed as the job will key them (so the sweep's answers
+    are found by the job; on a fleet mixing Ollama and OpenAI servers a model on only some of them
+    is keyed differently by the job, which then simply asks again)."""
+    for request in rows:
+        if not request.key:
+            request.key = request_key(request, kind)
+    stored = store.lookup(r.key for r in rows)  # failed ones too: the job keeps those unless --retry-failed
+    seen: set[str] = set()
+    fresh = []
+    for request in rows:
+        if request.key in stored or request.key in seen:
+            continue
+        seen.add(request.key)
+        fresh.append(request)
+    return fresh
+
+
+async def auto_tune(specs: list[ServerSpec], rows: list[Request], store: Store,
+                    settings: EngineSettings, *, tolerance: float = TUNE_TOLERANCE,
+                    total_rows: int | None = None) -> TuneResult:
+    """Sweep every server on its own slice of ``rows`` (the job's first rows), side by side."""
+    result = TuneResult()
+    if settings.concurrency:
+        result.notes.append("--concurrency fixes the slots; nothing to tune")
+        return result
+    rows = [r for r in rows if not r.model_choices]  # split mode: the slot picks the model
+    starts = await starting_slots(specs, settings, store, {r.model for r in rows})
+    live = [s for s in specs if s.label in starts]
+    total = total_rows if total_rows is not None else len(rows)
+    budget = min(len(rows), int(total * TUNE_SHARE))
+    if budget // max(1, len(live)) < MIN_ROWS_PER_SERVER:
+        result.notes.append(f"the job is too small to tune ({total} rows); default slots kept")
+        return result
+    rows = unanswered(rows, store, "+".join(sorted({s.api for s in live})))[:budget]
+    # Deal the rows out: each server gets its share, of models it has.
+    slices: dict[str, list[Request]] = {s.label: [] for s in live}
+    share = len(rows) // max(1, len(live))
+    for request in rows:
+        for spec in live:
+            if request.model in starts[spec.label][1] and len(slices[spec.label]) < share:
+                slices[spec.label].append(request)
+                break
+    tuned = [s for s in live if len(slices[s.label]) >= MIN_ROWS_PER_SERVER]
+    if not tuned:
+        result.notes.append("too few unanswered rows left to tune; default slots kept")
+        return result
+    sweeps = await asyncio.gather(*(
+        tune_server(spec, slices[spec.label], starts[spec.label][0], store, settings.timeout, tolerance)
+        for spec in tuned))
+    for sweep in sweeps:
+        result.sweeps.append(sweep)
+        knee = sweep.knee
+        if knee is not None:
+            result.knees[sweep.server] = knee
+        result.rows += sum(lv.ok for lv in sweep.levels)
+    return result
+
+
+async def tuned_run(source: PromptFile, *, servers: list[ServerSpec], store: Store,
+                    settings: EngineSettings, say: Callable[[str], None], **job: Any) -> JobResult:
+    """`corral run --auto-tune`: sweep on the job's first rows, then run the job on the knees."""
+    report = source.report or source.scan()
+    wanted = int(report.rows * TUNE_SHARE)
+    sample = list(itertools.islice(iter(source), wanted))
+    say(f"auto-tune: sweeping concurrency on up to {wanted} of the job's {report.rows} rows "
+        "(their answers are kept)")
+    tune = await auto_tune(servers, sample, store, settings, total_rows=report.rows)
+    for line in tune.lines():
+        say(f"auto-tune: {line}")
+    return await run_prompt_file(source, servers=tune.apply(servers), store=store, settings=settings, **job)
