@@ -174,12 +174,15 @@ class OpenAIBackend(Backend):
         finish = model = None
         chunks = 0
         elapsed = 0.0
-        async for elapsed, line in self._stream_lines(path, payload, timeout):
-            if not line.startswith(b"data:"):
-                continue  # SSE comments and other fields
+        done = False
+        async for at, line in self._stream_lines(path, payload, timeout):
+            if done or not line.startswith(b"data:"):
+                continue  # SSE comments; after [DONE], read to the end so the connection is reusable
+            elapsed = at
             data_text = line[5:].strip()
             if data_text == b"[DONE]":
-                break
+                done = True
+                continue
             try:
                 event = orjson.loads(data_text)
             except orjson.JSONDecodeError:

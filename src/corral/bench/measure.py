@@ -32,6 +32,7 @@ from ..requests import Request, build_messages, canonical_options
 from .stats import mean, quantile, rounded
 
 COLD_LOAD_SECONDS = 0.25  # a warm Ollama model reports a few ms of load_duration
+RETRIES = 1               # a run failing on a retryable error (connection, 503) is tried once more
 
 
 @dataclass(slots=True)
@@ -148,12 +149,16 @@ async def measure_server(backend: Backend, models: list[tuple[str, str]], prompt
                                num_runs=num_runs, api=backend.spec.api)
         request = bench_request(served_as, prompt, options, system)
         for _ in range(num_runs):
-            try:
-                streamed = await backend.stream(request, timeout)
-            except BackendError as exc:
-                figures.errors.append(str(exc))
-                continue
-            figures.runs.append(run_figures(streamed, backend.spec.api))
+            for attempt in range(RETRIES + 1):
+                try:
+                    streamed = await backend.stream(request, timeout)
+                except BackendError as exc:
+                    if exc.retryable and attempt < RETRIES:
+                        continue  # e.g. a keep-alive connection the server had just closed
+                    figures.errors.append(str(exc))
+                    break
+                figures.runs.append(run_figures(streamed, backend.spec.api))
+                break
         out.append(figures)
     return out
 

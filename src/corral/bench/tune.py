@@ -4,14 +4,15 @@ Why on the job's own rows, with the job's own options: the sweep's answers are j
 other (they are real answers to real rows), so the job then takes them from the store and nothing
 the sweep did is thrown away; the only cost of tuning is the time spent at levels below the best.
 
-Why downwards from the server's starting slots (configured, or twice llama.cpp's slots, or the
-protocol default): the engine already learns slots *upwards* during a run (`SlotControl`: one more
-slot kept only while it pays), so what a sweep adds is the other direction, finding that fewer
-requests in flight give as much (a smaller queue: shorter latency, less server memory) or more (a
-server that thrashes when overloaded). Each level is one wave of that many requests; the sweep stops
-at the first level clearly worse than the best so far (throughput falls with fewer in flight once
-below the knee), or when its share of the job's rows is spent. Each server then starts the job at
-its knee, and the engine's slot learning carries on from there.
+Why so few levels, upwards: every row answered at a level below the best costs time, and a job of a
+few dozen rows cannot afford a sweep from 1 (on the embedded llama.cpp server, 1 in flight gives half
+the throughput of 8). So each server is tried at a quarter, a half, and all of its starting slots
+(configured ``max_concurrency``, or the protocol default), going up only while a step up paid by
+more than ``tolerance``; a llama.cpp server says how many slots it has (/props), and more requests
+in flight than that only queue inside it, so it is tried at half and all of them. Each level is one
+or two waves of that many rows. Each server then starts the job at its knee (the smallest level
+within ``tolerance`` of the best), and the engine's own slot learning (`SlotControl`: one more slot
+kept only while it pays, halved on 503/429) carries on from there during the job.
 """
 
 from __future__ import annotations
@@ -62,41 +63,41 @@ class TuneResult:
         return out + self.notes
 
 
-def tune_levels(start: int) -> list[int]:
-    """``start``, then halving down to 1: 16 -> [16, 8, 4, 2, 1]."""
-    levels = []
-    level = max(1, start)
-    while level >= 1:
-        levels.append(level)
-        if level == 1:
-            break
-        level //= 2
-    return levels
+def tune_levels(start: int, server_slots: int | None) -> list[int]:
+    """The levels to try, ascending: half and all of a llama.cpp server's slots, else a quarter, a
+    half and all of the starting slots (16 -> [4, 8, 16])."""
+    top = server_slots or start
+    levels = [top // 4, top // 2, top] if server_slots is None else [top // 2, top]
+    return sorted({max(1, level) for level in levels})
 
 
 async def starting_slots(specs: list[ServerSpec], settings: EngineSettings, store: Store,
-                         models: set[str]) -> dict[str, tuple[int, set[str]]]:
-    """What each reachable server would start the job with, from the engine's own probe, and which
-    of ``models`` it has (a sweep must send a server only rows it can answer)."""
+                         models: set[str]) -> dict[str, tuple[list[int], set[str]]]:
+    """Per reachable server, from the engine's own probe: the levels to try, and which of
+    ``models`` it has (a sweep must send a server only rows it can answer)."""
     probe = dataclasses.replace(settings, concurrency=None)
     async with Engine(specs, store, probe) as engine:
-        return {s.label: (s.slots, {m for m in models if engine.serves(s, m)}) for s in engine.servers}
+        return {s.label: (tune_levels(s.slots, None if s.spec.max_concurrency else s.info.slots),
+                          {m for m in models if engine.serves(s, m)}) for s in engine.servers}
 
 
-async def tune_server(spec: ServerSpec, rows: list[Request], start: int, store: Store,
+async def tune_server(spec: ServerSpec, rows: list[Request], levels: list[int], store: Store,
                       timeout: float | None, tolerance: float) -> Sweep:
+    """Levels upwards while a step up pays; two waves per level when the rows allow, else one."""
     sweep = Sweep(server=spec.label, model=rows[0].model if rows else "", spec=spec, tolerance=tolerance)
+    waves = 2 if 2 * sum(levels) <= len(rows) else 1
     used = 0
-    for level in tune_levels(start):
-        if len(rows) - used < level:
+    for level in levels:
+        count = waves * level
+        if len(rows) - used < count:
             break
-        batch = rows[used:used + level]
-        used += level
+        batch = rows[used:used + count]
+        used += count
+        before = sweep.best
         result = await run_level(spec, batch, level, store=store, timeout=timeout, journal=True)
         sweep.levels.append(result)
-        best = sweep.best
-        if best is not None and result.ok and sweep.throughput(result) < (1 - tolerance) * sweep.throughput(best):
-            break  # below the knee: fewer in flight only gets worse
+        if before is not None and sweep.throughput(result) < (1 + tolerance) * sweep.throughput(before):
+            break  # one step up did not pay: the knee is behind us
     return sweep
 
 
