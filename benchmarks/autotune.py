@@ -16,7 +16,8 @@ settings alternate within each round (``--rounds``, default 3) so load from othe
 machine falls on all of them alike. Per setting: the median output tokens/s over the rounds (and
 min-max); then auto-tune / best hand-picked, per round and as the ratio of medians.
 
-Usage: .venv/bin/python benchmarks/autotune.py [--prompts 64] [--rounds 3] [--parallel 8]
+Usage: .venv/bin/python benchmarks/autotune.py [--prompts 64] [--rounds 3] [--parallel 8] [--threads N]
+                                                [--no-default]
 """
 
 from __future__ import annotations
@@ -89,14 +90,17 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--parallel", type=int, default=8, help="llama.cpp slots (-np)")
     parser.add_argument("--no-default", action="store_true", help="leave out corral's default setting")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="llama.cpp CPU threads [its default: one per core]; 1 is steadier on a busy machine")
     args = parser.parse_args()
     settings = [*(str(c) for c in HAND_PICKED), "auto-tune", *([] if args.no_default else ["default"])]
     rates: dict[str, list[float]] = {s: [] for s in settings}
     picks: list[str] = []
     print(f"corral auto-tune benchmark: {args.prompts} prompts x 48 tokens, {args.rounds} rounds, "
-          f"llama.cpp with {args.parallel} slots, {os.cpu_count()} CPUs", flush=True)
+          f"llama.cpp with {args.parallel} slots and {args.threads or 'default'} threads, {os.cpu_count()} CPUs",
+          flush=True)
     with tempfile.TemporaryDirectory(prefix="corral-autotune-") as tmp, \
-            LocalServer(n_parallel=args.parallel) as server:
+            LocalServer(n_parallel=args.parallel, threads=args.threads) as server:
         work = Path(tmp)
         prompts = work / "prompts.jsonl"
         write_prompts(prompts, args.prompts)

@@ -217,10 +217,9 @@ def test_run_gpu_monitor_stores_and_summarises(tmp_path: Path, fake_ollama_facto
 
 
 def test_run_auto_tune_finds_the_knee_and_keeps_the_sweeps_answers(tmp_path: Path, fake_ollama_factory) -> None:
-    """A server with 4 slots, configured for 8: the sweep tries 2, 4 and 8 in flight (a quarter, a half,
-    all; one wave each, as two would take more than the sweep's 40% of 60 rows), 8 does not pay, and
-    the job starts at the knee, 4. Every row is answered once: the sweep's 14 answers come from the
-    store."""
+    """A server with 4 slots, configured for 8: the sweep tries 8 in flight (two waves: 16 rows), 4 (one
+    wave, as fast) and 2 (one wave, clearly slower: it stops), within its 40% of 60 rows; the job
+    starts at the knee, 4. Every row is answered once: the sweep's 22 answers come from the store."""
     server = fake_ollama_factory(slots=4, latency=0.1)
     write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"question {i}"} for i in range(60)])
     config = tmp_path / "c.toml"
@@ -230,15 +229,15 @@ def test_run_auto_tune_finds_the_knee_and_keeps_the_sweeps_answers(tmp_path: Pat
     assert done.returncode == 0, done.stderr
     picked = [line for line in done.stderr.splitlines() if "auto-tune:" in line and "in flight" in line]
     assert len(picked) == 1 and f"{server.url.split('//')[1]}: 4 in flight" in picked[0], done.stderr
-    assert "swept 2:" in picked[0] and ", 4:" in picked[0] and ", 8:" in picked[0]
+    assert "swept 8:" in picked[0] and ", 4:" in picked[0] and ", 2:" in picked[0]
     rows = read_jsonl(tmp_path / "out.jsonl")
     assert [r["prompt"] for r in rows] == [f"question {i}" for i in range(60)]
     assert all(r["success"] for r in rows)
     sent = server.count_by_prompt()
     assert set(sent) == {f"question {i}" for i in range(60)} and max(sent.values()) == 1  # none asked twice
-    assert sum(1 for r in rows if r["cached"]) == 2 + 4 + 8
-    assert "14 from the store" in done.stderr
-    assert [r["prompt"] for r in rows if r["cached"]] == [f"question {i}" for i in range(14)]
+    assert sum(1 for r in rows if r["cached"]) == 2 * 8 + 4 + 2
+    assert "22 from the store" in done.stderr and "its 22 answers are kept" in done.stderr
+    assert [r["prompt"] for r in rows if r["cached"]] == [f"question {i}" for i in range(22)]
 
 
 def test_auto_tune_and_concurrency_exclude_each_other(tmp_path: Path, fake_ollama) -> None:
@@ -246,3 +245,41 @@ def test_auto_tune_and_concurrency_exclude_each_other(tmp_path: Path, fake_ollam
     done = corral("run", "p.jsonl", "-s", fake_ollama.url, "-m", "llama3.2", "--auto-tune", "-j", "4",
                   "-o", "out.jsonl", cwd=tmp_path)
     assert done.returncode == 2 and "--auto-tune" in done.stderr
+
+
+def test_bench_report_renders_in_chromium(tmp_path: Path, fake_ollama_factory,
+                                          fake_gpu_path: dict[str, str]) -> None:
+    """The HTML report opens offline in headless Chromium and draws the three plots from the figures."""
+    from tests.test_report import console_messages, open_in_chromium, rendered_figures
+
+    a = fake_ollama_factory(slots=2, latency=0.05)
+    b = fake_ollama_factory(slots=4, latency=0.05)
+    done = corral("bench", "-s", a.url, "-s", b.url, "-m", "llama3.2", "--runs", "4", "--sweep", "1,2,4,8",
+                  "--report", "bench.html", "--json", "figures.json", cwd=tmp_path, env=fake_gpu_path,
+                  timeout=120)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    page = tmp_path / "bench.html"
+    dom, log = open_in_chromium(page, tmp_path / "bench.png")
+    assert console_messages(log) == []
+    assert '<div id="corral-errors" hidden=""></div>' in dom, "the page reported an error"
+    drawn = rendered_figures(dom)
+    assert set(drawn) == {"fig-sweep", "fig-model-latency", "fig-gpu"}
+    assert all(f["svg"] >= 1 for f in drawn.values())
+    # Throughput vs concurrency: one line per server with the sweep's own figures, plus its knee.
+    for sweep in figures["sweeps"]:
+        line = next(t for t in drawn["fig-sweep"]["traces"] if t["name"] == sweep["server"])
+        assert line["x"] == [1, 2, 4, 8]
+        assert line["y"] == pytest.approx([lv["tokens_per_sec"] for lv in sweep["levels"]], rel=1e-3)
+        star = next(t for t in drawn["fig-sweep"]["traces"] if t["name"] == f"knee {sweep['server']}")
+        assert star["x"] == [sweep["knee"]]
+    assert sorted(s["knee"] for s in figures["sweeps"]) == [2, 4]
+    # Latency distribution per model: every run of every model/server pair.
+    boxes = {t["name"]: t["y"] for t in drawn["fig-model-latency"]["traces"]}
+    for model in figures["models"]:
+        assert boxes[f"{model['model']} @ {model['server']}"] == pytest.approx(model["latencies"], abs=1e-4)
+    # GPU utilisation over time, per GPU, as the fake nvidia-smi printed it.
+    gpus = {t["name"]: t["y"] for t in drawn["fig-gpu"]["traces"]}
+    assert set(gpus) == {"GPU 0 Fake L40S", "GPU 1 Fake L40S"}
+    assert set(gpus["GPU 0 Fake L40S"]) == {87} and set(gpus["GPU 1 Fake L40S"]) == {12}
+    assert "Fake L40S" in dom and "knee" in dom

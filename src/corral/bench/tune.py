@@ -4,15 +4,16 @@ Why on the job's own rows, with the job's own options: the sweep's answers are j
 other (they are real answers to real rows), so the job then takes them from the store and nothing
 the sweep did is thrown away; the only cost of tuning is the time spent at levels below the best.
 
-Why so few levels, upwards: every row answered at a level below the best costs time, and a job of a
-few dozen rows cannot afford a sweep from 1 (on the embedded llama.cpp server, 1 in flight gives half
-the throughput of 8). So each server is tried at a quarter, a half, and all of its starting slots
-(configured ``max_concurrency``, or the protocol default), going up only while a step up paid by
-more than ``tolerance``; a llama.cpp server says how many slots it has (/props), and more requests
-in flight than that only queue inside it, so it is tried at half and all of them. Each level is one
-or two waves of that many rows. Each server then starts the job at its knee (the smallest level
-within ``tolerance`` of the best), and the engine's own slot learning (`SlotControl`: one more slot
-kept only while it pays, halved on 503/429) carries on from there during the job.
+Why so few levels, from the top down: every row answered at a level slower than the best costs
+time, and a job of a few dozen rows cannot afford a sweep from 1 (on the embedded llama.cpp server,
+1 in flight gives a third to a half of the throughput of 8). So each server is tried at all, half
+and a quarter of its starting slots (configured ``max_concurrency``, or the protocol default),
+going down only while the lower level stays within ``tolerance`` of the best; a llama.cpp server
+says how many slots it has (/props), and more requests in flight than that only queue inside it, so
+it is tried at all and half of them. The top level runs two waves of rows when the budget allows,
+each lower level one. Each server then starts the job at its knee (the smallest level within
+``tolerance`` of the best), and the engine's own slot learning (`SlotControl`: one more slot kept
+only while it pays, halved on 503/429) carries on from there during the job.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,6 @@ from ..sources import PromptFile
 from ..store import Store
 from .sweep import Sweep, run_level
 
-log = logging.getLogger("corral")
 
 TUNE_TOLERANCE = 0.05   # a knee within 5% of the best: one wave per level is a noisy measurement
 TUNE_SHARE = 0.4        # at most this share of the job's rows goes to the sweep
@@ -46,6 +46,7 @@ class TuneResult:
     knees: dict[str, int] = field(default_factory=dict)   # server label -> slots chosen
     notes: list[str] = field(default_factory=list)
     rows: int = 0                                        # rows the sweep answered (kept)
+    seconds: float = 0.0
 
     def apply(self, specs: list[ServerSpec]) -> list[ServerSpec]:
         """The servers with ``max_concurrency`` set to each one's knee (others unchanged)."""
@@ -60,15 +61,18 @@ class TuneResult:
             picked = self.knees.get(sweep.server)
             out.append(f"{sweep.server}: {picked} in flight (swept {tried} {unit})" if picked else
                        f"{sweep.server}: no measurement; default slots kept")
+        if self.sweeps:
+            out.append(f"the sweep took {self.seconds:.1f}s; its {self.rows} answers are kept "
+                       "(the job takes them from the store)")
         return out + self.notes
 
 
 def tune_levels(start: int, server_slots: int | None) -> list[int]:
-    """The levels to try, ascending: half and all of a llama.cpp server's slots, else a quarter, a
-    half and all of the starting slots (16 -> [4, 8, 16])."""
+    """The levels to try, from the top down: all and half of a llama.cpp server's slots, else all, a
+    half and a quarter of the starting slots (16 -> [16, 8, 4])."""
     top = server_slots or start
-    levels = [top // 4, top // 2, top] if server_slots is None else [top // 2, top]
-    return sorted({max(1, level) for level in levels})
+    levels = [top, top // 2] if server_slots is not None else [top, top // 2, top // 4]
+    return sorted({max(1, level) for level in levels}, reverse=True)
 
 
 async def starting_slots(specs: list[ServerSpec], settings: EngineSettings, store: Store,
@@ -83,21 +87,24 @@ async def starting_slots(specs: list[ServerSpec], settings: EngineSettings, stor
 
 async def tune_server(spec: ServerSpec, rows: list[Request], levels: list[int], store: Store,
                       timeout: float | None, tolerance: float) -> Sweep:
-    """Levels upwards while a step up pays; two waves per level when the rows allow, else one."""
+    """From the top level down, while a level stays within ``tolerance`` of the best so far.
+
+    The top level gets two waves when the rows allow (it is the reference, and the cheapest: the
+    fastest level is the one that costs nothing); each level below gets one wave, because every row
+    answered there may be answered slower than the job would have been."""
     sweep = Sweep(server=spec.label, model=rows[0].model if rows else "", spec=spec, tolerance=tolerance)
-    waves = 2 if 2 * sum(levels) <= len(rows) else 1
     used = 0
-    for level in levels:
-        count = waves * level
+    for position, level in enumerate(levels):
+        count = level * (2 if position == 0 and 2 * level + sum(levels[1:]) <= len(rows) else 1)
         if len(rows) - used < count:
             break
         batch = rows[used:used + count]
         used += count
-        before = sweep.best
         result = await run_level(spec, batch, level, store=store, timeout=timeout, journal=True)
         sweep.levels.append(result)
-        if before is not None and sweep.throughput(result) < (1 + tolerance) * sweep.throughput(before):
-            break  # one step up did not pay: the knee is behind us
+        best = sweep.best
+        if best is not None and sweep.throughput(result) < (1 - tolerance) * sweep.throughput(best):
+            break  # clearly slower with fewer in flight: the knee is above, lower levels are slower still
     return sweep
 
 
@@ -148,6 +155,7 @@ async def auto_tune(specs: list[ServerSpec], rows: list[Request], store: Store,
     if not tuned:
         result.notes.append("too few unanswered rows left to tune; default slots kept")
         return result
+    started = time.perf_counter()
     sweeps = await asyncio.gather(*(
         tune_server(spec, slices[spec.label], starts[spec.label][0], store, settings.timeout, tolerance)
         for spec in tuned))
@@ -157,6 +165,7 @@ async def auto_tune(specs: list[ServerSpec], rows: list[Request], store: Store,
         if knee is not None:
             result.knees[sweep.server] = knee
         result.rows += sum(lv.ok for lv in sweep.levels)
+    result.seconds = time.perf_counter() - started
     return result
 
 
@@ -164,10 +173,7 @@ async def tuned_run(source: PromptFile, *, servers: list[ServerSpec], store: Sto
                     settings: EngineSettings, say: Callable[[str], None], **job: Any) -> JobResult:
     """`corral run --auto-tune`: sweep on the job's first rows, then run the job on the knees."""
     report = source.report or source.scan()
-    wanted = int(report.rows * TUNE_SHARE)
-    sample = list(itertools.islice(iter(source), wanted))
-    say(f"auto-tune: sweeping concurrency on up to {wanted} of the job's {report.rows} rows "
-        "(their answers are kept)")
+    sample = list(itertools.islice(iter(source), int(report.rows * TUNE_SHARE)))
     tune = await auto_tune(servers, sample, store, settings, total_rows=report.rows)
     for line in tune.lines():
         say(f"auto-tune: {line}")
