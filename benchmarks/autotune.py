@@ -42,7 +42,6 @@ from corral.sources import Defaults, PromptFile
 from corral.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
-HAND_PICKED = (1, 2, 4, 8)
 
 
 def write_prompts(path: Path, count: int) -> None:
@@ -90,10 +89,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--parallel", type=int, default=8, help="llama.cpp slots (-np)")
     parser.add_argument("--no-default", action="store_true", help="leave out corral's default setting")
+    parser.add_argument("--hand-picked", default="1,2,4,8", help="hand-picked concurrencies [1,2,4,8]")
     parser.add_argument("--threads", type=int, default=None,
                         help="llama.cpp CPU threads [its default: one per core]; 1 is steadier on a busy machine")
     args = parser.parse_args()
-    settings = [*(str(c) for c in HAND_PICKED), "auto-tune", *([] if args.no_default else ["default"])]
+    hand_picked = [int(c) for c in args.hand_picked.split(",")]
+    settings = [*(str(c) for c in hand_picked), "auto-tune", *([] if args.no_default else ["default"])]
     rates: dict[str, list[float]] = {s: [] for s in settings}
     picks: list[str] = []
     print(f"corral auto-tune benchmark: {args.prompts} prompts x 48 tokens, {args.rounds} rounds, "
@@ -120,8 +121,8 @@ def main() -> int:
     for setting in settings:
         values = rates[setting]
         print(f"{setting:>10}  {statistics.median(values):12.1f}  {min(values):6.1f}-{max(values):6.1f}")
-    best = max(HAND_PICKED, key=lambda c: statistics.median(rates[str(c)]))
-    per_round = [a / max(rates[str(c)][i] for c in HAND_PICKED) for i, a in enumerate(rates["auto-tune"])]
+    best = max(hand_picked, key=lambda c: statistics.median(rates[str(c)]))
+    per_round = [a / max(rates[str(c)][i] for c in hand_picked) for i, a in enumerate(rates["auto-tune"])]
     ratio = statistics.median(rates["auto-tune"]) / statistics.median(rates[str(best)])
     print(f"\nbest hand-picked: --concurrency {best}")
     print(f"auto-tune / best hand-picked (medians): {ratio:.3f}")

@@ -59,6 +59,15 @@ def test_find_knee() -> None:
     assert find_knee([]) is None and find_knee([(1, 0.0)]) is None
 
 
+def test_tune_levels() -> None:
+    from corral.bench.tune import tune_levels
+
+    assert tune_levels(16, 8) == [8, 6, 4]        # llama.cpp's slots from /props, not 2 x them
+    assert tune_levels(8, None) == [8, 4, 2]      # Ollama's default start, or a configured 8
+    assert tune_levels(16, None) == [16, 8, 4]
+    assert tune_levels(2, 1) == [1] and tune_levels(1, None) == [1]
+
+
 def _two_server_config(tmp_path: Path, ollama_url: str, openai_url: str) -> Path:
     path = tmp_path / "cluster.toml"
     path.write_text(f'model = "llama3.2"\n\n[[servers]]\nurl = "{ollama_url}"\napi = "ollama"\n\n'

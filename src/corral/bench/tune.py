@@ -10,7 +10,7 @@ time, and a job of a few dozen rows cannot afford a sweep from 1 (on the embedde
 and a quarter of its starting slots (configured ``max_concurrency``, or the protocol default),
 going down only while the lower level stays within ``tolerance`` of the best; a llama.cpp server
 says how many slots it has (/props), and more requests in flight than that only queue inside it, so
-it is tried at all and half of them. The top level runs two waves of rows when the budget allows,
+it is tried at all, three quarters and half of them. The top level runs two waves of rows when the budget allows,
 each lower level one. Each server then starts the job at its knee (the smallest level within
 ``tolerance`` of the best), and the engine's own slot learning (`SlotControl`: one more slot kept
 only while it pays, halved on 503/429) carries on from there during the job.
@@ -68,10 +68,18 @@ class TuneResult:
 
 
 def tune_levels(start: int, server_slots: int | None) -> list[int]:
-    """The levels to try, from the top down: all and half of a llama.cpp server's slots, else all, a
-    half and a quarter of the starting slots (16 -> [16, 8, 4])."""
-    top = server_slots or start
-    levels = [top, top // 2] if server_slots is not None else [top, top // 2, top // 4]
+    """The levels to try, from the top down.
+
+    A llama.cpp server: all, three quarters and half of its slots (8 -> [8, 6, 4]); at or below its
+    slots every request of a wave runs at once, so one wave measures a level well, and small steps
+    make each probe below the knee cheap. Otherwise all, half and a quarter of the starting slots
+    (16 -> [16, 8, 4]): with the server's slots unknown, a level that is not a multiple of them
+    finishes a wave in a ragged last batch and looks slower than it is, and powers of two match the
+    usual slot counts (Ollama's OLLAMA_NUM_PARALLEL, vLLM's batch sizes)."""
+    if server_slots is not None:
+        levels = [server_slots, (3 * server_slots) // 4, server_slots // 2]
+    else:
+        levels = [start, start // 2, start // 4]
     return sorted({max(1, level) for level in levels}, reverse=True)
 
 

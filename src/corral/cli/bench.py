@@ -40,7 +40,7 @@ def parse_levels(text: str | None) -> list[int]:
 @app.command("bench")
 def bench_command(
     models: list[str] = typer.Option([], "--models", "--model", "-m",
-                                     help="Models, comma-separated or repeated [the config's model]."),
+                                     help="Models, comma-separated or repeated (default: the config's model)."),
     prompt: str = typer.Option("Hello, how are you?", "--prompt", "-p", help="The test prompt."),
     runs: int = typer.Option(3, "--runs", "-n", help="Streamed runs per model and server."),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="TOML config (seed 001 or [[servers]])."),
@@ -49,7 +49,7 @@ def bench_command(
     local: bool = typer.Option(False, "--local", help="Bench the embedded llama.cpp model (SmolLM2-135M)."),
     parallel: int = typer.Option(LOCAL_PARALLEL, "--parallel", help="Slots of the --local server."),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="Concurrency levels to sweep per server, e.g. 1,2,4,8,16."),
-    sweep_model: Optional[str] = typer.Option(None, "--sweep-model", help="Model for the sweep [the first]."),
+    sweep_model: Optional[str] = typer.Option(None, "--sweep-model", help="Model for the sweep (default: the first)."),
     waves: int = typer.Option(3, "--waves", help="Requests per sweep level = waves x level (at least 8)."),
     tolerance: float = typer.Option(0.03, "--tolerance", help="Knee: smallest level within this share of the best."),
     write_config: Optional[str] = typer.Option(None, "--write-config", help="Write the cluster file with each server's knee as max_concurrency."),
@@ -62,11 +62,11 @@ def bench_command(
     temperature: Optional[float] = typer.Option(None, "--temperature"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "--num-predict",
-                                             help="Output tokens per request [the sweep: 64]."),
+                                             help="Output tokens per request (the sweep: 64 unless set)."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds per request."),
-    store_path: Optional[str] = typer.Option(None, "--store", help="SQLite store for the GPU series [in memory]."),
+    store_path: Optional[str] = typer.Option(None, "--store", help="SQLite store for the GPU series (default: in memory)."),
     gpu_monitor: bool = typer.Option(True, "--gpu-monitor/--no-gpu-monitor", help="Sample nvidia-smi."),
-    gpu_interval: Optional[float] = typer.Option(None, "--gpu-interval", help="Seconds between GPU samples [1]."),
+    gpu_interval: Optional[float] = typer.Option(None, "--gpu-interval", help="Seconds between GPU samples (default 1)."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True),
 ) -> None:
     """Measure models and servers: latency, time to first token, tokens/s, the concurrency knee."""

@@ -61,7 +61,7 @@ def run_command(
         "then run at each server's knee."),
     gpu_monitor: Optional[bool] = typer.Option(
         None, "--gpu-monitor/--no-gpu-monitor",
-        help="Sample nvidia-smi into the store and summarise it [on when nvidia-smi is on PATH, silently]."),
+        help="Sample nvidia-smi into the store and summarise it (default: sampled silently when nvidia-smi is on PATH)."),
     timeout: Optional[float] = typer.Option(
         None, "--timeout",
         help="Seconds per request attempt, the same for all [default: from each request's expected "
