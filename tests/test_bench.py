@@ -229,7 +229,7 @@ def test_run_auto_tune_finds_the_knee_and_keeps_the_sweeps_answers(tmp_path: Pat
     """A server with 4 slots, configured for 8: the sweep tries 8 in flight (two waves: 16 rows), 4 (one
     wave, as fast) and 2 (one wave, clearly slower: it stops), within its 40% of 60 rows; the job
     starts at the knee, 4. Every row is answered once: the sweep's 22 answers come from the store."""
-    server = fake_ollama_factory(slots=4, latency=0.1)
+    server = fake_ollama_factory(slots=4, latency=0.3)  # long next to the client's overhead per level
     write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"question {i}"} for i in range(60)])
     config = tmp_path / "c.toml"
     config.write_text(f'[[servers]]\nurl = "{server.url}"\nmax_concurrency = 8\n', encoding="utf-8")
