@@ -21,6 +21,8 @@ _TABLES = {"run_analysis", "run_analysis_async", "fill_missing_fields", "fill_mi
 
 _EMBEDDINGS = {"embed", "embed_async", "embed_file", "embed_file_async", "EmbedError"}
 
+_BENCH = {"batch_benchmark", "batch_benchmark_async"}
+
 
 def __getattr__(name: str):  # type: ignore[no-untyped-def]
     """The table and embedding functions load pandas/numpy only when first used."""
@@ -28,6 +30,10 @@ def __getattr__(name: str):  # type: ignore[no-untyped-def]
         from . import embeddings
 
         return getattr(embeddings, name)
+    if name in _BENCH:
+        from . import bench
+
+        return getattr(bench, name)
     if name == "agreement":  # the function, not the corral.tables.agreement module of that name
         from .tables.agreement import agreement
 
@@ -41,5 +47,5 @@ def __getattr__(name: str):  # type: ignore[no-untyped-def]
 __all__ = [
     "batch_generate", "batch_generate_async", "Config", "ServerSpec", "load_config", "Engine",
     "EngineSettings", "RetryPolicy", "ConfigError", "CorralError", "InputError", "NoServerError",
-    "UsageError", "Request", "Outcome", "Store", "__version__", *sorted(_TABLES), *sorted(_EMBEDDINGS),
+    "UsageError", "Request", "Outcome", "Store", "__version__", *sorted(_TABLES), *sorted(_EMBEDDINGS), *sorted(_BENCH),
 ]

@@ -124,3 +124,29 @@ class GpuSampler:
         with self._lock:
             self._samples.extend(samples)
         return True
+
+
+NO_GPU_NOTE = "corral: no nvidia-smi on PATH; GPU monitoring off"
+
+
+def gpu_series(store: Store, run_id: int | None = None) -> dict[tuple[int, str], list[tuple[float, float | None,
+                                                                                          float | None]]]:
+    """(GPU index, name) -> [(t, utilisation %, memory used MiB)] of one run (all runs for None)."""
+    where, params = ("WHERE run_id = ?", (run_id,)) if run_id is not None else ("", ())
+    series: dict[tuple[int, str], list[tuple[float, float | None, float | None]]] = {}
+    for gpu, name, t, utilization, memory in store.query(
+            f"SELECT gpu, COALESCE(name, ''), t, utilization, memory_used FROM gpu_samples {where} "
+            "ORDER BY gpu, t", params):
+        series.setdefault((gpu, name), []).append((t, utilization, memory))
+    return series
+
+
+def gpu_summary(store: Store, run_id: int | None = None) -> list[dict[str, Any]]:
+    """Per GPU: samples, mean and peak utilisation, peak memory used and the total, for a summary."""
+    rows = store.query(
+        "SELECT gpu, COALESCE(name, ''), COUNT(*), AVG(utilization), MAX(utilization), MAX(memory_used), "
+        f"MAX(memory_total) FROM gpu_samples {'WHERE run_id = ?' if run_id is not None else ''} "
+        "GROUP BY gpu ORDER BY gpu", (run_id,) if run_id is not None else ())
+    return [{"gpu": g, "name": n, "samples": c, "utilization_mean": None if a is None else round(a, 1),
+             "utilization_max": m, "memory_used_max": mem, "memory_total": tot}
+            for g, n, c, a, m, mem, tot in rows]

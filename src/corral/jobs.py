@@ -54,11 +54,11 @@ async def run_requests(
     requests: Iterable[Request], *, servers: list[ServerSpec], store: Store,
     settings: EngineSettings, sinks: list[Sink], models: Iterable[str], total: int | None = None,
     progress: str = "auto", keep_failures: int = 1000, argv: list[str] | None = None,
-    manifest: ManifestRecorder | None = None,
+    manifest: ManifestRecorder | None = None, gpu_monitor: bool = True,
 ) -> JobResult:
     """Probe, check models, run, and write every outcome to every sink in input order.
 
-    With a ``manifest``, the run's provenance (servers, digests, counts) is recorded as it happens;
+    ``gpu_monitor=False`` samples no GPU (else nvidia-smi is sampled when it is on PATH). With a ``manifest``, the run's provenance (servers, digests, counts) is recorded as it happens;
     it is saved even when the run is interrupted, with its status saying so."""
     failures: list[Outcome] = []
     models = list(models)
@@ -79,7 +79,7 @@ async def run_requests(
             if manifest is not None:
                 await manifest.begin(engine, store, settings, models)
             status = "failed"
-            sampler = GpuSampler(store)
+            sampler = GpuSampler(store, None if gpu_monitor else 0)
             try:
                 async with sampler, ProgressDisplay(engine, progress):
                     stats = await engine.run(requests, on_outcome, total=total)
@@ -101,7 +101,7 @@ async def run_requests(
 async def run_prompt_file(
     source: PromptFile, *, servers: list[ServerSpec], store: Store, settings: EngineSettings,
     sinks: list[Sink], progress: str = "auto", argv: list[str] | None = None,
-    manifest: ManifestRecorder | None = None,
+    manifest: ManifestRecorder | None = None, gpu_monitor: bool = True,
 ) -> JobResult:
     report = source.report or source.scan()
     for problem in report.invalid:
@@ -109,6 +109,7 @@ async def run_prompt_file(
     return await run_requests(
         iter(source), servers=servers, store=store, settings=settings, sinks=sinks,
         models=report.models, total=report.rows, progress=progress, argv=argv, manifest=manifest,
+        gpu_monitor=gpu_monitor,
     )
 
 

@@ -404,6 +404,8 @@ class FakeServer:
         #: Model name -> revision: set one to stand for new weights under the same name (a new
         #: `ollama pull`, another GGUF file); digests, sizes and file names change with it.
         self.revisions: dict[str, str] = {}
+        #: Ollama: seconds of ``load_duration`` the next generation reports (a cold model), once.
+        self.cold_load: float = 0.0
 
         self._port = port
         self._rng = random.Random(seed)
@@ -1058,6 +1060,9 @@ class FakeServer:
 
     def _ollama_stats(self, prompt_tokens: int, eval_count: int, started: float) -> dict[str, int]:
         load = 2_154_458
+        with self._lock:
+            if self.cold_load:
+                load, self.cold_load = int(self.cold_load * 1e9), 0.0
         prompt_eval = 50_000 + 150_000 * prompt_tokens
         eval_ = 1_000_000 + 8_000_000 * eval_count  # ~125 tokens/s
         elapsed = int((time.perf_counter() - started) * 1e9)

@@ -6,7 +6,7 @@ import aiohttp
 
 from ..config import ServerSpec
 from ..transport import HttpTransport
-from .base import Backend, BackendError, Reply, ServerInfo
+from .base import Backend, BackendError, Reply, ServerInfo, Streamed
 from .ollama import OllamaBackend, ollama_model_name
 from .openai import OpenAIBackend
 
@@ -19,6 +19,6 @@ def make_backend(spec: ServerSpec, session: aiohttp.ClientSession,
 
 
 __all__ = [
-    "Backend", "BackendError", "Reply", "ServerInfo", "OllamaBackend", "OpenAIBackend",
+    "Backend", "BackendError", "Reply", "ServerInfo", "Streamed", "OllamaBackend", "OpenAIBackend",
     "make_backend", "ollama_model_name", "BACKENDS",
 ]

@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,6 +47,17 @@ class Reply:
     done_reason: str | None = None
     model: str | None = None
     raw: dict[str, Any] | None = None      # the server's JSON as received, for faithful outputs
+
+
+@dataclass(slots=True)
+class Streamed:
+    """A streamed answer: the assembled `Reply`, and when its first token and its end arrived
+    (seconds after the request was sent)."""
+
+    reply: Reply
+    first_token: float | None
+    seconds: float
+    chunks: int = 0
 
 
 @dataclass(slots=True)
@@ -134,6 +146,13 @@ class Backend(ABC):
     async def send(self, request: Request, timeout: float) -> Reply:
         """Run one request (chat, generate or embed)."""
 
+    async def stream(self, request: Request, timeout: float) -> Streamed:
+        """Run one chat/generate request streamed, timing its first token (for `corral bench`).
+
+        The engine never streams (one answer per request is cheaper); a benchmark does, because
+        time to first token is only visible in a stream."""
+        raise BackendError(f"{self.kind} backend cannot stream", kind="protocol")
+
     @abstractmethod
     async def describe(self, models: Sequence[str], timeout: float) -> dict[str, Any]:
         """Provenance for a manifest: ``{"kind", "version", "models": {name: {"digest", ...}}}``.
@@ -178,6 +197,33 @@ class Backend(ABC):
             raise BackendError(f"unexpected answer from {path}: not a JSON object", retryable=True,
                                kind="protocol")
         return decoded
+
+    async def _stream_lines(self, path: str, payload: dict[str, Any],
+                            timeout: float) -> AsyncIterator[tuple[float, bytes]]:
+        """POST ``payload`` and yield (seconds since sent, line) for each non-empty line of the body.
+
+        Streams go through aiohttp (the lean transport reads whole answers only); errors are
+        classified as for `_call`."""
+        started = time.perf_counter()
+        try:
+            async with self.session.post(self.base + path, data=orjson.dumps(payload),
+                                         headers=self._headers, timeout=_timeout(timeout)) as resp:
+                if resp.status >= 400:
+                    self._decode(path, resp.status, await resp.read(), resp.headers.get("Retry-After"))
+                async for raw in resp.content:
+                    line = raw.strip()
+                    if line:
+                        yield time.perf_counter() - started, line
+        except TimeoutError:
+            raise BackendError(f"timed out after {timeout:g}s", retryable=True, kind="timeout") from None
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+            raise BackendError(f"connection dropped mid-answer: {self.redact(str(exc))}", retryable=True,
+                               kind="connection") from None
+        except aiohttp.ClientError as exc:
+            raise BackendError(f"connection failed: {self.redact(str(exc))}", retryable=True,
+                               kind="connection") from None
+        except OSError as exc:
+            raise BackendError(f"connection failed: {exc}", retryable=True, kind="connection") from None
 
     async def _call_aiohttp(self, method: str, path: str, data: bytes | None,
                             timeout: float) -> dict[str, Any]:

@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 from ..requests import Request
-from .base import Backend, BackendError, Reply, ServerInfo, sha256_text
+from .base import Backend, BackendError, Reply, ServerInfo, Streamed, sha256_text
 
 
 # Ollama generates without end by default (num_predict -1, shifting its context when full), and in
@@ -122,6 +124,54 @@ class OllamaBackend(Backend):
             model=data.get("model"),
             raw=data,
         )
+
+    async def stream(self, request: Request, timeout: float) -> Streamed:
+        """The same call with ``"stream": true``: NDJSON chunks, the counters on the last (done) one."""
+        payload = self._common(request)
+        payload["stream"] = True
+        if request.endpoint == "generate":
+            payload["prompt"] = request.prompt
+            if request.system:
+                payload["system"] = request.system
+            path = "/api/generate"
+        else:
+            payload["messages"] = request.messages
+            path = "/api/chat"
+        pieces: list[str] = []
+        first: float | None = None
+        final: dict[str, Any] | None = None
+        chunks = 0
+        elapsed = 0.0
+        async for elapsed, line in self._stream_lines(path, payload, timeout):
+            try:
+                data = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                raise BackendError(f"invalid JSON line in the stream from {path}", retryable=True,
+                                   kind="protocol") from None
+            if not isinstance(data, dict):
+                continue
+            if data.get("error"):
+                raise BackendError(f"error in the stream from {path}: {data['error']}", retryable=True)
+            piece = data.get("response") if request.endpoint == "generate" else (
+                (data.get("message") or {}).get("content"))
+            if piece:
+                chunks += 1
+                pieces.append(piece)
+                if first is None:
+                    first = elapsed
+            if data.get("done"):
+                final = data
+        if final is None:
+            raise BackendError(f"the stream from {path} ended before its last chunk", retryable=True,
+                               kind="protocol")
+        reply = Reply(
+            text="".join(pieces), prompt_eval_count=final.get("prompt_eval_count"),
+            eval_count=final.get("eval_count"), eval_duration=final.get("eval_duration"),
+            prompt_eval_duration=final.get("prompt_eval_duration"),
+            total_duration=final.get("total_duration"), load_duration=final.get("load_duration"),
+            done_reason=final.get("done_reason"), model=final.get("model"), raw=final,
+        )
+        return Streamed(reply=reply, first_token=first, seconds=elapsed, chunks=chunks)
 
     async def _embed(self, request: Request, timeout: float) -> Reply:
         if self._legacy_embed:

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 
 from ..requests import Request
-from .base import Backend, BackendError, Reply, ServerInfo, fingerprint, sha256_text
+from .base import Backend, BackendError, Reply, ServerInfo, Streamed, fingerprint, sha256_text
 
 # Ollama runtime settings with no per-request meaning on OpenAI-compatible servers.
 _OLLAMA_ONLY = frozenset({
@@ -152,6 +153,67 @@ class OpenAIBackend(Backend):
             model=data.get("model"),
             raw=data,
         )
+
+    async def stream(self, request: Request, timeout: float) -> Streamed:
+        """The same call with ``"stream": true``: server-sent events, one delta each; usage is
+        asked for in a last event (``stream_options.include_usage``, which vLLM and llama.cpp know).
+        A server that sends no usage leaves the token counts None rather than guessing them."""
+        payload: dict[str, Any] = {"model": request.model, **self._sampling(request), "stream": True,
+                                   "stream_options": {"include_usage": True}}
+        generate = request.endpoint == "generate"
+        if generate:
+            payload["prompt"] = request.prompt
+            path = "/v1/completions"
+        else:
+            payload["messages"] = request.messages
+            path = "/v1/chat/completions"
+        pieces: list[str] = []
+        first: float | None = None
+        usage: dict[str, Any] = {}
+        timings: dict[str, Any] = {}
+        finish = model = None
+        chunks = 0
+        elapsed = 0.0
+        done = False
+        async for at, line in self._stream_lines(path, payload, timeout):
+            if done or not line.startswith(b"data:"):
+                continue  # SSE comments; after [DONE], read to the end so the connection is reusable
+            elapsed = at
+            data_text = line[5:].strip()
+            if data_text == b"[DONE]":
+                done = True
+                continue
+            try:
+                event = orjson.loads(data_text)
+            except orjson.JSONDecodeError:
+                raise BackendError(f"invalid JSON event in the stream from {path}", retryable=True,
+                                   kind="protocol") from None
+            if not isinstance(event, dict):
+                continue
+            if event.get("error"):
+                raise BackendError(f"error in the stream from {path}: {event['error']}", retryable=True)
+            model = event.get("model") or model
+            usage = event.get("usage") or usage
+            timings = event.get("timings") or timings  # llama.cpp, on the last event
+            for choice in event.get("choices") or []:
+                if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                    continue
+                piece = choice.get("text") if generate else (choice.get("delta") or {}).get("content")
+                if piece:
+                    chunks += 1
+                    pieces.append(piece)
+                    if first is None:
+                        first = elapsed
+                finish = choice.get("finish_reason") or finish
+        predicted_ms, prompt_ms = timings.get("predicted_ms"), timings.get("prompt_ms")
+        reply = Reply(
+            text="".join(pieces), prompt_eval_count=usage.get("prompt_tokens"),
+            eval_count=usage.get("completion_tokens"),
+            eval_duration=int(predicted_ms * 1e6) if isinstance(predicted_ms, (int, float)) else None,
+            prompt_eval_duration=int(prompt_ms * 1e6) if isinstance(prompt_ms, (int, float)) else None,
+            done_reason=finish, model=model, raw={"usage": usage, "timings": timings} if usage or timings else None,
+        )
+        return Streamed(reply=reply, first_token=first, seconds=elapsed, chunks=chunks)
 
     async def _embed(self, request: Request, timeout: float) -> Reply:
         payload: dict[str, Any] = {"model": request.model, "input": request.inputs or []}

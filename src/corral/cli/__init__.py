@@ -15,7 +15,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from . import agree, cluster, embed, merge, report, run, serve, show, tables  # noqa: F401  (each module adds its command to `app`)
+    from . import agree, bench, cluster, embed, merge, report, run, serve, show, tables  # noqa: F401  (each module adds its command to `app`)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import sys
 from contextlib import ExitStack
@@ -12,9 +13,12 @@ import typer
 from rich.console import Console
 
 from .. import runtime
+from ..bench.output import gpu_table
+from ..bench.tune import tuned_run
 from ..config import ServerSpec
 from ..engine import EngineSettings, RetryPolicy
 from ..errors import UsageError
+from ..gpu import NO_GPU_NOTE, gpu_summary
 from ..jobs import default_store_path, open_sinks, run_prompt_file
 from ..manifest import ManifestRecorder, file_facts, manifest_path, spec_from_dict
 from ..progress import summary_table
@@ -53,6 +57,12 @@ def run_command(
     keep_alive: Optional[str] = typer.Option(None, "--keep-alive"),
     endpoint: str = typer.Option("chat", "--endpoint", help="chat or generate (raw completion)."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", "-j", help="Slots per server."),
+    auto_tune: bool = typer.Option(
+        False, "--auto-tune", help="Sweep each server's concurrency on the job's first rows (answers kept), "
+        "then run at each server's knee."),
+    gpu_monitor: Optional[bool] = typer.Option(
+        None, "--gpu-monitor/--no-gpu-monitor",
+        help="Sample nvidia-smi into the store and summarise it (default: sampled silently when nvidia-smi is on PATH)."),
     timeout: Optional[float] = typer.Option(
         None, "--timeout",
         help="Seconds per request attempt, the same for all [default: from each request's expected "
@@ -91,7 +101,8 @@ def run_command(
 
         refuse({"--output-dir": output_dir, "--local": local, "--json": json_mode, "--store": store_path,
                 "--retry-failed": retry_failed, "--reproduce": reproduce, "--skip-invalid": skip_invalid,
-                "--endpoint": endpoint != "chat", "--format": fmt != "auto"})
+                "--endpoint": endpoint != "chat", "--format": fmt != "auto", "--auto-tune": auto_tune,
+                "--gpu-monitor": gpu_monitor, "--hedge/--no-hedge": hedge is not None})
         options = parse_option_pairs(option)
         for name, value in (("temperature", temperature), ("seed", seed), ("num_ctx", num_ctx),
                             ("num_predict", max_tokens)):
@@ -193,10 +204,18 @@ def run_command(
                  "skip_invalid": skip_invalid, "local": local, "invalid_lines": len(report.invalid),
                  "reproduces": str(reproduce) if reproduce else None},
         )
-        result = _run_interruptibly(run_prompt_file(
-            source, servers=specs, store=store, settings=settings, sinks=sinks,
-            progress=progress, argv=sys.argv, manifest=recorder,
-        ), store.path)
+        if gpu_monitor and not shutil.which("nvidia-smi"):
+            print(NO_GPU_NOTE, file=sys.stderr)
+        if auto_tune and concurrency:
+            raise UsageError("--auto-tune finds the slots; --concurrency fixes them: give one")
+        job = dict(sinks=sinks, progress=progress, argv=sys.argv, manifest=recorder,
+                   gpu_monitor=gpu_monitor is not False)
+        result = _run_interruptibly(
+            tuned_run(source, servers=specs, store=store, settings=settings,
+                      say=lambda line: print(f"corral: {line}", file=sys.stderr, flush=True), **job)
+            if auto_tune else run_prompt_file(source, servers=specs, store=store, settings=settings, **job),
+            store.path)
+        gpu_rows = gpu_summary(store, store.run_id) if gpu_monitor else []
         comparison = compare(repro, recorder.data, store.path) if repro is not None else None
         if comparison is not None:
             recorder.update(reproduction={"manifest": str(reproduce), **comparison.as_dict()})
@@ -207,6 +226,8 @@ def run_command(
         err.print(f"[yellow]corral: skipped unreachable server {message}[/yellow]", highlight=False)
     if progress != "none" and result.engine is not None:
         err.print(summary_table(result.engine))
+    if gpu_monitor and gpu_rows:
+        err.print(gpu_table(gpu_rows))
     where = " and ".join(x for x in (output, output_dir) if x)
     err.print(f"corral: {stats.ok} ok, {stats.failed} failed, {stats.cached} from the store; "
               f"results in {where}", highlight=False)

@@ -1,0 +1,150 @@
+"""`corral bench`: per-model latency / TTFT / tokens/s, a concurrency sweep per server with its knee,
+GPU utilisation; a table, CSV/JSON figures, an HTML report, and a tuned cluster file."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from contextlib import ExitStack
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from .. import cluster as cluster_files
+from .. import runtime
+from ..errors import UsageError
+from ..store import Store
+from . import app
+from .common import load_config_arg, parse_option_pairs, read_text_arg, resolve_servers, setup_logging
+
+LOCAL_PARALLEL = 8
+
+
+def _split(values: list[str]) -> list[str]:
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def parse_levels(text: str | None) -> list[int]:
+    if not text:
+        return []
+    try:
+        levels = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise UsageError(f"--sweep {text!r}: expected numbers, e.g. --sweep 1,2,4,8,16") from None
+    if not levels or levels[0] < 1:
+        raise UsageError(f"--sweep {text!r}: levels must be positive, e.g. --sweep 1,2,4,8,16")
+    return levels
+
+
+@app.command("bench")
+def bench_command(
+    models: list[str] = typer.Option([], "--models", "--model", "-m",
+                                     help="Models, comma-separated or repeated (default: the config's model)."),
+    prompt: str = typer.Option("Hello, how are you?", "--prompt", "-p", help="The test prompt."),
+    runs: int = typer.Option(3, "--runs", "-n", help="Streamed runs per model and server."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="TOML config (seed 001 or [[servers]])."),
+    server: list[str] = typer.Option([], "--server", "-s", help="Server URL; repeat for several."),
+    api: str = typer.Option("ollama", "--api", help="Protocol of --server URLs: ollama or openai."),
+    local: bool = typer.Option(False, "--local", help="Bench the embedded llama.cpp model (SmolLM2-135M)."),
+    parallel: int = typer.Option(LOCAL_PARALLEL, "--parallel", help="Slots of the --local server."),
+    sweep: Optional[str] = typer.Option(None, "--sweep", help="Concurrency levels to sweep per server, e.g. 1,2,4,8,16."),
+    sweep_model: Optional[str] = typer.Option(None, "--sweep-model", help="Model for the sweep (default: the first)."),
+    waves: int = typer.Option(3, "--waves", help="Requests per sweep level = waves x level (at least 8)."),
+    tolerance: float = typer.Option(0.03, "--tolerance", help="Knee: smallest level within this share of the best."),
+    write_config: Optional[str] = typer.Option(None, "--write-config", help="Write the cluster file with each server's knee as max_concurrency."),
+    report: Optional[str] = typer.Option(None, "--report", help="Write an HTML report with the plots."),
+    output: list[str] = typer.Option([], "--output", "-o", help="Figures as .csv or .json (repeatable)."),
+    csv_path: Optional[str] = typer.Option(None, "--csv", help="All figures as CSV."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="All figures as JSON."),
+    system: Optional[str] = typer.Option(None, "--system", help="System message (or @file)."),
+    option: list[str] = typer.Option([], "--option", "-O", help="Model option NAME=VALUE (repeatable)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "--num-predict",
+                                             help="Output tokens per request (the sweep: 64 unless set)."),
+    timeout: float = typer.Option(300.0, "--timeout", help="Seconds per request."),
+    store_path: Optional[str] = typer.Option(None, "--store", help="SQLite store for the GPU series (default: in memory)."),
+    gpu_monitor: bool = typer.Option(True, "--gpu-monitor/--no-gpu-monitor", help="Sample nvidia-smi."),
+    gpu_interval: Optional[float] = typer.Option(None, "--gpu-interval", help="Seconds between GPU samples (default 1)."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True),
+) -> None:
+    """Measure models and servers: latency, time to first token, tokens/s, the concurrency knee."""
+    from ..bench.api import bench_async
+    from ..bench.output import gpu_table, model_table, sweep_table, write_figures
+
+    setup_logging(verbose)
+    if api not in ("ollama", "openai"):
+        raise UsageError("--api must be ollama or openai")
+    if runs < 1:
+        raise UsageError("--runs must be at least 1")
+    if not 0 <= tolerance < 1:
+        raise UsageError("--tolerance is a share, e.g. 0.03")
+    levels = parse_levels(sweep)
+    if write_config and not levels:
+        raise UsageError("--write-config needs a --sweep to find each server's knee")
+    outputs = [*output, *(p for p in (csv_path, json_path) if p)]
+    for path in outputs:
+        if not path.lower().endswith((".csv", ".json")):
+            raise UsageError(f"{path}: figures are written as .csv or .json")
+    cfg = load_config_arg(config)
+    options = dict(cfg.options)
+    options.update(parse_option_pairs(option))
+    for name, value in (("temperature", temperature), ("seed", seed), ("num_predict", max_tokens)):
+        if value is not None:
+            options[name] = value
+    err = Console(file=sys.stderr, width=None if sys.stderr.isatty() else 120)
+    out = Console(width=None if sys.stdout.isatty() else 120)
+
+    def on_level(sweep_, level) -> None:  # type: ignore[no-untyped-def]
+        err.print(f"corral: sweep {sweep_.server}: {level.concurrency} in flight -> "
+                  f"{sweep_.throughput(level):.1f} {'tok/s' if sweep_.by_tokens else 'req/s'}", highlight=False)
+
+    with ExitStack() as stack:
+        specs, local_model = resolve_servers(cfg, server, api, local, parallel, stack)
+        names = _split(models) or [m for m in (local_model, cfg.model) if m][:1]
+        if not names:
+            raise UsageError("no model: corral bench --models llama3.2,gemma3:4b")
+        store = stack.enter_context(Store(store_path)) if store_path else None
+        result = runtime.run(bench_async(
+            specs, names, prompt, runs, options=options,
+            system=read_text_arg(system, "--system") or cfg.system_message, sweep=levels,
+            sweep_model=sweep_model, waves=waves, tolerance=tolerance, timeout=timeout, store=store,
+            gpu_monitor=gpu_monitor, gpu_interval=gpu_interval, on_level=on_level))
+    for problem in result.problems:
+        err.print(f"[yellow]corral: {problem}[/yellow]", highlight=False)
+    if result.gpu_note:
+        err.print(f"corral: {result.gpu_note}", highlight=False)
+    out.print(model_table(result))
+    if result.sweeps:
+        out.print(sweep_table(result))
+        for s in result.sweeps:
+            best = s.best
+            out.print(f"{s.server}: knee {s.knee} in flight"
+                      + (f" ({s.throughput(best):.1f} {'tok/s' if s.by_tokens else 'req/s'} best, "
+                         f"at {best.concurrency})" if best else ""), highlight=False)
+    if result.gpu_summary:
+        out.print(gpu_table(result.gpu_summary))
+    for path in outputs:
+        write_figures(result, path)
+        err.print(f"corral: figures in {path}", highlight=False)
+    if report:
+        from ..bench.report import write_report
+
+        write_report(result, report)
+        err.print(f"corral: report in {report}", highlight=False)
+    if write_config:
+        knees = {s.server: s.knee for s in result.sweeps if s.knee}
+        tuned = [dataclasses.replace(s, max_concurrency=knees[s.label]) if s.label in knees else s
+                 for s in specs]
+        header = ("written by corral bench --sweep " + ",".join(map(str, levels)) + ": max_concurrency is each "
+                  "server's knee (" + ", ".join(f"{k} {v}" for k, v in knees.items()) + ")")
+        cluster_files.write(write_config, cluster_files.render(
+            tuned, model=cfg.model or names[0], system_message=cfg.system_message, options=cfg.options,
+            header=header))
+        err.print(f"corral: wrote {write_config} ({len(knees)} server(s) tuned)", highlight=False)
+        if local:
+            err.print("corral: note: the --local server's port is gone once bench exits", highlight=False)
+    failed = [m for m in result.models if not m.runs]
+    if failed or (levels and not result.sweeps):
+        raise typer.Exit(1)
