@@ -7,12 +7,13 @@ status code, so the engine alone decides what to do next.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -205,7 +206,7 @@ class Backend(ABC):
         Streams go through aiohttp (the lean transport reads whole answers only); errors are
         classified as for `_call`."""
         started = time.perf_counter()
-        try:
+        with self._aiohttp_errors(timeout):
             async with self.session.post(self.base + path, data=orjson.dumps(payload),
                                          headers=self._headers, timeout=_timeout(timeout)) as resp:
                 if resp.status >= 400:
@@ -214,26 +215,37 @@ class Backend(ABC):
                     line = raw.strip()
                     if line:
                         yield time.perf_counter() - started, line
-        except TimeoutError:
-            raise BackendError(f"timed out after {timeout:g}s", retryable=True, kind="timeout") from None
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
-            raise BackendError(f"connection dropped mid-answer: {self.redact(str(exc))}", retryable=True,
-                               kind="connection") from None
-        except aiohttp.ClientError as exc:
-            raise BackendError(f"connection failed: {self.redact(str(exc))}", retryable=True,
-                               kind="connection") from None
-        except OSError as exc:
-            raise BackendError(f"connection failed: {exc}", retryable=True, kind="connection") from None
+
+    def _stream_event(self, path: str, raw: bytes) -> dict[str, Any] | None:
+        """One JSON event of a stream (an NDJSON line, or an SSE event's data); None when it is not
+        an object. An ``error`` the server puts in the stream is raised, as a retryable failure."""
+        try:
+            event = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise BackendError(f"invalid JSON in the stream from {path}", retryable=True,
+                               kind="protocol") from None
+        if not isinstance(event, dict):
+            return None
+        if event.get("error"):
+            raise BackendError(f"error in the stream from {path}: {event['error']}", retryable=True)
+        return event
 
     async def _call_aiohttp(self, method: str, path: str, data: bytes | None,
                             timeout: float) -> dict[str, Any]:
         url = self.base + path
-        try:
+        with self._aiohttp_errors(timeout):
             async with self.session.request(
                 method, url, data=data, headers=self._headers, timeout=_timeout(timeout),
             ) as resp:
                 body = await resp.read()
                 status, retry_after = resp.status, resp.headers.get("Retry-After")
+        return self._decode(path, status, body, retry_after)
+
+    @contextlib.contextmanager
+    def _aiohttp_errors(self, timeout: float) -> Iterator[None]:
+        """aiohttp's failures as BackendErrors of the right kind, with any key in them redacted."""
+        try:
+            yield
         except TimeoutError:
             raise BackendError(f"timed out after {timeout:g}s", retryable=True, kind="timeout") from None
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
@@ -244,7 +256,6 @@ class Backend(ABC):
                                kind="connection") from None
         except OSError as exc:
             raise BackendError(f"connection failed: {exc}", retryable=True, kind="connection") from None
-        return self._decode(path, status, body, retry_after)
 
 
 @functools.lru_cache(maxsize=64)

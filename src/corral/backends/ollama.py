@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
 from ..requests import Request
 from .base import Backend, BackendError, Reply, ServerInfo, Streamed, sha256_text
 
@@ -143,15 +141,9 @@ class OllamaBackend(Backend):
         chunks = 0
         elapsed = 0.0
         async for elapsed, line in self._stream_lines(path, payload, timeout):
-            try:
-                data = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                raise BackendError(f"invalid JSON line in the stream from {path}", retryable=True,
-                                   kind="protocol") from None
-            if not isinstance(data, dict):
+            data = self._stream_event(path, line)
+            if data is None:
                 continue
-            if data.get("error"):
-                raise BackendError(f"error in the stream from {path}: {data['error']}", retryable=True)
             piece = data.get("response") if request.endpoint == "generate" else (
                 (data.get("message") or {}).get("content"))
             if piece:

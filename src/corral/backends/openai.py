@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import orjson
 
 from ..requests import Request
 from .base import Backend, BackendError, Reply, ServerInfo, Streamed, fingerprint, sha256_text
@@ -183,15 +182,9 @@ class OpenAIBackend(Backend):
             if data_text == b"[DONE]":
                 done = True
                 continue
-            try:
-                event = orjson.loads(data_text)
-            except orjson.JSONDecodeError:
-                raise BackendError(f"invalid JSON event in the stream from {path}", retryable=True,
-                                   kind="protocol") from None
-            if not isinstance(event, dict):
+            event = self._stream_event(path, data_text)
+            if event is None:
                 continue
-            if event.get("error"):
-                raise BackendError(f"error in the stream from {path}: {event['error']}", retryable=True)
             model = event.get("model") or model
             usage = event.get("usage") or usage
             timings = event.get("timings") or timings  # llama.cpp, on the last event

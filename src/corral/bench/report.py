@@ -8,13 +8,10 @@ same pieces, so the headless-Chromium check used for that page works here too. N
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
 from pathlib import Path
 
-import orjson
-
-from .._version import __version__
 from ..errors import UsageError
+from ..report import write_page
 from .api import BenchResult
 from .output import _fmt
 
@@ -74,8 +71,6 @@ def _figures(result: BenchResult) -> list:  # list[corral.report.figures.Figure]
 
 def render(result: BenchResult) -> str:
     try:
-        from plotly.offline import get_plotlyjs
-
         from ..report import page
     except ImportError as exc:  # plotly is an extra
         raise UsageError(f"--report needs plotly: pip install 'corral[report]' ({exc})") from None
@@ -102,30 +97,10 @@ def render(result: BenchResult) -> str:
         gpu_html = f'<p class=warn id="gpu-note">{e(result.gpu_note)}</p>'
     problems = "".join(f"<p class=warn>{e(p)}</p>" for p in result.problems)
     blocks = [page._figure_block(fig) for fig in plots]
-    specs = "{" + ",".join(f"{orjson.dumps(f.id).decode()}:{f.figure.to_json()}" for f in plots) + "}"
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return "".join([
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>corral bench</title><style>{page._CSS}</style>",
-        f"<script>{page._ERROR_HOOK}</script><script>{get_plotlyjs()}</script></head><body>",
-        f"<h1>corral bench</h1><p class=meta>Prompt <code>{e(result.prompt)}</code>; "
-        f"{result.seconds:.1f} s; generated {generated} by corral {e(__version__)}.</p>",
-        '<div id="corral-errors" hidden></div>', problems, models_html, gpu_html,
-        '<section id="figures">', *blocks, "</section>",
-        f'<script type="application/json" id="corral-figures">{page._script_json(specs)}</script>',
-        '<pre id="corral-rendered" hidden></pre>',
-        f"<script>{page._RENDER}</script></body></html>",
-    ])
+    return page.document(
+        "corral bench", "corral bench", f"Prompt <code>{e(result.prompt)}</code>; {result.seconds:.1f} s",
+        [problems, models_html, gpu_html, '<section id="figures">', *blocks, "</section>"], plots)
 
 
 def write_report(result: BenchResult, output: str | os.PathLike[str]) -> Path:
-    target = Path(output)
-    text = render(result)
-    tmp = target.with_name(target.name + ".part")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise UsageError(f"{target}: cannot write the report: {exc.strerror or exc}") from None
-    return target
+    return write_page(render(result), output)

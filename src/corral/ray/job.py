@@ -23,8 +23,6 @@ import orjson
 import pandas as pd
 
 from ..errors import UsageError
-from ..tables.analysis import build_runner
-from ..tables.execute import model_list
 from ..tables.io import TableWriter, read_table_chunks
 from .worker import ActorEngine, TableJob, actor_settings, fleet_key, my_share, resolve_fleet
 
@@ -165,13 +163,7 @@ class PartitionWorker:
             chunks = iter(read_partition(part, self.chunk_size))
             first = next(chunks)
             writer = TableWriter(output, neutralize_formulas=False)
-            job = self.job
-            runner = build_runner(
-                [str(c) for c in first.columns], writer.write, text_column=job.text_column,
-                models=model_list(job.model_names), fanout=job.fanout,
-                prompt_template=job.prompt_template, json_keys=job.json_keys,
-                json_schema=job.json_schema, system=job.system, options=job.options,
-                id_column=job.id_column)
+            runner = self.job.runner([str(c) for c in first.columns], writer.write)
             result = self.engine.run_chunks(runner, _chain(first, chunks), None)
             stats.ok, stats.failed = result.ok, result.failed  # rows not sent (empty text) say so in error
             stats.rows = writer.rows_written
@@ -185,14 +177,6 @@ class PartitionWorker:
                     writer.part_path.unlink(missing_ok=True)
         stats.seconds = round(time.monotonic() - started, 3)
         return stats
-
-    def __del__(self) -> None:
-        engine = getattr(self, "engine", None)
-        if engine is not None:
-            try:
-                engine.close()
-            except Exception:
-                pass
 
 
 def _groups(value: Any) -> list[int] | None:

@@ -70,11 +70,3 @@ class Processor:
     def __call__(self, batch: Any) -> pd.DataFrame:
         frame = pd.DataFrame(batch) if isinstance(batch, dict) else to_pandas(batch)  # "numpy" format
         return self.engine.run_frame(frame, self.job)
-
-    def __del__(self) -> None:
-        engine = getattr(self, "engine", None)
-        if engine is not None:
-            try:
-                engine.close()
-            except Exception:
-                pass

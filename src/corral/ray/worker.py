@@ -42,6 +42,14 @@ class TableJob:
     options: dict[str, Any] = field(default_factory=dict)
     id_column: str | None = None
 
+    def runner(self, columns: list[str], emit: Any) -> Any:
+        """The TableRunner asking this job of a table with ``columns``; filled chunks go to ``emit``."""
+        return build_runner(
+            columns, emit, text_column=self.text_column, models=model_list(self.model_names),
+            fanout=self.fanout, prompt_template=self.prompt_template, json_keys=self.json_keys,
+            json_schema=self.json_schema, system=self.system, options=self.options,
+            id_column=self.id_column)
+
 
 def resolve_fleet(config: str | dict[str, Any] | Config | None, servers: Any, api: str,
                   workers: int | None) -> tuple[list[ServerSpec], Config]:
@@ -71,6 +79,7 @@ class ActorEngine:
         self._loop = factory() if factory else asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="corral-ray-loop", daemon=True)
         self._thread.start()
+        self._stopped = False
         self._lock = threading.Lock()
         self.engine = Engine(specs, Store(None), settings)
         try:
@@ -88,10 +97,7 @@ class ActorEngine:
         frame = frame.reset_index(drop=True)
         models = model_list(job.model_names)
         parts: list[pd.DataFrame] = []
-        runner = build_runner(
-            [str(c) for c in frame.columns], parts.append, text_column=job.text_column, models=models,
-            fanout=job.fanout, prompt_template=job.prompt_template, json_keys=job.json_keys,
-            json_schema=job.json_schema, system=job.system, options=job.options, id_column=job.id_column)
+        runner = job.runner([str(c) for c in frame.columns], parts.append)
         self.run_chunks(runner, [frame], len(frame) * (len(models) if job.fanout else 1))
         if not parts:
             return add_answer_columns(frame.iloc[0:0], [], models, job.fanout,
@@ -116,8 +122,16 @@ class ActorEngine:
             self._stop_loop()
 
     def _stop_loop(self) -> None:
+        self._stopped = True
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
+
+    def __del__(self) -> None:  # the actor is gone: close the servers' connections and the loop
+        if not getattr(self, "_stopped", True):  # not when start() failed or close() already ran
+            try:
+                self.close()
+            except Exception:
+                pass
 
 
 def actor_settings(timeout: float | None, max_attempts: int, max_json_retries: int) -> EngineSettings:

@@ -23,11 +23,15 @@ def build_report(store_or_output: str | os.PathLike[str], output: str | os.PathL
         from .page import render
     except ImportError as exc:  # plotly is an extra
         raise UsageError(f"corral report needs plotly: pip install 'corral[report]' ({exc})") from None
-    data = load(store_or_output)
+    return write_page(render(load(store_or_output)), output)
+
+
+def write_page(text: str, output: str | os.PathLike[str]) -> Path:
+    """Write a page whole or not at all (a .part file renamed into place)."""
     target = Path(output)
     tmp = target.with_name(target.name + ".part")
     try:
-        tmp.write_text(render(data), encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, target)
     except OSError as exc:
         raise UsageError(f"{target}: cannot write the report: {exc.strerror or exc}") from None

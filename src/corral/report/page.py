@@ -286,19 +286,26 @@ def render(data: ReportData) -> str:
         if fig.id == "fig-tokens":
             blocks.append(_per_model(data))
     agreement_html, heatmaps = _agreement(data.agreement)
-    specs = "{" + ",".join(f"{orjson.dumps(f.id).decode()}:{f.figure.to_json()}"
-                           for f in [*plots, *heatmaps]) + "}"
+    return document(
+        f"corral report: {_e(data.store_path)}", "corral report",
+        f"Store <code>{_e(data.store_path)}</code>",
+        [_summary(data), _manifest(data.manifest), '<section id="figures">', *blocks, "</section>",
+         agreement_html, _runs(data)],
+        [*plots, *heatmaps])
+
+
+def document(title: str, heading: str, meta: str, body: list[str], figures: list[Any]) -> str:
+    """A self-contained page (plotly inline) around ``body``: the figures' specs drawn by _RENDER
+    into their blocks, and any script error shown on the page (the Chromium tests read both)."""
+    specs = "{" + ",".join(f"{orjson.dumps(f.id).decode()}:{f.figure.to_json()}" for f in figures) + "}"
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     return "".join([
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>corral report: {_e(data.store_path)}</title><style>{_CSS}</style>",
+        f"<title>{title}</title><style>{_CSS}</style>",
         f"<script>{_ERROR_HOOK}</script><script>{get_plotlyjs()}</script></head><body>",
-        f"<h1>corral report</h1><p class=meta>Store <code>{_e(data.store_path)}</code>; "
-        f"generated {generated} by corral {_e(__version__)}.</p>",
-        '<div id="corral-errors" hidden></div>',
-        _summary(data), _manifest(data.manifest),
-        '<section id="figures">', *blocks, "</section>", agreement_html, _runs(data),
+        f"<h1>{heading}</h1><p class=meta>{meta}; generated {generated} by corral {_e(__version__)}.</p>",
+        '<div id="corral-errors" hidden></div>', *body,
         f'<script type="application/json" id="corral-figures">{_script_json(specs)}</script>',
         '<pre id="corral-rendered" hidden></pre>',
         f"<script>{_RENDER}</script></body></html>",
