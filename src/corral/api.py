@@ -6,57 +6,21 @@ the caller already has a running loop (Jupyter), so notebooks need no nest_async
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import os
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
-from . import runtime
-from .config import ServerSpec, default_servers, load_config, server_from_url
-from .engine import EngineSettings, RetryPolicy
 from .errors import UsageError
-from .jobs import run_requests
 from .manifest import ManifestRecorder, data_facts
 from .requests import Request, build_messages, canonical_options
 from .results import Outcome
+from .runner import run_requests
+from .runtime import run_sync
+from .settings import ConfigLike, ServerLike, resolve
 from .store import Store
-
-T = TypeVar("T")
-
-ServerLike = str | ServerSpec
-
-
-def run_sync(awaitable: Awaitable[T]) -> T:
-    """Run a coroutine to completion from sync code, whether or not a loop is already running."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return runtime.run(awaitable)  # type: ignore[arg-type]
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="corral") as pool:
-        return pool.submit(runtime.run, awaitable).result()  # type: ignore[arg-type]
-
-
-def resolve_server_list(servers: ServerLike | Sequence[ServerLike] | None, config: str | None,
-                        api: str = "ollama") -> tuple[list[ServerSpec], dict[str, Any]]:
-    """Servers from the argument, a config file, or OLLAMA_HOST; plus the config's settings."""
-    settings: dict[str, Any] = {}
-    specs: list[ServerSpec] = []
-    if config:
-        cfg = load_config(config)
-        specs = list(cfg.servers)
-        settings = {"model": cfg.model, "system": cfg.system_message, "options": cfg.options,
-                    "timeout": cfg.timeout, "format": cfg.format, "keep_alive": cfg.keep_alive,
-                    "hedge": cfg.hedge}
-    if servers is not None:
-        items = [servers] if isinstance(servers, (str, ServerSpec)) else list(servers)
-        specs = [s if isinstance(s, ServerSpec) else server_from_url(s, api) for s in items]
-    if not specs:
-        specs = default_servers()
-    return specs, settings
 
 
 def prompt_request(item: str | dict[str, Any], model: str, system: str | None,
@@ -101,40 +65,34 @@ async def batch_generate_async(
     system: str | None = None,
     format: Any = None,
     api: str = "ollama",
-    config: str | None = None,
+    config: ConfigLike | None = None,
     store: str | os.PathLike[str] | None = None,
     timeout: float | None = None,
-    max_attempts: int = 5,
+    max_attempts: int | None = None,
     hedge: bool | None = None,
     manifest: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> list[dict[str, Any]]:
     """The async twin of `batch_generate`: await it inside your own event loop."""
-    specs, cfg = resolve_server_list(servers, config, api)
-    model = model or cfg.get("model")
-    if not model:
+    job = resolve(servers=servers, config=config, api=api, model=model, system=system, options=options,
+                  format=format, timeout=timeout, max_attempts=max_attempts, hedge=hedge)
+    if not job.model:
         raise UsageError("batch_generate needs a model: batch_generate(prompts, model='llama3.2')")
-    merged_options = canonical_options({**cfg.get("options", {}), **options})
-    requests = [prompt_request(p, model, system or cfg.get("system"), merged_options,
-                               format if format is not None else cfg.get("format")) for p in prompts]
+    merged_options = canonical_options(job.options)
+    requests = [prompt_request(p, job.model, job.system, merged_options, job.format) for p in prompts]
     for position, request in enumerate(requests):
         request.id = request.id or str(position)
-    settings = EngineSettings(
-        timeout=timeout or cfg.get("timeout"), concurrency=max_concurrent,
-        hedge=hedge if hedge is not None else cfg.get("hedge") is not False,
-        rate_limit_delay=rate_limit_delay, retry=RetryPolicy(max_attempts=max_attempts),
-    )
+    settings = job.engine_settings(concurrency=max_concurrent, rate_limit_delay=rate_limit_delay)
     collected = _Collect()
     recorder = ManifestRecorder(
         kind="batch_generate", path=Path(manifest) if manifest is not None else None,
         input=data_facts("prompts", (orjson.dumps(r.messages) for r in requests), len(requests)),
-        job={"models": sorted({r.model for r in requests}), "model": model,
-             "system": system or cfg.get("system"), "options": merged_options,
-             "format": format if format is not None else cfg.get("format")},
+        job={"models": sorted({r.model for r in requests}), "model": job.model,
+             "system": job.system, "options": merged_options, "format": job.format},
     )
     journal = Store(store)
     try:
-        await run_requests(requests, servers=specs, store=journal, settings=settings, sinks=[collected],
+        await run_requests(requests, servers=job.servers, store=journal, settings=settings, sinks=[collected],
                            models={r.model for r in requests}, total=len(requests), progress="none",
                            manifest=recorder)
     finally:

@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..api import ServerLike, resolve_server_list, run_sync
+from ..runtime import run_sync
+from ..settings import ConfigLike, ServerLike, resolve
 from ..config import ServerSpec
 from ..errors import UsageError
 from ..gpu import GpuSampler, gpu_series, gpu_summary
@@ -106,13 +107,13 @@ async def bench_async(
 
 async def batch_benchmark_async(
     models: list[str], prompt: str = DEFAULT_PROMPT, num_runs: int = 3, *,
-    servers: ServerLike | Sequence[ServerLike] | None = None, config: str | None = None,
+    servers: ServerLike | Sequence[ServerLike] | None = None, config: ConfigLike | None = None,
     api: str = "ollama", system: str | None = None, timeout: float = 300.0, **options: Any,
 ) -> dict[str, dict[str, Any]]:
     """The async twin of `batch_benchmark`."""
-    specs, cfg = resolve_server_list(servers, config, api)
-    result = await bench_async(specs, models, prompt, num_runs, options={**cfg.get("options", {}), **options},
-                               system=system or cfg.get("system"), timeout=timeout, gpu_monitor=False)
+    job = resolve(servers=servers, config=config, api=api, system=system, options=options)
+    result = await bench_async(job.servers, models, prompt, num_runs, options=job.options,
+                               system=job.system, timeout=timeout, gpu_monitor=False)
     return {model: pooled(result.models, model).seed_dict() for model in dict.fromkeys(models)}
 
 

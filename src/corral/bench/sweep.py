@@ -16,6 +16,7 @@ from typing import Any
 
 from ..config import ServerSpec
 from ..engine import Engine, EngineSettings, RetryPolicy
+from ..runner import run_job
 from ..requests import Request
 from ..results import Outcome
 from ..store import Store
@@ -117,10 +118,17 @@ async def run_level(spec: ServerSpec, requests: list[Request], concurrency: int,
         if on_outcome is not None:
             on_outcome(outcome)
 
-    async with Engine([spec], store, level_settings(concurrency, timeout, journal)) as engine:
+    started = 0.0
+
+    async def work(engine: Engine) -> None:
+        nonlocal started
         started = time.perf_counter()
         await engine.run(iter(requests), collect, total=len(requests))
-        seconds = time.perf_counter() - started
+
+    # The probe is not timed; no GPU sampling of its own (`bench` samples the whole sweep).
+    await run_job(work, servers=[spec], store=store if store is not None else Store(None),
+                  settings=level_settings(concurrency, timeout, journal), gpu_monitor=False, track=False)
+    seconds = time.perf_counter() - started
     ok = [o for o in outcomes if o.ok and not o.cached]
     return Level(concurrency=concurrency, requests=len(requests), ok=len(ok),
                  errors=sum(1 for o in outcomes if not o.ok), seconds=seconds,

@@ -33,7 +33,8 @@ from typing import Any
 
 from ..config import ServerSpec
 from ..engine import Engine, EngineSettings
-from ..jobs import JobResult, run_prompt_file
+from ..jobs import run_prompt_file
+from ..runner import JobResult, run_job
 from ..requests import Request, request_key
 from ..sources import PromptFile
 from ..store import Store
@@ -92,10 +93,15 @@ async def starting_slots(specs: list[ServerSpec], settings: EngineSettings, stor
                          models: set[str]) -> dict[str, tuple[list[int], set[str]]]:
     """Per reachable server, from the engine's own probe: the levels to try, and which of
     ``models`` it has (a sweep must send a server only rows it can answer)."""
-    probe = dataclasses.replace(settings, concurrency=None)
-    async with Engine(specs, store, probe) as engine:
-        return {s.label: (tune_levels(s.slots, None if s.spec.max_concurrency else s.info.slots),
-                          {m for m in models if engine.serves(s, m)}) for s in engine.servers}
+    found: dict[str, tuple[list[int], set[str]]] = {}
+
+    async def look(engine: Engine) -> None:
+        found.update({s.label: (tune_levels(s.slots, None if s.spec.max_concurrency else s.info.slots),
+                                {m for m in models if engine.serves(s, m)}) for s in engine.servers})
+
+    await run_job(look, servers=specs, store=store, settings=dataclasses.replace(settings, concurrency=None),
+                  gpu_monitor=False, track=False)
+    return found
 
 
 async def tune_server(spec: ServerSpec, rows: list[Request], levels: list[int], store: Store,

@@ -15,8 +15,9 @@ from .. import cluster as cluster_files
 from .. import runtime
 from ..errors import UsageError
 from ..store import Store
+from ..settings import resolve
 from . import app
-from .common import load_config_arg, parse_option_pairs, read_text_arg, resolve_servers, setup_logging
+from .common import model_options, read_text_arg, setup_logging
 
 LOCAL_PARALLEL = 8
 
@@ -87,12 +88,6 @@ def bench_command(
     for path in outputs:
         if not path.lower().endswith((".csv", ".json")):
             raise UsageError(f"{path}: figures are written as .csv or .json")
-    cfg = load_config_arg(config)
-    options = dict(cfg.options)
-    options.update(parse_option_pairs(option))
-    for name, value in (("temperature", temperature), ("seed", seed), ("num_predict", max_tokens)):
-        if value is not None:
-            options[name] = value
     err = Console(file=sys.stderr, width=None if sys.stderr.isatty() else 120)
     out = Console(width=None if sys.stdout.isatty() else 120)
 
@@ -101,14 +96,15 @@ def bench_command(
                   f"{sweep_.throughput(level):.1f} {'tok/s' if sweep_.by_tokens else 'req/s'}", highlight=False)
 
     with ExitStack() as stack:
-        specs, local_model = resolve_servers(cfg, server, api, local, parallel, stack)
-        names = _split(models) or [m for m in (local_model, cfg.model) if m][:1]
+        job = resolve(servers=server or None, config=config, api=api, local=local, local_parallel=parallel,
+                      stack=stack, system=read_text_arg(system, "--system"),
+                      options=model_options(option, temperature, seed, max_tokens=max_tokens))
+        names = _split(models) or [m for m in (job.model,) if m]
         if not names:
             raise UsageError("no model: corral bench --models llama3.2,gemma3:4b")
         store = stack.enter_context(Store(store_path)) if store_path else None
         result = runtime.run(bench_async(
-            specs, names, prompt, runs, options=options,
-            system=read_text_arg(system, "--system") or cfg.system_message, sweep=levels,
+            job.servers, names, prompt, runs, options=job.options, system=job.system, sweep=levels,
             sweep_model=sweep_model, waves=waves, tolerance=tolerance, timeout=timeout, store=store,
             gpu_monitor=gpu_monitor, gpu_interval=gpu_interval, on_level=on_level))
     for problem in result.problems:
@@ -136,11 +132,12 @@ def bench_command(
     if write_config:
         knees = {s.server: s.knee for s in result.sweeps if s.knee}
         tuned = [dataclasses.replace(s, max_concurrency=knees[s.label]) if s.label in knees else s
-                 for s in specs]
+                 for s in job.servers]
         header = ("written by corral bench --sweep " + ",".join(map(str, levels)) + ": max_concurrency is each "
                   "server's knee (" + ", ".join(f"{k} {v}" for k, v in knees.items()) + ")")
         cluster_files.write(write_config, cluster_files.render(
-            tuned, model=cfg.model or names[0], system_message=cfg.system_message, options=cfg.options,
+            tuned, model=job.config.model or names[0], system_message=job.config.system_message,
+            options=job.config.options,
             header=header))
         err.print(f"corral: wrote {write_config} ({len(knees)} server(s) tuned)", highlight=False)
         if local:

@@ -1,16 +1,16 @@
-"""Flag handling shared by every command that talks to servers: config, --server, --local, options."""
+"""Flag handling shared by the commands: logging, -O options, @file arguments, schemas.
+
+Servers and the config are resolved once, for every front, by `corral.settings.resolve`."""
 
 from __future__ import annotations
 
 import logging
 import sys
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from ..config import Config, ServerSpec, default_servers, load_config, server_from_url
 from ..errors import UsageError
 
 
@@ -65,32 +65,12 @@ def load_schema(value: str | None) -> Any:
     return schema
 
 
-def resolve_servers(config: Config, server_urls: list[str], api: str, local: bool,
-                    local_parallel: int, stack: ExitStack) -> tuple[list[ServerSpec], str | None]:
-    """The servers for this run, and the model the local server answers to (when --local).
-
-    Precedence: --local, then --server flags, then the config's servers, then OLLAMA_HOST.
-    """
-    if local:
-        spec = start_local(local_parallel, stack)
-        return [spec], (spec.models or ("",))[0]
-    if server_urls:
-        return [server_from_url(url, api) for url in server_urls], None
-    if config.servers:
-        return list(config.servers), None
-    return default_servers(), None
-
-
-def start_local(n_parallel: int, stack: ExitStack, *, embedding: bool = False) -> ServerSpec:
-    """Start the embedded llama.cpp server for this command; it stops when ``stack`` closes."""
-    from ..local import LocalServer
-
-    print("corral: starting the embedded llama.cpp server (SmolLM2-135M)...", file=sys.stderr)
-    server = stack.enter_context(LocalServer(n_parallel=n_parallel, embedding=embedding))
-    # No max_concurrency: the engine reads the slots from llama.cpp's /props and keeps twice as many
-    # requests in flight, the best setting measured on this server.
-    return ServerSpec(url=server.url, api="openai", models=(server.model,), name="local")
-
-
-def load_config_arg(path: str | None) -> Config:
-    return load_config(path) if path else Config()
+def model_options(pairs: list[str], temperature: float | None = None, seed: int | None = None,
+                  num_ctx: int | None = None, max_tokens: int | None = None) -> dict[str, Any]:
+    """``-O NAME=VALUE`` pairs plus the options that have flags of their own (the flags win)."""
+    options = parse_option_pairs(pairs)
+    for name, value in (("temperature", temperature), ("seed", seed), ("num_ctx", num_ctx),
+                        ("num_predict", max_tokens)):
+        if value is not None:
+            options[name] = value
+    return options

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from contextlib import ExitStack
 from typing import Optional
 
 import typer
@@ -12,7 +11,7 @@ from rich.console import Console
 from ..errors import UsageError
 from ..jobs import default_store_path
 from . import app
-from .common import parse_option_pairs, setup_logging, start_local
+from .common import parse_option_pairs, setup_logging
 from .run import _run_interruptibly
 
 
@@ -55,21 +54,17 @@ def embed_command(
     ids = [name.strip() for value in id_column for name in value.split(",") if name.strip()]
     err = Console(file=sys.stderr, width=None if sys.stderr.isatty() else 120)
     store_path = store or str(default_store_path(output, None))
-    with ExitStack() as stack:
-        servers: Optional[list[object]] = list(server) or None
-        if local:
-            spec = start_local(4, stack, embedding=True)
-            servers, model = [spec], spec.models[0]  # the local server answers to its alias only
-        if not model and not config:
-            raise UsageError("no model: give --model (e.g. --model nomic-embed-text) or --local")
-        report = _run_interruptibly(embed_file_async(
-            input, output, text_column=text_column, id_columns=ids or None, model=model,
-            servers=servers, config=config, api=api, batch_size=batch_size, truncate=truncate,
-            dimensions=dimensions, keep_alive=keep_alive, options=parse_option_pairs(option), limit=limit,
-            skip_existing=skip_existing, retry_failed=retry_failed, store=store_path,
-            concurrency=concurrency, timeout=timeout, chunk_size=chunk_size, progress=progress,
-            argv=sys.argv,
-        ), store_path)
+    if not model and not config and not local:
+        raise UsageError("no model: give --model (e.g. --model nomic-embed-text) or --local")
+    report = _run_interruptibly(embed_file_async(
+        input, output, text_column=text_column, id_columns=ids or None, model=model,
+        servers=list(server) or None, config=config, api=api, local=local, batch_size=batch_size,
+        truncate=truncate,
+        dimensions=dimensions, keep_alive=keep_alive, options=parse_option_pairs(option), limit=limit,
+        skip_existing=skip_existing, retry_failed=retry_failed, store=store_path,
+        concurrency=concurrency, timeout=timeout, chunk_size=chunk_size, progress=progress,
+        argv=sys.argv,
+    ), store_path)
     c = report.counts
     for message in report.unreachable:
         err.print(f"[yellow]corral: skipped unreachable server {message}[/yellow]", highlight=False)

@@ -16,20 +16,17 @@ from .. import runtime
 from ..bench.output import gpu_table
 from ..bench.tune import tuned_run
 from ..config import ServerSpec
-from ..engine import EngineSettings, RetryPolicy
 from ..errors import UsageError
 from ..gpu import NO_GPU_NOTE, gpu_summary
 from ..jobs import default_store_path, open_sinks, run_prompt_file
 from ..manifest import ManifestRecorder, file_facts, manifest_path, spec_from_dict
 from ..progress import summary_table
 from ..reproduce import Reproduction, compare, prepare
+from ..settings import resolve
 from ..sources import Defaults, PromptFile
 from ..store import Store
 from . import app
-from .common import (load_config_arg, load_schema, parse_option_pairs, read_text_arg,
-                     resolve_servers, setup_logging)
-
-LOCAL_PARALLEL = 4
+from .common import load_schema, model_options, read_text_arg, setup_logging
 
 
 @app.command("run")
@@ -103,11 +100,7 @@ def run_command(
                 "--retry-failed": retry_failed, "--reproduce": reproduce, "--skip-invalid": skip_invalid,
                 "--endpoint": endpoint != "chat", "--format": fmt != "auto", "--auto-tune": auto_tune,
                 "--gpu-monitor": gpu_monitor, "--hedge/--no-hedge": hedge is not None})
-        options = parse_option_pairs(option)
-        for name, value in (("temperature", temperature), ("seed", seed), ("num_ctx", num_ctx),
-                            ("num_predict", max_tokens)):
-            if value is not None:
-                options[name] = value
+        options = model_options(option, temperature, seed, num_ctx, max_tokens)
         run_on_ray(input or ([prompts] if prompts else []), output, address=ray, config=config,
                    server=server, api=api, model=model, system=system, schema=schema,
                    options=options, text_column=text_column, prompt=prompt, workers=concurrency,
@@ -164,37 +157,26 @@ def run_command(
     if not output and not output_dir:
         raise UsageError("no output: give -o results.jsonl and/or --output-dir DIR")
 
-    cfg = load_config_arg(config)
-    options = dict(cfg.options)
-    options.update(parse_option_pairs(option))
-    for name, value in (("temperature", temperature), ("seed", seed), ("num_ctx", num_ctx),
-                        ("num_predict", max_tokens)):
-        if value is not None:
-            options[name] = value
-    answer_format = load_schema(schema) if schema else ("json" if json_mode else cfg.format)
-
     with ExitStack() as stack:
-        specs, local_model = resolve_servers(cfg, server, api, local, LOCAL_PARALLEL, stack)
-        defaults = Defaults(
-            model=model or local_model or cfg.model,
-            system=read_text_arg(system, "--system") or cfg.system_message,
-            options=options, format=answer_format, keep_alive=keep_alive or cfg.keep_alive,
-            endpoint=endpoint,
-        )
+        job = resolve(
+            servers=server or None, config=config, api=api, local=local, stack=stack, model=model,
+            system=read_text_arg(system, "--system"),
+            options=model_options(option, temperature, seed, num_ctx, max_tokens),
+            format=load_schema(schema) if schema else ("json" if json_mode else None),
+            keep_alive=keep_alive, timeout=timeout, max_attempts=max_attempts, hedge=hedge)
+        specs = job.servers
+        defaults = Defaults(model=job.model, system=job.system, options=job.options, format=job.format,
+                            keep_alive=job.keep_alive, endpoint=endpoint)
         if repro is not None:
-            defaults, specs = _reproduced(repro, specs, local_model, bool(server or config or local))
+            defaults, specs = _reproduced(repro, specs, job.local_model, bool(server or config or local))
         source = PromptFile(path, defaults, fmt=fmt, skip_invalid=skip_invalid)
         report = source.scan()
         for problem in report.invalid:
             print(f"corral: skipping {problem}", file=sys.stderr)
         sinks = open_sinks(output, output_dir, report, stack)
         store = stack.enter_context(Store(store_path or default_store_path(output, output_dir)))
-        retry = RetryPolicy(max_attempts=max_attempts or cfg.max_attempts or 5)
-        settings = EngineSettings(
-            timeout=timeout or cfg.timeout or None, retry=retry, concurrency=concurrency,
-            hedge=hedge if hedge is not None else cfg.hedge is not False,
-            rate_limit_delay=rate_limit_delay, retry_failed=retry_failed, max_outage=max_outage,
-        )
+        settings = job.engine_settings(concurrency=concurrency, rate_limit_delay=rate_limit_delay,
+                                       retry_failed=retry_failed, max_outage=max_outage)
         recorder = ManifestRecorder(
             kind="run", path=manifest_path(output, output_dir), argv=sys.argv,
             input=file_facts(path, report.rows), output={"path": output, "output_dir": output_dir},

@@ -6,22 +6,22 @@ Both run the same two passes (see ``job.py``) over the same engine as every othe
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..api import ServerLike, resolve_server_list, run_sync
 from ..config import ServerSpec
-from ..engine import Engine, EngineSettings, RetryPolicy
+from ..engine import Engine, EngineSettings
 from ..errors import CorralError, UsageError
-from ..gpu import GpuSampler
-from ..manifest import ManifestRecorder, data_facts, file_facts, manifest_path, redact_argv
-from ..progress import ProgressDisplay
+from ..manifest import ManifestRecorder, data_facts, file_facts, manifest_path
+from ..runner import RunRecord, run_job
+from ..runtime import run_sync
+from ..settings import ConfigLike, ServerLike, resolve
 from ..store import Store
 from .job import DEFAULT_BATCH_SIZE, EmbedCounts, Embedder, EmbedSpec, Row
 from .vectors import VectorCache
@@ -64,20 +64,21 @@ class _Job:
     argv: list[str] | None = None
 
 
-def _job(model: str | None, servers: Any, config: str | None, api: str, batch_size: int,
+def _job(model: str | None, servers: Any, config: ConfigLike | None, api: str, batch_size: int,
          truncate: bool | None, dimensions: int | None, keep_alive: str | int | None,
          options: dict[str, Any] | None, concurrency: int | None, timeout: float | None,
-         retry_failed: bool, progress: bool | str, argv: list[str] | None) -> _Job:
-    specs, cfg = resolve_server_list(servers, config, api)
+         retry_failed: bool, progress: bool | str, argv: list[str] | None, *, local: bool = False,
+         stack: ExitStack | None = None) -> _Job:
+    resolved = resolve(servers=servers, config=config, api=api, local=local, local_embedding=True,
+                       stack=stack, model=model, options=options, keep_alive=keep_alive, timeout=timeout)
     spec = EmbedSpec(
-        model=model or cfg.get("model") or "", batch_size=batch_size, truncate=truncate,
-        dimensions=dimensions, keep_alive=keep_alive if keep_alive is not None else cfg.get("keep_alive"),
-        options={**cfg.get("options", {}), **(options or {})},
+        # the local server answers to its own alias only
+        model=resolved.local_model or resolved.model or "", batch_size=batch_size, truncate=truncate,
+        dimensions=dimensions, keep_alive=resolved.keep_alive, options=resolved.options,
     )
-    settings = EngineSettings(timeout=timeout or cfg.get("timeout"), concurrency=concurrency,
-                              hedge=cfg.get("hedge") is not False, retry=RetryPolicy(), journal=False)
+    settings = resolved.engine_settings(concurrency=concurrency, journal=False)
     mode = progress if isinstance(progress, str) else ("auto" if progress else "none")
-    return _Job(specs, spec, settings, retry_failed, mode, argv)
+    return _Job(resolved.servers, spec, settings, retry_failed, mode, argv)
 
 
 def _recorder(job: _Job, input_facts: dict[str, Any], path: Path | None,
@@ -94,40 +95,36 @@ def _recorder(job: _Job, input_facts: dict[str, Any], path: Path | None,
 async def _send(job: _Job, cache: VectorCache, journal: Store, rows: Iterable[Row], *,
                 total: int | None, use_prior: bool, manifest: ManifestRecorder | None
                 ) -> tuple[Embedder, Engine]:
-    """Pass one: probe the servers, then embed every text the store lacks."""
-    async with Engine(job.specs, journal, job.settings) as engine:
-        engine.check_models([job.spec.model])
-        # Read ahead a few batches per slot, not thousands: a batch holds batch_size texts.
-        engine.settings.window = job.settings.window or max(8, 4 * engine.total_slots)
-        embedder = Embedder(engine, cache, job.spec, retry_failed=job.retry_failed, use_prior=use_prior)
-        journal.start_run(redact_argv(job.argv) if job.argv else None,
-                          {"job": "embed", "model": job.spec.model,
-                           "servers": [s.label for s in engine.servers], "unreachable": engine.unreachable})
-        if manifest is not None:
-            await manifest.begin(engine, journal, job.settings, [job.spec.model])
-        counts = embedder.counts
+    """Pass one, through the one runner: embed every text the store lacks. The run counts texts,
+    not the engine's batches, in its progress line, its run record and its manifest."""
+    embedders: list[Embedder] = []
 
-        def counter() -> tuple[int, int | None, str]:
-            rate = counts.embedded / counts.seconds if counts.seconds > 0 else 0.0
-            return counts.done, total, (f"{counts.failed} failed · {counts.cached} cached · "
-                                        f"{counts.deduplicated} duplicates · {rate:.1f} texts/s")
-        status = "failed"
-        sampler = GpuSampler(journal)
-        try:
-            async with sampler, ProgressDisplay(engine, job.progress, counter=counter):
-                await embedder.send(rows)
-            status = "complete"
-        except (asyncio.CancelledError, KeyboardInterrupt):
-            status = "interrupted"
-            raise
-        finally:
-            journal.finish_run({"job": "embed", **counts.as_dict()})
-            if manifest is not None:
-                manifest.end(engine, status, sampler.described())
-                # The engine counts batches; a reader wants texts.
-                manifest.update(counts={"total": counts.rows, **counts.as_dict()},
-                                embedding={"dim": counts.dim, "dtype": "float32"})
-    return embedder, engine
+    async def work(engine: Engine) -> None:
+        embedder = Embedder(engine, cache, job.spec, retry_failed=job.retry_failed, use_prior=use_prior,
+                            window=max(8, 4 * engine.total_slots))  # a batch holds batch_size texts
+        embedders.append(embedder)
+        await embedder.send(rows)
+
+    def counts() -> EmbedCounts:
+        return embedders[0].counts if embedders else EmbedCounts()
+
+    def counter() -> tuple[int, int | None, str]:
+        c = counts()
+        rate = c.embedded / c.seconds if c.seconds > 0 else 0.0
+        return c.done, total, (f"{c.failed} failed · {c.cached} cached · "
+                               f"{c.deduplicated} duplicates · {rate:.1f} texts/s")
+
+    record = RunRecord(info={"job": "embed", "model": job.spec.model}, counts=lambda: counts().as_dict())
+    try:
+        engine = await run_job(work, servers=job.specs, store=journal, settings=job.settings,
+                               models=[job.spec.model], progress=job.progress, counter=counter,
+                               argv=job.argv, manifest=manifest, record=record)
+    finally:
+        if manifest is not None and embedders:
+            c = counts()
+            manifest.update(counts={"total": c.rows, **c.as_dict()},
+                            embedding={"dim": c.dim, "dtype": "float32"})
+    return embedders[0], engine
 
 
 # -- texts in, array out --------------------------------------------------------------------------
@@ -137,7 +134,8 @@ async def embed_async(
     model: str | None = None,
     *,
     servers: ServerLike | Sequence[ServerLike] | None = None,
-    config: str | None = None,
+    config: ConfigLike | None = None,
+    local: bool = False,
     api: str = "ollama",
     batch_size: int = DEFAULT_BATCH_SIZE,
     truncate: bool | None = None,
@@ -158,14 +156,15 @@ async def embed_async(
     if on_error not in ("raise", "nan"):
         raise UsageError(f"on_error must be 'raise' or 'nan', not {on_error!r}")
     values = list(texts)
+    stack = ExitStack()
     job = _job(model, servers, config, api, batch_size, truncate, dimensions, keep_alive, options,
-               concurrency, timeout, retry_failed, progress, None)
+               concurrency, timeout, retry_failed, progress, None, local=local, stack=stack)
     recorder = None
     if manifest is not None:
         facts = data_facts("texts", (str(v).encode("utf-8", "surrogatepass") + b"\x00" for v in values),
                            len(values))
         recorder = _recorder(job, facts, Path(manifest), {"path": None})
-    with Store(store) as journal, VectorCache(journal) as cache:
+    with stack, Store(store) as journal, VectorCache(journal) as cache:
         embedder, _ = await _send(job, cache, journal, ((None, v) for v in values), total=len(values),
                                   use_prior=False, manifest=recorder)
         vectors, problems = embedder.vectors_for(values)
@@ -204,7 +203,8 @@ async def embed_file_async(
     id_columns: Sequence[str] | None = None,
     model: str | None = None,
     servers: ServerLike | Sequence[ServerLike] | None = None,
-    config: str | None = None,
+    config: ConfigLike | None = None,
+    local: bool = False,
     api: str = "ollama",
     batch_size: int = DEFAULT_BATCH_SIZE,
     truncate: bool | None = None,
@@ -250,10 +250,11 @@ async def embed_file_async(
             yield frame.reset_index(drop=True), chunk[text_column].tolist()
 
     store_path = Path(store) if store else default_store_path(str(output), None)
+    stack = ExitStack()
     job = _job(model, servers, config, api, batch_size, truncate, dimensions, keep_alive, options,
-               concurrency, timeout, retry_failed, progress, argv)
+               concurrency, timeout, retry_failed, progress, argv, local=local, stack=stack)
     report = EmbedReport(counts=EmbedCounts(), output=Path(output), store=store_path)
-    with Store(store_path) as journal, VectorCache(journal) as cache:
+    with stack, Store(store_path) as journal, VectorCache(journal) as cache:
         use_prior = skip_existing and Path(output).exists() and cache.add_prior(
             read_prior(output, id_names)) > 0
 

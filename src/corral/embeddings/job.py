@@ -131,8 +131,9 @@ class Embedder:
     """Pass one over an engine (``send``), pass two over the store (``vectors_for``)."""
 
     def __init__(self, engine: Engine, cache: VectorCache, spec: EmbedSpec, *,
-                 retry_failed: bool = False, use_prior: bool = False) -> None:
+                 retry_failed: bool = False, use_prior: bool = False, window: int | None = None) -> None:
         self.engine = engine
+        self.window = window  # batches read ahead: a few per slot, not thousands
         self.cache = cache
         self.spec = spec
         self.retry_failed = retry_failed
@@ -148,11 +149,11 @@ class Embedder:
     async def send(self, rows: Iterable[Row]) -> EmbedCounts:
         """Embed every row's text the store lacks; return the counts (also live in ``counts``)."""
         self.counts.started = time.monotonic()
-        await self.engine.run(self._batches(rows), self._on_outcome)
+        await self.engine.run(self._batches(rows), self._on_outcome, window=self.window)
         while self._to_split:  # each round halves the refused batches; log2(batch_size) rounds at most
             halves = [half for request in self._to_split for half in self._halves(request)]
             self._to_split = []
-            await self.engine.run(iter(halves), self._on_outcome)
+            await self.engine.run(iter(halves), self._on_outcome, window=self.window)
         self.cache.flush()
         self.counts.finished = time.monotonic()
         return self.counts

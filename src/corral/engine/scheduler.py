@@ -254,12 +254,15 @@ class Engine:
 
     # -- running ----------------------------------------------------------------------------------
     async def run(self, requests: Iterable[Request], on_outcome: Callable[[Outcome], None],
-                  total: int | None = None) -> JobStats:
+                  total: int | None = None, *,
+                  validate: Callable[[Request, Reply], str | None] | None = None,
+                  window: int | None = None) -> JobStats:
         """Run every request; ``on_outcome`` receives one Outcome per request, in input order."""
         self._closing = False
+        self._validate = validate or self.settings.validate or json_answer_problem
         self.stats = JobStats(total=total)
         loop = asyncio.get_running_loop()
-        window_size = self.settings.window or max(2048, 16 * self.total_slots)
+        window_size = window or self.settings.window or max(2048, 16 * self.total_slots)
         self._window = asyncio.Semaphore(window_size)
         # Without longest_first every item weighs the same, and the queue keeps input order.
         self._queue: WorkQueue[_Item] = WorkQueue(
@@ -539,7 +542,7 @@ class Engine:
             return
         assert reply is not None
         latency = time.perf_counter() - t0
-        problem = (self.settings.validate or json_answer_problem)(request, reply)
+        problem = self._validate(request, reply)
         if problem is not None:
             server.on_success()
             if item.runs:  # the other copy is still running: it may do better

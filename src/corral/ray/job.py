@@ -214,7 +214,7 @@ def connect(address: str) -> bool:
 def run_files(inputs: list[str], output: str, *, address: str, job: TableJob, config: Any = None,
               servers: Any = None, api: str = "ollama", workers: int | None = None,
               num_actors: int | None = None, output_format: str = "parquet", chunk_size: int = 20_000,
-              timeout: float | None = None, max_attempts: int = 5, max_json_retries: int = 2,
+              timeout: float | None = None, max_attempts: int | None = None, max_json_retries: int = 2,
               progress: str = "auto", actor_cpus: float = 1.0,
               rows_per_partition: int | None = 1_000_000) -> list[PartitionStats]:
     """Run every pending partition; returns the stats of the partitions run now."""
@@ -229,13 +229,14 @@ def run_files(inputs: list[str], output: str, *, address: str, job: TableJob, co
         raise UsageError(f"no input files outside the output folder {output}")
     names = partition_names(files, output_format)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fleet, cfg = resolve_fleet(config, servers, api, workers)
+    fleet, resolved = resolve_fleet(config, servers, api, workers, system=job.system, options=job.options,
+                                    timeout=timeout, max_attempts=max_attempts)
     if not job.model_names:
-        if not cfg.model:
+        if not resolved.model:
             raise UsageError("no model: give -m MODEL or a config with model = ...")
-        job.model_names = (cfg.model,)
-    job.system = job.system or cfg.system_message
-    job.options = {**cfg.options, **job.options}
+        job.model_names = (resolved.model,)
+    job.system = resolved.system
+    job.options = resolved.options
     parts = plan_partitions(files, names, out_dir, rows_per_partition)
     pending = [p for p in parts if not Path(p.output).exists()]
     say = (lambda text: None) if progress == "none" else (lambda text: print(text, file=sys.stderr, flush=True))
@@ -257,7 +258,7 @@ def run_files(inputs: list[str], output: str, *, address: str, job: TableJob, co
                              f"{total_slots} or fewer")
         say(f"corral: running {len(pending)} partition(s) on {actors} Ray actor(s) sharing "
             f"{total_slots} slot(s) of {len(fleet)} server(s)")
-        settings = {"timeout": timeout or cfg.timeout, "max_attempts": max_attempts,
+        settings = {"timeout": resolved.timeout, "max_attempts": resolved.max_attempts,
                     "max_json_retries": max_json_retries}
         ds = ray.data.from_items([{"path": p.path, "output": p.output, "row_groups": p.row_groups or []}
                                   for p in pending], override_num_blocks=len(pending))

@@ -49,9 +49,10 @@ class Processor:
                  prompt_template: str | None = None, json_keys: Sequence[str] | str | None = None,
                  json_schema: Any = None, fanout: bool = False, system: str | None = None,
                  id_column: str | None = None, timeout: float | None = None, max_json_retries: int = 2,
-                 max_attempts: int = 5, job_name: str = "", **options: Any) -> None:
-        specs, cfg = resolve_fleet(config, servers, api, workers)
-        models = model_names or cfg.model
+                 max_attempts: int | None = None, job_name: str = "", **options: Any) -> None:
+        specs, resolved = resolve_fleet(config, servers, api, workers, system=system, options=options,
+                                        timeout=timeout, max_attempts=max_attempts)
+        models = model_names or resolved.model
         if not models:
             from ..errors import UsageError
 
@@ -59,12 +60,12 @@ class Processor:
         self.job = TableJob(
             text_column=text_column, model_names=(models,) if isinstance(models, str) else tuple(models),
             prompt_template=prompt_template, json_keys=json_keys, json_schema=json_schema,
-            fanout=fanout, system=system or cfg.system_message, options={**cfg.options, **options},
+            fanout=fanout, system=resolved.system, options=resolved.options,
             id_column=id_column)
         self.index, self.servers = my_share(specs, num_actors, fleet_key(specs, num_actors, job_name))
         log.info("corral actor %d/%d: %s", self.index, num_actors,
                  ", ".join(f"{s.label} x{s.max_concurrency}" for s in self.servers))
-        self.engine = ActorEngine(self.servers, actor_settings(timeout or cfg.timeout, max_attempts,
+        self.engine = ActorEngine(self.servers, actor_settings(resolved.timeout, resolved.max_attempts,
                                                                max_json_retries))
 
     def __call__(self, batch: Any) -> pd.DataFrame:

@@ -18,9 +18,10 @@ from typing import Any
 import pandas as pd
 
 from .. import runtime
-from ..config import Config, ServerSpec, load_config, parse_config, server_from_url
+from ..config import ServerSpec
 from ..engine import Engine, EngineSettings, JobStats, RetryPolicy
-from ..errors import UsageError
+from ..runner import run_requests
+from ..settings import ConfigLike, Settings, resolve
 from ..store import Store
 from ..tables.analysis import build_runner
 from ..tables.execute import model_list
@@ -51,24 +52,12 @@ class TableJob:
             id_column=self.id_column)
 
 
-def resolve_fleet(config: str | dict[str, Any] | Config | None, servers: Any, api: str,
-                  workers: int | None) -> tuple[list[ServerSpec], Config]:
-    """The whole fleet with every server's slots known, and the config's job settings."""
-    if isinstance(config, Config):
-        cfg = config
-    elif isinstance(config, dict):
-        cfg = parse_config(config)
-    elif config:
-        cfg = load_config(config)
-    else:
-        cfg = Config()
-    specs = list(cfg.servers)
-    if servers:
-        items = [servers] if isinstance(servers, (str, ServerSpec)) else list(servers)
-        specs = [s if isinstance(s, ServerSpec) else server_from_url(s, api) for s in items]
-    if not specs:
-        raise UsageError("no servers: give config= (a cluster TOML path or dict) or servers=[URL, ...]")
-    return fleet_slots(specs, workers), cfg
+def resolve_fleet(config: ConfigLike | None, servers: Any, api: str, workers: int | None,
+                  **explicit: Any) -> tuple[list[ServerSpec], Settings]:
+    """The whole fleet with every server's slots known, and the job's settings (`corral.settings`;
+    ``explicit`` are its keyword arguments: ``system``, ``options``, ``timeout``...)."""
+    job = resolve(servers=servers or None, config=config, api=api, require_servers=True, **explicit)
+    return fleet_slots(job.servers, workers), job
 
 
 class ActorEngine:
@@ -108,9 +97,13 @@ class ActorEngine:
         """Run a TableRunner's requests for ``chunks`` through this actor's engine; its chunks come
         back through the runner's ``emit`` as they complete."""
         with self._lock:  # one batch at a time: Engine.run is not re-entrant
-            self.engine.settings.validate = runner.validate
-            stats = self._call(self.engine.run(runner.requests(chunks), runner.write, total=total))
-            runner.close(complete=True)
+            # Through the one runner on this actor's open engine; no run record, progress or GPU
+            # sampling of its own (the driver has those).
+            result = self._call(run_requests(
+                runner.requests(chunks), store=self.engine.store, engine=self.engine, sinks=[runner],
+                models=runner.models, total=total, validate=runner.validate, progress="none",
+                gpu_monitor=False, track=False))
+            stats = result.stats
             for name in ("done", "ok", "failed", "sent", "retries", "prompt_tokens", "completion_tokens"):
                 setattr(self.totals, name, getattr(self.totals, name) + getattr(stats, name))
             return stats

@@ -16,13 +16,14 @@ from typing import Any
 
 import pandas as pd
 
-from ..api import run_sync
 from ..errors import UsageError
 from ..manifest import ManifestRecorder
+from ..runtime import run_sync
+from ..settings import resolve
 from ..store import Store
 from .answers import resolve_schema
-from .execute import (ServerChoice, execute, frame_facts, like_input, model_list, progress_mode,
-                      save_agreement, server_specs, table_job)
+from .execute import (execute, frame_facts, like_input, model_list, progress_mode, save_agreement,
+                      table_job)
 from .io import to_pandas
 from .prompts import PromptTemplate, default_template, is_missing
 from .runner import RowPlan, RowResult, TableRunner, add_answer_columns
@@ -76,21 +77,21 @@ async def run_analysis_async(
     """The async twin of `run_analysis`."""
     frame = to_pandas(df)
     models = model_list(model_names)
-    specs, cfg = server_specs(ServerChoice(servers, config, api), workers)
+    job = resolve(servers=servers, config=config, api=api, workers=workers, system=system,
+                  options=options, timeout=timeout)
     parts: list[pd.DataFrame] = []
     runner = build_runner(
         list(frame.columns), parts.append, text_column=text_column, models=models, fanout=fanout,
         prompt_template=prompt_template, json_keys=json_keys, json_schema=json_schema,
-        system=system or cfg.get("system"), options={**cfg.get("options", {}), **options},
+        system=job.system, options=job.options,
     )
     chunks = (frame.iloc[start:start + chunk_size] for start in range(0, len(frame), chunk_size))
     per_row = len(models) if fanout else 1
     recorder = analysis_manifest(runner, frame_facts(frame), manifest, text_column=text_column,
                                  kind="run_analysis")
-    await execute(runner, chunks, specs=specs, store=store, max_concurrent_calls=max_concurrent_calls,
-                  timeout=timeout or cfg.get("timeout"), hedge=cfg.get("hedge") is not False,
-                  max_json_retries=max_json_retries,
-                  progress=progress_mode(progress), total=len(frame) * per_row, manifest=recorder)
+    await execute(runner, chunks, job=job, store=store, max_concurrent_calls=max_concurrent_calls,
+                  max_json_retries=max_json_retries, progress=progress_mode(progress),
+                  total=len(frame) * per_row, manifest=recorder)
     if runner.skipped_count:
         log.warning("%d row(s) not sent: %s", runner.skipped_count, "; ".join(runner.skipped[:5]))
     out = pd.concat(parts, ignore_index=True) if parts else add_answer_columns(

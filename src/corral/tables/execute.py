@@ -1,31 +1,20 @@
-"""Run a TableRunner through the engine: the part run_analysis, fill and the CLI share."""
+"""Run a TableRunner through the one runner: the part run_analysis, fill and the table files share."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
 
-from ..api import resolve_server_list
-from ..config import ServerSpec
-from ..engine import EngineSettings, JobStats, RetryPolicy
+from ..engine import JobStats
 from ..errors import UsageError
-from ..jobs import run_requests
 from ..manifest import ManifestRecorder, data_facts
+from ..runner import run_requests
+from ..settings import Settings
 from ..store import Store
 from .runner import TableRunner
-
-
-@dataclass(slots=True)
-class ServerChoice:
-    """Where to send work: explicit servers, a config file, or OLLAMA_HOST."""
-
-    servers: Any = None
-    config: str | None = None
-    api: str = "ollama"
 
 
 def model_list(model_names: str | Sequence[str]) -> tuple[str, ...]:
@@ -36,30 +25,18 @@ def model_list(model_names: str | Sequence[str]) -> tuple[str, ...]:
     return models
 
 
-def server_specs(choice: ServerChoice, workers: int | None) -> tuple[list[ServerSpec], dict[str, Any]]:
-    """Servers with ``workers`` slots each, unless a server's config sets its own max_concurrency."""
-    specs, cfg = resolve_server_list(choice.servers, choice.config, choice.api)
-    if workers is not None:
-        if workers < 1:
-            raise UsageError("workers must be at least 1")
-        specs = [s if s.max_concurrency else replace(s, max_concurrency=workers) for s in specs]
-    return specs, cfg
-
-
-async def execute(runner: TableRunner, chunks: Iterable[pd.DataFrame], *, specs: list[ServerSpec],
+async def execute(runner: TableRunner, chunks: Iterable[pd.DataFrame], *, job: Settings,
                   store: str | os.PathLike[str] | Store | None, max_concurrent_calls: int | None,
-                  timeout: float | None, max_json_retries: int, progress: str,
-                  total: int | None = None, argv: list[str] | None = None,
-                  manifest: ManifestRecorder | None = None, hedge: bool = True) -> JobStats:
-    settings = EngineSettings(
-        timeout=timeout, hedge=hedge, retry=RetryPolicy(), max_in_flight=max_concurrent_calls,
-        validate=runner.validate, content_retries=max_json_retries,
-    )
+                  max_json_retries: int, progress: str, total: int | None = None,
+                  argv: list[str] | None = None, manifest: ManifestRecorder | None = None) -> JobStats:
+    """A table job through the one runner: the runner's requests out, its chunks back."""
+    settings = job.engine_settings(max_in_flight=max_concurrent_calls, content_retries=max_json_retries)
     journal = store if isinstance(store, Store) else Store(store)
     try:
         result = await run_requests(
-            runner.requests(chunks), servers=specs, store=journal, settings=settings, sinks=[runner],
-            models=runner.models, total=total, progress=progress, argv=argv, manifest=manifest,
+            runner.requests(chunks), servers=job.servers, store=journal, settings=settings,
+            sinks=[runner], models=runner.models, total=total, validate=runner.validate,
+            progress=progress, argv=argv, manifest=manifest,
         )
     finally:
         if not isinstance(store, Store):

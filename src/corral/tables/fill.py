@@ -10,21 +10,22 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ..api import run_sync
 from ..engine import JobStats
 from ..errors import UsageError
-from ..jobs import default_store_path
-from ..manifest import ManifestRecorder, file_facts, manifest_path
+from ..manifest import ManifestRecorder, manifest_path
+from ..runtime import run_sync
+from ..settings import ConfigLike, resolve
 from ..store import Store
 from .answers import check_keys
-from .execute import (ServerChoice, execute, frame_facts, like_input, model_list, progress_mode,
-                      server_specs, table_job)
-from .io import TableStream, count_rows, to_pandas
+from .execute import execute, frame_facts, like_input, model_list, progress_mode, table_job
+from .files import run_table_file
+from .io import to_pandas
 from .prompts import PromptTemplate, is_missing
 from .runner import RowPlan, RowResult, TableRunner, parse_outcome
 
@@ -147,18 +148,17 @@ async def fill_missing_fields_async(
     """The async twin of `fill_missing_fields`."""
     frame = to_pandas(df)
     models = model_list(model_names)
-    specs, cfg = server_specs(ServerChoice(servers, config, api), workers)
+    job = resolve(servers=servers, config=config, api=api, workers=workers, system=system,
+                  options=options, timeout=timeout)
     parts: list[pd.DataFrame] = []
     runner, plan = _runner(list(frame.columns), parts.append, title_col=title_col, json_fields=json_fields,
-                        col_map=col_map, models=models, fanout=fanout, prompt_template=prompt_template,
-                        system=system or cfg.get("system"), options={**cfg.get("options", {}), **options})
+                           col_map=col_map, models=models, fanout=fanout, prompt_template=prompt_template,
+                           system=job.system, options=job.options)
     chunks = [frame.iloc[s:s + chunk_size] for s in range(0, len(frame), chunk_size)] or [frame]
     recorder = fill_manifest(runner, plan, prompt_template, frame_facts(frame), manifest,
                              kind="fill_missing_fields")
-    await execute(runner, chunks, specs=specs, store=store, max_concurrent_calls=max_concurrent_calls,
-                  timeout=timeout or cfg.get("timeout"), hedge=cfg.get("hedge") is not False,
-                  max_json_retries=max_json_retries,
-                  progress=progress_mode(progress), manifest=recorder)
+    await execute(runner, chunks, job=job, store=store, max_concurrent_calls=max_concurrent_calls,
+                  max_json_retries=max_json_retries, progress=progress_mode(progress), manifest=recorder)
     out = pd.concat(parts, ignore_index=True)
     out.index = frame.index
     return like_input(df, out)
@@ -182,39 +182,41 @@ async def fill_file_async(
     col_map: dict[str, str] | None = None, model_names: str | Sequence[str] = "llama3.2",
     fanout: bool = False, workers: int = 3, max_concurrent_calls: int | None = None,
     prompt_template: str | None = None, system: str | None = None, servers: Any = None,
-    config: str | None = None, api: str = "ollama", store: str | os.PathLike[str] | Store | None = None,
-    max_json_retries: int = 2, timeout: float | None = None, progress: str = "auto",
-    neutralize_formulas: bool = True, argv: list[str] | None = None, local: bool = False,
-    **options: Any,
+    config: ConfigLike | None = None, api: str = "ollama",
+    store: str | os.PathLike[str] | Store | None = None, max_json_retries: int = 2,
+    timeout: float | None = None, progress: bool | str = "auto", neutralize_formulas: bool = True,
+    argv: list[str] | None = None, local: bool = False, **options: Any,
 ) -> tuple[int, JobStats]:
     """Stream a table file through the fill job, writing the output chunk by chunk, and its manifest
     beside it (``<output>.manifest.json``)."""
-    models = model_list(model_names)
-    specs, cfg = server_specs(ServerChoice(servers, config, api), workers)
-    table = TableStream(input_path, output_path, chunk_size=chunk_size,
-                        neutralize_formulas=neutralize_formulas)
-    complete = False
-    try:
-        table.require_columns([title_col])
-        runner, plan = _runner(table.columns, table.emit, title_col=title_col,
-                               json_fields=json_fields, col_map=col_map, models=models, fanout=fanout,
-                               prompt_template=prompt_template, system=system or cfg.get("system"),
-                               options={**cfg.get("options", {}), **options})
-        recorder = fill_manifest(runner, plan, prompt_template, file_facts(input_path, count_rows(input_path)),
-                                 manifest_path(str(output_path)), kind="fill", output=str(output_path),
-                                 argv=argv)
-        recorder.job["local"] = local
-        stats = await execute(runner, table.chunks(), specs=specs,
-                              store=store if store is not None else default_store_path(str(output_path), None),
-                              max_concurrent_calls=max_concurrent_calls, timeout=timeout or cfg.get("timeout"),
-                              max_json_retries=max_json_retries, progress=progress, argv=argv,
-                              manifest=recorder, hedge=cfg.get("hedge") is not False)
-        complete = True
-    finally:
-        table.close(complete=complete)
-    if runner.skipped_count:
-        log.warning("%d row(s) not sent: %s", runner.skipped_count, "; ".join(runner.skipped[:5]))
-    return table.written, stats
+    with ExitStack() as stack:
+        job = resolve(servers=servers, config=config, api=api, local=local, stack=stack,
+                      local_parallel=max(workers, 1), workers=workers, system=system, options=options,
+                      timeout=timeout)
+        models = (job.local_model,) if job.local_model else model_list(model_names)
+        plans: list[FillPlan] = []
+
+        def build(columns: list[str], emit: Any) -> TableRunner:
+            runner, plan = _runner(columns, emit, title_col=title_col, json_fields=json_fields,
+                                   col_map=col_map, models=models, fanout=fanout,
+                                   prompt_template=prompt_template, system=job.system,
+                                   options=job.options)
+            plans.append(plan)
+            return runner
+
+        def describe(runner: TableRunner, facts: dict[str, Any]) -> ManifestRecorder:
+            recorder = fill_manifest(runner, plans[0], prompt_template, facts,
+                                     manifest_path(str(output_path)), kind="fill",
+                                     output=str(output_path), argv=argv)
+            recorder.job["local"] = local
+            return recorder
+
+        report = await run_table_file(
+            input_path, output_path, build=build, describe=describe, job=job, required=[title_col],
+            per_row=0, store=store, chunk_size=chunk_size,  # rows with nothing missing are not sent
+            neutralize_formulas=neutralize_formulas, max_concurrent_calls=max_concurrent_calls,
+            max_json_retries=max_json_retries, progress=progress_mode(progress), argv=argv)
+    return report.written, report.stats
 
 
 def fill_missing_fields_from_csv(

@@ -1,0 +1,149 @@
+"""One resolution of settings: flags or keyword arguments, the config file and the environment.
+
+Every front (the CLI, the Python API, Ray) hands what the user said to `resolve` and gets one typed
+`Settings` back: the servers to use and the job's defaults. The precedence is the same everywhere:
+an explicit flag or keyword argument, then the config file, then the environment (``OLLAMA_HOST``),
+then corral's built-in default. Options merge key by key, the explicit ones winning.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .config import Config, ServerSpec, default_servers, load_config, parse_config, server_from_url
+from .errors import UsageError
+
+#: What a front accepts as servers: URLs ("gpu1:11434", "http://host:8000") or `ServerSpec`s.
+ServerLike = str | ServerSpec
+#: What a front accepts as a config: a TOML path, an already parsed dict, or a `Config`.
+ConfigLike = str | Path | Mapping[str, Any] | Config
+
+#: Slots of the embedded llama.cpp server started by ``--local`` for `corral run`.
+LOCAL_PARALLEL = 4
+DEFAULT_MAX_ATTEMPTS = 5
+APIS = ("ollama", "openai")
+
+
+@dataclass(slots=True)
+class Settings:
+    """The servers for a job and the job's defaults, every source already merged."""
+
+    servers: list[ServerSpec]
+    model: str | None = None
+    system: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    format: Any = None
+    keep_alive: str | int | None = None
+    timeout: float | None = None
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    hedge: bool = True
+    #: The model the embedded server answers to, when ``local`` started it.
+    local_model: str | None = None
+    config: Config = field(default_factory=Config)
+
+    def engine_settings(self, **overrides: Any) -> Any:
+        """The engine's settings for this job: timeout, hedging and retries from here, the rest
+        from ``overrides`` (e.g. ``concurrency=4``) or the engine's defaults."""
+        from .engine import EngineSettings, RetryPolicy
+
+        values: dict[str, Any] = {"timeout": self.timeout, "hedge": self.hedge,
+                                  "retry": RetryPolicy(max_attempts=self.max_attempts)}
+        values.update(overrides)
+        return EngineSettings(**values)
+
+
+def read_config(config: ConfigLike | None) -> Config:
+    """A config from a path, a dict (as parsed from TOML) or a `Config`; an empty one for None."""
+    if config is None or config == "":
+        return Config()
+    if isinstance(config, Config):
+        return config
+    if isinstance(config, Mapping):
+        return parse_config(dict(config))
+    return load_config(config)
+
+
+def server_list(servers: ServerLike | Sequence[ServerLike], api: str) -> list[ServerSpec]:
+    """``servers`` as specs: one URL or spec, or a list of them."""
+    items = [servers] if isinstance(servers, (str, ServerSpec)) else list(servers)
+    return [s if isinstance(s, ServerSpec) else server_from_url(str(s), api) for s in items]
+
+
+def resolve(
+    *,
+    servers: ServerLike | Sequence[ServerLike] | None = None,
+    config: ConfigLike | None = None,
+    api: str = "ollama",
+    local: bool = False,
+    local_parallel: int = LOCAL_PARALLEL,
+    local_embedding: bool = False,
+    stack: ExitStack | None = None,
+    workers: int | None = None,
+    require_servers: bool = False,
+    model: str | None = None,
+    system: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    format: Any = None,
+    keep_alive: str | int | None = None,
+    timeout: float | None = None,
+    max_attempts: int | None = None,
+    hedge: bool | None = None,
+) -> Settings:
+    """Merge what the user said with the config file and the environment.
+
+    Servers: ``local`` (the embedded llama.cpp server, stopped when ``stack`` closes), else
+    ``servers``, else the config's, else ``OLLAMA_HOST`` (unless ``require_servers``: Ray's actors
+    run elsewhere, where a local default would mean another machine's Ollama). ``workers`` gives
+    every server that has no ``max_concurrency`` of its own that many slots.
+    """
+    if api not in APIS:
+        raise UsageError(f"api must be one of {', '.join(APIS)}, not {api!r}")
+    if workers is not None and workers < 1:
+        raise UsageError(f"workers must be at least 1, not {workers}")
+    cfg = read_config(config)
+    local_model = None
+    if local:
+        if stack is None:
+            raise UsageError("the embedded server needs a lifetime: pass stack=ExitStack()")
+        spec = start_local(local_parallel, stack, embedding=local_embedding)
+        specs = [spec]
+        local_model = (spec.models or ("",))[0]
+    elif servers is not None and servers != []:
+        specs = server_list(servers, api)
+    elif cfg.servers:
+        specs = list(cfg.servers)
+    elif require_servers:
+        raise UsageError("no servers: give config= (a cluster TOML path or dict) or servers=[URL, ...]")
+    else:
+        specs = default_servers()
+    if workers is not None:
+        specs = [s if s.max_concurrency else replace(s, max_concurrency=workers) for s in specs]
+    return Settings(
+        servers=specs,
+        model=model or local_model or cfg.model,
+        system=system or cfg.system_message,
+        options={**cfg.options, **(options or {})},
+        format=format if format is not None else cfg.format,
+        keep_alive=keep_alive if keep_alive is not None else cfg.keep_alive,
+        timeout=timeout or cfg.timeout or None,
+        max_attempts=max_attempts or cfg.max_attempts or DEFAULT_MAX_ATTEMPTS,
+        hedge=hedge if hedge is not None else cfg.hedge is not False,
+        local_model=local_model,
+        config=cfg,
+    )
+
+
+def start_local(n_parallel: int, stack: ExitStack, *, embedding: bool = False) -> ServerSpec:
+    """Start the embedded llama.cpp server; it stops when ``stack`` closes."""
+    from .local import LocalServer
+
+    print("corral: starting the embedded llama.cpp server (SmolLM2-135M)...", file=sys.stderr)
+    server = stack.enter_context(LocalServer(n_parallel=n_parallel, embedding=embedding))
+    # No max_concurrency: the engine reads the slots from llama.cpp's /props and keeps twice as many
+    # requests in flight, the best setting measured on this server.
+    return ServerSpec(url=server.url, api="openai", models=(server.model,), name="local")
