@@ -267,3 +267,27 @@ def test_split_mode_resume_keeps_who_answered(tmp_path: Path, two_model_server) 
     assert two_model_server.requests == []
     assert list(second["model"]) == list(first["model"])
     assert list(second["label"]) == list(first["label"])
+
+
+def test_analyze_file_python_front_equals_the_cli(tmp_path: Path, two_model_server) -> None:
+    """`corral.analyze_file` is `corral analyze` from Python: same table, same columns, same manifest
+    kind; a second call resumes from the journal beside the output and sends nothing."""
+    df = pd.DataFrame({"speech": [f"speech number {i}" for i in range(7)] + [""]})
+    df.to_csv(tmp_path / "speeches.csv", index=False)
+    common = dict(text_column="speech", json_keys=["label", "prob"], fanout=True,
+                  model_names=["llama3.2", "mistral"], servers=two_model_server.url, progress="none")
+    report = corral.analyze_file(tmp_path / "speeches.csv", tmp_path / "py.parquet", **common)
+    proc = corral_cli("analyze", "speeches.csv", "--text-column", "speech", "--json-keys", "label,prob",
+                      "--models", "llama3.2,mistral", "--fanout", "--server", two_model_server.url,
+                      "-o", "cli.parquet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    from_python = pd.read_parquet(tmp_path / "py.parquet")
+    from_cli = pd.read_parquet(tmp_path / "cli.parquet")
+    pd.testing.assert_frame_equal(from_python, from_cli)
+    assert report.written == 8 and report.skipped_count == 1
+    assert report.stats.ok == 14 and report.agreement is not None
+    manifest = json.loads((tmp_path / "py.parquet.manifest.json").read_text())
+    assert manifest["kind"] == "analyze" and manifest["status"] == "complete"
+    sent = len(two_model_server.requests)
+    again = corral.analyze_file(tmp_path / "speeches.csv", tmp_path / "py.parquet", **common)
+    assert len(two_model_server.requests) == sent and again.stats.cached == 14

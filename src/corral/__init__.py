@@ -15,8 +15,8 @@ from .results import Outcome
 from .store import Store
 
 
-_TABLES = {"run_analysis", "run_analysis_async", "fill_missing_fields", "fill_missing_fields_async",
-           "fill_missing_fields_from_csv", "agreement"}
+_TABLES = {"run_analysis", "run_analysis_async", "analyze_file", "analyze_file_async",
+           "fill_missing_fields", "fill_missing_fields_async", "fill_missing_fields_from_csv", "agreement"}
 
 
 _EMBEDDINGS = {"embed", "embed_async", "embed_file", "embed_file_async", "EmbedError"}

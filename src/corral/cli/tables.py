@@ -61,7 +61,7 @@ def analyze_command(
     verbose: int = typer.Option(0, "--verbose", "-v", count=True),
 ) -> None:
     """Run one prompt over every row of a table; split across models or fanned out."""
-    from ..tables.files import analyze_file_async
+    from ..tables.analysis import analyze_file_async
 
     setup_logging(verbose)
     err = Console(file=sys.stderr, width=None if sys.stderr.isatty() else 120)

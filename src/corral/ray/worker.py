@@ -24,7 +24,7 @@ from ..runner import run_requests
 from ..settings import ConfigLike, Settings, resolve
 from ..store import Store
 from ..tables.analysis import build_runner
-from ..tables.execute import model_list
+from ..tables.job import model_list
 from ..tables.runner import add_answer_columns
 from .slots import fleet_slots, share_slots
 

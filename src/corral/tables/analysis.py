@@ -1,4 +1,5 @@
-"""`run_analysis`: one prompt over every row of a DataFrame, split across models or fanned out.
+"""`run_analysis` and `analyze_file`: one prompt over every row of a DataFrame or a table file, split
+across models or fanned out.
 
 The signature and column names are seed 000's (ollama-run-async): ``workers``, ``model_names``,
 ``prompt_template`` with ``{text}``, ``json_keys`` becoming columns, ``fanout=True`` suffixing every
@@ -10,22 +11,24 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ..errors import UsageError
-from ..manifest import ManifestRecorder
+from ..manifest import ManifestRecorder, manifest_path
 from ..runtime import run_sync
-from ..settings import resolve
+from ..settings import ConfigLike, ServerLike, Settings, resolve
 from ..store import Store
 from .answers import resolve_schema
-from .execute import (execute, frame_facts, like_input, model_list, progress_mode, save_agreement,
-                      table_job)
-from .io import to_pandas
+from .io import read_table
+from .job import (RunnerFactory, TableFileReport, like_input, model_list, progress_mode, run_table_file,
+                  run_table_frame)
 from .prompts import PromptTemplate, default_template, is_missing
+from .provenance import save_agreement, table_job
 from .runner import RowPlan, RowResult, TableRunner, add_answer_columns
 
 log = logging.getLogger("corral")
@@ -69,36 +72,44 @@ async def run_analysis_async(
     df: Any, text_column: str = "text", workers: int = 3, max_concurrent_calls: int | None = None, *,
     model_names: str | Sequence[str] = "llama3.2", prompt_template: str | None = None,
     json_keys: Sequence[str] | str | None = None, fanout: bool = False, json_schema: Any = None,
-    system: str | None = None, servers: Any = None, config: str | None = None, api: str = "ollama",
+    system: str | None = None, servers: Any = None, config: ConfigLike | None = None, api: str = "ollama",
     store: str | os.PathLike[str] | Store | None = None, max_json_retries: int = 2,
     timeout: float | None = None, progress: bool | str = True, chunk_size: int = 20_000,
     manifest: str | os.PathLike[str] | None = None, **options: Any,
 ) -> Any:
     """The async twin of `run_analysis`."""
-    frame = to_pandas(df)
     models = model_list(model_names)
     job = resolve(servers=servers, config=config, api=api, workers=workers, system=system,
                   options=options, timeout=timeout)
-    parts: list[pd.DataFrame] = []
-    runner = build_runner(
-        list(frame.columns), parts.append, text_column=text_column, models=models, fanout=fanout,
-        prompt_template=prompt_template, json_keys=json_keys, json_schema=json_schema,
-        system=job.system, options=job.options,
-    )
-    chunks = (frame.iloc[start:start + chunk_size] for start in range(0, len(frame), chunk_size))
-    per_row = len(models) if fanout else 1
-    recorder = analysis_manifest(runner, frame_facts(frame), manifest, text_column=text_column,
-                                 kind="run_analysis")
-    await execute(runner, chunks, job=job, store=store, max_concurrent_calls=max_concurrent_calls,
-                  max_json_retries=max_json_retries, progress=progress_mode(progress),
-                  total=len(frame) * per_row, manifest=recorder)
-    if runner.skipped_count:
-        log.warning("%d row(s) not sent: %s", runner.skipped_count, "; ".join(runner.skipped[:5]))
-    out = pd.concat(parts, ignore_index=True) if parts else add_answer_columns(
-        frame.iloc[0:0], [], models, fanout, runner.plan.keys)  # type: ignore[attr-defined]
-    out.index = frame.index
+    build = _builder(job, models, text_column=text_column, fanout=fanout, prompt_template=prompt_template,
+                     json_keys=json_keys, json_schema=json_schema)
+
+    def describe(runner: TableRunner, facts: dict[str, Any]) -> ManifestRecorder:
+        return analysis_manifest(runner, facts, manifest, text_column=text_column, kind="run_analysis")
+
+    def empty(frame: pd.DataFrame, runner: TableRunner) -> pd.DataFrame:
+        return add_answer_columns(frame, [], models, fanout, runner.plan.keys)  # type: ignore[attr-defined]
+
+    out, runner, recorder = await run_table_frame(
+        df, build=build, describe=describe, job=job, per_row=len(models) if fanout else 1, store=store,
+        chunk_size=chunk_size, max_concurrent_calls=max_concurrent_calls,
+        max_json_retries=max_json_retries, progress=progress_mode(progress), empty=empty)
     save_agreement(recorder, out, runner)
     return like_input(df, out)
+
+
+def _builder(job: Settings, models: tuple[str, ...], *, text_column: str, fanout: bool,
+             prompt_template: str | None, json_keys: Any, json_schema: Any,
+             id_column: str | None = None) -> RunnerFactory:
+    """The analysis runner for a table with the given columns, asking with the job's settings."""
+
+    def build(columns: list[str], emit: Callable[[pd.DataFrame], None]) -> TableRunner:
+        return build_runner(columns, emit, text_column=text_column, models=models, fanout=fanout,
+                            prompt_template=prompt_template, json_keys=json_keys,
+                            json_schema=json_schema, system=job.system, options=job.options,
+                            id_column=id_column)
+
+    return build
 
 
 def analysis_manifest(runner: TableRunner, input_facts: dict[str, Any],
@@ -133,3 +144,62 @@ def run_analysis(
     return run_sync(run_analysis_async(
         df, text_column, workers, max_concurrent_calls, model_names=model_names,
         prompt_template=prompt_template, json_keys=json_keys, fanout=fanout, **kwargs))
+
+
+async def analyze_file_async(
+    input: str | os.PathLike[str], output: str | os.PathLike[str], *, text_column: str = "text",
+    model_names: str | Sequence[str] = "llama3.2", prompt_template: str | None = None,
+    json_keys: Sequence[str] | str | None = None, json_schema: Any = None, fanout: bool = False,
+    system: str | None = None, servers: ServerLike | Sequence[ServerLike] | None = None,
+    config: ConfigLike | None = None, api: str = "ollama", local: bool = False, workers: int = 3,
+    max_concurrent_calls: int | None = None, id_column: str | None = None, chunk_size: int = 20_000,
+    max_json_retries: int = 2, store: str | os.PathLike[str] | None = None,
+    timeout: float | None = None, neutralize_formulas: bool = True, progress: bool | str = True,
+    argv: list[str] | None = None, **options: Any,
+) -> TableFileReport:
+    """The async twin of `analyze_file`."""
+    with ExitStack() as stack:
+        job = resolve(servers=servers, config=config, api=api, local=local, stack=stack,
+                      local_parallel=max(workers, 1), workers=workers, system=system, options=options,
+                      timeout=timeout)
+        models = (job.local_model,) if job.local_model else model_list(model_names)
+
+        build = _builder(job, models, text_column=text_column, fanout=fanout,
+                         prompt_template=prompt_template, json_keys=json_keys, json_schema=json_schema,
+                         id_column=id_column)
+
+        def describe(runner: TableRunner, facts: dict[str, Any]) -> ManifestRecorder:
+            recorder = analysis_manifest(runner, facts, manifest_path(output), text_column=text_column,
+                                         output=str(output), argv=argv)
+            recorder.job.update(local=local, id_column=id_column)
+            return recorder
+
+        report = await run_table_file(
+            input, output, build=build, describe=describe, job=job, required=[text_column, id_column or ""],
+            per_row=len(models) if fanout else 1, store=store, chunk_size=chunk_size,
+            neutralize_formulas=neutralize_formulas, max_concurrent_calls=max_concurrent_calls,
+            max_json_retries=max_json_retries, progress=progress_mode(progress), argv=argv)
+    runner = report.runner
+    keys = getattr(runner.plan, "keys", None) if runner is not None else None
+    recorder = report.recorder
+    if fanout and keys and len(models) > 1 and report.written and runner is not None and recorder:
+        report.agreement = save_agreement(recorder, read_table(output), runner)
+        report.agreement_error = (recorder.data.get("agreement") or {}).get("error")
+    return report
+
+
+def analyze_file(input: str | os.PathLike[str], output: str | os.PathLike[str], **kwargs: Any) -> TableFileReport:
+    """Run one prompt over every row of a table file and write the table with its answers:
+    `corral analyze` from Python, with `run_analysis`'s keywords.
+
+    The input is read in chunks of ``chunk_size`` rows (CSV, TSV, Parquet, JSONL, Excel) and the
+    output (by its extension) written chunk by chunk; memory does not grow with the file. The output
+    appears only when complete. The journal beside it (``<output>.corral.db``, or ``store=``) makes a
+    second call resume: rows already answered are not sent again. ``local=True`` runs the embedded
+    llama.cpp model. Returns a `TableFileReport` (rows written, counts, rows not sent, and after a
+    fan-out with ``json_keys`` the models' agreement).
+
+    >>> corral.analyze_file("speeches.csv", "labelled.parquet", model_names=["llama3.2", "mistral"],
+    ...                     json_keys=["label"], fanout=True, temperature=0)
+    """
+    return run_sync(analyze_file_async(input, output, **kwargs))

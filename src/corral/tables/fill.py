@@ -20,12 +20,11 @@ from ..engine import JobStats
 from ..errors import UsageError
 from ..manifest import ManifestRecorder, manifest_path
 from ..runtime import run_sync
-from ..settings import ConfigLike, resolve
+from ..settings import ConfigLike, Settings, resolve
 from ..store import Store
 from .answers import check_keys
-from .execute import execute, frame_facts, like_input, model_list, progress_mode, table_job
-from .files import run_table_file
-from .io import to_pandas
+from .job import RunnerFactory, like_input, model_list, progress_mode, run_table_file, run_table_frame
+from .provenance import table_job
 from .prompts import PromptTemplate, is_missing
 from .runner import RowPlan, RowResult, TableRunner, parse_outcome
 
@@ -141,27 +140,45 @@ async def fill_missing_fields_async(
     col_map: dict[str, str] | None = None, model_names: str | Sequence[str] = "llama3.2",
     fanout: bool = False, workers: int = 3, *, max_concurrent_calls: int | None = None,
     prompt_template: str | None = None, system: str | None = None, servers: Any = None,
-    config: str | None = None, api: str = "ollama", store: str | os.PathLike[str] | Store | None = None,
+    config: ConfigLike | None = None, api: str = "ollama",
+    store: str | os.PathLike[str] | Store | None = None,
     max_json_retries: int = 2, timeout: float | None = None, progress: bool | str = True,
     chunk_size: int = 20_000, manifest: str | os.PathLike[str] | None = None, **options: Any,
 ) -> Any:
     """The async twin of `fill_missing_fields`."""
-    frame = to_pandas(df)
     models = model_list(model_names)
     job = resolve(servers=servers, config=config, api=api, workers=workers, system=system,
                   options=options, timeout=timeout)
-    parts: list[pd.DataFrame] = []
-    runner, plan = _runner(list(frame.columns), parts.append, title_col=title_col, json_fields=json_fields,
-                           col_map=col_map, models=models, fanout=fanout, prompt_template=prompt_template,
-                           system=job.system, options=job.options)
-    chunks = [frame.iloc[s:s + chunk_size] for s in range(0, len(frame), chunk_size)] or [frame]
-    recorder = fill_manifest(runner, plan, prompt_template, frame_facts(frame), manifest,
-                             kind="fill_missing_fields")
-    await execute(runner, chunks, job=job, store=store, max_concurrent_calls=max_concurrent_calls,
-                  max_json_retries=max_json_retries, progress=progress_mode(progress), manifest=recorder)
-    out = pd.concat(parts, ignore_index=True)
-    out.index = frame.index
+    build, plans = _builder(job, models, title_col=title_col, json_fields=json_fields, col_map=col_map,
+                            fanout=fanout, prompt_template=prompt_template)
+
+    def describe(runner: TableRunner, facts: dict[str, Any]) -> ManifestRecorder:
+        return fill_manifest(runner, plans[0], prompt_template, facts, manifest, kind="fill_missing_fields")
+
+    def empty(frame: pd.DataFrame, runner: TableRunner) -> pd.DataFrame:
+        return runner.finish(frame, [])
+
+    out, _, _ = await run_table_frame(
+        df, build=build, describe=describe, job=job, per_row=0, store=store, chunk_size=chunk_size,
+        max_concurrent_calls=max_concurrent_calls, max_json_retries=max_json_retries,
+        progress=progress_mode(progress), empty=empty)
     return like_input(df, out)
+
+
+def _builder(job: Settings, models: tuple[str, ...], *, title_col: str, json_fields: Sequence[str],
+             col_map: dict[str, str] | None, fanout: bool,
+             prompt_template: str | None) -> tuple[RunnerFactory, list[FillPlan]]:
+    """The fill runner for a table with the given columns, and the plan it made (once built)."""
+    plans: list[FillPlan] = []
+
+    def build(columns: list[str], emit: Any) -> TableRunner:
+        runner, plan = _runner(columns, emit, title_col=title_col, json_fields=json_fields, col_map=col_map,
+                               models=models, fanout=fanout, prompt_template=prompt_template,
+                               system=job.system, options=job.options)
+        plans.append(plan)
+        return runner
+
+    return build, plans
 
 
 def fill_missing_fields(df: Any, title_col: str = "title_en",
@@ -194,15 +211,8 @@ async def fill_file_async(
                       local_parallel=max(workers, 1), workers=workers, system=system, options=options,
                       timeout=timeout)
         models = (job.local_model,) if job.local_model else model_list(model_names)
-        plans: list[FillPlan] = []
-
-        def build(columns: list[str], emit: Any) -> TableRunner:
-            runner, plan = _runner(columns, emit, title_col=title_col, json_fields=json_fields,
-                                   col_map=col_map, models=models, fanout=fanout,
-                                   prompt_template=prompt_template, system=job.system,
-                                   options=job.options)
-            plans.append(plan)
-            return runner
+        build, plans = _builder(job, models, title_col=title_col, json_fields=json_fields,
+                                col_map=col_map, fanout=fanout, prompt_template=prompt_template)
 
         def describe(runner: TableRunner, facts: dict[str, Any]) -> ManifestRecorder:
             recorder = fill_manifest(runner, plans[0], prompt_template, facts,
