@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .config import ServerSpec
-from .engine import Engine, EngineSettings, JobStats
+from .engine import Engine, EngineSettings, JobStats, Validator
 from .errors import UsageError
 from .gpu import GpuSampler
 from .manifest import ManifestRecorder, redact_argv
@@ -55,11 +55,13 @@ async def run_requests(
     settings: EngineSettings, sinks: list[Sink], models: Iterable[str], total: int | None = None,
     progress: str = "auto", keep_failures: int = 1000, argv: list[str] | None = None,
     manifest: ManifestRecorder | None = None, gpu_monitor: bool = True,
+    validate: Validator | None = None,
 ) -> JobResult:
     """Probe, check models, run, and write every outcome to every sink in input order.
 
     ``gpu_monitor=False`` samples no GPU (else nvidia-smi is sampled when it is on PATH). With a ``manifest``, the run's provenance (servers, digests, counts) is recorded as it happens;
-    it is saved even when the run is interrupted, with its status saying so."""
+    it is saved even when the run is interrupted, with its status saying so. ``validate`` is the
+    run's answer check (see `Engine.run`)."""
     failures: list[Outcome] = []
     models = list(models)
 
@@ -77,12 +79,12 @@ async def run_requests(
                             {"servers": [s.label for s in engine.servers],
                              "unreachable": engine.unreachable})
             if manifest is not None:
-                await manifest.begin(engine, store, settings, models)
+                await manifest.begin(engine, store, settings, models, checked_answers=validate is not None)
             status = "failed"
             sampler = GpuSampler(store, None if gpu_monitor else 0)
             try:
                 async with sampler, ProgressDisplay(engine, progress):
-                    stats = await engine.run(requests, on_outcome, total=total)
+                    stats = await engine.run(requests, on_outcome, total=total, validate=validate)
                 complete = True
                 status = "complete"
             except (asyncio.CancelledError, KeyboardInterrupt):

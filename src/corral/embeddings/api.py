@@ -97,8 +97,6 @@ async def _send(job: _Job, cache: VectorCache, journal: Store, rows: Iterable[Ro
     """Pass one: probe the servers, then embed every text the store lacks."""
     async with Engine(job.specs, journal, job.settings) as engine:
         engine.check_models([job.spec.model])
-        # Read ahead a few batches per slot, not thousands: a batch holds batch_size texts.
-        engine.settings.window = job.settings.window or max(8, 4 * engine.total_slots)
         embedder = Embedder(engine, cache, job.spec, retry_failed=job.retry_failed, use_prior=use_prior)
         journal.start_run(redact_argv(job.argv) if job.argv else None,
                           {"job": "embed", "model": job.spec.model,

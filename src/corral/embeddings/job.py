@@ -138,6 +138,8 @@ class Embedder:
         self.retry_failed = retry_failed
         self.use_prior = use_prior
         self.key = TextKeys(engine.key_kind(spec.model), spec)
+        # Read ahead a few batches per slot, not thousands: a batch holds batch_size texts.
+        self.window = max(8, 4 * engine.total_slots)
         self.counts = EmbedCounts()
         self._dim_source = ""
         self._in_flight: set[str] = set()
@@ -148,11 +150,11 @@ class Embedder:
     async def send(self, rows: Iterable[Row]) -> EmbedCounts:
         """Embed every row's text the store lacks; return the counts (also live in ``counts``)."""
         self.counts.started = time.monotonic()
-        await self.engine.run(self._batches(rows), self._on_outcome)
+        await self.engine.run(self._batches(rows), self._on_outcome, window=self.window)
         while self._to_split:  # each round halves the refused batches; log2(batch_size) rounds at most
             halves = [half for request in self._to_split for half in self._halves(request)]
             self._to_split = []
-            await self.engine.run(iter(halves), self._on_outcome)
+            await self.engine.run(iter(halves), self._on_outcome, window=self.window)
         self.cache.flush()
         self.counts.finished = time.monotonic()
         return self.counts

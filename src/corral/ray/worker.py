@@ -108,8 +108,8 @@ class ActorEngine:
         """Run a TableRunner's requests for ``chunks`` through this actor's engine; its chunks come
         back through the runner's ``emit`` as they complete."""
         with self._lock:  # one batch at a time: Engine.run is not re-entrant
-            self.engine.settings.validate = runner.validate
-            stats = self._call(self.engine.run(runner.requests(chunks), runner.write, total=total))
+            stats = self._call(self.engine.run(runner.requests(chunks), runner.write, total=total,
+                                               validate=runner.validate))
             runner.close(complete=True)
             for name in ("done", "ok", "failed", "sent", "retries", "prompt_tokens", "completion_tokens"):
                 setattr(self.totals, name, getattr(self.totals, name) + getattr(stats, name))

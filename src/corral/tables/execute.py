@@ -53,13 +53,14 @@ async def execute(runner: TableRunner, chunks: Iterable[pd.DataFrame], *, specs:
                   manifest: ManifestRecorder | None = None, hedge: bool = True) -> JobStats:
     settings = EngineSettings(
         timeout=timeout, hedge=hedge, retry=RetryPolicy(), max_in_flight=max_concurrent_calls,
-        validate=runner.validate, content_retries=max_json_retries,
+        content_retries=max_json_retries,
     )
     journal = store if isinstance(store, Store) else Store(store)
     try:
         result = await run_requests(
             runner.requests(chunks), servers=specs, store=journal, settings=settings, sinks=[runner],
             models=runner.models, total=total, progress=progress, argv=argv, manifest=manifest,
+            validate=runner.validate,
         )
     finally:
         if not isinstance(store, Store):
