@@ -82,6 +82,7 @@ def test_run_manifest_says_which_models_servers_settings_and_counts(tmp_path: Pa
     assert m["tokens"] == {"prompt": sum(r["prompt_eval_count"] for r in rows),
                            "completion": sum(r["eval_count"] for r in rows)}
     assert sum(s["ok"] for s in m["per_server"]) == 30
+    assert m["engine"]["content_retries"] is None  # no answer check of its own (only JSON's)
     assert m["wall_seconds"] > 0 and m["started_at"] <= m["finished_at"]
     assert _stored_manifests(tmp_path / "out.jsonl.corral.db") == [m]  # kept in the store too
 
@@ -203,6 +204,7 @@ def test_table_commands_and_functions_write_manifests(tmp_path: Path, fake_ollam
     assert m["job"]["json_fields"] == ["City", "Occasion"] and m["job"]["col_map"] == {"City": "City"}
     assert "{text}" in m["job"]["prompt_template"] and m["job"]["options"] == {"seed": 3}
     assert m["counts"]["sent"] == 3 and m["output"]["path"] == "filled.csv"
+    assert m["engine"]["content_retries"] == 2  # the table checks its answers: its re-asks are kept
     assert _stored_manifests(tmp_path / "filled.csv.corral.db") == [m]
 
     corral.fill_missing_fields_from_csv(str(tmp_path / "events.csv"), str(tmp_path / "api.csv"),

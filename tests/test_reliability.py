@@ -217,9 +217,8 @@ def test_engine_stops_at_once_when_the_journal_fails(fake_ollama_factory, caplog
 
     async def run() -> None:
         # a small read-ahead window, so the producer is waiting for room when the journal fails
-        async with Engine([ServerSpec(server.url)], _FailingStore(after=20),
-                          EngineSettings(window=8)) as engine:
-            await engine.run(requests, lambda outcome: None)
+        async with Engine([ServerSpec(server.url)], _FailingStore(after=20), EngineSettings()) as engine:
+            await engine.run(requests, lambda outcome: None, window=8)
 
     started = time.monotonic()
     with pytest.raises(UsageError, match="disk I/O error"):

@@ -111,13 +111,13 @@ class _Counting(Store):
 
 
 def _run(specs: list[ServerSpec], requests: list[Request], settings: EngineSettings,
-         store: Store) -> tuple[float, list[Outcome], Engine, int]:
+         store: Store, window: int | None = None) -> tuple[float, list[Outcome], Engine, int]:
     outcomes: list[Outcome] = []
 
     async def main() -> tuple[float, Engine, int]:
         async with Engine(specs, store, settings) as engine:
             started = time.monotonic()
-            await engine.run(requests, outcomes.append, total=len(requests))
+            await engine.run(requests, outcomes.append, total=len(requests), window=window)
             seconds = time.monotonic() - started
             await asyncio.sleep(0.05)
             leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
@@ -165,8 +165,8 @@ def test_long_items_start_first_so_they_do_not_end_the_job(fake_ollama_factory) 
     server = fake_ollama_factory(slots=1, latency=latency)
     lengths = [10, 500, 20, 900, 30, 40]
     requests = [_request(i, num_predict=n) for i, n in enumerate(lengths)]
-    settings = EngineSettings(window=len(lengths))
-    _, outcomes, _, _ = _run([ServerSpec(server.url, max_concurrency=1)], requests, settings, Store(None))
+    _, outcomes, _, _ = _run([ServerSpec(server.url, max_concurrency=1)], requests, EngineSettings(),
+                             Store(None), window=len(lengths))
     assert [o.request.index for o in outcomes] == list(range(len(lengths)))  # output order unchanged
     # the first one may leave before the rest are queued; after it, longest first
     assert seen[1:] == sorted(seen[1:], reverse=True), seen

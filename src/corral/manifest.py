@@ -135,13 +135,15 @@ def spec_from_dict(data: dict[str, Any]) -> ServerSpec:
     return ServerSpec(**known)
 
 
-def engine_settings(settings: "EngineSettings") -> dict[str, Any]:
+def engine_settings(settings: "EngineSettings", checked_answers: bool = False) -> dict[str, Any]:
+    """The settings a run used; ``content_retries`` only when the caller checked answers itself
+    (a table's JSON keys or schema)."""
     return {
         "timeout": settings.timeout, "max_attempts": settings.retry.max_attempts,
         "busy_attempts": settings.retry.busy_attempts, "concurrency": settings.concurrency,
         "max_in_flight": settings.max_in_flight, "rate_limit_delay": settings.rate_limit_delay,
         "max_outage": settings.max_outage, "retry_failed": settings.retry_failed,
-        "content_retries": settings.content_retries if settings.validate else None,
+        "content_retries": settings.content_retries if checked_answers else None,
         "hedge": settings.hedge, "adaptive_slots": settings.adaptive_slots and not settings.concurrency,
         "longest_first": settings.longest_first,
     }
@@ -254,8 +256,9 @@ class ManifestRecorder:
     _t0: float = field(default=0.0, init=False, repr=False)
 
     async def begin(self, engine: "Engine", store: "Store", settings: "EngineSettings",
-                    models: Iterable[str]) -> None:
-        """Called by run_requests once the servers are probed and before any request is sent."""
+                    models: Iterable[str], *, checked_answers: bool = False) -> None:
+        """Called by run_requests once the servers are probed and before any request is sent.
+        ``checked_answers``: the run was given its own answer check (``Engine.run(validate=...)``)."""
         self._store = store
         self.run_id = store.run_id
         self._t0 = time.time()
@@ -268,7 +271,7 @@ class ManifestRecorder:
             "python": platform.python_version(), "platform": platform.platform(terse=True),
             "input": self.input, "output": {**self.output, "store": store.path},
             "job": {**self.job, "options": redact_options(self.job.get("options"))},
-            "engine": engine_settings(settings),
+            "engine": engine_settings(settings, checked_answers),
             "servers": servers, "warnings": digest_warnings(servers),
             "counts": None, "tokens": None, "per_server": None,
         }

@@ -15,9 +15,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .backends import Reply
 from .config import ServerSpec
-from .engine import Engine, EngineSettings, JobStats
+from .engine import Engine, EngineSettings, JobStats, Validator
 from .gpu import GpuSampler
 from .manifest import ManifestRecorder, redact_argv
 from .progress import Counter, ProgressDisplay
@@ -25,9 +24,6 @@ from .requests import Request
 from .results import Outcome
 from .store import Store
 
-#: A check of an answer before it counts: a message when it is not what was asked (the engine
-#: re-asks up to `EngineSettings.content_retries` times).
-Validate = Callable[[Request, Reply], "str | None"]
 
 
 class Sink(Protocol):
@@ -60,6 +56,7 @@ async def run_job(
     engine: Engine | None = None, progress: str = "none", counter: Counter | None = None,
     argv: Sequence[str] | None = None, manifest: ManifestRecorder | None = None,
     gpu_monitor: bool | float = True, record: RunRecord | None = None, track: bool = True,
+    checked_answers: bool = False,
 ) -> Engine:
     """Open an engine on ``servers`` (or use the open ``engine`` a Ray actor keeps), check that every
     one of ``models`` is on a live server, and run ``work(engine)`` inside the run's lifecycle.
@@ -71,12 +68,12 @@ async def run_job(
     Returns the engine (closed unless it was given), whose ``stats`` and ``servers`` stay readable."""
     if engine is not None:
         await _lifecycle(engine, work, store, settings or engine.settings, list(models), progress,
-                         counter, argv, manifest, gpu_monitor, record, track)
+                         counter, argv, manifest, gpu_monitor, record, track, checked_answers)
         return engine
     assert servers is not None, "run_job needs servers or an open engine"
     async with Engine(servers, store, settings) as opened:
         await _lifecycle(opened, work, store, opened.settings, list(models), progress, counter, argv,
-                         manifest, gpu_monitor, record, track)
+                         manifest, gpu_monitor, record, track, checked_answers)
     return opened
 
 
@@ -84,7 +81,7 @@ async def _lifecycle(engine: Engine, work: Callable[[Engine], Awaitable[Any]], s
                      settings: EngineSettings, models: list[str], progress: str,
                      counter: Counter | None, argv: Sequence[str] | None,
                      manifest: ManifestRecorder | None, gpu_monitor: bool | float,
-                     record: RunRecord | None, track: bool) -> None:
+                     record: RunRecord | None, track: bool, checked_answers: bool) -> None:
     engine.check_models(models)
     record = record or RunRecord()
     if track:
@@ -92,7 +89,7 @@ async def _lifecycle(engine: Engine, work: Callable[[Engine], Awaitable[Any]], s
                         {**record.info, "servers": [s.label for s in engine.servers],
                          "unreachable": engine.unreachable})
     if manifest is not None:
-        await manifest.begin(engine, store, settings, models)
+        await manifest.begin(engine, store, settings, models, checked_answers=checked_answers)
     interval = None if gpu_monitor is True else 0 if gpu_monitor is False else float(gpu_monitor)
     sampler = GpuSampler(store, interval)
     status = "failed"
@@ -114,7 +111,7 @@ async def _lifecycle(engine: Engine, work: Callable[[Engine], Awaitable[Any]], s
 async def run_requests(
     requests: Iterable[Request], *, servers: list[ServerSpec] | None = None, store: Store,
     settings: EngineSettings | None = None, sinks: Sequence[Sink], models: Iterable[str],
-    total: int | None = None, engine: Engine | None = None, validate: Validate | None = None,
+    total: int | None = None, engine: Engine | None = None, validate: Validator | None = None,
     window: int | None = None, progress: str = "auto", keep_failures: int = 1000,
     argv: Sequence[str] | None = None, manifest: ManifestRecorder | None = None,
     gpu_monitor: bool | float = True, track: bool = True,
@@ -138,7 +135,8 @@ async def run_requests(
     try:
         used = await run_job(work, servers=servers, store=store, settings=settings, models=models,
                              engine=engine, progress=progress, argv=argv, manifest=manifest,
-                             gpu_monitor=gpu_monitor, track=track)
+                             gpu_monitor=gpu_monitor, track=track,
+                             checked_answers=validate is not None)
         complete = True
     finally:
         for sink in sinks:

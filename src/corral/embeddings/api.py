@@ -100,8 +100,7 @@ async def _send(job: _Job, cache: VectorCache, journal: Store, rows: Iterable[Ro
     embedders: list[Embedder] = []
 
     async def work(engine: Engine) -> None:
-        embedder = Embedder(engine, cache, job.spec, retry_failed=job.retry_failed, use_prior=use_prior,
-                            window=max(8, 4 * engine.total_slots))  # a batch holds batch_size texts
+        embedder = Embedder(engine, cache, job.spec, retry_failed=job.retry_failed, use_prior=use_prior)
         embedders.append(embedder)
         await embedder.send(rows)
 

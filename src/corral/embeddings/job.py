@@ -131,14 +131,15 @@ class Embedder:
     """Pass one over an engine (``send``), pass two over the store (``vectors_for``)."""
 
     def __init__(self, engine: Engine, cache: VectorCache, spec: EmbedSpec, *,
-                 retry_failed: bool = False, use_prior: bool = False, window: int | None = None) -> None:
+                 retry_failed: bool = False, use_prior: bool = False) -> None:
         self.engine = engine
-        self.window = window  # batches read ahead: a few per slot, not thousands
         self.cache = cache
         self.spec = spec
         self.retry_failed = retry_failed
         self.use_prior = use_prior
         self.key = TextKeys(engine.key_kind(spec.model), spec)
+        # Read ahead a few batches per slot, not thousands: a batch holds batch_size texts.
+        self.window = max(8, 4 * engine.total_slots)
         self.counts = EmbedCounts()
         self._dim_source = ""
         self._in_flight: set[str] = set()

@@ -1,8 +1,13 @@
-"""The scheduler over servers: slots, retries, failover, resume through the store."""
+"""The engine over servers: the fleet (probing, benching), runs on it (slots, retries, hedging,
+ordered delivery), resume through the store."""
 
+from .engine import Engine
+from .fleet import Fleet
 from .queue import WorkQueue
 from .retry import RetryPolicy
-from .scheduler import Engine, EngineSettings, JobStats
+from .run import Run, Validator
 from .servers import ServerState
+from .settings import EngineSettings, JobStats
 
-__all__ = ["Engine", "EngineSettings", "JobStats", "RetryPolicy", "ServerState", "WorkQueue"]
+__all__ = ["Engine", "EngineSettings", "Fleet", "JobStats", "RetryPolicy", "Run", "ServerState",
+           "Validator", "WorkQueue"]

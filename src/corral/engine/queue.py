@@ -12,6 +12,7 @@ front of everything, so an old item is not starved by new ones.
 from __future__ import annotations
 
 import asyncio
+import enum
 import heapq
 import itertools
 from collections import deque
@@ -21,14 +22,17 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
-class _Idle:
-    """What a waiting slot gets when it should look for other work (a straggler to hedge)."""
+class _Idle(enum.Enum):
+    """What a waiting slot gets when it should look for other work (a straggler to hedge). An enum
+    of one member, so ``got is IDLE`` tells a type checker the rest is an item or None."""
+
+    IDLE = "IDLE"
 
     def __repr__(self) -> str:
         return "IDLE"
 
 
-IDLE = _Idle()
+IDLE = _Idle.IDLE
 
 
 class _ModelQueue(Generic[T]):

@@ -1,0 +1,84 @@
+"""What an engine is told before it starts (``EngineSettings``) and what it counts while it runs
+(``JobStats``): the two records that cross the engine's boundary.
+
+Settings hold for every run of an engine; what changes from one run to the next (the answer check,
+the read-ahead window) is an argument of ``Engine.run`` instead, so no caller edits settings
+between runs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .retry import RetryPolicy
+
+
+@dataclass(slots=True)
+class EngineSettings:
+    # Seconds per request attempt. None: derived per request from its expected tokens and the
+    # server's observed speed (costs.TimeoutPolicy: 4x expected, 30 s floor, 900 s ceiling, 300 s
+    # before the first answer). A number (--timeout, or a server's own timeout) fixes it for all.
+    timeout: float | None = None
+    timeout_floor: float = 30.0
+    timeout_ceiling: float = 900.0
+    # Tail handling: a slot with nothing queued re-sends an item a slower server still holds when
+    # it would finish it at least ``hedge_margin`` times sooner; the first answer wins.
+    # Length-aware order: queued items leave longest first by estimated cost (costs.Speeds.cost).
+    longest_first: bool = True
+    # Slots learnt per server and model (servers.SlotControl): start from the config or probe, try
+    # up to ``adaptive_ceiling`` x that while throughput rises, halve on 503/429. --concurrency
+    # fixes them.
+    adaptive_slots: bool = True
+    adaptive_ceiling: float = 2.0
+    hedge: bool = True
+    hedge_margin: float = 1.5
+    hedge_min_gain: float = 0.25      # seconds: a hedge costs a request, so only for a real gain
+    probe_timeout: float = 5.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    rate_limit_delay: float = 0.0     # seconds between request starts (OllamaManager's knob)
+    concurrency: int | None = None    # slots per server, overriding config and probes
+    max_outage: float = 300.0         # seconds with no live server for a model before its rows fail
+    retry_failed: bool = False        # re-send rows that failed in an earlier run
+    max_in_flight: int | None = None  # a cap on requests in flight across all servers
+    # Re-asks (with another seed) when an answer fails the run's content check (``Engine.run``'s
+    # ``validate``; by default, a request asking for JSON must get JSON: checks.json_answer_problem).
+    content_retries: int = 2
+    # Look requests up in the store and record their outcomes. Off for callers that journal at a
+    # finer grain themselves (embeddings keep one vector per text, not one row per batch).
+    journal: bool = True
+
+
+@dataclass(slots=True)
+class JobStats:
+    """Live counters, read by progress displays while the job runs."""
+
+    total: int | None = None
+    done: int = 0
+    ok: int = 0
+    failed: int = 0
+    cached: int = 0
+    deduplicated: int = 0
+    sent: int = 0
+    retries: int = 0
+    in_flight: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    hedged: int = 0          # items re-sent to an idle server while a slower one held them
+    hedge_wins: int = 0      # ... where the re-sent copy answered first
+    hedge_cancelled: int = 0 # attempts cancelled (or answers dropped) because the other copy won
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return {
+            "total": self.total, "done": self.done, "ok": self.ok, "failed": self.failed,
+            "cached": self.cached, "deduplicated": self.deduplicated, "sent": self.sent,
+            "retries": self.retries, "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens, "hedged": self.hedged,
+            "hedge_wins": self.hedge_wins, "hedge_cancelled": self.hedge_cancelled, "seconds": round(self.elapsed, 3),
+        }
