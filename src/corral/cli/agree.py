@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -111,6 +110,8 @@ def _gold_arg(values: list[str] | None) -> str | dict[str, str] | None:
 
 
 def _write_json(path: str, data: dict[str, Any]) -> None:
+    import json
+
     try:
         Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
                               encoding="utf-8")

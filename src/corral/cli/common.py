@@ -5,7 +5,6 @@ orjson is imported where a value is parsed, so building the command line stays l
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,8 @@ from ..errors import UsageError
 
 
 def setup_logging(verbose: int) -> None:
+    import logging
+
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="corral: %(message)s", stream=sys.stderr)
     logging.getLogger("corral").setLevel(level)

@@ -8,12 +8,8 @@ imported inside the commands, so building the command line stays light.
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import signal
-import socket
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -64,6 +60,8 @@ def _devices(gpus: Optional[str], cpu: Optional[int]) -> list[int | None]:
 
 
 def _loopback(host: str) -> bool:
+    import ipaddress
+
     try:
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -175,6 +173,8 @@ def _pull(fleet: serve.Fleet, models: list[str]) -> str:
 
 def _write_cluster(fleet: serve.Fleet, engine: str, model: Optional[str], pulled: Optional[str],
                    host: str, advertise: Optional[str], output: str, form: str) -> None:
+    import socket
+
     from .. import cluster
     from ..config import ServerSpec
 
@@ -197,6 +197,9 @@ def _write_cluster(fleet: serve.Fleet, engine: str, model: Optional[str], pulled
 
 def _serve_until_interrupted(fleet: serve.Fleet) -> None:
     """Wait for Ctrl-C / SIGTERM, saying when a server dies, then stop every child."""
+    import signal
+    import threading
+
     from .. import serve
 
     done = threading.Event()
