@@ -1,15 +1,21 @@
 #!/usr/bin/env python3
 """How fast is corral's client side, and does its default concurrency pick a good value?
 
-Prints figures; it is not a test. Two parts, each measured side by side in one run:
+Prints figures; it is not a test. Three parts, each measured side by side in one run:
+
+0. Start-up (always, unless --skip-startup): `corral --help` against `python -c "import aiohttp"`,
+   whole process against whole process, interleaved, the median of --startup-runs each; the ratio
+   says what a user waits for corral's command line beyond loading the HTTP library.
 
 1. Overhead (always): nginx answers /api/chat with a canned Ollama reply, so the server costs
    ~nothing and the client is the bottleneck. The same N distinct prompts at the same concurrency C
    go through a bare aiohttp loop (plus the same loop on uvloop, as a reference, when uvloop is
    installed), ollama.AsyncClient, corral in-process (JSONL in, SQLite journal, JSONL out; the
    CLI's own code path, on corral.runtime's loop like the CLI) and the `corral run` CLI as a
-   subprocess. Each contender: one warm-up, then 3 rounds alternating A B C D ...; the median
-   requests/s and client CPU per request are reported.
+   subprocess, against the bare loop as a subprocess too (a script that reads the same JSONL,
+   runs the loop, writes one JSON line per answer): whole process against whole process.
+   Each contender: one warm-up, then 3 rounds alternating A B C D ...; the median requests/s and
+   client CPU per request are reported. --whole-process keeps only the two subprocesses.
 
 2. Real server (--real): the embedded llama.cpp server (SmolLM2-135M via corral.local.LocalServer):
    corral with default settings (no -j: the in-flight count comes from llama.cpp's /props),
@@ -17,6 +23,7 @@ Prints figures; it is not a test. Two parts, each measured side by side in one r
 
 Usage: .venv/bin/python benchmarks/throughput.py [--requests 5000] [--concurrency 64]
                                                  [--real] [--real-requests 120] [--rounds 3]
+                                                 [--whole-process] [--startup-runs 15]
 """
 
 from __future__ import annotations
@@ -301,6 +308,58 @@ def run_corral_inprocess(servers: list[ServerSpec], prompts_path: Path, workdir:
     return seconds, cpu, tokens, slots
 
 
+# The loop a user would write, as a program of its own: read the prompts, post them through one
+# session under a semaphore, write one JSON line per answer. argv: URL PROMPTS OUTPUT CONCURRENCY.
+BARE_LOOP_PROGRAM = f"""
+import asyncio, json, sys
+import aiohttp
+
+async def main(url, prompts_path, output, concurrency):
+    with open(prompts_path, encoding="utf-8") as f:
+        prompts = [json.loads(line)["prompt"] for line in f if line.strip()]
+    sem = asyncio.Semaphore(concurrency)
+    async with aiohttp.ClientSession() as session:
+        async def one(prompt):
+            async with sem:
+                payload = {{"model": {MODEL!r}, "messages": [{{"role": "user", "content": prompt}}],
+                           "stream": False}}
+                async with session.post(url + "/api/chat", json=payload) as resp:
+                    resp.raise_for_status()
+                    return await resp.json()
+        answers = await asyncio.gather(*(one(p) for p in prompts))
+    with open(output, "w", encoding="utf-8") as f:
+        for prompt, answer in zip(prompts, answers):
+            f.write(json.dumps({{"prompt": prompt, "response": answer["message"]["content"]}}) + "\\n")
+
+asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))
+"""
+
+
+def run_child(cmd: list[str]) -> tuple[float, float, subprocess.CompletedProcess[str]]:
+    """A whole process: (wall seconds including interpreter start, its CPU seconds, the result)."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return seconds, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime), proc
+
+
+def run_bare_process(url: str, prompts_path: Path, workdir: Path, concurrency: int,
+                     n: int) -> tuple[float, float]:
+    """The bare loop as its own process: (wall seconds including interpreter start, CPU seconds)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = workdir / "answers.jsonl"
+    seconds, cpu, proc = run_child([sys.executable, "-c", BARE_LOOP_PROGRAM, url, str(prompts_path),
+                                    str(out), str(concurrency)])
+    if proc.returncode != 0:
+        raise AssertionError(f"bare loop exited {proc.returncode}:\n{proc.stderr[-2000:]}")
+    rows = sum(1 for line in out.read_bytes().splitlines() if line.strip())
+    if rows != n:
+        raise AssertionError(f"bare loop wrote {rows} answers, expected {n}")
+    return seconds, cpu
+
+
 def run_corral_cli(url: str, prompts_path: Path, workdir: Path, concurrency: int,
                    n: int) -> tuple[float, float]:
     """`corral run` as a subprocess: (wall seconds including interpreter start, its CPU seconds)."""
@@ -310,12 +369,7 @@ def run_corral_cli(url: str, prompts_path: Path, workdir: Path, concurrency: int
     out = workdir / "results.jsonl"
     cmd = [str(CORRAL_BIN), "run", str(prompts_path), "-s", url, "-m", MODEL, "-j", str(concurrency),
            "-o", str(out), "--progress", "none"]
-    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
-    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    seconds, cpu, proc = run_child(cmd)
     if proc.returncode != 0:
         raise AssertionError(f"corral run exited {proc.returncode}:\n{proc.stderr[-2000:]}")
     check_output(out, n)
@@ -339,14 +393,18 @@ def overhead_benchmark(args: argparse.Namespace, tmp: Path) -> list[tuple[str, f
     try:
         url = nginx.url
         spec = [ServerSpec(url=url, api="ollama")]
-        contenders: list[tuple[str, Callable[[], tuple[float, float]]]] = [
+        whole: list[tuple[str, Callable[[], tuple[float, float]]]] = [
+            (BARE_PROCESS, lambda: run_bare_process(url, prompts_path, tmp / "bare", c, n)),
+            (CORRAL_PROCESS, lambda: run_corral_cli(url, prompts_path, tmp / "cli", c, n)),
+        ]
+        contenders: list[tuple[str, Callable[[], tuple[float, float]]]] = whole if args.whole_process else [
             ("bare aiohttp loop", lambda: _timed(lambda: asyncio.run(_bare_loop(url, prompts, c)))),
             *([("bare aiohttp loop on uvloop", lambda: _timed(lambda: _run_on(
                 _loop_factory, _bare_loop(url, prompts, c))))] if _loop_factory is not None else []),
             ("ollama.AsyncClient", lambda: _timed(lambda: asyncio.run(_ollama_client(url, prompts, c)))),
             ("corral (in-process)",
              lambda: run_corral_inprocess(spec, prompts_path, tmp / "corral", c, n)[:2]),
-            ("corral run (CLI subprocess)", lambda: run_corral_cli(url, prompts_path, tmp / "cli", c, n)),
+            *whole,
         ]
         print(f"nginx {nginx_bin} on {url} (worker_processes 1); warm-up, then {args.rounds} "
               "alternating rounds", flush=True)
@@ -377,9 +435,16 @@ def overhead_benchmark(args: argparse.Namespace, tmp: Path) -> list[tuple[str, f
     for name in med:
         print(f"{name:30} {med[name]:13,.0f} {min(rates[name]):8,.0f} {max(rates[name]):8,.0f} "
               f"{statistics.median(times[name]):9.3f} {cpu_us[name]:18.0f}")
-    corral = med["corral (in-process)"]
-    cli = med["corral run (CLI subprocess)"]
     print()
+    print(f"corral run / bare loop, whole process against whole process = "
+          f"{med[CORRAL_PROCESS] / med[BARE_PROCESS]:.2f}x  (throughput ratio of medians, interpreter "
+          "start included on both sides; above 1 = corral faster)")
+    print(f"client CPU per request, corral run / bare loop process = "
+          f"{cpu_us[CORRAL_PROCESS] / cpu_us[BARE_PROCESS]:.2f}x  (lower is better; steadier on a busy machine)")
+    if args.whole_process:
+        return list(med.items())
+    corral = med["corral (in-process)"]
+    cli = med[CORRAL_PROCESS]
     print(f"corral / bare loop        = {corral / med['bare aiohttp loop']:.2f}x")
     if "bare aiohttp loop on uvloop" in med:
         print(f"corral / bare on uvloop   = {corral / med['bare aiohttp loop on uvloop']:.2f}x")
@@ -392,10 +457,44 @@ def overhead_benchmark(args: argparse.Namespace, tmp: Path) -> list[tuple[str, f
     return list(med.items())
 
 
+BARE_PROCESS = "bare loop (own process)"
+CORRAL_PROCESS = "corral run (CLI subprocess)"
+
+
 def _short(name: str) -> str:
     return {"bare aiohttp loop": "bare", "bare aiohttp loop on uvloop": "bare/uvloop",
             "ollama.AsyncClient": "ollama", "corral (in-process)": "corral",
-            "corral run (CLI subprocess)": "corral run"}.get(name, name)
+            BARE_PROCESS: "bare process", CORRAL_PROCESS: "corral run"}.get(name, name)
+
+
+# -- start-up ------------------------------------------------------------------------------------
+def startup_benchmark(args: argparse.Namespace) -> float:
+    """`corral --help` against `python -c "import aiohttp"`, interleaved; returns the ratio of medians."""
+    contenders = {
+        "corral --help": [str(CORRAL_BIN), "--help"],
+        'python -c "import aiohttp"': [sys.executable, "-c", "import aiohttp"],
+        'python -c "pass"': [sys.executable, "-c", "pass"],
+    }
+    runs = args.startup_runs
+    print(f"\n== Start-up: whole processes, interleaved, median of {runs} runs each ==", flush=True)
+    for cmd in contenders.values():  # warm-up: the file cache, .pyc files
+        subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, check=True)
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(runs):
+        for name, cmd in contenders.items():
+            seconds, _cpu, proc = run_child(cmd)
+            if proc.returncode != 0:
+                raise AssertionError(f"{name} exited {proc.returncode}:\n{proc.stderr[-2000:]}")
+            times[name].append(seconds)
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    print(f"{'process':30} {'median s':>9} {'min':>7} {'max':>7}")
+    print("-" * 56)
+    for name, ts in times.items():
+        print(f"{name:30} {med[name]:9.3f} {min(ts):7.3f} {max(ts):7.3f}")
+    ratio = med["corral --help"] / med['python -c "import aiohttp"']
+    print(f"\ncorral --help / python -c \"import aiohttp\" = {ratio:.2f}x  (wall time, lower is better; "
+          "the target is <= 1)", flush=True)
+    return ratio
 
 
 def _run_on(loop_factory: Any, coro: Any) -> Any:
@@ -502,6 +601,10 @@ def main() -> None:
     ap.add_argument("--real-budget", type=float, default=600.0,
                     help="seconds the --real sweep may take; fewer requests per point if slower [600]")
     ap.add_argument("--skip-overhead", action="store_true", help="only the --real part")
+    ap.add_argument("--whole-process", action="store_true",
+                    help="overhead part: only the bare loop and `corral run`, each as its own process")
+    ap.add_argument("--startup-runs", type=int, default=15, help="runs of each start-up contender [15]")
+    ap.add_argument("--skip-startup", action="store_true", help="no start-up part")
     args = ap.parse_args()
 
     print("corral throughput benchmark")
@@ -516,6 +619,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp_name:
         tmp = Path(tmp_name)
+        if not args.skip_startup:
+            startup_benchmark(args)
         if not args.skip_overhead:
             overhead_benchmark(args, tmp)
         if args.real:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -21,12 +20,12 @@ FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", "
 def agree_command(
     file: str = typer.Argument(..., help="Fan-out results: .csv .tsv .parquet/.pq .jsonl/.ndjson .json .xlsx"),
     key: Optional[list[str]] = typer.Option(
-        None, "--key", "-k", help="JSON key to compare (columns KEY_<model>); repeat for several. "
+        None, "--key", "-k", metavar="KEY", help="JSON key to compare (columns KEY_<model>); repeat for several. "
                                   "Default: every categorical key found."),
     models: Optional[str] = typer.Option(None, "--models", "-m", help="Comma-separated models to "
                                          "compare, in this order (default: all found)."),
     gold: Optional[list[str]] = typer.Option(
-        None, "--gold", help="Column of reference labels: accuracy and macro-F1 per model. "
+        None, "--gold", metavar="[KEY=]COLUMN", help="Column of reference labels: accuracy and macro-F1 per model. "
                              "KEY=COLUMN gives one key its own gold column."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Also write the full report as JSON here."),
     confusion: bool = typer.Option(False, "--confusion", help="Print a confusion table per model pair."),
@@ -37,6 +36,11 @@ def agree_command(
 
     Empty cells are missing answers (a model that errored on that row); text such as "NA" or
     "None" stays a label.
+
+    \b
+    Example:
+      corral agree labelled.csv --key label
+      corral agree labelled.parquet -m llama3.2,gemma3 --gold human_label --confusion --json agree.json
     """
     from ..tables.agreement import agreement
 
@@ -106,6 +110,8 @@ def _gold_arg(values: list[str] | None) -> str | dict[str, str] | None:
 
 
 def _write_json(path: str, data: dict[str, Any]) -> None:
+    import json
+
     try:
         Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
                               encoding="utf-8")

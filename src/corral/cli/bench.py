@@ -3,19 +3,12 @@ GPU utilisation; a table, CSV/JSON figures, an HTML report, and a tuned cluster 
 
 from __future__ import annotations
 
-import dataclasses
 import sys
-from contextlib import ExitStack
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-from .. import cluster as cluster_files
-from .. import runtime
 from ..errors import UsageError
-from ..store import Store
-from ..settings import resolve
 from . import app
 from .common import model_options, read_text_arg, setup_logging
 
@@ -40,12 +33,12 @@ def parse_levels(text: str | None) -> list[int]:
 
 @app.command("bench")
 def bench_command(
-    models: list[str] = typer.Option([], "--models", "--model", "-m",
+    models: list[str] = typer.Option([], "--models", "--model", "-m", metavar="MODELS",
                                      help="Models, comma-separated or repeated (default: the config's model)."),
     prompt: str = typer.Option("Hello, how are you?", "--prompt", "-p", help="The test prompt."),
     runs: int = typer.Option(3, "--runs", "-n", help="Streamed runs per model and server."),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="TOML config (seed 001 or [[servers]])."),
-    server: list[str] = typer.Option([], "--server", "-s", help="Server URL; repeat for several."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="TOML config (ollama-batch-cluster's or [[servers]])."),
+    server: list[str] = typer.Option([], "--server", "-s", metavar="URL", help="Server URL; repeat for several."),
     api: str = typer.Option("ollama", "--api", help="Protocol of --server URLs: ollama or openai."),
     local: bool = typer.Option(False, "--local", help="Bench the embedded llama.cpp model (SmolLM2-135M)."),
     parallel: int = typer.Option(LOCAL_PARALLEL, "--parallel", help="Slots of the --local server."),
@@ -55,24 +48,40 @@ def bench_command(
     tolerance: float = typer.Option(0.03, "--tolerance", help="Knee: smallest level within this share of the best."),
     write_config: Optional[str] = typer.Option(None, "--write-config", help="Write the cluster file with each server's knee as max_concurrency."),
     report: Optional[str] = typer.Option(None, "--report", help="Write an HTML report with the plots."),
-    output: list[str] = typer.Option([], "--output", "-o", help="Figures as .csv or .json (repeatable)."),
+    output: list[str] = typer.Option([], "--output", "-o", metavar="FILE", help="Figures as .csv or .json (repeatable)."),
     csv_path: Optional[str] = typer.Option(None, "--csv", help="All figures as CSV."),
     json_path: Optional[str] = typer.Option(None, "--json", help="All figures as JSON."),
     system: Optional[str] = typer.Option(None, "--system", help="System message (or @file)."),
-    option: list[str] = typer.Option([], "--option", "-O", help="Model option NAME=VALUE (repeatable)."),
-    temperature: Optional[float] = typer.Option(None, "--temperature"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    option: list[str] = typer.Option([], "--option", "-O", metavar="NAME=VALUE",
+                                     help="Model option, e.g. -O top_p=0.9 (repeatable)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature (0 = greedy)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed, for repeatable answers."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "--num-predict",
                                              help="Output tokens per request (the sweep: 64 unless set)."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds per request."),
     store_path: Optional[str] = typer.Option(None, "--store", help="SQLite store for the GPU series (default: in memory)."),
     gpu_monitor: bool = typer.Option(True, "--gpu-monitor/--no-gpu-monitor", help="Sample nvidia-smi."),
     gpu_interval: Optional[float] = typer.Option(None, "--gpu-interval", help="Seconds between GPU samples (default 1)."),
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log lines on stderr (-vv: debug)."),
 ) -> None:
-    """Measure models and servers: latency, time to first token, tokens/s, the concurrency knee."""
+    """Measure models and servers: latency, time to first token, tokens/s, the concurrency knee.
+
+    \b
+    Example:
+      corral bench -s http://127.0.0.1:11434 -m llama3.2,gemma3:4b --runs 5
+      corral bench --config cluster.toml --sweep 1,2,4,8,16 --write-config tuned.toml --report bench.html
+    """
+    import dataclasses
+    from contextlib import ExitStack
+
+    from rich.console import Console
+
+    from .. import cluster as cluster_files
+    from .. import runtime
     from ..bench.api import bench_async
     from ..bench.output import gpu_table, model_table, sweep_table, write_figures
+    from ..settings import resolve
+    from ..store import Store
 
     setup_logging(verbose)
     if api not in ("ollama", "openai"):

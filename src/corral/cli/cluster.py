@@ -7,11 +7,12 @@ from typing import Optional
 
 import typer
 
-from .. import cluster
 from . import app
 
-cluster_app = typer.Typer(add_completion=False, no_args_is_help=True,
-                          help="Combine the cluster files `corral serve` wrote on several machines.")
+cluster_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                          short_help="Combine the cluster files `corral serve` wrote on several machines.",
+                          help="Combine the cluster files `corral serve` wrote on several machines.\n\n"
+                               "\b\nExample:\n  corral cluster merge node1.toml node2.toml -o cluster.toml")
 app.add_typer(cluster_app, name="cluster")
 
 
@@ -19,9 +20,17 @@ app.add_typer(cluster_app, name="cluster")
 def merge_command(
     files: list[str] = typer.Argument(..., help="Cluster TOML files (either form)."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Merged file (default stdout)."),
-    form: str = typer.Option("servers", "--form", help="servers or instances (seed 001's form)."),
+    form: str = typer.Option("servers", "--form", help="servers or instances (ollama-batch-cluster's form)."),
 ) -> None:
-    """Every server of FILES in one file; model and system message from the first file that sets them."""
+    """Every server of FILES in one file; model and system message from the first file that sets them.
+
+    \b
+    Example:
+      corral cluster merge node1.toml node2.toml -o cluster.toml
+      corral cluster merge node*.toml --form instances -o ollama-batch-cluster.toml
+    """
+    from .. import cluster
+
     merged, warnings = cluster.merge(files)
     cluster.warn(warnings)
     text = cluster.render(merged.servers, model=merged.model, system_message=merged.system_message,

@@ -1,20 +1,20 @@
 """Flag handling shared by the commands: logging, -O options, @file arguments, schemas.
 
-Servers and the config are resolved once, for every front, by `corral.settings.resolve`."""
+Servers and the config are resolved once, for every front, by `corral.settings.resolve`.
+orjson is imported where a value is parsed, so building the command line stays light."""
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Any
-
-import orjson
 
 from ..errors import UsageError
 
 
 def setup_logging(verbose: int) -> None:
+    import logging
+
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="corral: %(message)s", stream=sys.stderr)
     logging.getLogger("corral").setLevel(level)
@@ -22,6 +22,8 @@ def setup_logging(verbose: int) -> None:
 
 def parse_option_pairs(pairs: list[str]) -> dict[str, Any]:
     """``-O temperature=0 -O stop='["\\n"]'``: values are JSON when they parse, else strings."""
+    import orjson
+
     options: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
@@ -47,6 +49,8 @@ def read_text_arg(value: str | None, flag: str) -> str | None:
 
 def load_schema(value: str | None) -> Any:
     """--schema: a JSON Schema inline or from a file (``@schema.json`` or a path)."""
+    import orjson
+
     if value is None:
         return None
     text = value

@@ -6,10 +6,8 @@ import sys
 from typing import Optional
 
 import typer
-from rich.console import Console
 
 from ..errors import UsageError
-from ..jobs import default_store_path
 from . import app
 from .common import parse_option_pairs, setup_logging
 from .run import _run_interruptibly
@@ -22,7 +20,7 @@ def embed_command(
                                help="Vectors: .parquet (ids + embedding column), .npy (+ .ids.parquet) or .jsonl."),
     text_column: str = typer.Option("text", "--text-column", help="Column holding the texts."),
     id_column: list[str] = typer.Option(
-        [], "--id-column", help="Id column(s) to keep beside each vector (repeat or comma-separate) "
+        [], "--id-column", metavar="COLUMN", help="Id column(s) to keep beside each vector (repeat or comma-separate) "
                                 "[default: id if the table has one, else the row number]."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Embedding model, e.g. nomic-embed-text."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Texts per request."),
@@ -35,20 +33,31 @@ def embed_command(
     skip_existing: bool = typer.Option(False, "--skip-existing",
                                        help="Keep the vectors of rows already in the output; do not send them."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Send texts that failed in an earlier run again."),
-    config: Optional[str] = typer.Option(None, "--config", "-c"),
-    server: list[str] = typer.Option([], "--server", "-s", help="Server URL (repeat for more)."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="TOML config (ollama-batch-cluster's or [[servers]])."),
+    server: list[str] = typer.Option([], "--server", "-s", metavar="URL", help="Server URL (repeat for more)."),
     api: str = typer.Option("ollama", "--api", help="Protocol of --server URLs: ollama or openai."),
     local: bool = typer.Option(False, "--local", help="Embed with the bundled model on a local llama.cpp server."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", "-j", help="Requests in flight per server."),
-    option: list[str] = typer.Option([], "--option", "-O", help="Model option NAME=VALUE (e.g. num_ctx=8192)."),
+    option: list[str] = typer.Option([], "--option", "-O", metavar="NAME=VALUE", help="Model option NAME=VALUE (e.g. num_ctx=8192)."),
     store: Optional[str] = typer.Option(None, "--store", help="Where vectors are kept [<output>.corral.db]."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds per request."),
     chunk_size: int = typer.Option(4096, "--chunk-size", help="Rows read (and written) at a time."),
     progress: str = typer.Option("auto", "--progress", help="auto, bar, log or none."),
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log lines on stderr (-vv: debug)."),
 ) -> None:
-    """Embed a text column into vectors: batched, spread over servers, resumable."""
+    """Embed a text column into vectors: batched, spread over servers, resumable.
+
+    Each distinct text is embedded once and kept in the store, so a re-run sends only what is new.
+
+    \b
+    Example:
+      corral embed movies.parquet --text-column overview -m nomic-embed-text -o vectors.parquet
+      corral embed notes.csv -m nomic-embed-text -s http://127.0.0.1:11434 -o notes.npy --id-column note_id
+    """
+    from rich.console import Console
+
     from ..embeddings import embed_file_async
+    from ..jobs import default_store_path
 
     setup_logging(verbose)
     ids = [name.strip() for value in id_column for name in value.split(",") if name.strip()]

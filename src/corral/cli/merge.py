@@ -1,4 +1,4 @@
-"""`corral merge`: every JSON answer of a run as one JSON array (seed 001's response-json-merge)."""
+"""`corral merge`: every JSON answer of a run as one JSON array (ollama-batch-cluster's response-json-merge)."""
 
 from __future__ import annotations
 
@@ -6,21 +6,29 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import orjson
 import typer
 
 from ..errors import UsageError
-from ..sinks import merge_responses
 from . import app
 
 
 @app.command("merge")
 def merge_command(
     source: Optional[str] = typer.Argument(None, help="Folder of per-prompt JSON files, or a results JSONL."),
-    input_dir: Optional[str] = typer.Option(None, "--input-dir", help="Same as SOURCE (seed 001's flag)."),
+    input_dir: Optional[str] = typer.Option(None, "--input-dir", help="Same as SOURCE (ollama-batch-cluster's flag)."),
     output: Optional[str] = typer.Option(None, "-o", "--output", "--output-file", help="Merged JSON file."),
 ) -> None:
-    """Parse each response as JSON and write them all as one array; non-JSON answers are listed."""
+    """Parse each response as JSON and write them all as one array; non-JSON answers are listed.
+
+    \b
+    Example:
+      corral merge results.jsonl -o merged.json
+      corral merge answers/ > merged.json
+    """
+    import orjson
+
+    from ..sinks import merge_responses
+
     path = source or input_dir
     if not path:
         raise UsageError("corral merge DIR_OR_RESULTS.jsonl -o merged.json")

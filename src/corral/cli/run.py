@@ -2,43 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
-import shutil
-import signal
 import sys
-from contextlib import ExitStack
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
-from rich.console import Console
 
-from .. import runtime
-from ..bench.output import gpu_table
-from ..bench.tune import tuned_run
-from ..config import ServerSpec
 from ..errors import UsageError
-from ..gpu import NO_GPU_NOTE, gpu_summary
-from ..jobs import default_store_path, open_sinks, run_prompt_file
-from ..manifest import ManifestRecorder, file_facts, manifest_path, spec_from_dict
-from ..progress import summary_table
-from ..reproduce import Reproduction, compare, prepare
-from ..settings import resolve
-from ..sources import Defaults, PromptFile
-from ..store import Store
 from . import app
-from .common import load_schema, model_options, read_text_arg, setup_logging
+
+if TYPE_CHECKING:
+    from ..config import ServerSpec
+    from ..reproduce import Reproduction
+    from ..sources import Defaults
 
 
 @app.command("run")
 def run_command(
     input: Optional[list[str]] = typer.Argument(
-        None, help="Prompt file: JSONL (any shape) or text. With --ray: table files, folders or globs."),
-    prompts: Optional[str] = typer.Option(None, "--prompts", help="Same as INPUT (seed 001's flag)."),
+        None, metavar="INPUT", help="Prompt file: JSONL (any shape) or text. With --ray: table files, folders or globs."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="Same as INPUT (ollama-batch-cluster's flag)."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Results JSONL, in input order."),
     output_dir: Optional[str] = typer.Option(
         None, "--output-dir", "--output_dir", help="One {prompt, response} JSON file per prompt."),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="TOML config (seed 001 or [[servers]])."),
-    server: list[str] = typer.Option([], "--server", "-s", help="Server URL; repeat for several."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="TOML config (ollama-batch-cluster's or [[servers]])."),
+    server: list[str] = typer.Option([], "--server", "-s", metavar="URL", help="Server URL; repeat for several."),
     api: str = typer.Option("ollama", "--api", help="Protocol of --server URLs: ollama or openai."),
     local: bool = typer.Option(False, "--local", help="Run the embedded llama.cpp model (SmolLM2-135M)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Default model (a line's model wins)."),
@@ -46,12 +33,14 @@ def run_command(
     fmt: str = typer.Option("auto", "--format", help="Input format: auto, jsonl or text."),
     json_mode: bool = typer.Option(False, "--json", help="Ask for a JSON answer."),
     schema: Optional[str] = typer.Option(None, "--schema", help="JSON Schema for the answer (inline or @file)."),
-    option: list[str] = typer.Option([], "--option", "-O", help="Model option NAME=VALUE (repeatable)."),
-    temperature: Optional[float] = typer.Option(None, "--temperature"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    num_ctx: Optional[int] = typer.Option(None, "--num-ctx"),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "--num-predict"),
-    keep_alive: Optional[str] = typer.Option(None, "--keep-alive"),
+    option: list[str] = typer.Option([], "--option", "-O", metavar="NAME=VALUE",
+                                     help="Model option, e.g. -O top_p=0.9 (repeatable)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature (0 = greedy)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed, for repeatable answers."),
+    num_ctx: Optional[int] = typer.Option(None, "--num-ctx", help="Context window in tokens (Ollama's num_ctx)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "--num-predict",
+                                             help="Most tokens per answer."),
+    keep_alive: Optional[str] = typer.Option(None, "--keep-alive", help="Ollama: keep the model loaded, e.g. 30m."),
     endpoint: str = typer.Option("chat", "--endpoint", help="chat or generate (raw completion)."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", "-j", help="Slots per server."),
     auto_tune: bool = typer.Option(
@@ -89,9 +78,35 @@ def run_command(
     partition_rows: int = typer.Option(
         1_000_000, "--partition-rows", help="With --ray: cut bigger Parquet files into partitions of "
         "about this many rows, at row-group boundaries."),
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log lines on stderr (-vv: debug)."),
 ) -> None:
-    """Run every prompt of INPUT on the servers; re-running the same command resumes."""
+    """Run every prompt of INPUT on the servers; re-running the same command resumes.
+
+    Results come out in input order; every answer is journaled in a SQLite store beside the
+    output, so an interrupted run picks up where it stopped.
+
+    \b
+    Example:
+      corral run prompts.jsonl -s http://127.0.0.1:11434 -m llama3.2 -o results.jsonl
+      corral run prompts.jsonl --config cluster.toml -o results.jsonl --retry-failed
+    """
+    import shutil
+    from contextlib import ExitStack
+
+    from rich.console import Console
+
+    from ..bench.output import gpu_table
+    from ..bench.tune import tuned_run
+    from ..gpu import NO_GPU_NOTE, gpu_summary
+    from ..jobs import default_store_path, open_sinks, run_prompt_file
+    from ..manifest import ManifestRecorder, file_facts, manifest_path
+    from ..progress import summary_table
+    from ..reproduce import compare, prepare
+    from ..settings import resolve
+    from ..sources import Defaults, PromptFile
+    from ..store import Store
+    from .common import load_schema, model_options, read_text_arg, setup_logging
+
     setup_logging(verbose)
     if ray:
         from .ray_run import refuse, run_on_ray
@@ -232,6 +247,9 @@ def run_command(
 def _reproduced(repro: Reproduction, specs: list[ServerSpec], local_model: str | None,
                 overridden: bool) -> tuple[Defaults, list[ServerSpec]]:
     """The manifest's prompt defaults, and its servers unless --server/--config/--local replace them."""
+    from ..manifest import spec_from_dict
+    from ..sources import Defaults
+
     job = repro.job
     model = job.get("model")
     if job.get("local") and local_model:
@@ -249,6 +267,10 @@ def _reproduced(repro: Reproduction, specs: list[ServerSpec], local_model: str |
 
 def _run_interruptibly(coro, store_path: str):  # type: ignore[no-untyped-def]
     """Run the job; on Ctrl-C or SIGTERM stop cleanly: arrived results are journaled, exit 130."""
+    import asyncio
+    import signal
+
+    from .. import runtime
 
     async def main():  # type: ignore[no-untyped-def]
         task = asyncio.current_task()

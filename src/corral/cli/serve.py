@@ -1,36 +1,39 @@
 """`corral serve`: one Ollama / llama.cpp server per GPU (or CPU share); `serve status`, `serve stop`.
 
 A typer group whose callback starts the fleet when no sub-command is given (``invoke_without_command``),
-so ``corral serve --gpus 4`` reads as the seed's ``ollama-batch-servers.sh 4`` while ``status`` and
-``stop`` stay sub-commands of the same noun.
+so ``corral serve --gpus 4`` reads as ollama-batch-cluster's ``ollama-batch-servers.sh 4`` while
+``status`` and ``stop`` stay sub-commands of the same noun. corral.serve and corral.cluster are
+imported inside the commands, so building the command line stays light.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import signal
-import socket
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from .. import cluster, serve
-from ..config import ServerSpec
 from ..errors import UsageError
 from . import app
 
-serve_app = typer.Typer(add_completion=False, help="Start a fleet of local inference servers.")
+if TYPE_CHECKING:
+    from .. import serve
+
+serve_app = typer.Typer(add_completion=False, rich_markup_mode=None,
+                        short_help="Start a fleet of local inference servers.")
 app.add_typer(serve_app, name="serve")
+
+FIRST_PORT = 11432  # corral.serve.DEFAULT_BASE_PORT (a test keeps the two equal)
 
 STATE_HELP = "Folder for the pid file and logs (default $CORRAL_STATE_DIR or ~/.corral/serve)."
 
 
 def _state_dir(value: Optional[str]) -> Path:
+    from .. import serve
+
     return Path(value).expanduser() if value else serve.default_state_dir()
 
 
@@ -39,6 +42,8 @@ def _err(message: str) -> None:
 
 
 def _devices(gpus: Optional[str], cpu: Optional[int]) -> list[int | None]:
+    from .. import serve
+
     if gpus and cpu:
         raise UsageError("give --gpus or --cpu, not both")
     if cpu is not None:
@@ -55,6 +60,8 @@ def _devices(gpus: Optional[str], cpu: Optional[int]) -> list[int | None]:
 
 
 def _loopback(host: str) -> bool:
+    import ipaddress
+
     try:
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -74,7 +81,7 @@ def serve_command(
                                            "(OLLAMA_NUM_PARALLEL / llama.cpp --parallel)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="llama.cpp CPU threads per server "
                                           "(default with --cpu: cores / servers)."),
-    port: int = typer.Option(serve.DEFAULT_BASE_PORT, "--port", help="Port of the first server; the next "
+    port: int = typer.Option(FIRST_PORT, "--port", help="Port of the first server; the next "
                              "ones count up."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 lets other machines "
                              "in (no authentication!)."),
@@ -82,8 +89,8 @@ def serve_command(
                                             "file (default: this machine's name with --host 0.0.0.0)."),
     output: str = typer.Option("cluster.toml", "-o", "--output", help="Cluster file for `corral run --config`."),
     form: str = typer.Option("servers", "--form", help="Cluster file shape: servers ([[servers]]) or "
-                             "instances (seed 001's [ollama_instances], Ollama only)."),
-    pull: list[str] = typer.Option([], "--pull", help="Pull this model on every Ollama server first "
+                             "instances (ollama-batch-cluster's [ollama_instances], Ollama only)."),
+    pull: list[str] = typer.Option([], "--pull", metavar="MODEL", help="Pull this model on every Ollama server first "
                                    "(repeatable)."),
     keep_alive: Optional[str] = typer.Option(None, "--keep-alive", help="OLLAMA_KEEP_ALIVE, e.g. 24h."),
     max_loaded_models: Optional[int] = typer.Option(None, "--max-loaded-models",
@@ -94,10 +101,18 @@ def serve_command(
     startup_timeout: float = typer.Option(300.0, "--startup-timeout", help="Seconds each server may take "
                                           "to answer its health check."),
 ) -> None:
-    """Start one server per GPU, each pinned with CUDA_VISIBLE_DEVICES on its own port; write cluster.toml.
+    """Start a fleet of local inference servers: one per GPU, each pinned with CUDA_VISIBLE_DEVICES
+    on its own port, and write cluster.toml for `corral run --config`.
 
     In the foreground Ctrl-C stops them all; with --detach use `corral serve status` / `corral serve stop`.
+
+    \b
+    Example:
+      corral serve --gpus 4 --pull llama3.2 --detach
+      corral serve --cpu 2 --engine llama.cpp -o cluster.toml
     """
+    from .. import cluster, serve
+
     if ctx.invoked_subcommand is not None:
         return
     if engine not in serve.ENGINES:
@@ -143,6 +158,8 @@ def serve_command(
 
 
 def _pull(fleet: serve.Fleet, models: list[str]) -> str:
+    from .. import serve
+
     for name in models:
         began = time.monotonic()
         errors = serve.pull(fleet.running, name)
@@ -156,6 +173,11 @@ def _pull(fleet: serve.Fleet, models: list[str]) -> str:
 
 def _write_cluster(fleet: serve.Fleet, engine: str, model: Optional[str], pulled: Optional[str],
                    host: str, advertise: Optional[str], output: str, form: str) -> None:
+    import socket
+
+    from .. import cluster
+    from ..config import ServerSpec
+
     public = advertise or cluster.advertised_host(host)
     specs = []
     name = None
@@ -175,6 +197,11 @@ def _write_cluster(fleet: serve.Fleet, engine: str, model: Optional[str], pulled
 
 def _serve_until_interrupted(fleet: serve.Fleet) -> None:
     """Wait for Ctrl-C / SIGTERM, saying when a server dies, then stop every child."""
+    import signal
+    import threading
+
+    from .. import serve
+
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: done.set())
@@ -201,7 +228,15 @@ def _serve_until_interrupted(fleet: serve.Fleet) -> None:
 
 @serve_app.command("status")
 def status_command(state_dir: Optional[str] = typer.Option(None, "--state-dir", help=STATE_HELP)) -> None:
-    """Each server of the fleet: running (the very process started) and answering its health check."""
+    """Each server of the fleet: running (the very process started) and answering its health check.
+
+    \b
+    Example:
+      corral serve status
+      corral serve status --state-dir /tmp/fleet
+    """
+    from .. import serve
+
     where = _state_dir(state_dir)
     try:
         rows = serve.status(where)
@@ -223,7 +258,15 @@ def status_command(state_dir: Optional[str] = typer.Option(None, "--state-dir", 
 @serve_app.command("stop")
 def stop_command(state_dir: Optional[str] = typer.Option(None, "--state-dir", help=STATE_HELP),
                  timeout: float = typer.Option(10.0, "--timeout", help="Seconds before SIGKILL.")) -> None:
-    """End exactly the processes `corral serve` started (pid and start time checked first)."""
+    """End exactly the processes `corral serve` started (pid and start time checked first).
+
+    \b
+    Example:
+      corral serve stop
+      corral serve stop --timeout 30
+    """
+    from .. import serve
+
     where = _state_dir(state_dir)
     try:
         outcome = serve.stop(where, timeout)

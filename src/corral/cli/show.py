@@ -1,4 +1,4 @@
-"""`corral show`: print prompts and answers for people (seed 001's response-printer)."""
+"""`corral show`: print prompts and answers for people (ollama-batch-cluster's response-printer)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import sys
 
 import typer
 
-from ..sinks import iter_result_files
 from . import app
 
 RULE = "#" * 40
@@ -17,7 +16,15 @@ def show_command(
     source: str = typer.Argument(..., help="Folder of per-prompt JSON files, or a results JSONL."),
     errors_only: bool = typer.Option(False, "--errors", help="Only rows that failed."),
 ) -> None:
-    """Print each prompt and its response, file by file (or row by row)."""
+    """Print each prompt and its response, file by file (or row by row).
+
+    \b
+    Example:
+      corral show results.jsonl --errors
+      corral show answers/ | less
+    """
+    from ..sinks import iter_result_files
+
     out = sys.stdout
     for label, data in iter_result_files(source):
         if errors_only and not data.get("error"):

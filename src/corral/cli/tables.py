@@ -6,11 +6,9 @@ import sys
 from typing import Optional
 
 import typer
-from rich.console import Console
 
 from ..errors import UsageError
 from . import app
-from ..jobs import default_store_path
 from .common import load_schema, model_options, read_text_arg, setup_logging
 from .run import _run_interruptibly
 
@@ -40,27 +38,42 @@ def analyze_command(
     models: str = typer.Option("llama3.2", "--models", "-m", help="Model(s), comma-separated."),
     fanout: bool = typer.Option(False, "--fanout", help="Every model answers every row."),
     system: Optional[str] = typer.Option(None, "--system", help="System message (or @file)."),
-    config: Optional[str] = typer.Option(None, "--config", "-c"),
-    server: list[str] = typer.Option([], "--server", "-s"),
-    api: str = typer.Option("ollama", "--api"),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="TOML config (ollama-batch-cluster's or [[servers]])."),
+    server: list[str] = typer.Option([], "--server", "-s", metavar="URL", help="Server URL; repeat for several."),
+    api: str = typer.Option("ollama", "--api", help="Protocol of --server URLs: ollama or openai."),
     local: bool = typer.Option(False, "--local", help="Use the embedded llama.cpp model."),
     workers: int = typer.Option(3, "--workers", "-j", help="Requests in flight per server."),
-    max_concurrent_calls: Optional[int] = typer.Option(None, "--max-concurrent-calls"),
-    option: list[str] = typer.Option([], "--option", "-O"),
-    temperature: Optional[float] = typer.Option(None, "--temperature"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    num_ctx: Optional[int] = typer.Option(None, "--num-ctx"),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "--num-predict"),
-    id_column: Optional[str] = typer.Option(None, "--id-column"),
-    chunk_size: int = typer.Option(20_000, "--chunk-size"),
+    max_concurrent_calls: Optional[int] = typer.Option(None, "--max-concurrent-calls",
+                                                      help="Cap on requests in flight over all servers."),
+    option: list[str] = typer.Option([], "--option", "-O", metavar="NAME=VALUE",
+                                     help="Model option, e.g. -O top_p=0.9 (repeatable)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature (0 = greedy)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed, for repeatable answers."),
+    num_ctx: Optional[int] = typer.Option(None, "--num-ctx", help="Context window in tokens (Ollama's num_ctx)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "--num-predict",
+                                             help="Most tokens per answer."),
+    id_column: Optional[str] = typer.Option(None, "--id-column", help="Column of row ids for the journal [default: the row number]."),
+    chunk_size: int = typer.Option(20_000, "--chunk-size", help="Rows read (and written) at a time."),
     json_retries: int = typer.Option(2, "--json-retries", help="Re-asks when the answer is not valid JSON."),
     store: Optional[str] = typer.Option(None, "--store", help="Journal [<output>.corral.db]."),
-    timeout: Optional[float] = typer.Option(None, "--timeout"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds per request attempt."),
     keep_formulas: bool = typer.Option(False, "--keep-formulas", help="Do not neutralise =,+,-,@ cells in CSV."),
-    progress: str = typer.Option("auto", "--progress"),
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True),
+    progress: str = typer.Option("auto", "--progress", help="auto, bar, log or none."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log lines on stderr (-vv: debug)."),
 ) -> None:
-    """Run one prompt over every row of a table; split across models or fanned out."""
+    """Run one prompt over every row of a table; split across models or fanned out.
+
+    The answers become new columns of the output table (one per JSON key with --json-keys or
+    --schema); with --fanout and several models it also prints how much the models agree.
+
+    \b
+    Example:
+      corral analyze reviews.csv -o labelled.csv --prompt 'Sentiment of: {text}' -m llama3.2
+      corral analyze reviews.parquet -o out.parquet --json-keys label,prob -m llama3.2,gemma3 --fanout
+    """
+    from rich.console import Console
+
+    from ..jobs import default_store_path
     from ..tables.analysis import analyze_file_async
 
     setup_logging(verbose)
@@ -97,30 +110,40 @@ def fill_command(
     fields: str = typer.Option(..., "--fields", "--json_fields", help="Fields to fill: Occasion,City"),
     title_col: str = typer.Option("title_en", "--title-col", "--text-column", help="Column with the text."),
     col_map: Optional[str] = typer.Option(None, "--col-map", help="FIELD=COLUMN,...: fill these columns' gaps."),
-    models: str = typer.Option("llama3.2", "--models", "-m"),
-    fanout: bool = typer.Option(False, "--fanout"),
+    models: str = typer.Option("llama3.2", "--models", "-m", help="Model(s), comma-separated."),
+    fanout: bool = typer.Option(False, "--fanout", help="Every model answers every row."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Template with {text} and {fields} (or @file)."),
-    system: Optional[str] = typer.Option(None, "--system"),
-    config: Optional[str] = typer.Option(None, "--config", "-c"),
-    server: list[str] = typer.Option([], "--server", "-s"),
-    api: str = typer.Option("ollama", "--api"),
-    local: bool = typer.Option(False, "--local"),
-    workers: int = typer.Option(3, "--workers", "-j"),
-    max_concurrent_calls: Optional[int] = typer.Option(None, "--max-concurrent-calls"),
-    chunk_size: int = typer.Option(20_000, "--chunk-size", "--chunk_size"),
-    option: list[str] = typer.Option([], "--option", "-O"),
-    temperature: Optional[float] = typer.Option(None, "--temperature"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    num_ctx: Optional[int] = typer.Option(None, "--num-ctx"),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "--num-predict"),
-    json_retries: int = typer.Option(2, "--json-retries"),
-    store: Optional[str] = typer.Option(None, "--store"),
-    timeout: Optional[float] = typer.Option(None, "--timeout"),
-    keep_formulas: bool = typer.Option(False, "--keep-formulas"),
-    progress: str = typer.Option("auto", "--progress"),
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True),
+    system: Optional[str] = typer.Option(None, "--system", help="System message (or @file)."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="TOML config (ollama-batch-cluster's or [[servers]])."),
+    server: list[str] = typer.Option([], "--server", "-s", metavar="URL", help="Server URL; repeat for several."),
+    api: str = typer.Option("ollama", "--api", help="Protocol of --server URLs: ollama or openai."),
+    local: bool = typer.Option(False, "--local", help="Use the embedded llama.cpp model."),
+    workers: int = typer.Option(3, "--workers", "-j", help="Requests in flight per server."),
+    max_concurrent_calls: Optional[int] = typer.Option(None, "--max-concurrent-calls",
+                                                      help="Cap on requests in flight over all servers."),
+    chunk_size: int = typer.Option(20_000, "--chunk-size", "--chunk_size", help="Rows read (and written) at a time."),
+    option: list[str] = typer.Option([], "--option", "-O", metavar="NAME=VALUE",
+                                     help="Model option, e.g. -O top_p=0.9 (repeatable)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature (0 = greedy)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed, for repeatable answers."),
+    num_ctx: Optional[int] = typer.Option(None, "--num-ctx", help="Context window in tokens (Ollama's num_ctx)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "--num-predict",
+                                             help="Most tokens per answer."),
+    json_retries: int = typer.Option(2, "--json-retries", help="Re-asks when the answer is not valid JSON."),
+    store: Optional[str] = typer.Option(None, "--store", help="Journal [<output>.corral.db]."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds per request attempt."),
+    keep_formulas: bool = typer.Option(False, "--keep-formulas", help="Do not neutralise =,+,-,@ cells in CSV."),
+    progress: str = typer.Option("auto", "--progress", help="auto, bar, log or none."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log lines on stderr (-vv: debug)."),
 ) -> None:
-    """Ask the model only for the fields each row is missing; never overwrite existing values."""
+    """Ask the model only for the fields each row is missing; never overwrite existing values.
+
+    \b
+    Example:
+      corral fill events.csv -o filled.csv --fields City,Occasion --text-column title -m llama3.2
+      corral fill events.csv -o filled.csv --fields City --col-map City=city_name -s http://127.0.0.1:11434
+    """
+    from ..jobs import default_store_path
     from ..tables.fill import fill_file_async
 
     setup_logging(verbose)
