@@ -173,24 +173,24 @@ def run_command(
         raise UsageError("no output: give -o results.jsonl and/or --output-dir DIR")
 
     with ExitStack() as stack:
-        job = resolve(
+        resolved = resolve(
             servers=server or None, config=config, api=api, local=local, stack=stack, model=model,
             system=read_text_arg(system, "--system"),
             options=model_options(option, temperature, seed, num_ctx, max_tokens),
             format=load_schema(schema) if schema else ("json" if json_mode else None),
             keep_alive=keep_alive, timeout=timeout, max_attempts=max_attempts, hedge=hedge)
-        specs = job.servers
-        defaults = Defaults(model=job.model, system=job.system, options=job.options, format=job.format,
-                            keep_alive=job.keep_alive, endpoint=endpoint)
+        specs = resolved.servers
+        defaults = Defaults(model=resolved.model, system=resolved.system, options=resolved.options, format=resolved.format,
+                            keep_alive=resolved.keep_alive, endpoint=endpoint)
         if repro is not None:
-            defaults, specs = _reproduced(repro, specs, job.local_model, bool(server or config or local))
+            defaults, specs = _reproduced(repro, specs, resolved.local_model, bool(server or config or local))
         source = PromptFile(path, defaults, fmt=fmt, skip_invalid=skip_invalid)
         report = source.scan()
         for problem in report.invalid:
             print(f"corral: skipping {problem}", file=sys.stderr)
         sinks = open_sinks(output, output_dir, report, stack)
         store = stack.enter_context(Store(store_path or default_store_path(output, output_dir)))
-        settings = job.engine_settings(concurrency=concurrency, rate_limit_delay=rate_limit_delay,
+        settings = resolved.engine_settings(concurrency=concurrency, rate_limit_delay=rate_limit_delay,
                                        retry_failed=retry_failed, max_outage=max_outage)
         recorder = ManifestRecorder(
             kind="run", path=manifest_path(output, output_dir), argv=sys.argv,
