@@ -35,6 +35,7 @@ from typing import Any
 
 from . import local
 from .errors import UsageError
+from .sinks.output import write_whole
 
 ENGINES = ("ollama", "llama.cpp")
 DEFAULT_BASE_PORT = 11432  # seed 001's ollama-batch-servers.sh: 11432, 11433, ...
@@ -328,10 +329,7 @@ class Fleet:
     def save(self) -> None:
         data = {"engine": self.engine, "detached": self.detached, "corral_pid": os.getpid(),
                 "members": [asdict(m) for m in self.running]}
-        path = self.state_dir / STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        write_whole(self.state_dir / STATE_FILE, json.dumps(data, indent=2) + "\n")
 
     def stop(self) -> None:
         """Stop every child this process holds (foreground mode) and forget the state."""

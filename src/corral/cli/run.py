@@ -187,7 +187,7 @@ def run_command(
         report = source.scan()
         for problem in report.invalid:
             print(f"corral: skipping {problem}", file=sys.stderr)
-        sinks = open_sinks(output, output_dir, report, stack)
+        sinks = open_sinks(output, output_dir, report, stack, inputs=(path,))
         store = stack.enter_context(Store(store_path or default_store_path(output, output_dir)))
         retry = RetryPolicy(max_attempts=max_attempts or cfg.max_attempts or 5)
         settings = EngineSettings(

@@ -84,7 +84,8 @@ def analyze_command(
     from ..manifest import file_facts, manifest_path
     from ..tables.analysis import analysis_manifest, build_runner
     from ..tables.execute import ServerChoice, execute, model_list, server_specs
-    from ..tables.io import TableStream, count_rows
+    from ..sources.tables import count_rows
+    from ..tables.stream import TableStream
 
     setup_logging(verbose)
     model_names = model_list(_split(models))
@@ -139,7 +140,7 @@ def _print_agreement(output: str, runner: Any, recorder: Any, err: Console) -> N
     """After a fan-out run: how much the models agree on each categorical key (also kept in the
     manifest, for `corral report`)."""
     from ..tables.execute import save_agreement
-    from ..tables.io import read_table
+    from ..sources.tables import read_table
 
     report = save_agreement(recorder, read_table(output), runner)
     problem = (recorder.data.get("agreement") or {}).get("error")

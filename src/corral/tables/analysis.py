@@ -23,7 +23,7 @@ from ..store import Store
 from .answers import resolve_schema
 from .execute import (ServerChoice, execute, frame_facts, like_input, model_list, progress_mode,
                       save_agreement, server_specs, table_job)
-from .io import to_pandas
+from ..sources.tables import to_pandas
 from .prompts import PromptTemplate, default_template, is_missing
 from .runner import RowPlan, RowResult, TableRunner, add_answer_columns
 

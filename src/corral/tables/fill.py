@@ -24,7 +24,8 @@ from ..store import Store
 from .answers import check_keys
 from .execute import (ServerChoice, execute, frame_facts, like_input, model_list, progress_mode,
                       server_specs, table_job)
-from .io import TableStream, count_rows, to_pandas
+from ..sources.tables import count_rows, to_pandas
+from .stream import TableStream
 from .prompts import PromptTemplate, is_missing
 from .runner import RowPlan, RowResult, TableRunner, parse_outcome
 
