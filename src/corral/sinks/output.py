@@ -55,11 +55,16 @@ def is_stream(path: PathLike) -> bool:
     text = os.fspath(path)
     if text in _STD_STREAMS or text.startswith(_FD_FOLDERS):
         return True
+    mode = _file_mode(path)
+    return mode is not None and (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode))
+
+
+def _file_mode(path: PathLike) -> int | None:
+    """``st_mode`` of what ``path`` points to, or None if nothing is there."""
     try:
-        mode = os.stat(path).st_mode
+        return os.stat(path).st_mode
     except OSError:
-        return False
-    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
+        return None
 
 
 def check_not_input(output: PathLike, inputs: Iterable[PathLike | None]) -> None:
@@ -157,7 +162,7 @@ class AtomicOutput:
 def write_whole(path: PathLike, data: bytes | str, *, inputs: Iterable[PathLike | None] = ()) -> Path:
     """Write a small file in one go under the same rule (a page, a manifest, a state file).
 
-    Returns the path written (the link's target for a symlink). OSError is left to the caller, who
+    Returns ``path`` as given. OSError is left to the caller, who
     knows what the file is; a failed write leaves no ``.part``."""
     output = AtomicOutput(path, inputs=inputs)
     payload = data.encode("utf-8") if isinstance(data, str) else data
@@ -168,4 +173,4 @@ def write_whole(path: PathLike, data: bytes | str, *, inputs: Iterable[PathLike 
         output.abort()
         raise
     output.commit()
-    return output.target
+    return output.path
