@@ -288,3 +288,11 @@ def test_second_writer_through_a_link_is_refused(tmp_path: Path) -> None:
         AtomicOutput(tmp_path / "link.jsonl")
     first.abort()
     assert _parts(tmp_path) == []
+
+
+def test_merge_onto_its_own_results_is_refused(tmp_path: Path) -> None:
+    results = write_jsonl(tmp_path / "results.jsonl", [{"id": "1", "response": '{"a": 1}'}])
+    before = results.read_bytes()
+    proc = corral("merge", "results.jsonl", "-o", "results.jsonl", cwd=tmp_path)
+    assert proc.returncode == 2 and "the output is the input file" in proc.stderr, proc.stderr
+    assert results.read_bytes() == before and _parts(tmp_path) == []

@@ -19,7 +19,7 @@ app.add_typer(cluster_app, name="cluster")
 def merge_command(
     files: list[str] = typer.Argument(..., help="Cluster TOML files (either form)."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Merged file (default stdout)."),
-    form: str = typer.Option("servers", "--form", help="servers or instances (seed 001's form)."),
+    form: str = typer.Option("servers", "--form", help="servers or instances (ollama-batch-cluster's form)."),
 ) -> None:
     """Every server of FILES in one file; model and system message from the first file that sets them."""
     merged, warnings = cluster.merge(files)
