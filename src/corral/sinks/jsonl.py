@@ -11,7 +11,7 @@ import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import orjson
 
@@ -36,7 +36,7 @@ class JsonlSink:
             f"{self.path}: another corral process is writing this output ({self.path.name}.part); "
             "wait for it to finish, or choose another -o"))
         try:
-            self._file: BinaryIO | None = self.output.open("wb")
+            self._file: IO[bytes] | None = self.output.open("wb")
         except OSError as exc:
             self.output.abort()
             raise UsageError(f"{self.path}: cannot write the output: {exc.strerror or exc}") from None

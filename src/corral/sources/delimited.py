@@ -106,9 +106,9 @@ def _csv_error(path: Path, sep: str, exc: Exception) -> InputError:
     if isinstance(exc, pd.errors.ParserWarning):
         found = _first_long_record(path, sep)
         if found is not None:
-            line, expected, saw = found
-            return InputError(str(path), line, f"bad CSV: expected {expected} fields, found {saw} "
-                                               "(unbalanced quotes?)")
+            long_line, expected, saw = found
+            return InputError(str(path), long_line, f"bad CSV: expected {expected} fields, found {saw} "
+                                                    "(unbalanced quotes?)")
     message = str(exc).strip()
     if match := _FIELDS_RE.search(message):
         expected, record, saw = (int(g) for g in match.groups())
