@@ -187,7 +187,7 @@ def test_output_that_cannot_be_renamed_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_table_output_on_a_full_disk_is_a_clear_error(tmp_path: Path) -> None:
     pd = pytest.importorskip("pandas")
-    from corral.tables.io import TableWriter
+    from corral.sinks.tables import TableWriter
 
     (tmp_path / "out.csv.part").symlink_to("/dev/full")
     writer = TableWriter(tmp_path / "out.csv")
@@ -233,7 +233,7 @@ def test_engine_stops_at_once_when_the_journal_fails(fake_ollama_factory, caplog
 
 def test_missing_table_column_names_the_file(tmp_path: Path) -> None:
     pytest.importorskip("pandas")
-    from corral.tables.io import TableStream
+    from corral.tables.stream import TableStream
 
     (tmp_path / "t.csv").write_text("id,body\n1,a\n")
     stream = TableStream(tmp_path / "t.csv", tmp_path / "o.csv", chunk_size=10)

@@ -1,4 +1,4 @@
-"""corral.tables.io: faithful round trips, chunking, schema stability, formula safety, clear errors."""
+"""corral.sources.tables and corral.sinks.tables: faithful round trips, chunking, schema stability, formula safety, clear errors."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from corral.errors import InputError, UsageError
-from corral.tables.io import (TableWriter, _count_records, count_rows, detect_format,
-                              neutralize_formulas, read_table, read_table_chunks, to_pandas)
+from corral.sinks.tables import TableWriter, neutralize_formulas
+from corral.sources.tables import (_count_records, count_rows, detect_format, read_table,
+                                   read_table_chunks, to_pandas)
 
 # Every kind of text that breaks naive CSV handling; None is an empty cell.
 NASTY = {

@@ -4,7 +4,7 @@ Why files rather than a live registry: each machine runs ``corral serve`` on its
 it started; copying those small files to the machine that drives the run and merging them is all a
 cluster of seven 4-GPU machines needs, and the result is a plain config a person can read and edit.
 
-Both shapes that :func:`corral.config.load_config` reads are written: seed 001's
+Both shapes that :func:`corral.config.load_config` reads are written: ollama-batch-cluster's
 ``[ollama_instances]`` (``"host:port" = gpu``, Ollama only) and the richer ``[[servers]]``.
 """
 
@@ -37,7 +37,8 @@ def advertised_host(bind_host: str) -> str:
 def render(servers: Iterable[ServerSpec], *, model: str | None = None,
            system_message: str | None = None, options: dict[str, Any] | None = None,
            form: str = "servers", header: str = "") -> str:
-    """The TOML text for ``servers``; ``form="instances"`` is seed 001's table (Ollama servers only)."""
+    """The TOML text for ``servers``; ``form="instances"`` is ollama-batch-cluster's table (Ollama
+    servers only)."""
     servers = list(servers)
     if form not in FORMS:
         raise UsageError(f"unknown cluster form {form!r}: use one of {', '.join(FORMS)}")
@@ -76,8 +77,12 @@ def render(servers: Iterable[ServerSpec], *, model: str | None = None,
 
 
 def write(path: str | Path, text: str) -> None:
+    """Written whole (corral.sinks.output); the output may be one of the merged files: they are read
+    before anything is written."""
+    from .sinks.output import write_whole
+
     try:
-        Path(path).write_text(text, encoding="utf-8")
+        write_whole(path, text)
     except OSError as exc:
         raise UsageError(f"{path}: cannot write: {exc.strerror or exc}") from None
 

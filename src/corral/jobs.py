@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import ExitStack
+from collections.abc import Iterable
 from pathlib import Path
 
 from .config import ServerSpec
@@ -46,15 +47,16 @@ async def run_prompt_file(
 
 
 def open_sinks(output: str | None, output_dir: str | None, report: ScanReport,
-               stack: ExitStack) -> list[Sink]:
-    """The writers asked for; the JSONL shape follows the input (Batch lines in, Batch lines out)."""
+               stack: ExitStack, *, inputs: Iterable[str] = ()) -> list[Sink]:
+    """The writers asked for; the JSONL shape follows the input (Batch lines in, Batch lines out).
+    ``inputs`` (the prompt file) may not be overwritten."""
     from .sinks import JsonlSink, PromptFilesSink
 
     sinks: list[Sink] = []
     if output:
         if Path(output).is_dir():
             raise UsageError(f"{output}: is a folder; use --output-dir for one file per prompt")
-        sinks.append(JsonlSink(output, openai_batch=report.openai_batch))
+        sinks.append(JsonlSink(output, openai_batch=report.openai_batch, inputs=inputs))
         # If the job never starts (the store is locked, no server answers...), the empty .part goes.
         stack.callback(sinks[-1].close, complete=False)
     if output_dir:

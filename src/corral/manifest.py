@@ -323,11 +323,12 @@ class ManifestRecorder:
 
 
 def write_manifest(path: Path, data: dict[str, Any]) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a manifest."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Write whole or not at all (corral.sinks.output.write_whole), so a reader never sees half a
+    manifest."""
+    from .sinks.output import write_whole
+
     try:
-        tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
-        os.replace(tmp, path)
+        write_whole(path, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
     except OSError as exc:
         raise UsageError(f"{path}: cannot write the manifest: {exc.strerror or exc}") from None
 

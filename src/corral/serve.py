@@ -1,11 +1,11 @@
 """``corral serve``: a fleet of inference servers on this machine, one per GPU (or per CPU share).
 
 Why: one Ollama process left four L40S GPUs ~25% busy each, while one ``ollama serve`` per GPU,
-pinned with ``CUDA_VISIBLE_DEVICES`` and on its own port, kept them over 90% busy (seed 001). This
-module starts that fleet for Ollama or llama.cpp, waits until every server answers its health
-endpoint, writes the cluster TOML that ``corral run --config`` reads, and records what it started in
-a state folder so ``corral serve status`` / ``stop`` (possibly from another shell) find exactly
-those processes again.
+pinned with ``CUDA_VISIBLE_DEVICES`` and on its own port, kept them over 90% busy (as
+ollama-batch-cluster measured). This module starts that fleet for Ollama or llama.cpp, waits until
+every server answers its health endpoint, writes the cluster TOML that ``corral run --config``
+reads, and records what it started in a state folder so ``corral serve status`` / ``stop``
+(possibly from another shell) find exactly those processes again.
 
 Process identity: a pid alone may be reused after its process ended, so the state file keeps each
 child's pid *and* its start time (``/proc/<pid>/stat``, field 22). Nothing is signalled unless both
@@ -35,9 +35,10 @@ from typing import Any
 
 from . import local
 from .errors import UsageError
+from .sinks.output import write_whole
 
 ENGINES = ("ollama", "llama.cpp")
-DEFAULT_BASE_PORT = 11432  # seed 001's ollama-batch-servers.sh: 11432, 11433, ...
+DEFAULT_BASE_PORT = 11432  # ollama-batch-cluster's ollama-batch-servers.sh: 11432, 11433, ...
 STATE_FILE = "fleet.json"
 LOG_TAIL_LINES = 8
 # CUDA_VISIBLE_DEVICES for CPU-only servers: an invalid id hides every GPU (Ollama's documented way
@@ -328,10 +329,7 @@ class Fleet:
     def save(self) -> None:
         data = {"engine": self.engine, "detached": self.detached, "corral_pid": os.getpid(),
                 "members": [asdict(m) for m in self.running]}
-        path = self.state_dir / STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        write_whole(self.state_dir / STATE_FILE, json.dumps(data, indent=2) + "\n")
 
     def stop(self) -> None:
         """Stop every child this process holds (foreground mode) and forget the state."""

@@ -11,6 +11,7 @@ import orjson
 from rich.table import Table
 
 from ..errors import UsageError
+from ..sinks.output import write_whole
 from .api import BenchResult
 
 
@@ -109,7 +110,7 @@ def write_figures(result: BenchResult, path: str) -> Path:
     else:
         raise UsageError(f"{path}: figures are written as .csv or .json")
     try:
-        target.write_text(text, encoding="utf-8")
+        write_whole(target, text)
     except OSError as exc:
         raise UsageError(f"{path}: cannot write: {exc.strerror or exc}") from None
     return target

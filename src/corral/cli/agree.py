@@ -53,7 +53,7 @@ def agree_command(
 
     Console(file=sys.stdout).print(report.render(confusion=confusion))
     if json_out:
-        _write_json(json_out, report.to_dict())
+        _write_json(json_out, report.to_dict(), file)
 
 
 def read_table(path_text: str) -> Any:
@@ -109,12 +109,14 @@ def _gold_arg(values: list[str] | None) -> str | dict[str, str] | None:
     return mapping
 
 
-def _write_json(path: str, data: dict[str, Any]) -> None:
+def _write_json(path: str, data: dict[str, Any], source: str) -> None:
     import json
 
+    from ..sinks.output import write_whole
+
     try:
-        Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
-                              encoding="utf-8")
+        write_whole(path, json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
+                    inputs=(source,))
     except OSError as exc:
         raise UsageError(f"{path}: cannot write: {exc.strerror or exc}") from None
     print(f"corral: wrote the agreement report to {path}", file=sys.stderr)

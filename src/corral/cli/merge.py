@@ -1,9 +1,9 @@
-"""`corral merge`: every JSON answer of a run as one JSON array (ollama-batch-cluster's response-json-merge)."""
+"""`corral merge`: every JSON answer of a run as one JSON array (ollama-batch-cluster's
+response-json-merge)."""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -15,7 +15,8 @@ from . import app
 @app.command("merge")
 def merge_command(
     source: Optional[str] = typer.Argument(None, help="Folder of per-prompt JSON files, or a results JSONL."),
-    input_dir: Optional[str] = typer.Option(None, "--input-dir", help="Same as SOURCE (ollama-batch-cluster's flag)."),
+    input_dir: Optional[str] = typer.Option(
+        None, "--input-dir", help="Same as SOURCE (ollama-batch-cluster's flag)."),
     output: Optional[str] = typer.Option(None, "-o", "--output", "--output-file", help="Merged JSON file."),
 ) -> None:
     """Parse each response as JSON and write them all as one array; non-JSON answers are listed.
@@ -27,7 +28,7 @@ def merge_command(
     """
     import orjson
 
-    from ..sinks import merge_responses
+    from ..sinks import merge_responses, write_whole
 
     path = source or input_dir
     if not path:
@@ -36,7 +37,7 @@ def merge_command(
     data = orjson.dumps(merged, option=orjson.OPT_INDENT_2)
     if output:
         try:
-            Path(output).write_bytes(data + b"\n")
+            write_whole(output, data + b"\n", inputs=(path,))
         except OSError as exc:
             raise UsageError(f"{output}: cannot write: {exc.strerror or exc}") from None
         print(f"corral: merged {len(merged)} JSON answers into {output}", file=sys.stderr)

@@ -188,7 +188,7 @@ def run_command(
         report = source.scan()
         for problem in report.invalid:
             print(f"corral: skipping {problem}", file=sys.stderr)
-        sinks = open_sinks(output, output_dir, report, stack)
+        sinks = open_sinks(output, output_dir, report, stack, inputs=(path,))
         store = stack.enter_context(Store(store_path or default_store_path(output, output_dir)))
         settings = resolved.engine_settings(concurrency=concurrency, rate_limit_delay=rate_limit_delay,
                                        retry_failed=retry_failed, max_outage=max_outage)

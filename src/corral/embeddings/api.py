@@ -222,10 +222,12 @@ async def embed_file_async(
 ) -> EmbedReport:
     """The async twin of `embed_file`."""
     from ..jobs import default_store_path
-    from ..tables.io import count_rows, read_table_chunks
-    from .outputs import open_writer, output_format, read_prior, row_ids
+    from ..sinks.output import check_not_input
+    from ..sinks.vectors import open_writer, output_format, read_prior, row_ids
+    from ..sources.tables import count_rows, read_table_chunks
 
     output_format(output)  # an unknown extension fails before any work
+    check_not_input(output, [input])  # and so does writing onto the input
     if limit is not None and limit < 0:
         raise UsageError(f"limit must be >= 0, not {limit}")
     header = list(next(iter(read_table_chunks(input, chunk_size=1))).columns)
@@ -269,7 +271,7 @@ async def embed_file_async(
         report.counts = embedder.counts
         report.unreachable = engine.unreachable
         report.servers = [s.label for s in engine.servers]
-        writer = open_writer(output, embedder.counts.dim or 0, embedder.counts.rows)
+        writer = open_writer(output, embedder.counts.dim or 0, embedder.counts.rows, inputs=(input,))
         complete = False
         try:
             for frame, values in table_rows():  # pass two: the same rows, vectors from the store

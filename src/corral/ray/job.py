@@ -23,7 +23,8 @@ import orjson
 import pandas as pd
 
 from ..errors import UsageError
-from ..tables.io import TableWriter, read_table_chunks
+from ..sinks.output import write_whole
+from ..sources.tables import batch_frame, open_parquet, read_table_chunks
 from .worker import ActorEngine, TableJob, actor_settings, fleet_key, my_share, resolve_fleet
 
 #: Input suffixes a directory is searched for (the formats Ray-scale inputs come in).
@@ -118,10 +119,8 @@ def read_partition(part: Partition, chunk_size: int) -> Any:
     groups the same Parquet reading restricted to them."""
     if part.row_groups is None:
         return read_table_chunks(part.path, chunk_size=chunk_size)
-    from ..tables.io import _batch_frame, _open_parquet
-
-    parquet = _open_parquet(Path(part.path))
-    return (_batch_frame(batch, None)
+    parquet = open_parquet(Path(part.path))
+    return (batch_frame(batch, None)
             for batch in parquet.iter_batches(batch_size=chunk_size, row_groups=part.row_groups))
 
 
@@ -156,25 +155,13 @@ class PartitionWorker:
     def partition(self, part: Partition) -> PartitionStats:
         stats = PartitionStats(path=part.path, output=part.output)
         started = time.monotonic()
-        writer: TableWriter | None = None
-        output = part.output
-        complete = False
         try:
-            chunks = iter(read_partition(part, self.chunk_size))
-            first = next(chunks)
-            writer = TableWriter(output, neutralize_formulas=False)
-            runner = self.job.runner([str(c) for c in first.columns], writer.write)
-            result = self.engine.run_chunks(runner, _chain(first, chunks), None)
-            stats.ok, stats.failed = result.ok, result.failed  # rows not sent (empty text) say so in error
-            stats.rows = writer.rows_written
-            complete = True
+            report = self.engine.run_file(part.path, part.output, self.job,
+                                          read_partition(part, self.chunk_size))
+            stats.ok, stats.failed = report.stats.ok, report.stats.failed  # rows not sent say so in error
+            stats.rows = report.written
         except Exception as exc:  # the partition's error, not the job's: reported, run again later
             stats.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, UsageError) else str(exc)
-        finally:
-            if writer is not None:
-                writer.close(complete=complete)
-                if not complete:
-                    writer.part_path.unlink(missing_ok=True)
         stats.seconds = round(time.monotonic() - started, 3)
         return stats
 
@@ -185,11 +172,6 @@ def _groups(value: Any) -> list[int] | None:
         return None
     groups = [int(g) for g in value]
     return groups or None
-
-
-def _chain(first: pd.DataFrame, rest: Any) -> Any:
-    yield first
-    yield from rest
 
 
 def connect(address: str) -> bool:
@@ -322,9 +304,7 @@ class RunManifest:
                                  "ok": sum(s.ok for s in done), "failed": sum(s.failed for s in done),
                                  "partitions_failed": sum(1 for s in done if s.error)},
                          run=[{f: getattr(s, f) for f in PartitionStats.__slots__} for s in done])
-        tmp = self.path.with_name(self.path.name + ".part")
-        tmp.write_bytes(orjson.dumps(self.data, option=orjson.OPT_INDENT_2, default=str))
-        os.replace(tmp, self.path)
+        write_whole(self.path, orjson.dumps(self.data, option=orjson.OPT_INDENT_2, default=str))
 
 
 def _ray_version() -> str:

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from ..config import Config
-from ..tables.io import to_pandas
+from ..sources.tables import to_pandas
 from .worker import ActorEngine, TableJob, actor_settings, fleet_key, my_share, resolve_fleet
 
 log = logging.getLogger("corral")

@@ -20,11 +20,10 @@ import pandas as pd
 from .. import runtime
 from ..config import ServerSpec
 from ..engine import Engine, EngineSettings, JobStats, RetryPolicy
-from ..runner import run_requests
 from ..settings import ConfigLike, Settings, resolve
 from ..store import Store
 from ..tables.analysis import build_runner
-from ..tables.job import model_list
+from ..tables.job import TableFileReport, Where, model_list, run_table_file, run_table_frame
 from ..tables.runner import add_answer_columns
 from .slots import fleet_slots, share_slots
 
@@ -83,30 +82,33 @@ class ActorEngine:
 
     def run_frame(self, frame: pd.DataFrame, job: TableJob) -> pd.DataFrame:
         """``frame`` with run_analysis's columns filled; a failing row has its error filled."""
-        frame = frame.reset_index(drop=True)
         models = model_list(job.model_names)
-        parts: list[pd.DataFrame] = []
-        runner = job.runner([str(c) for c in frame.columns], parts.append)
-        self.run_chunks(runner, [frame], len(frame) * (len(models) if job.fanout else 1))
-        if not parts:
-            return add_answer_columns(frame.iloc[0:0], [], models, job.fanout,
-                                      runner.plan.keys)  # type: ignore[attr-defined]
-        return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
 
-    def run_chunks(self, runner: Any, chunks: Iterable[pd.DataFrame], total: int | None) -> JobStats:
-        """Run a TableRunner's requests for ``chunks`` through this actor's engine; its chunks come
-        back through the runner's ``emit`` as they complete."""
+        def empty(head: pd.DataFrame, runner: Any) -> pd.DataFrame:
+            return add_answer_columns(head, [], models, job.fanout, runner.plan.keys)
+
+        out, _, _ = self._run(run_table_frame(
+            frame.reset_index(drop=True), build=job.runner, describe=None, where=Where(engine=self.engine),
+            per_row=len(models) if job.fanout else 1, store=self.engine.store, chunk_size=max(1, len(frame)),
+            progress="none", empty=empty))
+        return out
+
+    def run_file(self, input: str, output: str, job: TableJob, chunks: Iterable[pd.DataFrame]) -> TableFileReport:
+        """The table-file loop on this actor's engine: ``chunks`` of ``input`` in, ``output`` written
+        whole or not at all."""
+        return self._run(run_table_file(
+            input, output, build=job.runner, describe=None, where=Where(engine=self.engine),
+            store=self.engine.store, chunks=chunks, neutralize_formulas=False, progress="none"))
+
+    def _run(self, coro: Any) -> Any:
         with self._lock:  # one batch at a time: Engine.run is not re-entrant
-            # Through the one runner on this actor's open engine; no run record, progress or GPU
-            # sampling of its own (the driver has those).
-            result = self._call(run_requests(
-                runner.requests(chunks), store=self.engine.store, engine=self.engine, sinks=[runner],
-                models=runner.models, total=total, validate=runner.validate, progress="none",
-                gpu_monitor=False, track=False))
-            stats = result.stats
-            for name in ("done", "ok", "failed", "sent", "retries", "prompt_tokens", "completion_tokens"):
-                setattr(self.totals, name, getattr(self.totals, name) + getattr(stats, name))
-            return stats
+            before = self.engine.stats
+            result = self._call(coro)
+            stats = self.engine.stats
+            if stats is not before:
+                for name in ("done", "ok", "failed", "sent", "retries", "prompt_tokens", "completion_tokens"):
+                    setattr(self.totals, name, getattr(self.totals, name) + getattr(stats, name))
+            return result
 
     def close(self) -> None:
         try:

@@ -9,9 +9,11 @@ heatmaps. Needs the ``corral[report]`` extra (plotly).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import UsageError
+from ..sinks.output import write_whole
 from .data import ReportData, load, resolve_store
 
 __all__ = ["ReportData", "build_report", "load", "resolve_store"]
@@ -23,16 +25,15 @@ def build_report(store_or_output: str | os.PathLike[str], output: str | os.PathL
         from .page import render
     except ImportError as exc:  # plotly is an extra
         raise UsageError(f"corral report needs plotly: pip install 'corral[report]' ({exc})") from None
-    return write_page(render(load(store_or_output)), output)
+    return write_page(render(load(store_or_output)), output, inputs=(store_or_output,))
 
 
-def write_page(text: str, output: str | os.PathLike[str]) -> Path:
-    """Write a page whole or not at all (a .part file renamed into place)."""
+def write_page(text: str, output: str | os.PathLike[str], *,
+               inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
+    """Write a page whole or not at all (corral.sinks.output.write_whole); never onto ``inputs``."""
     target = Path(output)
-    tmp = target.with_name(target.name + ".part")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
+        write_whole(target, text, inputs=inputs)
     except OSError as exc:
         raise UsageError(f"{target}: cannot write the report: {exc.strerror or exc}") from None
     return target

@@ -1,8 +1,9 @@
-"""One JSON file per prompt, as seed 001 (ollama-batch-cluster) writes them: {"prompt", "response"}.
+"""One JSON file per prompt, as ollama-batch-cluster writes them: {"prompt", "response"}.
 
-Seed 001 names files by epoch time plus a random number; corral names them by input position and the
-request's hash instead (``000042-3f9a1c2b7d.json``): they sort in input order, never collide, and a
-re-run rewrites the same file rather than adding a second copy.
+ollama-batch-cluster names files by epoch time plus a random number; corral names them by input
+position and the request's hash instead (``000042-3f9a1c2b7d.json``): they sort in input order,
+never collide, and a re-run rewrites the same file rather than adding a second copy. Each file is
+written whole (corral.sinks.output.write_whole), so a crash never leaves half an answer.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import orjson
 
 from ..errors import UsageError
 from ..results import Outcome
+from .output import write_whole
 
 
 class PromptFilesSink:
@@ -34,10 +36,8 @@ class PromptFilesSink:
         path = self.folder / self.name_for(outcome)
         data = orjson.dumps({"prompt": outcome.request.prompt, "response": outcome.text},
                             option=orjson.OPT_INDENT_2)
-        tmp = path.with_name(path.name + ".tmp")
         try:
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            write_whole(path, data)
         except OSError as exc:
             raise UsageError(f"{path}: cannot write: {exc.strerror or exc}") from None
         self.rows += 1

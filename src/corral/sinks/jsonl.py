@@ -1,46 +1,50 @@
 """Results as JSONL, in input order: corral's own rows, or vLLM run-batch lines for Batch inputs.
 
-The file is written as ``<output>.part`` and renamed when the job ends, so a file at the output path
-is always complete; after a crash the re-run rewrites it from the store, which is how every input
-appears exactly once.
+The file is an :class:`~corral.sinks.output.AtomicOutput`: written as ``<output>.part`` and renamed
+when the job ends, so a file at the output path is always complete; after a crash the re-run
+rewrites it from the store, which is how every input appears exactly once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import orjson
 
 from ..errors import UsageError
-from ..locks import FileLock
 from ..results import Outcome
+from .output import AtomicOutput
 
 
 class JsonlSink:
     """Writes one JSON object per line; ``openai_batch`` switches to vLLM's run-batch shape."""
 
-    def __init__(self, path: str | os.PathLike[str], *, openai_batch: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, openai_batch: bool = False,
+                 inputs: Iterable[str | os.PathLike[str]] = ()) -> None:
         self.path = Path(path)
-        self.part = self.path.with_name(self.path.name + ".part")
         self.openai_batch = openai_batch
         self.rows = 0
         try:
-            self.part.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"{self.path}: cannot write the output: {exc.strerror or exc}") from None
-        # Locked before it is truncated: a second run on the same output must not empty the file
-        # the first one is writing.
-        self._lock = FileLock(self.part, (
-            f"{self.path}: another corral process is writing this output ({self.part.name}); "
+        self.output = AtomicOutput(self.path, inputs=inputs, busy_message=(
+            f"{self.path}: another corral process is writing this output ({self.path.name}.part); "
             "wait for it to finish, or choose another -o"))
         try:
-            self._file: BinaryIO | None = open(self.part, "wb")
+            self._file: IO[bytes] | None = self.output.open("wb")
         except OSError as exc:
-            self._lock.release()
+            self.output.abort()
             raise UsageError(f"{self.path}: cannot write the output: {exc.strerror or exc}") from None
+
+    @property
+    def part(self) -> Path:
+        """Where the rows go until the job ends (the stream itself for a FIFO or device)."""
+        return self.output.path_for_writing
 
     def write(self, outcome: Outcome) -> None:
         assert self._file is not None
@@ -58,20 +62,17 @@ class JsonlSink:
             return
         try:
             self._file.close()
-            if complete:
-                os.replace(self.part, self.path)
-            elif self.rows == 0:
-                self.part.unlink(missing_ok=True)  # nothing was written: leave no stray file behind
+            self.output.finish(complete, rows=self.rows)
         except OSError as exc:
             raise UsageError(f"{self.path}: writing the output failed: {exc.strerror or exc}; "
                              "results are kept in the store, re-run to finish") from None
         finally:
             self._file = None
-            self._lock.release()
+            self.output.abort(rows=self.rows)  # a no-op once finished
 
 
 def result_line(outcome: Outcome) -> dict[str, Any]:
-    """corral's result row: seed 003's keys plus provenance and counters."""
+    """corral's result row: OllamaManager's keys plus provenance and counters."""
     row = outcome.summary()
     row["success"] = outcome.ok
     if outcome.request.meta.get("line") is not None:

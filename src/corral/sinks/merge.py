@@ -1,4 +1,5 @@
-"""Read results back: seed 001's response-json-merge (parsed answers as one JSON array) and printer.
+"""Read results back: ollama-batch-cluster's response-json-merge (parsed answers as one JSON array)
+and printer.
 
 Works on a folder of per-prompt JSON files or on a results JSONL (corral rows or Batch lines).
 """

@@ -24,8 +24,8 @@ from ..runtime import run_sync
 from ..settings import ConfigLike, ServerLike, Settings, resolve
 from ..store import Store
 from .answers import resolve_schema
-from .io import read_table
-from .job import (RunnerFactory, TableFileReport, like_input, model_list, progress_mode, run_table_file,
+from ..sources.tables import read_table
+from .job import (RunnerFactory, Where, TableFileReport, like_input, model_list, progress_mode, run_table_file,
                   run_table_frame)
 from .prompts import PromptTemplate, default_template, is_missing
 from .provenance import save_agreement, table_job
@@ -91,7 +91,7 @@ async def run_analysis_async(
         return add_answer_columns(frame, [], models, fanout, runner.plan.keys)  # type: ignore[attr-defined]
 
     out, runner, recorder = await run_table_frame(
-        df, build=build, describe=describe, job=job, per_row=len(models) if fanout else 1, store=store,
+        df, build=build, describe=describe, where=Where(job), per_row=len(models) if fanout else 1, store=store,
         chunk_size=chunk_size, max_concurrent_calls=max_concurrent_calls,
         max_json_retries=max_json_retries, progress=progress_mode(progress), empty=empty)
     save_agreement(recorder, out, runner)
@@ -175,7 +175,7 @@ async def analyze_file_async(
             return recorder
 
         report = await run_table_file(
-            input, output, build=build, describe=describe, job=job, required=[text_column, id_column or ""],
+            input, output, build=build, describe=describe, where=Where(job), required=[text_column, id_column or ""],
             per_row=len(models) if fanout else 1, store=store, chunk_size=chunk_size,
             neutralize_formulas=neutralize_formulas, max_concurrent_calls=max_concurrent_calls,
             max_json_retries=max_json_retries, progress=progress_mode(progress), argv=argv)

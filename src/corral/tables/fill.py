@@ -23,7 +23,7 @@ from ..runtime import run_sync
 from ..settings import ConfigLike, Settings, resolve
 from ..store import Store
 from .answers import check_keys
-from .job import RunnerFactory, like_input, model_list, progress_mode, run_table_file, run_table_frame
+from .job import RunnerFactory, Where, like_input, model_list, progress_mode, run_table_file, run_table_frame
 from .provenance import table_job
 from .prompts import PromptTemplate, is_missing
 from .runner import RowPlan, RowResult, TableRunner, parse_outcome
@@ -159,7 +159,7 @@ async def fill_missing_fields_async(
         return runner.finish(frame, [])
 
     out, _, _ = await run_table_frame(
-        df, build=build, describe=describe, job=job, per_row=0, store=store, chunk_size=chunk_size,
+        df, build=build, describe=describe, where=Where(job), per_row=0, store=store, chunk_size=chunk_size,
         max_concurrent_calls=max_concurrent_calls, max_json_retries=max_json_retries,
         progress=progress_mode(progress), empty=empty)
     return like_input(df, out)
@@ -222,7 +222,7 @@ async def fill_file_async(
             return recorder
 
         report = await run_table_file(
-            input_path, output_path, build=build, describe=describe, job=job, required=[title_col],
+            input_path, output_path, build=build, describe=describe, where=Where(job), required=[title_col],
             per_row=0, store=store, chunk_size=chunk_size,  # rows with nothing missing are not sent
             neutralize_formulas=neutralize_formulas, max_concurrent_calls=max_concurrent_calls,
             max_json_retries=max_json_retries, progress=progress_mode(progress), argv=argv)

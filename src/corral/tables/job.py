@@ -19,16 +19,17 @@ from typing import Any
 
 import pandas as pd
 
-from ..engine import JobStats
+from ..engine import Engine, JobStats
 from ..errors import UsageError
 from ..jobs import default_store_path
 from ..manifest import ManifestRecorder, file_facts
 from ..runner import run_requests
 from ..settings import Settings
 from ..store import Store
-from .io import TableStream, count_rows, to_pandas
+from ..sources.tables import count_rows, to_pandas
 from .provenance import frame_facts
 from .runner import TableRunner
+from .stream import TableStream
 
 log = logging.getLogger("corral")
 
@@ -46,18 +47,31 @@ def model_list(model_names: str | Sequence[str]) -> tuple[str, ...]:
     return models
 
 
-async def execute(runner: TableRunner, chunks: Iterable[pd.DataFrame], *, job: Settings,
-                  store: str | os.PathLike[str] | Store | None, max_concurrent_calls: int | None,
-                  max_json_retries: int, progress: str, total: int | None = None,
+@dataclass(slots=True)
+class Where:
+    """Where a table job runs: a fleet from resolved settings (the engine opened for the job), or
+    an engine kept open by its owner (a Ray actor: no run record, progress or GPU sampling of its
+    own, since the driver has those)."""
+
+    job: Settings | None = None
+    engine: Engine | None = None
+
+
+async def execute(runner: TableRunner, chunks: Iterable[pd.DataFrame], *, where: Where,
+                  store: str | os.PathLike[str] | Store | None, max_concurrent_calls: int | None = None,
+                  max_json_retries: int = 2, progress: str = "none", total: int | None = None,
                   argv: list[str] | None = None, manifest: ManifestRecorder | None = None) -> JobStats:
     """A table job through the one runner: the runner's requests out, its chunks back."""
-    settings = job.engine_settings(max_in_flight=max_concurrent_calls, content_retries=max_json_retries)
+    engine, job = where.engine, where.job
+    settings = None if job is None else job.engine_settings(max_in_flight=max_concurrent_calls,
+                                                            content_retries=max_json_retries)
     journal = store if isinstance(store, Store) else Store(store)
     try:
         result = await run_requests(
-            runner.requests(chunks), servers=job.servers, store=journal, settings=settings,
-            sinks=[runner], models=runner.models, total=total, validate=runner.validate,
-            progress=progress, argv=argv, manifest=manifest,
+            runner.requests(chunks), servers=job.servers if job is not None else None, store=journal,
+            settings=settings, engine=engine, sinks=[runner], models=runner.models, total=total,
+            validate=runner.validate, progress=progress, argv=argv, manifest=manifest,
+            gpu_monitor=engine is None, track=engine is None,
         )
     finally:
         if not isinstance(store, Store):
@@ -81,11 +95,11 @@ def like_input(original: Any, out: pd.DataFrame) -> Any:
 
 
 async def run_table_frame(
-    df: Any, *, build: RunnerFactory, describe: ManifestFactory, job: Settings, per_row: int = 1,
+    df: Any, *, build: RunnerFactory, describe: ManifestFactory | None, where: Where, per_row: int = 1,
     store: str | os.PathLike[str] | Store | None = None, chunk_size: int = 20_000,
     max_concurrent_calls: int | None = None, max_json_retries: int = 2, progress: str = "auto",
     empty: Callable[[pd.DataFrame, TableRunner], pd.DataFrame] | None = None,
-) -> tuple[pd.DataFrame, TableRunner, ManifestRecorder]:
+) -> tuple[pd.DataFrame, TableRunner, ManifestRecorder | None]:
     """The DataFrame loop: the new pandas frame (in the input's row order; `like_input` gives polars
     users theirs back), the runner that asked, and the run's manifest. ``empty`` builds the result of
     a frame with no rows."""
@@ -93,8 +107,8 @@ async def run_table_frame(
     parts: list[pd.DataFrame] = []
     runner = build([str(c) for c in frame.columns], parts.append)
     chunks = [frame.iloc[s:s + chunk_size] for s in range(0, len(frame), chunk_size)]
-    recorder = describe(runner, frame_facts(frame))
-    await execute(runner, chunks, job=job, store=store, max_concurrent_calls=max_concurrent_calls,
+    recorder = describe(runner, frame_facts(frame)) if describe is not None else None
+    await execute(runner, chunks, where=where, store=store, max_concurrent_calls=max_concurrent_calls,
                   max_json_retries=max_json_retries, progress=progress,
                   total=len(frame) * per_row if per_row else None, manifest=recorder)
     if runner.skipped_count:
@@ -125,21 +139,27 @@ class TableFileReport:
 
 async def run_table_file(
     input: str | os.PathLike[str], output: str | os.PathLike[str], *, build: RunnerFactory,
-    describe: ManifestFactory, job: Settings, required: Sequence[str], per_row: int = 1,
+    describe: ManifestFactory | None, where: Where, required: Sequence[str] = (), per_row: int = 1,
     store: str | os.PathLike[str] | Store | None = None, chunk_size: int = 20_000,
     neutralize_formulas: bool = True, max_concurrent_calls: int | None = None,
     max_json_retries: int = 2, progress: str = "auto", argv: list[str] | None = None,
+    chunks: Iterable[pd.DataFrame] | None = None, rows: int | None = None,
 ) -> TableFileReport:
-    """The loop every table-file job shares: stream, ask, write; the output complete or absent."""
-    table = TableStream(input, output, chunk_size=chunk_size, neutralize_formulas=neutralize_formulas)
+    """The loop every table-file job shares: stream, ask, write; the output complete or absent.
+
+    ``chunks`` replaces reading ``input`` whole (a Ray partition's row groups); ``rows`` is then the
+    row count when known."""
+    table = TableStream(input, output, chunk_size=chunk_size, neutralize_formulas=neutralize_formulas,
+                        chunks=chunks)
     complete = False
     try:
         table.require_columns(required)
         runner = build(table.columns, table.emit)
-        rows = count_rows(input)
-        recorder = describe(runner, file_facts(input, rows))
+        if chunks is None:
+            rows = count_rows(input)
+        recorder = describe(runner, file_facts(input, rows)) if describe is not None else None
         journal = store if store is not None else default_store_path(str(output), None)
-        stats = await execute(runner, table.chunks(), job=job, store=journal,
+        stats = await execute(runner, table.chunks(), where=where, store=journal,
                               max_concurrent_calls=max_concurrent_calls, max_json_retries=max_json_retries,
                               progress=progress, total=rows * per_row if rows and per_row else None, argv=argv,
                               manifest=recorder)
@@ -148,7 +168,8 @@ async def run_table_file(
         table.close(complete=complete)
     if runner.skipped_count:
         log.warning("%d row(s) not sent: %s", runner.skipped_count, "; ".join(runner.skipped[:5]))
-    return TableFileReport(output=Path(output), written=table.written, stats=stats, manifest=recorder.path,
+    return TableFileReport(output=Path(output), written=table.written, stats=stats,
+                           manifest=recorder.path if recorder is not None else None,
                            skipped=list(runner.skipped), skipped_count=runner.skipped_count,
                            runner=runner, recorder=recorder)
 

@@ -1,14 +1,15 @@
 """Vector files: Parquet (ids + a fixed-size float32 list column), .npy (+ ids), or JSONL.
 
-Each writer writes to ``<name>.part`` and renames on success, so an interrupted job never leaves a
-file that looks finished. The readers give back an earlier output's vectors by row id, which is what
-``--skip-existing`` needs.
+Each file is an :class:`~corral.sinks.output.AtomicOutput`: written to ``<name>.part`` and renamed
+on success, so an interrupted job never leaves a file that looks finished (an incomplete ``.part``
+follows that module's one rule). The readers give back an earlier output's vectors by row id, which
+is what ``--skip-existing`` needs.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import UsageError
+from .output import AtomicOutput
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".npy": "npy", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 EMBEDDING = "embedding"
@@ -53,39 +55,37 @@ class VectorWriter(Protocol):
     def close(self, complete: bool = True) -> None: ...
 
 
-def open_writer(path: str | os.PathLike[str], dim: int, rows: int) -> VectorWriter:
+Inputs = Iterable[str | os.PathLike[str]]
+
+
+def open_writer(path: str | os.PathLike[str], dim: int, rows: int, *, inputs: Inputs = ()) -> VectorWriter:
+    """The writer for ``path``'s extension; ``inputs`` (the table read) may not be overwritten."""
     fmt = output_format(path)
     if fmt == "parquet":
-        return ParquetVectors(path, dim)
+        return ParquetVectors(path, dim, inputs=inputs)
     if fmt == "npy":
-        return NpyVectors(path, dim, rows)
-    return JsonlVectors(path)
+        return NpyVectors(path, dim, rows, inputs=inputs)
+    return JsonlVectors(path, inputs=inputs)
 
 
-def _part(path: Path) -> Path:
-    return path.with_name(path.name + ".part")
-
-
-def _finish(part: Path, final: Path, complete: bool) -> None:
-    if complete:
-        os.replace(part, final)
-    else:
-        part.unlink(missing_ok=True)
+def _cannot_write(path: Path, exc: OSError) -> UsageError:
+    return UsageError(f"{path}: cannot write the output: {exc.strerror or exc}")
 
 
 class _ParquetFile:
     """Appends Arrow tables to ``<path>.part``; later tables are cast to the first one's schema."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, inputs: Inputs = ()) -> None:
         self.path = path
-        self.part = _part(path)
+        self.output = AtomicOutput(path, inputs=inputs)
+        self.rows = 0
         self._writer: pq.ParquetWriter | None = None
         self._schema: pa.Schema | None = None
 
     def write(self, table: pa.Table) -> None:
         if self._writer is None:
             self._schema = table.schema
-            self._writer = pq.ParquetWriter(self.part, table.schema, compression="zstd")
+            self._writer = pq.ParquetWriter(self.output.path_for_writing, table.schema, compression="zstd")
         elif table.schema != self._schema:
             try:
                 table = table.cast(self._schema)
@@ -93,14 +93,19 @@ class _ParquetFile:
                 raise UsageError(f"{self.path}: an id column changes type mid-file ({exc}); "
                                  "give --id-column a column of one type") from None
         self._writer.write_table(table)
+        self.rows += table.num_rows
 
     def close(self, complete: bool, empty_schema: pa.Schema) -> None:
-        if self._writer is None:
-            if not complete:
-                return
-            self._writer = pq.ParquetWriter(self.part, empty_schema)
-        self._writer.close()
-        _finish(self.part, self.path, complete)
+        try:
+            if self._writer is None and complete:
+                self._writer = pq.ParquetWriter(self.output.path_for_writing, empty_schema)
+            if self._writer is not None:
+                self._writer.close()
+            self.output.finish(complete, rows=self.rows)
+        except OSError as exc:
+            raise _cannot_write(self.path, exc) from None
+        finally:
+            self.output.abort(rows=self.rows)  # a no-op once finished
 
 
 def _ids_table(ids: pd.DataFrame, errors: list[str | None]) -> pa.Table:
@@ -111,9 +116,9 @@ def _ids_table(ids: pd.DataFrame, errors: list[str | None]) -> pa.Table:
 class ParquetVectors:
     """ids..., embedding: fixed_size_list<float32>[dim] (null on error rows), error: string."""
 
-    def __init__(self, path: str | os.PathLike[str], dim: int) -> None:
+    def __init__(self, path: str | os.PathLike[str], dim: int, *, inputs: Inputs = ()) -> None:
         self.dim = dim
-        self._file = _ParquetFile(Path(path))
+        self._file = _ParquetFile(Path(path), inputs)
 
     def write(self, ids: pd.DataFrame, vectors: np.ndarray, errors: list[str | None]) -> None:
         values = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), type=pa.float32())
@@ -134,13 +139,24 @@ class NpyVectors:
 
     The array is a memory map of the file being written, so rows go straight to disk."""
 
-    def __init__(self, path: str | os.PathLike[str], dim: int, rows: int) -> None:
+    def __init__(self, path: str | os.PathLike[str], dim: int, rows: int, *, inputs: Inputs = ()) -> None:
         self.path = Path(path)
-        self.part = _part(self.path)
-        self._array: np.memmap | None = np.lib.format.open_memmap(
-            self.part, mode="w+", dtype="<f4", shape=(rows, dim))
-        self._ids = _ParquetFile(ids_path(path))
+        self.output = AtomicOutput(self.path, inputs=inputs)
+        if self.output.in_place:
+            self.output.abort()
+            raise UsageError(f"{self.path}: a .npy output is a memory map and must be a regular file; "
+                             "write .parquet or .jsonl to a pipe or device")
         self._row = 0
+        try:
+            self._array: np.memmap | None = np.lib.format.open_memmap(
+                self.output.path_for_writing, mode="w+", dtype="<f4", shape=(rows, dim))
+            self._ids = _ParquetFile(ids_path(path), inputs)
+        except BaseException as exc:
+            self._array = None
+            self.output.abort()
+            if isinstance(exc, OSError):
+                raise _cannot_write(self.path, exc) from None
+            raise
 
     def write(self, ids: pd.DataFrame, vectors: np.ndarray, errors: list[str | None]) -> None:
         assert self._array is not None
@@ -149,20 +165,30 @@ class NpyVectors:
         self._ids.write(_ids_table(ids, errors))
 
     def close(self, complete: bool = True) -> None:
-        if self._array is not None:
-            self._array.flush()
-            self._array = None  # unmap before the rename
-        self._ids.close(complete, pa.schema([(ERROR, pa.string())]))
-        _finish(self.part, self.path, complete)
+        try:
+            if self._array is not None:
+                self._array.flush()
+                self._array = None  # unmap before the rename
+            self._ids.close(complete, pa.schema([(ERROR, pa.string())]))
+            self.output.finish(complete, rows=self._row)
+        except OSError as exc:
+            raise _cannot_write(self.path, exc) from None
+        finally:
+            self.output.abort(rows=self._row)  # a no-op once finished
 
 
 class JsonlVectors:
     """One object per row: the ids, "embedding" (a list, or null) and "error"."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, inputs: Inputs = ()) -> None:
         self.path = Path(path)
-        self.part = _part(self.path)
-        self._file = open(self.part, "wb")
+        self.output = AtomicOutput(self.path, inputs=inputs)
+        self.rows = 0
+        try:
+            self._file = self.output.open("wb")
+        except OSError as exc:
+            self.output.abort()
+            raise _cannot_write(self.path, exc) from None
 
     def write(self, ids: pd.DataFrame, vectors: np.ndarray, errors: list[str | None]) -> None:
         names = list(ids.columns)
@@ -175,10 +201,16 @@ class JsonlVectors:
             lines.append(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY))
         if lines:
             self._file.write(b"\n".join(lines) + b"\n")
+            self.rows += len(lines)
 
     def close(self, complete: bool = True) -> None:
-        self._file.close()
-        _finish(self.part, self.path, complete)
+        try:
+            self._file.close()
+            self.output.finish(complete, rows=self.rows)
+        except OSError as exc:
+            raise _cannot_write(self.path, exc) from None
+        finally:
+            self.output.abort(rows=self.rows)  # a no-op once finished
 
 
 # -- reading an earlier output -----------------------------------------------------------------------
