@@ -12,13 +12,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
-
-import aiohttp
 
 from ..backends import BackendError, Reply, ServerInfo, make_backend
 from ..checks import json_answer_problem
@@ -26,8 +23,8 @@ from ..config import ServerSpec
 from ..errors import NoServerError
 from ..requests import GROUP_SEP, Request, request_key
 from ..results import Outcome
+from ..http import HttpClient, default_client
 from ..store import Store
-from ..transport import HttpTransport
 from .costs import Speeds, TimeoutPolicy, hedge_gain
 from .queue import IDLE, WorkQueue
 from .retry import BUSY_STATUSES, RetryPolicy
@@ -141,7 +138,7 @@ class Engine:
     """Probe servers, then run streams of requests over them. Use as ``async with Engine(...)``."""
 
     def __init__(self, servers: list[ServerSpec], store: Store | None = None,
-                 settings: EngineSettings | None = None) -> None:
+                 settings: EngineSettings | None = None, *, http: HttpClient | None = None) -> None:
         if not servers:
             raise NoServerError("no servers given: pass --server URL, --config FILE or --local")
         self.specs = servers
@@ -150,7 +147,8 @@ class Engine:
         self.servers: list[ServerState] = []
         self.unreachable: list[str] = []
         self.stats = JobStats()
-        self._session: aiohttp.ClientSession | None = None
+        self._given_http = http  # None: the engine makes its own (default_client) and closes it
+        self._http: HttpClient | None = None
         self._serves: dict[tuple[int, str], bool] = {}
         self._key_kinds: dict[str, str] = {}
         self._served_choices: dict[tuple[int, str], list[str]] = {}
@@ -169,14 +167,9 @@ class Engine:
         await self.aclose()
 
     async def start(self) -> None:
-        """Open the HTTP session and probe every server; unreachable ones are reported and skipped."""
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
-        # No cookie jar: LLM servers set no cookies, and filtering them costs time on every request.
-        self._session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
-                                              skip_auto_headers=("User-Agent",))
-        # CORRAL_HTTP=aiohttp sends everything through aiohttp (to compare, or to rule us out).
-        self._transport = None if os.environ.get("CORRAL_HTTP") == "aiohttp" else HttpTransport()
-        backends = [make_backend(spec, self._session, self._transport) for spec in self.specs]
+        """Open the HTTP client and probe every server; unreachable ones are reported and skipped."""
+        self._http = self._given_http or default_client()
+        backends = [make_backend(spec, self._http) for spec in self.specs]
         probes = await asyncio.gather(*(probe_one(b, self.settings.probe_timeout) for b in backends))
         for spec, backend, result in zip(self.specs, backends, probes):
             if isinstance(result, ServerInfo):
@@ -195,11 +188,9 @@ class Engine:
 
     async def aclose(self) -> None:
         self._closing = True
-        if getattr(self, "_transport", None) is not None:
-            self._transport.close()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        http, self._http = getattr(self, "_http", None), None
+        if http is not None and http is not self._given_http:
+            await http.aclose()
 
     def serves(self, server: ServerState, model: str) -> bool:
         """Does the server have this model (or, for a split-mode group, any model of it)?"""
