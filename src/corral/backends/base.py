@@ -201,10 +201,14 @@ class Backend(ABC):
                             timeout: float) -> AsyncIterator[tuple[float, bytes]]:
         """POST ``payload`` and yield (seconds since sent, line) for each non-empty line of the body;
         errors are classified as for `_call`."""
-        started = time.perf_counter()
+        body = orjson.dumps(payload)
         with self._errors():
-            async with self.http.stream("POST", self.base + path, headers=self._headers,
-                                        body=orjson.dumps(payload), timeout=timeout) as answer:
+            # The clock starts once the client is at hand: picking it may import aiohttp the first
+            # time, which is no part of the server's answer.
+            sending = self.http.stream("POST", self.base + path, headers=self._headers, body=body,
+                                       timeout=timeout)
+            started = time.perf_counter()
+            async with sending as answer:
                 if answer.status >= 300:
                     self._refuse(path, answer.status, await answer.read(), answer.headers)
                 async for raw in answer.lines():

@@ -101,8 +101,8 @@ class _Pending:
     """One request's answer as it is parsed. ``result`` resolves with the whole answer; in stream
     mode ``head`` resolves at the headers and body pieces queue up in ``pieces``."""
 
-    __slots__ = ("result", "head", "pieces", "waiter", "ended", "error", "chunks", "size",
-                 "headers", "status", "started", "headers_done", "close_delimited", "decoder")
+    __slots__ = ("chunks", "close_delimited", "decoder", "ended", "error", "head", "headers",
+                 "headers_done", "pieces", "result", "size", "started", "status", "waiter")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, streaming: bool) -> None:
         self.result: asyncio.Future[HttpResponse] | None = None if streaming else loop.create_future()
