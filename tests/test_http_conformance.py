@@ -557,3 +557,18 @@ def test_end_to_end_row_through_a_redirect_fails(monkeypatch: pytest.MonkeyPatch
         holder["loop"].call_soon_threadsafe(holder["stop"].set)
         thread.join(10)
     assert not row["success"] and "HTTP 302" in row["error"] and "http://moved.invalid/api/chat" in row["error"]
+
+
+def test_engine_sends_through_a_given_client_and_leaves_it_open() -> None:
+    from corral.engine import Engine
+
+    async def scenario(server: RawServer) -> None:
+        client = LeanClient()
+        async with Engine([ServerSpec(server.url, api="ollama")], http=client) as engine:
+            assert len(engine.servers) == 1
+        assert client.connections_opened == 1 and client.pool_size() == 1  # not closed by the engine
+        got = await client.request("GET", server.url + "/api/version", timeout=5)
+        assert got.status == 200 and server.accepted == 1
+        await client.aclose()
+        assert client.pool_size() == 0
+    run(_ollama_server(answer(200, b"{}")), scenario)

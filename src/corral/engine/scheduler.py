@@ -21,9 +21,9 @@ from ..backends import BackendError, Reply, ServerInfo, make_backend
 from ..checks import json_answer_problem
 from ..config import ServerSpec
 from ..errors import NoServerError
+from ..http import HttpClient, default_client
 from ..requests import GROUP_SEP, Request, request_key
 from ..results import Outcome
-from ..http import HttpClient, default_client
 from ..store import Store
 from .costs import Speeds, TimeoutPolicy, hedge_gain
 from .queue import IDLE, WorkQueue
