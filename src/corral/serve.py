@@ -18,6 +18,7 @@ process hygiene (own process group; PDEATHSIG in the foreground, own session whe
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -33,8 +34,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import local
+from . import local, runtime
 from .errors import UsageError
+from .http import HttpClient, HttpError, default_client
 from .sinks.output import write_whole
 
 ENGINES = ("ollama", "llama.cpp")
@@ -77,7 +79,7 @@ def detect_gpus() -> list[int]:
 
 
 def parse_gpus(spec: str) -> list[int]:
-    """``--gpus 4`` is the first four GPUs (0-3), as the seed's script; ``--gpus 0,2`` those indices."""
+    """``--gpus 4`` is the first four GPUs (0-3), as ollama-batch-cluster's script; ``--gpus 0,2`` those indices."""
     text = spec.strip()
     try:
         if "," in text:
@@ -422,28 +424,39 @@ def _cmdline(pid: int | None) -> list[str]:
 
 
 def pull(members: list[Member], model: str, timeout: float = 3600.0) -> dict[str, str | None]:
-    """``POST /api/pull`` of ``model`` on every Ollama member at once; name -> error (None when ok)."""
+    """``POST /api/pull`` of ``model`` on every Ollama member at once; name -> error (None when ok).
 
-    def one(member: Member) -> str | None:
-        body = json.dumps({"model": model, "stream": False}).encode()
-        req = urllib.request.Request(member.url + "/api/pull", data=body,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                answer = json.loads(resp.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            try:
-                answer = json.loads(exc.read() or b"{}")
-            except ValueError:
-                answer = {}
-            return str(answer.get("error") or f"HTTP {exc.code}")
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            return str(exc)
-        return None if answer.get("status") == "success" else str(answer.get("error") or answer)
-
+    Called from the (synchronous) ``corral serve`` command, so it runs its own event loop, through
+    the same HTTP client as every other request corral sends."""
     targets = [m for m in members if m.engine == "ollama"]
-    with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
-        return dict(zip((m.name for m in targets), pool.map(one, targets)))
+    return runtime.run(_pull_all(targets, model, timeout))
+
+
+async def _pull_all(targets: list[Member], model: str, timeout: float) -> dict[str, str | None]:
+    http = default_client()
+    try:
+        errors = await asyncio.gather(*(_pull_one(http, m.url, model, timeout) for m in targets))
+    finally:
+        await http.aclose()
+    return dict(zip((m.name for m in targets), errors))
+
+
+async def _pull_one(http: HttpClient, url: str, model: str, timeout: float) -> str | None:
+    body = json.dumps({"model": model, "stream": False}).encode()
+    try:
+        answer = await http.request("POST", url + "/api/pull", body=body, timeout=timeout,
+                                    headers={"Content-Type": "application/json"})
+    except HttpError as exc:
+        return str(exc)
+    try:
+        data = json.loads(answer.body or b"{}")
+    except ValueError as exc:
+        data = {} if answer.status >= 300 else {"error": f"invalid JSON answer: {exc}"}
+    if not isinstance(data, dict):
+        data = {"error": str(data)}
+    if answer.status >= 300:
+        return str(data.get("error") or f"HTTP {answer.status}")
+    return None if data.get("status") == "success" else str(data.get("error") or data)
 
 
 # ------------------------------------------------------------------------------------ status / stop

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import aiohttp
-
 from ..config import ServerSpec
-from ..transport import HttpTransport
+from ..http import HttpClient
 from .base import Backend, BackendError, Reply, ServerInfo, Streamed
 from .ollama import OllamaBackend, ollama_model_name
 from .openai import OpenAIBackend
@@ -13,9 +11,9 @@ from .openai import OpenAIBackend
 BACKENDS: dict[str, type[Backend]] = {"ollama": OllamaBackend, "openai": OpenAIBackend}
 
 
-def make_backend(spec: ServerSpec, session: aiohttp.ClientSession,
-                 transport: HttpTransport | None = None) -> Backend:
-    return BACKENDS[spec.api](spec, session, transport)
+def make_backend(spec: ServerSpec, http: HttpClient) -> Backend:
+    """The backend for ``spec``'s wire format, sending through ``http``."""
+    return BACKENDS[spec.api](spec, http)
 
 
 __all__ = [

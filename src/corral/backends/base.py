@@ -8,7 +8,6 @@ status code, so the engine alone decides what to do next.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import re
 import time
@@ -16,14 +15,12 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
 from ..config import ServerSpec
+from ..http import Headers, HttpClient, HttpError
 from ..requests import Request
-from ..transport import HttpTransport, TransportError
 
 # Statuses worth another try: the server is busy, restarting or overloaded, not the request wrong.
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -108,31 +105,21 @@ def error_message(body: bytes) -> str:
 
 
 class Backend(ABC):
-    """One server, one wire format. Instances share the engine's aiohttp session."""
+    """One server, one wire format: payloads out, answers in. The bytes travel through the
+    `HttpClient` it is given (shared by every backend of an engine); HTTP failures and statuses
+    become `BackendError`s here, in `_errors` and `_decode`, for every call and stream alike."""
 
     kind: str = ""
 
-    def __init__(self, spec: ServerSpec, session: aiohttp.ClientSession,
-                 transport: HttpTransport | None = None) -> None:
+    def __init__(self, spec: ServerSpec, http: HttpClient) -> None:
         self.spec = spec
-        self.session = session
+        self.http = http
         self.base = spec.url
         self._headers = {"Content-Type": "application/json"}
         key = spec.api_key()
         self._secret = key
         if key:
             self._headers["Authorization"] = f"Bearer {key}"
-        parts = urlsplit(spec.url)
-        # Plain http goes through the lean transport; https (and anything else) through aiohttp.
-        self._fast = transport if parts.scheme == "http" and parts.hostname else None
-        if self._fast is not None:
-            self._host = parts.hostname or ""
-            self._port = parts.port or 80
-            self._prefix = parts.path.rstrip("/")
-            host_header = f"[{self._host}]" if ":" in self._host else self._host
-            lines = [f"Host: {host_header}:{self._port}", "Accept: application/json",
-                     *(f"{k}: {v}" for k, v in self._headers.items())]
-            self._raw_headers = "".join(line + "\r\n" for line in lines).encode("latin-1")
 
     def redact(self, text: str) -> str:
         """``text`` with the API key masked. Some servers and proxies quote the key they refused in
@@ -170,25 +157,17 @@ class Backend(ABC):
         return await self._call("GET", path, None, timeout)
 
     async def _call(self, method: str, path: str, data: bytes | None, timeout: float) -> dict[str, Any]:
-        if self._fast is not None:
-            try:
-                answer = await self._fast.request(self._host, self._port, method, self._prefix + path,
-                                                  self._raw_headers, data, timeout)
-            except TransportError as exc:
-                raise BackendError(str(exc), retryable=True, kind=exc.kind) from None
-            return self._decode(path, answer.status, answer.body, answer.retry_after)
-        return await self._call_aiohttp(method, path, data, timeout)
+        with self._errors():
+            answer = await self.http.request(method, self.base + path, headers=self._headers, body=data,
+                                             timeout=timeout)
+        return self._decode(path, answer.status, answer.body, answer.headers)
 
-    def _decode(self, path: str, status: int, body: bytes, retry_after: str | None) -> dict[str, Any]:
-        if status >= 400:
-            message = self.redact(error_message(body))
-            if _TOO_LONG.search(message):  # llama.cpp says so with a 500: no retry will help
-                raise BackendError(f"HTTP {status} from {path}: {message}", status=status,
-                                   kind="too_long")
-            raise BackendError(
-                f"HTTP {status} from {path}: {message}", status=status,
-                retryable=status in RETRYABLE_STATUSES, retry_after=parse_retry_after(retry_after),
-            )
+    def _decode(self, path: str, status: int, body: bytes,
+                headers: Headers | str | None) -> dict[str, Any]:
+        """The answer as a JSON object, or the BackendError its status calls for. ``headers``: the
+        answer's headers (or, as before, just its Retry-After value)."""
+        if status >= 300:
+            self._refuse(path, status, body, headers)
         try:
             decoded = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -199,19 +178,40 @@ class Backend(ABC):
                                kind="protocol")
         return decoded
 
+    def _refuse(self, path: str, status: int, body: bytes, headers: Headers | str | None) -> None:
+        """Raise the BackendError for a status that is no answer: a redirect (never followed, never
+        taken for the answer), or a 4xx/5xx."""
+        if isinstance(headers, Headers):
+            retry_after, location = headers.get("Retry-After"), headers.get("Location")
+        else:
+            retry_after, location = headers, None
+        if status < 400:
+            where = f" to {self.redact(location)}" if location else " (no Location)"
+            raise BackendError(f"HTTP {status} from {path}: redirected{where}; corral does not follow "
+                               f"redirects, give the final URL", status=status)
+        message = self.redact(error_message(body))
+        if _TOO_LONG.search(message):  # llama.cpp says so with a 500: no retry will help
+            raise BackendError(f"HTTP {status} from {path}: {message}", status=status, kind="too_long")
+        raise BackendError(
+            f"HTTP {status} from {path}: {message}", status=status,
+            retryable=status in RETRYABLE_STATUSES, retry_after=parse_retry_after(retry_after),
+        )
+
     async def _stream_lines(self, path: str, payload: dict[str, Any],
                             timeout: float) -> AsyncIterator[tuple[float, bytes]]:
-        """POST ``payload`` and yield (seconds since sent, line) for each non-empty line of the body.
-
-        Streams go through aiohttp (the lean transport reads whole answers only); errors are
-        classified as for `_call`."""
-        started = time.perf_counter()
-        with self._aiohttp_errors(timeout):
-            async with self.session.post(self.base + path, data=orjson.dumps(payload),
-                                         headers=self._headers, timeout=_timeout(timeout)) as resp:
-                if resp.status >= 400:
-                    self._decode(path, resp.status, await resp.read(), resp.headers.get("Retry-After"))
-                async for raw in resp.content:
+        """POST ``payload`` and yield (seconds since sent, line) for each non-empty line of the body;
+        errors are classified as for `_call`."""
+        body = orjson.dumps(payload)
+        with self._errors():
+            # The clock starts once the client is at hand: picking it may import aiohttp the first
+            # time, which is no part of the server's answer.
+            sending = self.http.stream("POST", self.base + path, headers=self._headers, body=body,
+                                       timeout=timeout)
+            started = time.perf_counter()
+            async with sending as answer:
+                if answer.status >= 300:
+                    self._refuse(path, answer.status, await answer.read(), answer.headers)
+                async for raw in answer.lines():
                     line = raw.strip()
                     if line:
                         yield time.perf_counter() - started, line
@@ -230,38 +230,17 @@ class Backend(ABC):
             raise BackendError(f"error in the stream from {path}: {event['error']}", retryable=True)
         return event
 
-    async def _call_aiohttp(self, method: str, path: str, data: bytes | None,
-                            timeout: float) -> dict[str, Any]:
-        url = self.base + path
-        with self._aiohttp_errors(timeout):
-            async with self.session.request(
-                method, url, data=data, headers=self._headers, timeout=_timeout(timeout),
-            ) as resp:
-                body = await resp.read()
-                status, retry_after = resp.status, resp.headers.get("Retry-After")
-        return self._decode(path, status, body, retry_after)
-
     @contextlib.contextmanager
-    def _aiohttp_errors(self, timeout: float) -> Iterator[None]:
-        """aiohttp's failures as BackendErrors of the right kind, with any key in them redacted."""
+    def _errors(self) -> Iterator[None]:
+        """HttpErrors as BackendErrors of the same kind, with any key in them redacted. An answer
+        over the size cap is a protocol failure, not retried: the same question gets the same
+        answer, and an embedding batch is then worth splitting."""
         try:
             yield
-        except TimeoutError:
-            raise BackendError(f"timed out after {timeout:g}s", retryable=True, kind="timeout") from None
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
-            raise BackendError(f"connection dropped mid-answer: {self.redact(str(exc))}", retryable=True,
-                               kind="connection") from None
-        except aiohttp.ClientError as exc:
-            raise BackendError(f"connection failed: {self.redact(str(exc))}", retryable=True,
-                               kind="connection") from None
-        except OSError as exc:
-            raise BackendError(f"connection failed: {exc}", retryable=True, kind="connection") from None
-
-
-@functools.lru_cache(maxsize=64)
-def _timeout(seconds: float) -> aiohttp.ClientTimeout:
-    """One ClientTimeout per distinct value, not one per request."""
-    return aiohttp.ClientTimeout(total=seconds, sock_connect=min(10.0, seconds))
+        except HttpError as exc:
+            if exc.kind == "too_large":
+                raise BackendError(self.redact(str(exc)), kind="protocol") from None
+            raise BackendError(self.redact(str(exc)), retryable=True, kind=exc.kind) from None
 
 
 def sha256_text(text: str | None) -> str | None:

@@ -193,7 +193,7 @@ class OllamaBackend(Backend):
 
     async def _embed_one_by_one(self, request: Request, timeout: float) -> Reply:
         """Old Ollama servers only have /api/embeddings, one prompt per call."""
-        vectors = []
+        vectors: list[Any] = []
         for text in request.inputs or []:
             payload: dict[str, Any] = {"model": request.model, "prompt": text}
             if request.options:

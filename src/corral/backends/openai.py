@@ -14,8 +14,6 @@ import posixpath
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from ..requests import Request
 from .base import Backend, BackendError, Reply, ServerInfo, Streamed, fingerprint, sha256_text
 
@@ -243,8 +241,12 @@ def _aliased(entries: dict[str, dict[str, Any]], model: str) -> dict[str, Any] |
 
 
 def _vector(value: Any) -> Any:
-    """A base64 embedding as a float32 array; a JSON list (a server ignoring base64) as it is."""
+    """A base64 embedding as a float32 array; a JSON list (a server ignoring base64) as it is.
+
+    numpy is imported here, not at the top: it costs a tenth of a second at every CLI start, and
+    only embedding runs need it."""
     if isinstance(value, str):
+        import numpy as np
         try:
             return np.frombuffer(base64.b64decode(value), dtype="<f4")
         except (ValueError, binascii.Error):

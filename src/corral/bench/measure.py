@@ -23,11 +23,10 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
 from ..backends import Backend, BackendError, Streamed, make_backend
 from ..config import ServerSpec
-from ..engine.servers import ServerState, resolve_model
+from ..engine.servers import ServerState, probe_one, resolve_model
+from ..http import HttpClient, default_client
 from ..requests import Request, build_messages, canonical_options
 from .stats import mean, quantile, rounded
 
@@ -51,7 +50,7 @@ class RunFigures:
 
 @dataclass
 class ModelFigures:
-    """Everything measured for one model on one server; seed 003's keys come from `seed_dict`."""
+    """Everything measured for one model on one server; OllamaManager's keys come from `seed_dict`."""
 
     server: str
     model: str
@@ -100,7 +99,7 @@ class ModelFigures:
         }
 
     def seed_dict(self) -> dict[str, Any]:
-        """Seed 003's result (``model``, ``latency``, ``tokens_per_sec``, ``prompt``, ``response``,
+        """OllamaManager's result (``model``, ``latency``, ``tokens_per_sec``, ``prompt``, ``response``,
         ``num_runs``, ``error``) first, then the other figures."""
         figures = self.figures()
         seed = {
@@ -166,17 +165,18 @@ async def measure_server(backend: Backend, models: list[tuple[str, str]], prompt
 async def measure(specs: list[ServerSpec], models: list[str], prompt: str, num_runs: int = 3,
                   options: dict[str, Any] | None = None, *, timeout: float = 300.0,
                   system: str | None = None, probe_timeout: float = 5.0,
-                  ) -> tuple[list[ModelFigures], list[str]]:
+                  http: HttpClient | None = None) -> tuple[list[ModelFigures], list[str]]:
     """Per server and model figures, and the problems found (unreachable servers, models nowhere).
 
     A model no server has gets one entry with its error, so a typo is reported in the results
-    (seed 003's ``error``) instead of stopping the other models."""
+    (OllamaManager's ``error``) instead of stopping the other models. ``http``: the client to send
+    through (None: corral's default one, closed at the end)."""
     options = dict(options or {})
     problems: list[str] = []
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as session:
-        backends = [make_backend(spec, session) for spec in specs]
-        infos = await asyncio.gather(*(_probe(b, probe_timeout) for b in backends))
+    client = http or default_client()
+    try:
+        backends = [make_backend(spec, client) for spec in specs]
+        infos = await asyncio.gather(*(probe_one(b, probe_timeout) for b in backends))
         plans: list[tuple[Backend, list[tuple[str, str]]]] = []
         found: set[str] = set()
         for backend, info in zip(backends, infos):
@@ -191,6 +191,9 @@ async def measure(specs: list[ServerSpec], models: list[str], prompt: str, num_r
                 plans.append((backend, names))
         results = await asyncio.gather(*(measure_server(b, names, prompt, num_runs, options, timeout,
                                                         system) for b, names in plans))
+    finally:
+        if http is None:
+            await client.aclose()
     figures = [f for per_server in results for f in per_server]
     for model in models:
         if model not in found:
@@ -201,15 +204,8 @@ async def measure(specs: list[ServerSpec], models: list[str], prompt: str, num_r
     return figures, problems
 
 
-async def _probe(backend: Backend, timeout: float) -> Any:
-    try:
-        return await backend.probe(timeout)
-    except BackendError as exc:
-        return exc
-
-
 def pooled(figures: list[ModelFigures], model: str) -> ModelFigures:
-    """One model's runs over every server, as seed 003 has one result per model."""
+    """One model's runs over every server, as OllamaManager has one result per model."""
     mine = [f for f in figures if f.model == model]
     merged = ModelFigures(server=",".join(f.server for f in mine), model=model,
                           prompt=mine[0].prompt if mine else "", num_runs=mine[0].num_runs if mine else 0,

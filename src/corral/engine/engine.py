@@ -15,6 +15,7 @@ from ..requests import Request
 from ..results import Outcome
 from ..store import Store
 from .costs import Speeds
+from ..http import HttpClient
 from .fleet import Fleet
 from .run import Run, Validator
 from .servers import ServerState
@@ -25,9 +26,9 @@ class Engine:
     """Probe servers, then run streams of requests over them. Use as ``async with Engine(...)``."""
 
     def __init__(self, servers: list[ServerSpec], store: Store | None = None,
-                 settings: EngineSettings | None = None) -> None:
+                 settings: EngineSettings | None = None, *, http: HttpClient | None = None) -> None:
         self.settings = settings or EngineSettings()
-        self.fleet = Fleet(servers, self.settings)
+        self.fleet = Fleet(servers, self.settings, http=http)
         self.store = store if store is not None else Store(None)
         self.stats = JobStats()  # the current (or last) run's counters
 
@@ -39,7 +40,7 @@ class Engine:
         await self.aclose()
 
     async def start(self) -> None:
-        """Open the HTTP session and probe every server; unreachable ones are reported and skipped."""
+        """Open the HTTP client and probe every server; unreachable ones are reported and skipped."""
         await self.fleet.start()
 
     async def aclose(self) -> None:

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Iterable
-
-import aiohttp
 
 from ..backends import Backend, ServerInfo, make_backend
 from ..config import ServerSpec
 from ..errors import NoServerError
+from ..http import HttpClient, default_client
 from ..requests import GROUP_SEP
-from ..transport import HttpTransport
 from .costs import Speeds
 from .servers import ServerState, default_slots, describe_probe_error, probe_one, resolve_model
 from .settings import EngineSettings
@@ -31,9 +28,13 @@ REPROBE_MAX_COOLDOWN = 60.0  # seconds: the back-off between re-probes of a benc
 
 
 class Fleet:
-    """The servers of an engine: ``start`` probes them, ``aclose`` closes their connections."""
+    """The servers of an engine: ``start`` probes them, ``aclose`` closes their connections.
 
-    def __init__(self, specs: list[ServerSpec], settings: EngineSettings) -> None:
+    Every backend sends through one `HttpClient`: the one given, or `corral.http.default_client()`
+    (the lean client for plain http, aiohttp for the rest), which the fleet then closes itself."""
+
+    def __init__(self, specs: list[ServerSpec], settings: EngineSettings, *,
+                 http: HttpClient | None = None) -> None:
         if not specs:
             raise NoServerError("no servers given: pass --server URL, --config FILE or --local")
         self.specs = specs
@@ -42,8 +43,8 @@ class Fleet:
         self.unreachable: list[str] = []
         self.speeds = Speeds()  # learnt across runs: a second run starts informed
         self.closed = False
-        self._session: aiohttp.ClientSession | None = None
-        self._transport: HttpTransport | None = None
+        self._given_http = http
+        self._http: HttpClient | None = None
         self._serves: dict[tuple[int, str], bool] = {}
         self._key_kinds: dict[str, str] = {}
         self._served_choices: dict[tuple[int, str], list[str]] = {}
@@ -51,7 +52,7 @@ class Fleet:
 
     # -- opening and closing ----------------------------------------------------------------------
     async def start(self) -> None:
-        """Open the HTTP session and probe every server; unreachable ones are reported and skipped."""
+        """Open the HTTP client and probe every server; unreachable ones are reported and skipped."""
         self.closed = False
         backends = self._open_http()
         probes = await asyncio.gather(*(probe_one(b, self.settings.probe_timeout) for b in backends))
@@ -75,21 +76,14 @@ class Fleet:
         await self._close_http()
 
     def _open_http(self) -> list[Backend]:
-        """The HTTP session and lean transport every backend sends through, and the backends."""
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
-        # No cookie jar: LLM servers set no cookies, and filtering them costs time on every request.
-        self._session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
-                                              skip_auto_headers=("User-Agent",))
-        # CORRAL_HTTP=aiohttp sends everything through aiohttp (to compare, or to rule us out).
-        self._transport = None if os.environ.get("CORRAL_HTTP") == "aiohttp" else HttpTransport()
-        return [make_backend(spec, self._session, self._transport) for spec in self.specs]
+        """The HTTP client every backend sends through, and the backends."""
+        self._http = self._given_http or default_client()
+        return [make_backend(spec, self._http) for spec in self.specs]
 
     async def _close_http(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        http, self._http = self._http, None
+        if http is not None and http is not self._given_http:
+            await http.aclose()
 
     # -- who serves what --------------------------------------------------------------------------
     def serves(self, server: ServerState, model: str) -> bool:
