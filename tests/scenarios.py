@@ -6,7 +6,7 @@ The same functions serve two callers: ``tests/test_faults.py`` runs them at CI s
 ``benchmarks/faults.py`` runs them at full size and prints the table of figures the README quotes.
 A violated property raises AssertionError with the figures so far, in both.
 
-Everything is local: fake servers on 127.0.0.1 (in this process, or as ``python -m tests.fakes.server``
+Everything is local: fake servers on 127.0.0.1 (in this process, or as ``python -m tests.fakes``
 processes when a test must SIGKILL one), and `corral` as a subprocess, as a user runs it. Waits are
 on conditions (a server's counters, a journal's rows), never on fixed sleeps alone, so a loaded
 machine makes a scenario slower, not flaky.
@@ -28,7 +28,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from tests.fakes import OLLAMA_BUSY_MESSAGE, Blackhole, FakeServer
+from tests.fakes import OLLAMA_BUSY_MESSAGE, Blackhole, FakeServer, prompts_of
 
 ROOT = Path(__file__).resolve().parent.parent
 Figures = dict[str, Any]
@@ -133,7 +133,7 @@ def one_line_error(err: str) -> str:
 
 
 class ServerProcess:
-    """A fake server in its own process (``python -m tests.fakes.server``), so it can be SIGKILLed
+    """A fake server in its own process (``python -m tests.fakes``), so it can be SIGKILLed
     like a real one and started again on the same port. ``record`` lists what it received."""
 
     def __init__(self, work: Path, name: str, *args: str, port: int = 0) -> None:
@@ -146,7 +146,7 @@ class ServerProcess:
     def start(self) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.fakes.server", "--port", str(self.port), "--record",
+            [sys.executable, "-m", "tests.fakes", "--port", str(self.port), "--record",
              str(self.record), *self.args],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert self.proc.stdout is not None
@@ -215,7 +215,7 @@ def sigkill_resume(work: Path, rows: int = 2000, kills: int = 20, slots: int = 8
             server.wait_until(lambda s: s.in_flight == 0, timeout=10)
             received = server.requests
             boundaries.append(len(received))
-            sent = {prompt for path, body in received for prompt in _prompts_of(path, body)}
+            sent = {prompt for path, body in received for prompt in prompts_of(path, body)}
             in_flight.append(len(sent) - journal_rows(work / "out.jsonl.corral.db"))
         assert server.completed < rows, "the kills should all land before the job is done"
         code, _, err, _ = run_corral(args, work)
@@ -223,7 +223,7 @@ def sigkill_resume(work: Path, rows: int = 2000, kills: int = 20, slots: int = 8
         out = read_rows(work / "out.jsonl")
         lost, duplicated = exactly_once(out, rows)
         assert all(r["response"] == f"echo: prompt {int(r['id'][4:])}" for r in out)
-        received = [prompt for path, body in server.requests for prompt in _prompts_of(path, body)]
+        received = [prompt for path, body in server.requests for prompt in prompts_of(path, body)]
         resent: list[int] = []
         for k, boundary in enumerate(boundaries):
             seen = set(received[:boundary])
@@ -246,12 +246,6 @@ def sigkill_resume(work: Path, rows: int = 2000, kills: int = 20, slots: int = 8
         return figures
     finally:
         server.stop()
-
-
-def _prompts_of(path: str, body: dict[str, Any]) -> list[str]:
-    from tests.fakes.server import prompts_of
-
-    return prompts_of(path, body)
 
 
 # ---- 2. one of three servers dies mid-run -----------------------------------------------------
@@ -956,7 +950,7 @@ def ctrl_c(work: Path, rows: int = 400, local: bool = False, slots: int = 8) -> 
         # counts are of outcomes delivered in input order, which may lag what the journal holds
         assert manifest["status"] == "interrupted" and manifest["counts"]["ok"] <= journaled, manifest["counts"]
         if not local:
-            sent_before = {p for path, body in server.requests for p in _prompts_of(path, body)}
+            sent_before = {p for path, body in server.requests for p in prompts_of(path, body)}
             server.reset_stats()
         code, _, err, _ = run_corral(args, work, timeout=600)
         assert code == 0, err[-2000:]
@@ -970,7 +964,7 @@ def ctrl_c(work: Path, rows: int = 400, local: bool = False, slots: int = 8) -> 
                             "journaled_at_stop": journaled, "children_left": 0,
                             "from_store_on_rerun": from_store}
         if not local:
-            resent = sum(1 for path, body in server.requests for p in _prompts_of(path, body)
+            resent = sum(1 for path, body in server.requests for p in prompts_of(path, body)
                          if p in sent_before)
             figures["resent"] = resent
             figures["in_flight_at_stop"] = len(sent_before) - journaled

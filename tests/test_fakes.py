@@ -562,7 +562,7 @@ def test_factory_makes_independent_servers(fake_ollama_factory: Any) -> None:
 def test_cli_runs_until_sigterm() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.server", "--api", "openai", "--port", "0",
+        [sys.executable, "-m", "tests.fakes", "--api", "openai", "--port", "0",
          "--slots", "2", "--models", "a,b", "--count", "2"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

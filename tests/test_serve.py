@@ -39,7 +39,7 @@ if os.environ.get("FAKE_OLLAMA_EXIT"):
     print("Error: fake ollama could not start", flush=True)
     sys.exit(int(os.environ["FAKE_OLLAMA_EXIT"]))
 os.environ["PYTHONPATH"] = {root!r}
-os.execv(sys.executable, [sys.executable, "-m", "tests.fakes.server", "--api", "ollama", "--port", port,
+os.execv(sys.executable, [sys.executable, "-m", "tests.fakes", "--api", "ollama", "--port", port,
                           "--models", "tinyllama", "--latency", os.environ.get("FAKE_OLLAMA_LATENCY", "0"),
                           "--record", os.path.join({record!r}, port + ".requests")])
 """
