@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests import scenarios
+from tests.conftest import alive, wait_gone
 
 
 def _show(figures: dict) -> None:
@@ -164,10 +165,7 @@ def test_local_server_stops_even_with_a_client_still_waiting(tmp_path: Path) -> 
         time.sleep(1.5)  # the requests are in the server
         holder.kill()
         holder.wait()
-        deadline = time.monotonic() + 15
-        while scenarios._alive(int(pid)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not scenarios._alive(int(pid)), "the server outlived its owner"
+        assert wait_gone(int(pid), 15), "the server outlived its owner"
     finally:
         for proc in (holder, client):
             if proc is not None and proc.poll() is None:
@@ -175,5 +173,5 @@ def test_local_server_stops_even_with_a_client_still_waiting(tmp_path: Path) -> 
                 proc.wait()
             if proc is not None and proc.stdout is not None:
                 proc.stdout.close()
-        if "pid" in locals() and scenarios._alive(int(pid)):
+        if "pid" in locals() and alive(int(pid)):
             os.kill(int(pid), signal.SIGKILL)
