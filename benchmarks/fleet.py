@@ -2,7 +2,7 @@
 """Does a mixed fleet stay busy to the end? corral's makespan against the theoretical optimum.
 
 Prints figures; it is not a test. Simulated fleets of fake Ollama servers on loopback
-(tests/fakes/server.py), each with a number of slots (requests it runs at once; more wait) and a
+(tests/fakes/), each with a number of slots (requests it runs at once; more wait) and a
 speed. The service model, stated once and used by both the fakes and the optimum:
 
     seconds(item on server) = (prompt_tokens x 0.05 + num_predict) x TOKEN_SECONDS / speed(server)
@@ -60,7 +60,7 @@ from corral.engine import Engine, EngineSettings  # noqa: E402
 from corral.engine.costs import CHARS_PER_TOKEN, PREFILL_WEIGHT  # noqa: E402
 from corral.requests import Request  # noqa: E402
 from corral.store import Store  # noqa: E402
-from tests.fakes.server import FakeServer  # noqa: E402
+from tests.fakes import FakeServer  # noqa: E402
 
 MODEL = "llama3.2"
 # (slots, speed): per-slot speed relative to 1. Capacity = 1x2 + 2x1 + 4x1 + 8x0.5 = 12.

@@ -37,7 +37,7 @@ import ray  # noqa: E402
 
 import corral  # noqa: E402
 import corral.ray  # noqa: E402
-from tests.fakes.server import FakeServer  # noqa: E402
+from tests.fakes import FakeServer  # noqa: E402
 
 SERVERS = 2
 SLOTS = 8   # per server, in the config

@@ -6,7 +6,7 @@ The same functions serve two callers: ``tests/test_faults.py`` runs them at CI s
 ``benchmarks/faults.py`` runs them at full size and prints the table of figures the README quotes.
 A violated property raises AssertionError with the figures so far, in both.
 
-Everything is local: fake servers on 127.0.0.1 (in this process, or as ``python -m tests.fakes.server``
+Everything is local: fake servers on 127.0.0.1 (in this process, or as ``python -m tests.fakes``
 processes when a test must SIGKILL one), and `corral` as a subprocess, as a user runs it. Waits are
 on conditions (a server's counters, a journal's rows), never on fixed sleeps alone, so a loaded
 machine makes a scenario slower, not flaky.
@@ -15,12 +15,10 @@ machine makes a scenario slower, not flaky.
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -28,159 +26,13 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from tests.fakes import OLLAMA_BUSY_MESSAGE, Blackhole, FakeServer
+from tests.conftest import (
+    ServerProcess, alive, children, exactly_once, integrity, journal_rows, one_line_error,
+    read_jsonl, run_corral, start_corral, wait_for, write_prompts,
+)
+from tests.fakes import OLLAMA_BUSY_MESSAGE, Blackhole, FakeServer, prompts_of
 
-ROOT = Path(__file__).resolve().parent.parent
 Figures = dict[str, Any]
-
-
-# ---- helpers ------------------------------------------------------------------------------------
-
-def corral_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {**os.environ, "CORRAL_LOG_INTERVAL": "1", **(extra or {})}
-    env.pop("OLLAMA_HOST", None)
-    return env
-
-
-def start_corral(args: list[str], cwd: Path, *, env: dict[str, str] | None = None,
-                 stdin: Any = subprocess.DEVNULL, **popen: Any) -> subprocess.Popen[str]:
-    """`python -m corral ARGS` as a user runs it, stderr captured (never a terminal)."""
-    return subprocess.Popen([sys.executable, "-m", "corral", *args], cwd=cwd, env=corral_env(env),
-                            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            **popen)
-
-
-def run_corral(args: list[str], cwd: Path, *, timeout: float = 180,
-               env: dict[str, str] | None = None, **popen: Any) -> tuple[int, str, str, float]:
-    """(exit code, stdout, stderr, seconds)."""
-    started = time.monotonic()
-    proc = start_corral(args, cwd, env=env, **popen)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"corral {' '.join(args)} still running after {timeout}s:\n{err[-3000:]}")
-    return proc.returncode, out, err, time.monotonic() - started
-
-
-def write_prompts(path: Path, n: int, *, prefix: str = "prompt", long: dict[int, str] | None = None) -> Path:
-    """``n`` rows with ids ``row-i`` and prompts ``<prefix> i`` (or the text in ``long``)."""
-    import orjson
-
-    with open(path, "wb") as handle:
-        for i in range(n):
-            text = (long or {}).get(i, f"{prefix} {i}")
-            handle.write(orjson.dumps({"id": f"row-{i}", "prompt": text}) + b"\n")
-    return path
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    import orjson
-
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-
-
-def exactly_once(rows: list[dict[str, Any]], n: int) -> tuple[int, int]:
-    """(lost, duplicated) rows of an output against ids row-0..row-{n-1}; also checks the order."""
-    ids = [r["id"] if "custom_id" not in r else r["custom_id"] for r in rows]
-    expected = [f"row-{i}" for i in range(n)]
-    lost = len(set(expected) - set(ids))
-    duplicated = len(ids) - len(set(ids))
-    if not lost and not duplicated:
-        assert ids == expected, "rows out of input order"
-    return lost, duplicated
-
-
-def journal_rows(db: Path, status: str | None = "ok") -> int:
-    """Rows committed to a journal (read after the writer is gone, or beside it: WAL readers)."""
-    if not db.exists():
-        return 0
-    con = sqlite3.connect(db, timeout=10)
-    try:
-        if status is None:
-            return con.execute("SELECT count(*) FROM results").fetchone()[0]
-        return con.execute("SELECT count(*) FROM results WHERE status = ?", (status,)).fetchone()[0]
-    except sqlite3.OperationalError:  # no table yet
-        return 0
-    finally:
-        con.close()
-
-
-def integrity(db: Path) -> str:
-    con = sqlite3.connect(db, timeout=10)
-    try:
-        return con.execute("PRAGMA integrity_check").fetchone()[0]
-    finally:
-        con.close()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.01) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def one_line_error(err: str) -> str:
-    """The single error line corral printed, checked to be the only output and no traceback."""
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert "Traceback" not in err, err
-    assert len(lines) == 1, f"expected one line, got:\n{err}"
-    assert lines[0].startswith("corral: error: "), lines[0]
-    return lines[0]
-
-
-class ServerProcess:
-    """A fake server in its own process (``python -m tests.fakes.server``), so it can be SIGKILLed
-    like a real one and started again on the same port. ``record`` lists what it received."""
-
-    def __init__(self, work: Path, name: str, *args: str, port: int = 0) -> None:
-        self.record = work / f"{name}.requests"
-        self.args = args
-        self.port = port
-        self.proc: subprocess.Popen[str] | None = None
-        self.start()
-
-    def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.fakes.server", "--port", str(self.port), "--record",
-             str(self.record), *self.args],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line.startswith("READY "), f"fake server did not start: {line!r}"
-        self.url = line.split()[1]
-        self.port = int(self.url.rsplit(":", 1)[1])
-
-    @property
-    def label(self) -> str:
-        return self.url.removeprefix("http://")
-
-    def received(self) -> list[str]:
-        """The prompt of every inference request so far (the lines of the record file)."""
-        if not self.record.exists():
-            return []
-        return [line.split("\t", 1)[1] for line in self.record.read_text(encoding="utf-8").splitlines()
-                if "\t" in line]
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 # ---- 1. SIGKILL at random moments, then resume ------------------------------------------------
@@ -215,15 +67,15 @@ def sigkill_resume(work: Path, rows: int = 2000, kills: int = 20, slots: int = 8
             server.wait_until(lambda s: s.in_flight == 0, timeout=10)
             received = server.requests
             boundaries.append(len(received))
-            sent = {prompt for path, body in received for prompt in _prompts_of(path, body)}
+            sent = {prompt for path, body in received for prompt in prompts_of(path, body)}
             in_flight.append(len(sent) - journal_rows(work / "out.jsonl.corral.db"))
         assert server.completed < rows, "the kills should all land before the job is done"
         code, _, err, _ = run_corral(args, work)
         assert code == 0, err
-        out = read_rows(work / "out.jsonl")
+        out = read_jsonl(work / "out.jsonl")
         lost, duplicated = exactly_once(out, rows)
         assert all(r["response"] == f"echo: prompt {int(r['id'][4:])}" for r in out)
-        received = [prompt for path, body in server.requests for prompt in _prompts_of(path, body)]
+        received = [prompt for path, body in server.requests for prompt in prompts_of(path, body)]
         resent: list[int] = []
         for k, boundary in enumerate(boundaries):
             seen = set(received[:boundary])
@@ -246,12 +98,6 @@ def sigkill_resume(work: Path, rows: int = 2000, kills: int = 20, slots: int = 8
         return figures
     finally:
         server.stop()
-
-
-def _prompts_of(path: str, body: dict[str, Any]) -> list[str]:
-    from tests.fakes.server import prompts_of
-
-    return prompts_of(path, body)
 
 
 # ---- 2. one of three servers dies mid-run -----------------------------------------------------
@@ -280,7 +126,7 @@ def server_dies(work: Path, rows: int = 3000, slots: int = 4, latency: float = 0
         victim.start()
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
-        out = read_rows(work / "out.jsonl")
+        out = read_jsonl(work / "out.jsonl")
         lost, duplicated = exactly_once(out, rows)
         after_revival = len(victim.received()) - before_death
         requests = sum(len(s.received()) for s in servers)
@@ -321,7 +167,7 @@ def busy_503(work: Path, rows: int = 2000, rate: float = 0.3, slots: int = 4) ->
             ["run", "p.jsonl", "--server", server.url, "-m", "llama3.2", "-o", "out.jsonl",
              "--progress", "none", "-v"], work)
         assert code == 0, err[-3000:]
-        out = read_rows(work / "out.jsonl")
+        out = read_jsonl(work / "out.jsonl")
         lost, duplicated = exactly_once(out, rows)
         requests = len(server.requests)
         busy = server.status_counts[503]
@@ -360,7 +206,7 @@ def hung_server(work: Path, rows: int = 200, timeout: float = 1.0, alone: int = 
             ["run", "p.jsonl", "-m", "llama3.2", "-o", "next.jsonl", "--server", hung.url,
              "--server", good.url, "--timeout", str(timeout), "--progress", "none"], work)
         assert code == 0, err[-3000:]
-        out = read_rows(work / "next.jsonl")
+        out = read_jsonl(work / "next.jsonl")
         lost, duplicated = exactly_once(out, rows)
         assert not lost and not duplicated and all(r["success"] for r in out)
         assert all(r["server"] == good.url.removeprefix("http://") for r in out)
@@ -372,7 +218,7 @@ def hung_server(work: Path, rows: int = 200, timeout: float = 1.0, alone: int = 
         code, _, err, seconds = run_corral(
             ["run", "few.jsonl", "-m", "llama3.2", "-o", "alone.jsonl", "--server", hung.url,
              "--timeout", str(timeout), "--max-attempts", "2", "--progress", "none"], work)
-        out = read_rows(work / "alone.jsonl")
+        out = read_jsonl(work / "alone.jsonl")
         assert code == 1 and len(out) == alone, err[-3000:]
         assert all(not r["success"] and "timed out after" in r["error"] for r in out), out[0]
         figures["alone_rows"] = alone
@@ -414,7 +260,7 @@ def slow_and_dropped(work: Path, rows: int = 400, rate: float = 0.1, timeout: fl
             ["run", "p.jsonl", "--server", server.url, "-m", "llama3.2", "-o", "out.jsonl",
              "--timeout", str(timeout), "--max-attempts", "8", "--progress", "none"], work, env=env)
         assert code == 0, err[-3000:]
-        out = read_rows(work / "out.jsonl")
+        out = read_jsonl(work / "out.jsonl")
         lost, duplicated = exactly_once(out, rows)
         wrong = [r for r in out if r["response"] != f"echo: prompt {int(r['id'][4:])}"]
         con = sqlite3.connect(work / "out.jsonl.corral.db")
@@ -461,7 +307,7 @@ def unknown_model(work: Path, rows: int = 1000) -> Figures:
                    "generation_requests": generation, "message": line}
         assert code == 2 and "'qwen3:8b' is not on any live server" in line, figures
         assert "llama3.2:latest" in line and "mistral:latest" in line, figures
-        assert generation == 0 and seconds < 5, figures
+        assert generation == 0, figures  # refused before any generation: fast by construction
         assert not (work / "out.jsonl").exists() and not (work / "out.jsonl.part").exists()
     figures["setup"] = f"{rows:,} rows for a model on neither server (Ollama + vLLM-like)"
     figures["result"] = (f"exit 2 in {seconds:.1f}s (process start included), 0 generation "
@@ -484,7 +330,7 @@ def bad_json(work: Path, rows: int = 50) -> Figures:
         code, _, err, seconds = run_corral(
             ["run", "p.jsonl", "--server", ws.url, "-m", "llama3.2", "--json", "-o", "ws.jsonl",
              "--timeout", "20", "--progress", "none"], work)
-        out = read_rows(work / "ws.jsonl")
+        out = read_jsonl(work / "ws.jsonl")
         limits = {body["options"].get("num_predict") for _, body in ws.requests}
         seeds = Counter(body["options"].get("seed") for _, body in ws.requests)
         assert code == 1 and len(out) == rows, err[-2000:]
@@ -500,7 +346,7 @@ def bad_json(work: Path, rows: int = 50) -> Figures:
         code, _, err, _ = run_corral(
             ["run", "p.jsonl", "--server", ws_openai.url, "--api", "openai", "-m", "llama3.2",
              "--json", "--max-tokens", "64", "-o", "ws2.jsonl", "--progress", "none"], work)
-        out = read_rows(work / "ws2.jsonl")
+        out = read_jsonl(work / "ws2.jsonl")
         assert code == 1 and all("stopped at the token limit after 64 tokens" in r["error"] for r in out)
         assert {body["max_tokens"] for _, body in ws_openai.requests} == {64}
 
@@ -515,7 +361,7 @@ def bad_json(work: Path, rows: int = 50) -> Figures:
         code, _, err, seconds = run_corral(
             ["run", "p.jsonl", "--server", prose.url, "-m", "llama3.2", "--json", "-o", "prose.jsonl",
              "--progress", "none"], work)
-        out = read_rows(work / "prose.jsonl")
+        out = read_jsonl(work / "prose.jsonl")
         bad = [r for r in out if int(r["id"][4:]) % 3 == 0]
         good = [r for r in out if int(r["id"][4:]) % 3]
         assert code == 1, err[-2000:]
@@ -549,7 +395,7 @@ def context_overflow(work: Path, rows: int = 200) -> Figures:
             code, _, err, seconds = run_corral(
                 ["run", "p.jsonl", "--server", server.url, "--api", "openai", "-m", "llama3.2",
                  "-o", f"{kind}.jsonl", "--progress", "none"], work)
-            out = read_rows(work / f"{kind}.jsonl")
+            out = read_jsonl(work / f"{kind}.jsonl")
             failed = [r for r in out if not r["success"]]
             assert code == 1 and len(out) == rows, err[-2000:]
             assert {int(r["id"][4:]) for r in failed} == set(long), failed[:2]
@@ -606,7 +452,7 @@ def disk_full(work: Path, rows: int = 3000, limit: int = 1024 * 1024) -> Figures
             server.reset_stats()
             code, _, err, _ = run_corral(args, work)
             assert code == 0, err[-2000:]
-            lost, duplicated = exactly_once(read_rows(out), rows)
+            lost, duplicated = exactly_once(read_jsonl(out), rows)
             resent = len(server.requests) - (rows - kept)
             assert not lost and not duplicated and resent == 0, (lost, duplicated, resent)
             assert integrity(db) == "ok" and journal_rows(db) == rows
@@ -764,7 +610,7 @@ def two_runs(work: Path, rows: int = 400, latency: float = 0.05, slots: int = 4)
         pace[0] = latency
         _, err = first.communicate(timeout=300)
         assert first.returncode == 0, err
-        out = read_rows(work / "out.jsonl")
+        out = read_jsonl(work / "out.jsonl")
         lost, duplicated = exactly_once(out, rows)
         sent_twice = sum(n > 1 for n in server.count_by_prompt().values())
         assert not lost and not duplicated and sent_twice == 0, (lost, duplicated, sent_twice)
@@ -872,7 +718,7 @@ def secrets(work: Path, rows: int = 60) -> Figures:
         code, out, err, _ = run_corral(args, work, env={"CORRAL_TEST_KEY": SECRET})
         assert code == 1, err[-2000:]  # the two 400 rows failed
         (work / "run.log").write_text(out + err, encoding="utf-8")
-        quoted = [r for r in read_rows(work / "out.jsonl") if not r["success"]]
+        quoted = [r for r in read_jsonl(work / "out.jsonl") if not r["success"]]
         assert len(quoted) == 2 and all("***" in r["error"] for r in quoted), quoted
         # a wrong key: the probe's refusal must not print the key either
         code2, out2, err2, _ = run_corral(args, work, env={"CORRAL_TEST_KEY": SECRET[:-6] + "WRONG!"})
@@ -895,28 +741,6 @@ def secrets(work: Path, rows: int = 60) -> Figures:
 
 
 # ---- 14. Ctrl-C --------------------------------------------------------------------------------
-
-def _children(pid: int) -> list[int]:
-    """Direct children of ``pid`` (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
 
 def ctrl_c(work: Path, rows: int = 400, local: bool = False, slots: int = 8) -> Figures:
     """SIGINT mid-run: corral must stop within seconds with exit 130, journal what arrived, leave no
@@ -941,26 +765,26 @@ def ctrl_c(work: Path, rows: int = 400, local: bool = False, slots: int = 8) -> 
         wait_for(lambda: journal_rows(db) >= enough or proc.poll() is not None, 300,
                  "answers to be journaled", interval=0.1)
         assert proc.poll() is None, proc.communicate()[1]
-        children = _children(proc.pid)
-        assert children or not local, "the local server should be a child of corral"
+        kids = children(proc.pid)
+        assert kids or not local, "the local server should be a child of corral"
         interrupted = time.monotonic()
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
         stop_seconds = time.monotonic() - interrupted
         assert proc.returncode == 130, err[-2000:]
         assert "interrupted" in err and "Traceback" not in err, err[-2000:]
-        wait_for(lambda: not any(_alive(c) for c in children), 10, "the children to be gone")
+        wait_for(lambda: not any(alive(c) for c in kids), 10, "the children to be gone")
         journaled = journal_rows(db)
         assert integrity(db) == "ok" and 0 < journaled < rows, journaled
         manifest = json.loads((work / "out.jsonl.manifest.json").read_text())
         # counts are of outcomes delivered in input order, which may lag what the journal holds
         assert manifest["status"] == "interrupted" and manifest["counts"]["ok"] <= journaled, manifest["counts"]
         if not local:
-            sent_before = {p for path, body in server.requests for p in _prompts_of(path, body)}
+            sent_before = {p for path, body in server.requests for p in prompts_of(path, body)}
             server.reset_stats()
         code, _, err, _ = run_corral(args, work, timeout=600)
         assert code == 0, err[-2000:]
-        out = read_rows(work / "out.jsonl")
+        out = read_jsonl(work / "out.jsonl")
         lost, duplicated = exactly_once(out, rows)
         from_store = sum(r["cached"] for r in out)
         assert not lost and not duplicated and from_store == journaled, (lost, duplicated, from_store)
@@ -970,7 +794,7 @@ def ctrl_c(work: Path, rows: int = 400, local: bool = False, slots: int = 8) -> 
                             "journaled_at_stop": journaled, "children_left": 0,
                             "from_store_on_rerun": from_store}
         if not local:
-            resent = sum(1 for path, body in server.requests for p in _prompts_of(path, body)
+            resent = sum(1 for path, body in server.requests for p in prompts_of(path, body)
                          if p in sent_before)
             figures["resent"] = resent
             figures["in_flight_at_stop"] = len(sent_before) - journaled

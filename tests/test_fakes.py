@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -218,14 +217,12 @@ def test_ollama_json_format(fake_ollama: FakeServer) -> None:
 def test_responder_and_callable_latency(fake_ollama_factory: Any) -> None:
     server = fake_ollama_factory(
         responder=lambda body: body["messages"][-1]["content"].upper(),
-        latency=lambda body: 0.3 if "slow" in body["messages"][-1]["content"] else 0.0)
-    started = time.monotonic()
+        latency=lambda body: 60.0 if "slow" in body["messages"][-1]["content"] else 0.0)
     assert post(server.url + "/api/chat", chat_body("fast one"))[1]["message"]["content"] == "FAST ONE"
-    fast = time.monotonic() - started
-    started = time.monotonic()
-    assert post(server.url + "/api/chat", chat_body("slow one"))[1]["message"]["content"] == "SLOW ONE"
-    slow = time.monotonic() - started
-    assert fast < 0.2 <= 0.25 < slow
+    # The slow prompt's latency is far longer than the test: it is held, so the client gives up.
+    with pytest.raises((TimeoutError, urllib.error.URLError)):
+        call("POST", server.url + "/api/chat", chat_body("slow one"), timeout=0.5)
+    assert server.completed == 1 and server.count_by_prompt() == {"fast one": 1, "slow one": 1}
     server.responder = lambda body: 1 / 0  # a broken responder is a 500, not a hung test
     assert post(server.url + "/api/chat", chat_body("x"))[0] == 500
 
@@ -376,12 +373,9 @@ def test_openai_completions_embeddings_and_stream(fake_openai: FakeServer) -> No
 
 def test_slots_limit_concurrency(fake_ollama_factory: Any) -> None:
     server = fake_ollama_factory(slots=2, latency=0.15)
-    started = time.monotonic()
     results = post_all(server.url + "/api/chat", [chat_body(f"p{i}") for i in range(6)])
-    elapsed = time.monotonic() - started
     assert [status for status, _, _ in results] == [200] * 6
     assert server.max_in_flight == 2 and server.in_flight == 0
-    assert elapsed >= 0.4  # three waves of 0.15 s
     assert server.completed == 6
 
 
@@ -443,10 +437,8 @@ def test_fail_next(fake_openai: FakeServer) -> None:
 
 def test_hang_is_detected_by_client_timeout(fake_ollama: FakeServer) -> None:
     fake_ollama.hang = True
-    started = time.monotonic()
     with pytest.raises((TimeoutError, urllib.error.URLError)):
         call("POST", fake_ollama.url + "/api/chat", chat_body("stuck"), timeout=0.3)
-    assert time.monotonic() - started < 2
     # The client gave up and hung up: the server cancels the request, as Ollama does.
     assert fake_ollama.wait_until(lambda s: s.in_flight == 0, timeout=2)
     assert fake_ollama.completed == 0 and fake_ollama.count_by_prompt() == {"stuck": 1}
@@ -470,10 +462,8 @@ def test_stop_returns_promptly_with_hung_requests(fake_ollama_factory: Any) -> N
     async def scenario() -> BaseException | None:
         task = asyncio.create_task(hung_request())
         await asyncio.to_thread(server.wait_until, lambda s: s.in_flight == 1, 2)
-        started = time.monotonic()
-        await asyncio.to_thread(server.stop)
-        assert time.monotonic() - started < 2
-        return await asyncio.wait_for(task, 2)
+        await asyncio.wait_for(asyncio.to_thread(server.stop), 10)  # a safety net, not a measure
+        return await asyncio.wait_for(task, 10)
 
     assert isinstance(asyncio.run(scenario()), aiohttp.ClientError)
 
@@ -501,19 +491,20 @@ def test_drop_rate_truncates_the_answer(fake_ollama: FakeServer) -> None:
 
 
 def test_slow_body_dribbles(fake_ollama: FakeServer) -> None:
-    fake_ollama.slow_body = 0.6
+    fake_ollama.slow_body = 20.0  # far longer than the test: the body is seen arriving, never ending
 
-    async def fetch() -> tuple[float, float, dict[str, Any]]:
-        started = time.monotonic()
+    async def first_piece() -> tuple[int, int | None, bytes]:
         async with aiohttp.ClientSession() as session:
             async with session.post(fake_ollama.url + "/api/chat", json=chat_body("slow")) as resp:
-                headers_at = time.monotonic() - started
-                data = await resp.json()
-        return headers_at, time.monotonic() - started, data
+                return resp.status, resp.content_length, await resp.content.readany()
 
-    headers_at, total, data = asyncio.run(fetch())
-    assert headers_at < 0.3 and total >= 0.5
-    assert data["message"]["content"] == "echo: slow" and fake_ollama.completed == 1
+    status, length, piece = asyncio.run(first_piece())
+    assert status == 200 and length is not None and 0 < len(piece) < length  # headers, then pieces
+    assert fake_ollama.completed == 0
+
+    fake_ollama.slow_body = 0.2
+    status, data = post(fake_ollama.url + "/api/chat", chat_body("slow"))
+    assert status == 200 and data["message"]["content"] == "echo: slow" and fake_ollama.completed == 1
 
 
 def test_kill_and_revive_on_the_same_port(fake_ollama_factory: Any) -> None:
@@ -562,7 +553,7 @@ def test_factory_makes_independent_servers(fake_ollama_factory: Any) -> None:
 def test_cli_runs_until_sigterm() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.server", "--api", "openai", "--port", "0",
+        [sys.executable, "-m", "tests.fakes", "--api", "openai", "--port", "0",
          "--slots", "2", "--models", "a,b", "--count", "2"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -24,6 +24,7 @@ import pytest
 
 from corral import local
 from corral.local import LocalModelError, LocalServer, LocalServerError
+from tests.conftest import alive, children, wait_gone
 
 SRC = str(Path(local.__file__).resolve().parent.parent)
 
@@ -64,44 +65,6 @@ def _chat(srv: LocalServer, prompt: str, **extra) -> dict:
     body = {"model": srv.model, "messages": [{"role": "user", "content": prompt}],
             "max_tokens": 24, "temperature": 0, "seed": 7, **extra}
     return _post(srv.url + "/v1/chat/completions", body)
-
-
-def _alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc (not Linux)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-
-
-def _children(pid: int) -> list[int]:
-    """Pids whose parent is ``pid`` (Linux /proc)."""
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        kids.append(int(entry))
-            except (FileNotFoundError, ProcessLookupError):
-                pass
-    return kids
-
-
-def _wait_gone(pid: int, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.1)
-    return not _alive(pid)
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +208,7 @@ def test_embedding_mode_and_stop_leaves_no_process(tmp_path):
         assert vecs[0] == pytest.approx(vecs[2], abs=1e-5)
         log_path = srv.log_path
     assert srv.pid is None and not srv.running
-    assert _wait_gone(pid, 2), "child still running after stop()"
+    assert wait_gone(pid, 2), "child still running after stop()"
     assert not log_path.exists(), "auto-created temp log should be removed on stop"
     srv.stop()  # idempotent
     with pytest.raises(urllib.error.URLError):
@@ -279,10 +242,10 @@ def test_sigkilled_parent_leaves_no_orphan(tmp_path, where):
         assert line.strip().isdigit(), f"parent did not start a server: {line!r}"
         child = int(line)
         time.sleep(0.7)  # longer than the child's parent-poll interval
-        assert _alive(child), "child must outlive the thread that started it"
+        assert alive(child), "child must outlive the thread that started it"
         parent.kill()
         parent.wait()
-        assert _wait_gone(child, 5), "child survived its SIGKILLed parent"
+        assert wait_gone(child, 5), "child survived its SIGKILLed parent"
     finally:
         if parent.poll() is None:
             parent.kill()
@@ -331,7 +294,7 @@ def test_auto_engine_prefers_llama_server_binary(fake_binary, tmp_path):
         assert srv.resolved_engine == "binary"
         assert _get(srv.url + "/health")[0] == 200
         pid = srv.pid
-    assert _wait_gone(pid, 2)
+    assert wait_gone(pid, 2)
 
 
 @real_server
@@ -344,13 +307,13 @@ def test_binary_child_dies_with_sigkilled_parent(fake_binary, tmp_path):
                                   stdout=subprocess.PIPE, text=True)
         try:
             child = int(parent.stdout.readline())
-            grandchildren = _children(child)
+            grandchildren = children(child)
             assert bool(grandchildren) == (where == "thread"), grandchildren
             parent.kill()
             parent.wait()
-            assert _wait_gone(child, 5), f"{where}: child survived its SIGKILLed parent"
+            assert wait_gone(child, 5), f"{where}: child survived its SIGKILLed parent"
             for g in grandchildren:
-                assert _wait_gone(g, 5), f"{where}: llama-server survived its supervisor"
+                assert wait_gone(g, 5), f"{where}: llama-server survived its supervisor"
         finally:
             if parent.poll() is None:
                 parent.kill()
@@ -396,7 +359,7 @@ def test_sigint_to_terminal_group_is_handled_by_parent(tmp_path):
         rest = parent.stdout.read().split()
         assert parent.wait(timeout=20) == 0
         assert rest == ["interrupted", "stopped"]
-        assert _wait_gone(child, 2)
+        assert wait_gone(child, 2)
     finally:
         if parent.poll() is None:
             parent.kill()

@@ -6,7 +6,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -220,10 +219,8 @@ def test_engine_stops_at_once_when_the_journal_fails(fake_ollama_factory, caplog
         async with Engine([ServerSpec(server.url)], _FailingStore(after=20), EngineSettings()) as engine:
             await engine.run(requests, lambda outcome: None, window=8)
 
-    started = time.monotonic()
     with pytest.raises(UsageError, match="disk I/O error"):
         asyncio.run(run())
-    assert time.monotonic() - started < 10
     assert server.completed < 200  # it stopped, rather than answering the whole input
     import gc
 

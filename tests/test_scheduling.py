@@ -7,7 +7,7 @@ asyncio.sleep guarantees, and comparisons have wide margins.
 from __future__ import annotations
 
 import asyncio
-import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -111,20 +111,19 @@ class _Counting(Store):
 
 
 def _run(specs: list[ServerSpec], requests: list[Request], settings: EngineSettings,
-         store: Store, window: int | None = None) -> tuple[float, list[Outcome], Engine, int]:
+         store: Store, window: int | None = None) -> tuple[list[Outcome], Engine, int]:
+    """(outcomes, engine, tasks left over after the run): what happened, never how long it took."""
     outcomes: list[Outcome] = []
 
-    async def main() -> tuple[float, Engine, int]:
+    async def main() -> tuple[Engine, int]:
         async with Engine(specs, store, settings) as engine:
-            started = time.monotonic()
             await engine.run(requests, outcomes.append, total=len(requests), window=window)
-            seconds = time.monotonic() - started
             await asyncio.sleep(0.05)
             leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        return seconds, engine, len(leftover)
+        return engine, len(leftover)
 
-    seconds, engine, leftover = asyncio.run(main())
-    return seconds, outcomes, engine, leftover
+    engine, leftover = asyncio.run(main())
+    return outcomes, engine, leftover
 
 
 def test_slow_server_holding_the_last_item_is_hedged_to_the_idle_fast_one(
@@ -134,10 +133,11 @@ def test_slow_server_holding_the_last_item_is_hedged_to_the_idle_fast_one(
     specs = [ServerSpec(fast.url, max_concurrency=1), ServerSpec(slow.url, max_concurrency=1)]
     n = 20
     figures = {}
+    answered_by: dict[bool, Counter[str]] = {}
     for hedge in (True, False):
         store = _Counting(tmp_path / f"hedge-{hedge}.db")
         requests = [_request(i, f"question {i:02d}") for i in range(n)]
-        seconds, outcomes, engine, leftover = _run(specs, requests, EngineSettings(hedge=hedge), store)
+        outcomes, engine, leftover = _run(specs, requests, EngineSettings(hedge=hedge), store)
         store.close()
         # the contracts: one outcome per request, in input order, one journal row per key
         assert [o.request.index for o in outcomes] == list(range(n))
@@ -146,13 +146,15 @@ def test_slow_server_holding_the_last_item_is_hedged_to_the_idle_fast_one(
         assert leftover == 0, "cancelled attempts must not leak tasks"
         slow_state = next(s for s in engine.servers if s.spec.url == slow.url)
         assert slow_state.stats.benched == 0 and slow_state.consecutive_failures == 0
-        figures[hedge] = (seconds, engine.stats)
-    hedged_seconds, hedged = figures[True]
-    plain_seconds, plain = figures[False]
+        answered_by[hedge] = Counter(o.server for o in outcomes)
+        figures[hedge] = engine.stats
+    hedged, plain = figures[True], figures[False]
     assert hedged.hedged == 1 and hedged.hedge_wins == 1 and hedged.hedge_cancelled == 1
     assert plain.hedged == plain.hedge_wins == plain.hedge_cancelled == 0
-    assert plain_seconds >= 3.0  # the slow server's one item, waited for to the end
-    assert hedged_seconds < plain_seconds / 2, (hedged_seconds, plain_seconds)
+    # Without hedging the slow server's one item is waited for; with it, the fast one answers it.
+    slow_label, fast_label = slow.url.removeprefix("http://"), fast.url.removeprefix("http://")
+    assert answered_by[False] == {slow_label: 1, fast_label: n - 1}, answered_by
+    assert answered_by[True] == {fast_label: n}, answered_by
 
 
 def test_long_items_start_first_so_they_do_not_end_the_job(fake_ollama_factory) -> None:
@@ -165,8 +167,8 @@ def test_long_items_start_first_so_they_do_not_end_the_job(fake_ollama_factory) 
     server = fake_ollama_factory(slots=1, latency=latency)
     lengths = [10, 500, 20, 900, 30, 40]
     requests = [_request(i, num_predict=n) for i, n in enumerate(lengths)]
-    _, outcomes, _, _ = _run([ServerSpec(server.url, max_concurrency=1)], requests, EngineSettings(),
-                             Store(None), window=len(lengths))
+    outcomes, _, _ = _run([ServerSpec(server.url, max_concurrency=1)], requests, EngineSettings(),
+                          Store(None), window=len(lengths))
     assert [o.request.index for o in outcomes] == list(range(len(lengths)))  # output order unchanged
     # the first one may leave before the rest are queued; after it, longest first
     assert seen[1:] == sorted(seen[1:], reverse=True), seen
@@ -178,11 +180,12 @@ def test_dynamic_timeout_ends_a_hung_request_long_before_the_fixed_default(fake_
     requests = [_request(i, f"q{i:02d}") for i in range(30)] + [_request(30, "hang")]
     settings = EngineSettings(timeout_floor=0.5, hedge=False, longest_first=False,
                               retry=RetryPolicy(max_attempts=1))
-    seconds, outcomes, _, _ = _run([ServerSpec(server.url, max_concurrency=4)], requests, settings,
+    outcomes, _, _ = _run([ServerSpec(server.url, max_concurrency=4)], requests, settings,
                                    Store(None))
     assert all(o.ok for o in outcomes[:30])
-    assert outcomes[30].error_kind == "timeout"
-    assert seconds < 15  # the old fixed default waited 300 s; the floor here is 0.5 s
+    # The fake answers "hang" after 20 s: a timeout means the dynamic one (floor 0.5 s) ended it,
+    # not the old fixed 300 s default, which would have let it succeed.
+    assert outcomes[30].error_kind == "timeout" and outcomes[30].attempts == 1
 
 
 def test_cli_no_hedge_and_fixed_timeout(tmp_path: Path, fake_ollama) -> None:
@@ -230,7 +233,7 @@ def test_busy_server_slots_are_cut_and_every_row_still_answers(fake_ollama_facto
     server = fake_ollama_factory(slots=2, max_queue=0, latency=0.02)  # a third request gets 503
     requests = [_request(i, f"q{i:03d}") for i in range(120)]
     settings = EngineSettings(retry=RetryPolicy(base=0.01, cap=0.05))
-    _, outcomes, engine, _ = _run([ServerSpec(server.url, max_concurrency=8)], requests, settings,
+    outcomes, engine, _ = _run([ServerSpec(server.url, max_concurrency=8)], requests, settings,
                                   Store(None))
     assert all(o.ok for o in outcomes)
     control = engine.servers[0].controls["llama3.2"]
@@ -272,13 +275,15 @@ def test_slots_are_learnt_per_model_on_one_server(fake_ollama_factory) -> None:
                                  latency=0.02)
     requests = [_request(i, f"q{i:03d}", model=("big" if i % 2 else "small")) for i in range(200)]
     settings = EngineSettings(retry=RetryPolicy(base=0.01, cap=0.05))
-    _, outcomes, engine, _ = _run([ServerSpec(server.url, max_concurrency=6)], requests, settings,
+    outcomes, engine, _ = _run([ServerSpec(server.url, max_concurrency=6)], requests, settings,
                                   Store(None))
     assert all(o.ok for o in outcomes)
     state = engine.servers[0]
     big, small = state.controls["big"], state.controls["small"]
     assert big.cuts >= 1 and big.limit <= 3, (big.cuts, big.limit)
-    assert small.cuts == 0 and small.limit >= 6, (small.cuts, small.limit)
+    # "small" was never refused, so it keeps more slots than "big". (Its own cuts are not asserted:
+    # they also follow measured throughput, which a loaded machine moves.)
+    assert small.limit > big.limit, (small.cuts, small.limit, big.limit)
     assert server.status_counts[503] >= 1  # "big" was refused; "small" never was
     assert server.max_in_flight <= state.ceiling == 12
 
@@ -291,12 +296,13 @@ def test_split_mode_rows_are_hedged_with_the_model_they_started_on(fake_ollama_f
                         messages=[{"role": "user", "content": f"question {i:02d}"}]) for i in range(20)]
     # fixed slots: one slot task per server, so each server answers with the group's first model
     settings = EngineSettings(adaptive_slots=False)
-    seconds, outcomes, engine, leftover = _run(specs, requests, settings, Store(None))
+    outcomes, engine, leftover = _run(specs, requests, settings, Store(None))
     assert [o.request.index for o in outcomes] == list(range(20)) and all(o.ok for o in outcomes)
     assert engine.stats.hedged == 1 and engine.stats.hedge_wins == 1, engine.stats
     assert {o.request.model for o in outcomes} == {"a"}  # the hedge kept the model its row started on
     assert leftover == 0
-    assert seconds < 2.5  # not waiting out the slow server's 3 s
+    # not waiting out the slow server's 3 s: every row was answered by the fast one
+    assert {o.server for o in outcomes} == {fast.url.removeprefix("http://")}
 
 
 def test_hedge_option_in_batch_generate_and_the_config(tmp_path: Path, fake_ollama_factory) -> None:

@@ -24,8 +24,8 @@ import pytest
 from corral.config import load_config
 from corral.local import free_port
 
-from .conftest import ROOT, corral, read_jsonl, write_jsonl
-from .test_local import _alive, real_server
+from .conftest import ROOT, alive, corral, read_jsonl, write_jsonl
+from .test_local import real_server
 
 FAKE_OLLAMA = """#!{python}
 import json, os, sys
@@ -39,7 +39,7 @@ if os.environ.get("FAKE_OLLAMA_EXIT"):
     print("Error: fake ollama could not start", flush=True)
     sys.exit(int(os.environ["FAKE_OLLAMA_EXIT"]))
 os.environ["PYTHONPATH"] = {root!r}
-os.execv(sys.executable, [sys.executable, "-m", "tests.fakes.server", "--api", "ollama", "--port", port,
+os.execv(sys.executable, [sys.executable, "-m", "tests.fakes", "--api", "ollama", "--port", port,
                           "--models", "tinyllama", "--latency", os.environ.get("FAKE_OLLAMA_LATENCY", "0"),
                           "--record", os.path.join({record!r}, port + ".requests")])
 """
@@ -154,7 +154,7 @@ def test_ollama_fleet_pinned_pulled_run_failover_and_stop(tmp_path: Path, fleet_
     stopped = corral("serve", "stop", env=env, cwd=tmp_path)
     assert "gpu0 (pid" in stopped.stdout and ": stopped" in stopped.stdout
     assert "gpu1" in stopped.stdout and "was not running" in stopped.stdout
-    assert not _alive(members[0]["pid"]) and not (state / "fleet.json").exists()
+    assert not alive(members[0]["pid"]) and not (state / "fleet.json").exists()
     assert "no fleet recorded" in corral("serve", "status", env=env, cwd=tmp_path).stdout
 
 
@@ -172,7 +172,7 @@ def test_foreground_stops_every_child(tmp_path: Path, fleet_env, how: str) -> No
             if line.startswith("serving"):
                 break
         pids = [m["pid"] for m in _members(state)]
-        assert len(pids) == 2 and all(_alive(p) for p in pids)
+        assert len(pids) == 2 and all(alive(p) for p in pids)
         assert all(json.loads((record / f"{p}.json").read_text())["CUDA_VISIBLE_DEVICES"] == "-1"
                    for p in (port, port + 1))
         seed_form = (tmp_path / "cluster.toml").read_text()
@@ -188,7 +188,7 @@ def test_foreground_stops_every_child(tmp_path: Path, fleet_env, how: str) -> No
             proc.kill()
     assert proc.returncode == 0, err
     assert ("stopped" if how == "ctrl-c" else "every server has exited") in err
-    assert not any(_alive(p) for p in pids)
+    assert not any(alive(p) for p in pids)
     assert not (state / "fleet.json").exists()
 
 
@@ -284,4 +284,4 @@ def test_llama_cpp_fleet_on_cpu_shares_a_run(tmp_path: Path) -> None:
     finally:
         stopped = corral("serve", "stop", env=env, cwd=tmp_path)
     assert stopped.stdout.count(": stopped") == 2
-    assert not any(_alive(p) for p in pids)
+    assert not any(alive(p) for p in pids)

@@ -1,26 +1,21 @@
-"""Fake Ollama / OpenAI-compatible servers for corral's tests (see ``tests.fakes.server``).
+"""Fake Ollama / OpenAI-compatible servers for corral's tests and benchmarks.
 
-Exports are resolved lazily (PEP 562) so that ``python -m tests.fakes.server`` does not import the
-server module twice (once as a package member, once as ``__main__``).
+``FakeServer`` (``fake_server.py``) is assembled from ``core.py`` (settings, counters, the loop
+thread), ``exchange.py`` (request plumbing and error dialects), ``faults.py`` (misbehaviour on
+demand, and ``Blackhole``), ``ollama.py`` and ``openai.py`` (each protocol's routes); ``wire.py``
+holds the deterministic helpers behind every answer. ``fixtures.py`` hands tests started servers;
+``python -m tests.fakes`` (``cli.py``) runs them in a process of their own.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .server import (
-        OLLAMA_BUSY_MESSAGE,
-        Blackhole,
-        FakeServer,
-        Latency,
-        Responder,
-        fake_embedding,
-        prompts_of,
-        run_fake_servers_cli,
-    )
+from .cli import run_fake_servers_cli
+from .fake_server import FakeServer
+from .faults import Blackhole
+from .wire import OLLAMA_BUSY_MESSAGE, ApiKind, Latency, Responder, fake_embedding, prompts_of
 
 __all__ = [
+    "ApiKind",
     "Blackhole",
     "FakeServer",
     "Latency",
@@ -30,11 +25,3 @@ __all__ = [
     "prompts_of",
     "run_fake_servers_cli",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from . import server
-
-        return getattr(server, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from .server import FakeServer
+from .fake_server import FakeServer
 
 __all__ = ["fake_ollama", "fake_ollama_factory", "fake_openai"]
 
