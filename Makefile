@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.corral-installed
 # apt-get needs root; elsewhere it goes through sudo.
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install chromium demo test test-fast bench clean
+.PHONY: install chromium demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,10 +29,15 @@ demo: install
 	$(BIN)/corral show demo_results.jsonl | head -n 30
 	$(BIN)/corral report demo_results.jsonl -o demo_report.html
 
-test: install chromium
+test: install chromium lint
 	$(BIN)/python -m pytest -q -ra
 
-test-fast: install chromium
+# ruff (style, imports, likely bugs) and mypy (types) over the code; both configured in pyproject.toml.
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+test-fast: install chromium lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install

@@ -38,7 +38,7 @@ import numpy as np
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import Nginx, nginx_string  # noqa: E402  (the nginx harness of the throughput benchmark)
+from throughput import Nginx  # noqa: E402  (the nginx harness of the throughput benchmark)
 
 import corral  # noqa: E402
 from corral import ServerSpec  # noqa: E402
@@ -128,8 +128,8 @@ def compare(name: str, rounds: list[list[str]], seed_fn, corral_fn) -> tuple[flo
     """Alternate the contenders round by round on the same texts; texts/s of each over all rounds."""
     seed_s = corral_s = 0.0
     for chunk in rounds:
-        seed_s += timed(lambda: seed_fn(chunk))
-        corral_s += timed(lambda: corral_fn(chunk))
+        seed_s += timed(lambda chunk=chunk: seed_fn(chunk))
+        corral_s += timed(lambda chunk=chunk: corral_fn(chunk))
     n = sum(len(c) for c in rounds)
     seed_rate, corral_rate = n / seed_s, n / corral_s
     print(f"{name}: {n} texts | seed 002 (1 text/request, 10 concurrent): {seed_rate:,.1f} texts/s | "

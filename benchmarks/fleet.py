@@ -46,9 +46,10 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 
@@ -102,8 +103,8 @@ def units_of(body: dict[str, Any]) -> float:
 def start_fleet(token_seconds: float) -> list[FakeServer]:
     servers = []
     for slots, speed in FLEET:
-        latency: Callable[[dict[str, Any]], float] = (
-            lambda body, speed=speed: units_of(body) * token_seconds / speed)
+        def latency(body: dict[str, Any], speed: float = speed) -> float:
+            return units_of(body) * token_seconds / speed
         servers.append(FakeServer(api="ollama", models=(MODEL,), slots=slots, latency=latency).start())
     return servers
 
@@ -238,7 +239,7 @@ def main() -> None:
                     victim = fleet[VICTIM] if fleet_name == "killed" else None
                     kill_after = KILL_AT * base_optimum if victim is not None else None
                     seconds, ok, extra, kill_time = asyncio.run(
-                        timed(lambda: contender(fleet), victim, kill_after))
+                        timed(lambda contender=contender, fleet=fleet: contender(fleet), victim, kill_after))
                 finally:
                     for server in fleet:
                         server.stop()

@@ -95,7 +95,8 @@ def main() -> None:
         context = ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         print(f"input   : {args.files} Parquet files x {args.rows} rows = {total} rows; fleet: {SERVERS} "
-              f"fake Ollama servers x {SLOTS} slots; {args.actors} Ray actors; ray.init {time.monotonic() - started:.1f}s")
+              f"fake Ollama servers x {SLOTS} slots; {args.actors} Ray actors; "
+              f"ray.init {time.monotonic() - started:.1f}s")
         try:
             for name, latency in (("zero", 0.0), ("slow", args.latency)):
                 bound = f"; slot bound {SERVERS * SLOTS / latency:,.0f} req/s" if latency else ""

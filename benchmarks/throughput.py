@@ -42,9 +42,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 import orjson
@@ -186,7 +187,7 @@ class Nginx:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "Nginx":
+    def start(self) -> Nginx:
         self.proc = subprocess.Popen(
             [self.binary, "-c", str(self.conf), "-p", str(self.dir), "-e", str(self.dir / "error.log")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -411,7 +412,7 @@ def overhead_benchmark(args: argparse.Namespace, tmp: Path) -> list[tuple[str, f
         print(f"corral runs on {CORRAL_LOOP} like the CLI; HTTP transport: "
               f"{os.environ.get('CORRAL_HTTP') or 'default'}; the bare loop and the ollama client "
               "on plain asyncio.run", flush=True)
-        for name, fn in contenders:
+        for _name, fn in contenders:
             fn()  # warm-up
         times: dict[str, list[float]] = {name: [] for name, _ in contenders}
         cpus: dict[str, list[float]] = {name: [] for name, _ in contenders}

@@ -61,7 +61,7 @@ def run_corral(args: list[str], cwd: Path, *, timeout: float = 180,
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        raise AssertionError(f"corral {' '.join(args)} still running after {timeout}s:\n{err[-3000:]}")
+        raise AssertionError(f"corral {' '.join(args)} still running after {timeout}s:\n{err[-3000:]}") from None
     return proc.returncode, out, err, time.monotonic() - started
 
 

@@ -18,7 +18,6 @@ import json
 import random
 import signal
 import sqlite3
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -27,8 +26,18 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import (
-    ServerProcess, alive, children, exactly_once, integrity, journal_rows, one_line_error,
-    read_jsonl, run_corral, start_corral, wait_for, write_prompts,
+    ServerProcess,
+    alive,
+    children,
+    exactly_once,
+    integrity,
+    journal_rows,
+    one_line_error,
+    read_jsonl,
+    run_corral,
+    start_corral,
+    wait_for,
+    write_prompts,
 )
 from tests.fakes import OLLAMA_BUSY_MESSAGE, Blackhole, FakeServer, prompts_of
 
@@ -59,7 +68,8 @@ def sigkill_resume(work: Path, rows: int = 2000, kills: int = 20, slots: int = 8
             before = server.completed
             proc = start_corral(args, work)
             # a random moment once this run is under way (it must have work to lose)
-            server.wait_until(lambda s: s.completed > before + 2 or proc.poll() is not None, timeout=60)
+            server.wait_until(lambda s, before=before, proc=proc: s.completed > before + 2 or proc.poll() is not None,
+                              timeout=60)
             time.sleep(rng.uniform(0.0, 0.25))
             proc.kill()
             proc.communicate(timeout=30)

@@ -100,7 +100,8 @@ def test_openai_batch_lines_in_vllm_run_batch_lines_out(tmp_path: Path, fake_ope
 
 def test_batch_lines_on_an_ollama_server_get_a_chat_completion_body(tmp_path: Path, fake_ollama) -> None:
     write_jsonl(tmp_path / "batch.jsonl", [{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
-                                            "body": {"model": "llama3.2", "messages": [{"role": "user", "content": "yo"}]}}])
+                                            "body": {"model": "llama3.2",
+                                                     "messages": [{"role": "user", "content": "yo"}]}}])
     proc = corral("run", "batch.jsonl", "--server", fake_ollama.url, "-o", "out.jsonl", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     (line,) = read_jsonl(tmp_path / "out.jsonl")
@@ -136,7 +137,7 @@ def test_non_terminal_progress_is_plain_log_lines(tmp_path: Path, fake_ollama_fa
     _prompts(tmp_path / "p.jsonl", 60)
     proc = corral("run", "p.jsonl", "--server", server.url, "-m", "llama3.2", "-o", "out.jsonl", cwd=tmp_path)
     assert proc.returncode == 0
-    lines = [l for l in proc.stderr.splitlines() if l.startswith("corral: ") and " done, " in l]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("corral: ") and " done, " in line]
     assert lines, proc.stderr
     assert "/60 done" in lines[0] and "req/s" in lines[0] and "ETA" in lines[0]
     assert "\x1b[" not in proc.stderr  # no terminal escape codes in a log file

@@ -13,7 +13,8 @@ import pytest
 
 import corral
 from corral._version import __version__
-from tests.conftest import ROOT, corral as corral_cli
+from tests.conftest import ROOT
+from tests.conftest import corral as corral_cli
 
 HEAVY = ("aiohttp", "numpy", "pandas")
 

@@ -19,7 +19,8 @@ import pytest
 import corral
 from corral import ServerSpec
 from corral.embeddings import DimensionError, EmbedError
-from tests.conftest import corral as corral_cli, read_jsonl
+from tests.conftest import corral as corral_cli
+from tests.conftest import read_jsonl
 from tests.fakes import fake_embedding
 
 MODEL = "nomic-embed-text"

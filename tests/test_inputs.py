@@ -97,7 +97,8 @@ def test_cli_malformed_line_exits_2_before_any_request(tmp_path: Path, fake_olla
     proc = corral("run", "p.jsonl", "--server", fake_ollama.url, "-m", "llama3.2", "-o", "out.jsonl",
                   cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip() == "corral: error: p.jsonl:2: invalid JSON (unexpected character, expected a JSON value at column 12)"
+    assert proc.stderr.strip() == ("corral: error: p.jsonl:2: invalid JSON (unexpected character, "
+                                   "expected a JSON value at column 12)")
     assert fake_ollama.path_counts.get("/api/chat", 0) == 0
     assert not (tmp_path / "out.jsonl").exists()
 

@@ -14,7 +14,8 @@ import pytest
 import corral
 from corral import ServerSpec
 from corral.manifest import redact_argv
-from tests.conftest import corral as corral_cli, read_jsonl, write_jsonl
+from tests.conftest import corral as corral_cli
+from tests.conftest import read_jsonl, write_jsonl
 
 SCHEMA = {"type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"]}
 

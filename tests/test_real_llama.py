@@ -14,7 +14,8 @@ import pytest
 
 import corral
 from corral import ServerSpec
-from tests.conftest import ROOT, corral as corral_cli, read_jsonl, write_jsonl
+from tests.conftest import ROOT, read_jsonl, write_jsonl
+from tests.conftest import corral as corral_cli
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("xllamacpp", reason="the embedded server needs the corral[local] extra")

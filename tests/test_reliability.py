@@ -12,6 +12,7 @@ import pytest
 
 import corral
 from corral import ServerSpec
+from corral.backends import Reply
 from corral.backends.base import BackendError
 from corral.backends.ollama import JSON_NUM_PREDICT
 from corral.backends.openai import OpenAIBackend
@@ -21,7 +22,6 @@ from corral.engine import Engine, EngineSettings
 from corral.errors import ConfigError, InputError, UsageError
 from corral.locks import FileLock
 from corral.requests import Request
-from corral.backends import Reply
 from corral.sinks import JsonlSink
 from corral.store import Store
 

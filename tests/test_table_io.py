@@ -1,4 +1,5 @@
-"""corral.sources.tables and corral.sinks.tables: faithful round trips, chunking, schema stability, formula safety, clear errors."""
+"""corral.sources.tables and corral.sinks.tables: faithful round trips, chunking, schema stability,
+formula safety, clear errors."""
 
 from __future__ import annotations
 
@@ -15,8 +16,7 @@ import pytest
 
 from corral.errors import InputError, UsageError
 from corral.sinks.tables import TableWriter, neutralize_formulas
-from corral.sources.tables import (_count_records, count_rows, detect_format, read_table,
-                                   read_table_chunks, to_pandas)
+from corral.sources.tables import _count_records, count_rows, detect_format, read_table, read_table_chunks, to_pandas
 
 # Every kind of text that breaks naive CSV handling; None is an empty cell.
 NASTY = {

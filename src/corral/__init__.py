@@ -24,10 +24,17 @@ if TYPE_CHECKING:
     from .requests import Request
     from .results import Outcome
     from .store import Store
-    from .tables import (fill_missing_fields, fill_missing_fields_async, fill_missing_fields_from_csv,
-                         run_analysis, run_analysis_async)
+    from .tables import (
+        TableFileReport,
+        analyze_file,
+        analyze_file_async,
+        fill_missing_fields,
+        fill_missing_fields_async,
+        fill_missing_fields_from_csv,
+        run_analysis,
+        run_analysis_async,
+    )
     from .tables.agreement import agreement
-    from .tables import TableFileReport, analyze_file, analyze_file_async
 
 # public name -> the module (relative to this package) that defines it
 _HOMES: dict[str, str] = {

@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import socket
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .config import Config, ServerSpec, load_config
 from .errors import UsageError

@@ -69,7 +69,7 @@ class GpuSampler:
         self._thread: threading.Thread | None = None
         self._writer: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> "GpuSampler":
+    async def __aenter__(self) -> GpuSampler:
         if self.binary:
             self._thread = threading.Thread(target=self._sample_until_stopped, name="corral-gpu",
                                             daemon=True)

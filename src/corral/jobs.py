@@ -7,8 +7,8 @@ Nothing here speaks HTTP or parses a wire format.
 from __future__ import annotations
 
 import logging
-from contextlib import ExitStack
 from collections.abc import Iterable
+from contextlib import ExitStack
 from pathlib import Path
 
 from .config import ServerSpec

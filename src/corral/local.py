@@ -126,7 +126,7 @@ def find_model_path() -> Path:
     ggufs = [f for f in (dist.files or []) if f.name.endswith(".gguf")]
     ggufs.sort(key=lambda f: f.name != MODEL_FILE)  # prefer the known file
     for f in ggufs:
-        path = Path(dist.locate_file(f)).resolve()
+        path = Path(str(dist.locate_file(f))).resolve()
         if path.is_file():
             return path
     raise LocalModelError(
@@ -176,7 +176,7 @@ def _preexec(pdeathsig: bool, new_session: bool = False) -> None:
             pass
 
 
-_live: "set[LocalServer]" = set()  # started and not yet stopped
+_live: set[LocalServer] = set()  # started and not yet stopped
 
 
 @atexit.register
@@ -267,7 +267,7 @@ class LocalServer:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self) -> "LocalServer":
+    def start(self) -> LocalServer:
         """Spawn the child and wait until ``GET /health`` answers 200."""
         with self._lock:
             if self.running:
@@ -334,7 +334,7 @@ class LocalServer:
         model = self.model_path if self.model_path is not None else find_model_path()
         return self._command(engine, binary, model)
 
-    def __enter__(self) -> "LocalServer":
+    def __enter__(self) -> LocalServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -414,6 +414,7 @@ class LocalServer:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
         env.update(self.extra_env)
         pdeathsig = main_thread and not self.detached
+        assert self.log_path is not None  # given, or the temp file made above
         with open(self.log_path, "ab") as log:
             self._log_offset = log.tell()
             log.write(f"$ {' '.join(cmd)}\n".encode())

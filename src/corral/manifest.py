@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,13 +129,13 @@ def spec_dict(spec: ServerSpec) -> dict[str, Any]:
 
 
 def spec_from_dict(data: dict[str, Any]) -> ServerSpec:
-    known = {f: data.get(f) for f in ServerSpec.__dataclass_fields__ if f in data}
+    known: dict[str, Any] = {f: data[f] for f in ServerSpec.__dataclass_fields__ if f in data}
     if known.get("models") is not None:
         known["models"] = tuple(known["models"])
     return ServerSpec(**known)
 
 
-def engine_settings(settings: "EngineSettings", checked_answers: bool = False) -> dict[str, Any]:
+def engine_settings(settings: EngineSettings, checked_answers: bool = False) -> dict[str, Any]:
     """The settings a run used; ``content_retries`` only when the caller checked answers itself
     (a table's JSON keys or schema)."""
     return {
@@ -151,7 +151,7 @@ def engine_settings(settings: "EngineSettings", checked_answers: bool = False) -
 
 # -- servers --------------------------------------------------------------------------------------
 
-async def describe_servers(engine: "Engine", models: Iterable[str],
+async def describe_servers(engine: Engine, models: Iterable[str],
                            timeout: float = DESCRIBE_TIMEOUT) -> list[dict[str, Any]]:
     """Every configured server: version and model digests for live ones, the reason for the others.
 
@@ -234,7 +234,7 @@ def _digest_list(digests: set[str]) -> str:
 # -- the recorder ---------------------------------------------------------------------------------
 
 def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -252,10 +252,10 @@ class ManifestRecorder:
     argv: Sequence[str] | None = None
     data: dict[str, Any] = field(default_factory=dict)
     run_id: int | None = field(default=None, init=False)
-    _store: "Store | None" = field(default=None, init=False, repr=False)
+    _store: Store | None = field(default=None, init=False, repr=False)
     _t0: float = field(default=0.0, init=False, repr=False)
 
-    async def begin(self, engine: "Engine", store: "Store", settings: "EngineSettings",
+    async def begin(self, engine: Engine, store: Store, settings: EngineSettings,
                     models: Iterable[str], *, checked_answers: bool = False) -> None:
         """Called by run_requests once the servers are probed and before any request is sent.
         ``checked_answers``: the run was given its own answer check (``Engine.run(validate=...)``)."""
@@ -277,7 +277,7 @@ class ManifestRecorder:
         }
         self.save()
 
-    def end(self, engine: "Engine", status: str, gpus: list[dict[str, Any]] | None = None) -> None:
+    def end(self, engine: Engine, status: str, gpus: list[dict[str, Any]] | None = None) -> None:
         """Called by run_requests when the run stops: complete, interrupted or failed."""
         if not self.data:
             return

@@ -51,8 +51,8 @@ def status_line(engine: Engine, counter: Counter | None = None) -> str:
     if counter is not None:
         done, total, detail = counter()
         return f"corral: {done}{f'/{total}' if total is not None else ''} done · {detail} | {servers}"
-    total = f"/{s.total}" if s.total is not None else ""
-    return (f"corral: {s.done}{total} done, {s.failed} failed, {s.cached} cached, {s.retries} retries, "
+    of_total = f"/{s.total}" if s.total is not None else ""
+    return (f"corral: {s.done}{of_total} done, {s.failed} failed, {s.cached} cached, {s.retries} retries, "
             f"{_rate(s):.1f} req/s, ETA {_eta(s)} | {servers}")
 
 
@@ -73,7 +73,7 @@ class ProgressDisplay:
         self._task: asyncio.Task[None] | None = None
         self._live: Live | None = None
 
-    async def __aenter__(self) -> "ProgressDisplay":
+    async def __aenter__(self) -> ProgressDisplay:
         if self.mode == "bar":
             self._progress = Progress(
                 TextColumn("[bold]corral"), BarColumn(), MofNCompleteColumn(),

@@ -17,6 +17,7 @@ from typing import Any
 from .errors import UsageError
 from .manifest import digest_changes, file_facts, load_manifest
 
+
 @dataclass
 class Reproduction:
     """The original run, where its files are now, and what to compare once the re-run is done."""

@@ -33,7 +33,7 @@ class Outcome:
     def text(self) -> str | None:
         return self.reply.text if self.reply else None
 
-    def for_request(self, request: Request, *, cached: bool | None = None) -> "Outcome":
+    def for_request(self, request: Request, *, cached: bool | None = None) -> Outcome:
         """The same answer for another row that asked the identical thing."""
         return Outcome(
             request=request, reply=self.reply, error=self.error, error_kind=self.error_kind,

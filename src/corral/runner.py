@@ -25,7 +25,6 @@ from .results import Outcome
 from .store import Store
 
 
-
 class Sink(Protocol):
     """Where outcomes go, in input order; ``close(complete=False)`` when the job did not finish."""
 

@@ -498,7 +498,7 @@ def stop(state_dir: Path, timeout: float = 10.0) -> list[tuple[Member, str]]:
     for m in live:
         if is_ours(m):
             _signal(m, signal.SIGKILL)
-            outcome.append((m, "killed (did not stop within %.0fs)" % timeout))
+            outcome.append((m, f"killed (did not stop within {timeout:.0f}s)"))
         else:
             outcome.append((m, "stopped"))
     (state_dir / STATE_FILE).unlink(missing_ok=True)

@@ -261,7 +261,7 @@ class Store:
             if self._lock is not None:
                 self._lock.release()  # after the connection: its last writes are on disk
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:

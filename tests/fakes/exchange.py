@@ -14,7 +14,15 @@ from aiohttp import web
 
 from .core import ServerCore
 from .wire import (
-    INFERENCE_PATHS, Body, Reply, dummy_for_schema, dumps, is_int, loads, model_digest, prompts_of,
+    INFERENCE_PATHS,
+    Body,
+    Reply,
+    dummy_for_schema,
+    dumps,
+    is_int,
+    loads,
+    model_digest,
+    prompts_of,
 )
 
 

@@ -17,9 +17,24 @@ from aiohttp import web
 
 from .faults import FaultInjection
 from .wire import (
-    MODIFIED_AT, Body, count_tokens, dumps, fake_embedding, is_embedding_model, is_int,
-    last_user_text, limit_tokens, messages_tokens, model_digest, model_family, now_rfc3339,
-    ollama_full_name, ollama_key, parameter_size, stream_pieces, token_ids,
+    MODIFIED_AT,
+    Body,
+    count_tokens,
+    dumps,
+    fake_embedding,
+    is_embedding_model,
+    is_int,
+    last_user_text,
+    limit_tokens,
+    messages_tokens,
+    model_digest,
+    model_family,
+    now_rfc3339,
+    ollama_full_name,
+    ollama_key,
+    parameter_size,
+    stream_pieces,
+    token_ids,
 )
 
 

@@ -22,8 +22,18 @@ from aiohttp import web
 
 from .faults import FaultInjection
 from .wire import (
-    CREATED, Body, Reply, count_tokens, dumps, fake_embedding, is_int, last_user_text,
-    limit_tokens, messages_tokens, ollama_key, stream_pieces,
+    CREATED,
+    Body,
+    Reply,
+    count_tokens,
+    dumps,
+    fake_embedding,
+    is_int,
+    last_user_text,
+    limit_tokens,
+    messages_tokens,
+    ollama_key,
+    stream_pieces,
 )
 
 

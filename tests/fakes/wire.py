@@ -13,7 +13,7 @@ import math
 import re
 import struct
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Literal, Union
 
@@ -67,7 +67,7 @@ class Reply(Exception):
 
 def now_rfc3339() -> str:
     """Go's time.Time JSON form, as Ollama writes ``created_at``."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def text_of(content: Any) -> str:

@@ -12,7 +12,6 @@ from typing import Any
 from ..requests import Request
 from .base import Backend, BackendError, Reply, ServerInfo, Streamed, sha256_text
 
-
 # Ollama generates without end by default (num_predict -1, shifting its context when full), and in
 # JSON mode some models emit whitespace for ever, a known Ollama failure. A JSON ask with no limit of
 # its own gets this one: a runaway answer then costs bounded time, fails the JSON check and is

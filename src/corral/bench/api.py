@@ -13,12 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..runtime import run_sync
-from ..settings import ConfigLike, ServerLike, resolve
 from ..config import ServerSpec
 from ..errors import UsageError
 from ..gpu import GpuSampler, gpu_series, gpu_summary
 from ..requests import Request
+from ..runtime import run_sync
+from ..settings import ConfigLike, ServerLike, resolve
 from ..store import Store
 from .measure import ModelFigures, bench_request, measure, pooled
 from .sweep import DEFAULT_TOLERANCE, Level, Sweep, sweep_server

@@ -16,9 +16,9 @@ from typing import Any
 
 from ..config import ServerSpec
 from ..engine import Engine, EngineSettings, RetryPolicy
-from ..runner import run_job
 from ..requests import Request
 from ..results import Outcome
+from ..runner import run_job
 from ..store import Store
 from .stats import mean, quantile, rounded
 

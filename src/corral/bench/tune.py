@@ -34,12 +34,11 @@ from typing import Any
 from ..config import ServerSpec
 from ..engine import Engine, EngineSettings
 from ..jobs import run_prompt_file
-from ..runner import JobResult, run_job
 from ..requests import Request, request_key
+from ..runner import JobResult, run_job
 from ..sources import PromptFile
 from ..store import Store
 from .sweep import Sweep, run_level
-
 
 TUNE_TOLERANCE = 0.02   # a lower level must measure within 2% of the best to be picked (see below)
 TUNE_SHARE = 0.4        # at most this share of the job's rows goes to the sweep

@@ -19,12 +19,14 @@ if TYPE_CHECKING:
 @app.command("run")
 def run_command(
     input: Optional[list[str]] = typer.Argument(
-        None, metavar="INPUT", help="Prompt file: JSONL (any shape) or text. With --ray: table files, folders or globs."),
+        None,
+            metavar="INPUT", help="Prompt file: JSONL (any shape) or text. With --ray: table files, folders or globs."),
     prompts: Optional[str] = typer.Option(None, "--prompts", help="Same as INPUT (ollama-batch-cluster's flag)."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Results JSONL, in input order."),
     output_dir: Optional[str] = typer.Option(
         None, "--output-dir", "--output_dir", help="One {prompt, response} JSON file per prompt."),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="TOML config (ollama-batch-cluster's or [[servers]])."),
+    config: Optional[str] = typer.Option(None, "--config", "-c",
+        help="TOML config (ollama-batch-cluster's or [[servers]])."),
     server: list[str] = typer.Option([], "--server", "-s", metavar="URL", help="Server URL; repeat for several."),
     api: str = typer.Option("ollama", "--api", help="Protocol of --server URLs: ollama or openai."),
     local: bool = typer.Option(False, "--local", help="Run the embedded llama.cpp model (SmolLM2-135M)."),
@@ -48,7 +50,8 @@ def run_command(
         "then run at each server's knee."),
     gpu_monitor: Optional[bool] = typer.Option(
         None, "--gpu-monitor/--no-gpu-monitor",
-        help="Sample nvidia-smi into the store and summarise it (default: sampled silently when nvidia-smi is on PATH)."),
+        help="Sample nvidia-smi into the store and summarise it "
+             "(default: sampled silently when nvidia-smi is on PATH)."),
     timeout: Optional[float] = typer.Option(
         None, "--timeout",
         help="Seconds per request attempt, the same for all [default: from each request's expected "
@@ -128,11 +131,11 @@ def run_command(
                          "with --ray (for one table file on one machine: corral analyze)")
     if input and len(input) > 1:
         raise UsageError("one prompt file at a time (several table files only with --ray)")
-    input = input[0] if input else None  # type: ignore[assignment]
+    prompt_file: str | None = input[0] if input else None
     repro: Reproduction | None = None
     if reproduce:
         given = [flag for flag, value in (
-            ("INPUT", input), ("--prompts", prompts), ("--model", model), ("--system", system),
+            ("INPUT", prompt_file), ("--prompts", prompts), ("--model", model), ("--system", system),
             ("--schema", schema), ("--json", json_mode), ("--option", option), ("--temperature", temperature),
             ("--seed", seed), ("--num-ctx", num_ctx), ("--max-tokens", max_tokens),
             ("--keep-alive", keep_alive), ("--endpoint", endpoint != "chat"), ("--format", fmt != "auto"),
@@ -141,7 +144,7 @@ def run_command(
             raise UsageError(f"--reproduce takes the job from the manifest; drop {', '.join(given)}")
         repro = prepare(reproduce)
         job, engine_cfg = repro.job, repro.engine
-        input, fmt = str(repro.input_path), job.get("input_format", "auto")
+        prompt_file, fmt = str(repro.input_path), job.get("input_format", "auto")
         endpoint = job.get("endpoint", "chat")
         skip_invalid = skip_invalid or bool(job.get("skip_invalid"))
         if not (server or config or local):
@@ -156,10 +159,10 @@ def run_command(
         hedge = hedge if hedge is not None else engine_cfg.get("hedge")
         for message in repro.warnings:
             print(f"corral: warning: {message}", file=sys.stderr)
-    path = input or prompts
+    path = prompt_file or prompts
     if not path:
         raise UsageError("no prompt file: corral run PROMPTS.jsonl -o results.jsonl")
-    if input and prompts and input != prompts:
+    if prompt_file and prompts and prompt_file != prompts:
         raise UsageError("give the prompt file once: either INPUT or --prompts")
     if endpoint not in ("chat", "generate"):
         raise UsageError("--endpoint must be chat or generate")
@@ -180,8 +183,8 @@ def run_command(
             format=load_schema(schema) if schema else ("json" if json_mode else None),
             keep_alive=keep_alive, timeout=timeout, max_attempts=max_attempts, hedge=hedge)
         specs = resolved.servers
-        defaults = Defaults(model=resolved.model, system=resolved.system, options=resolved.options, format=resolved.format,
-                            keep_alive=resolved.keep_alive, endpoint=endpoint)
+        defaults = Defaults(model=resolved.model, system=resolved.system, options=resolved.options,
+                            format=resolved.format, keep_alive=resolved.keep_alive, endpoint=endpoint)
         if repro is not None:
             defaults, specs = _reproduced(repro, specs, resolved.local_model, bool(server or config or local))
         source = PromptFile(path, defaults, fmt=fmt, skip_invalid=skip_invalid)

@@ -111,7 +111,7 @@ class VectorCache:
             found.update(self.store.query(f"SELECT id, vector FROM prior WHERE id IN ({marks})", chunk))
         return found
 
-    def __enter__(self) -> "VectorCache":
+    def __enter__(self) -> VectorCache:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from ..config import ServerSpec
+from ..http import HttpClient
 from ..requests import Request
 from ..results import Outcome
 from ..store import Store
 from .costs import Speeds
-from ..http import HttpClient
 from .fleet import Fleet
 from .run import Run, Validator
 from .servers import ServerState

@@ -165,10 +165,10 @@ class SlotControl:
     before trying again). The step starts at one slot and doubles after each try that paid in full,
     as in TCP's slow start, so a server configured with half its real slots gets them in a few
     periods. A try that paid only in part keeps the part that paid: the gain measured, against the
-    gain the added slots would bring if throughput grew with slots, says how many of them were real. A 503/429 "busy" halves it at once; refusals of requests sent before the
-    last cut are ignored (they say nothing about the new limit), so one burst is one cut, as in
-    TCP's congestion control. Rising latency without more work per second shows up as no gain, so
-    the extra slot is given back.
+    gain the added slots would bring if throughput grew with slots, says how many of them were real.
+    A 503/429 "busy" halves it at once; refusals of requests sent before the last cut are ignored
+    (they say nothing about the new limit), so one burst is one cut, as in TCP's congestion control.
+    Rising latency without more work per second shows up as no gain, so the extra slot is given back.
     """
 
     limit: int

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from .client import (DEFAULT_MAX_BODY, Headers, HttpClient, HttpError, HttpResponse, HttpStream,
-                     RoutingClient, default_client)
+from .client import (
+                     DEFAULT_MAX_BODY,
+                     Headers,
+                     HttpClient,
+                     HttpError,
+                     HttpResponse,
+                     HttpStream,
+                     RoutingClient,
+                     default_client,
+)
 
 __all__ = ["DEFAULT_MAX_BODY", "Headers", "HttpClient", "HttpError", "HttpResponse", "HttpStream",
            "RoutingClient", "default_client"]

@@ -84,7 +84,7 @@ def claim_index(key: str, num_actors: int, wait: float = 600.0) -> int:
     me = ray.get_runtime_context().get_actor_id() or f"driver-{id(object())}"
     deadline = time.monotonic() + wait
     while True:
-        ledger: Any = SlotLedger.options(name=ledger_name(key), namespace=NAMESPACE, lifetime="detached",
+        ledger: Any = SlotLedger.options(  # type: ignore[attr-defined]  # added by @ray.remotename=ledger_name(key), namespace=NAMESPACE, lifetime="detached",
                                          get_if_exists=True).remote(num_actors)
         try:
             index = ray.get(ledger.claim.remote(me))

@@ -25,7 +25,7 @@ def build_report(store_or_output: str | os.PathLike[str], output: str | os.PathL
         from .page import render
     except ImportError as exc:  # plotly is an extra
         raise UsageError(f"corral report needs plotly: pip install 'corral[report]' ({exc})") from None
-    return write_page(render(load(store_or_output)), output, inputs=(store_or_output,))
+    return write_page(render(load(Path(store_or_output))), output, inputs=(store_or_output,))
 
 
 def write_page(text: str, output: str | os.PathLike[str], *,

@@ -7,7 +7,7 @@ to read it. Figures whose data is empty (no failures, no GPU samples, no fan-out
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import plotly.graph_objects as go
@@ -36,7 +36,7 @@ def _layout(fig: go.Figure, *, height: int = 360, **extra: Any) -> go.Figure:
 
 def _utc(epoch: float) -> str:
     """Plotly's date format, to the millisecond (a short run's buckets are a tenth of a second)."""
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
 def throughput(data: ReportData) -> Figure | None:

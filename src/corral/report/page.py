@@ -9,7 +9,7 @@ instead of showing empty boxes (and tests read both).
 from __future__ import annotations
 
 import html
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -92,7 +92,7 @@ def _num(value: Any, spec: str = ",") -> str:
 def _utc(epoch: float | None) -> str:
     if not epoch:
         return "—"
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _table(head: list[str], rows: list[list[str]], numeric: set[int] | None = None) -> str:
@@ -298,7 +298,7 @@ def document(title: str, heading: str, meta: str, body: list[str], figures: list
     """A self-contained page (plotly inline) around ``body``: the figures' specs drawn by _RENDER
     into their blocks, and any script error shown on the page (the Chromium tests read both)."""
     specs = "{" + ",".join(f"{orjson.dumps(f.id).decode()}:{f.figure.to_json()}" for f in figures) + "}"
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     return "".join([
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',

@@ -71,7 +71,7 @@ class PromptFile:
         self._bad_lines: set[int] = set()
         self.report: ScanReport | None = None
 
-    def _lines(self) -> Iterator[tuple[int, str]]:
+    def _lines(self) -> Iterator[tuple[int, str | _Bad]]:
         """(line number, text) for every non-blank line; encoding problems are InputErrors."""
         try:
             handle = open(self.path, "rb")
@@ -142,7 +142,7 @@ class PromptFile:
             yield self._parse(number, text)
 
     # -- parsing ------------------------------------------------------------------------------------
-    def _parse(self, number: int, text: str | "_Bad") -> Request:
+    def _parse(self, number: int, text: str | _Bad) -> Request:
         where = str(self.path)
         if isinstance(text, _Bad):
             raise InputError(where, number, text.problem)

@@ -22,11 +22,19 @@ from ..errors import UsageError
 from ..manifest import ManifestRecorder, manifest_path
 from ..runtime import run_sync
 from ..settings import ConfigLike, ServerLike, Settings, resolve
+from ..sources.tables import read_table
 from ..store import Store
 from .answers import resolve_schema
-from ..sources.tables import read_table
-from .job import (RunnerFactory, Where, TableFileReport, like_input, model_list, progress_mode, run_table_file,
-                  run_table_frame)
+from .job import (
+    RunnerFactory,
+    TableFileReport,
+    Where,
+    like_input,
+    model_list,
+    progress_mode,
+    run_table_file,
+    run_table_frame,
+)
 from .prompts import PromptTemplate, default_template, is_missing
 from .provenance import save_agreement, table_job
 from .runner import RowPlan, RowResult, TableRunner, add_answer_columns
@@ -94,7 +102,8 @@ async def run_analysis_async(
         df, build=build, describe=describe, where=Where(job), per_row=len(models) if fanout else 1, store=store,
         chunk_size=chunk_size, max_concurrent_calls=max_concurrent_calls,
         max_json_retries=max_json_retries, progress=progress_mode(progress), empty=empty)
-    save_agreement(recorder, out, runner)
+    if recorder is not None:
+        save_agreement(recorder, out, runner)
     return like_input(df, out)
 
 

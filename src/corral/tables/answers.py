@@ -9,11 +9,12 @@ An answer that still fails is re-asked, then kept with a reason: never a silent 
 from __future__ import annotations
 
 import keyword
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import UsageError
 from ..checks import parse_json_response
+from ..errors import UsageError
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,), "number": (int, float), "integer": (int,), "boolean": (bool,),
@@ -44,7 +45,7 @@ def schema_for_keys(keys: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
-def resolve_schema(json_keys: tuple[str, ...] | list[str] | None, json_schema: Any) -> tuple[
+def resolve_schema(json_keys: Sequence[str] | str | None, json_schema: Any) -> tuple[
         tuple[str, ...] | None, dict[str, Any] | None, Any]:
     """(keys, JSON Schema, pydantic class or None) from the user's json_keys / json_schema."""
     model_class = None
@@ -68,7 +69,7 @@ def resolve_schema(json_keys: tuple[str, ...] | list[str] | None, json_schema: A
         return keys, schema, model_class
     if json_keys is None:
         return None, None, None
-    if isinstance(json_keys, str):
+    if isinstance(json_keys, str):  # "label,prob"
         json_keys = tuple(k.strip() for k in json_keys.split(",") if k.strip())
     keys = check_keys(tuple(json_keys))
     return keys, schema_for_keys(keys), None

@@ -24,8 +24,8 @@ from ..settings import ConfigLike, Settings, resolve
 from ..store import Store
 from .answers import check_keys
 from .job import RunnerFactory, Where, like_input, model_list, progress_mode, run_table_file, run_table_frame
-from .provenance import table_job
 from .prompts import PromptTemplate, is_missing
+from .provenance import table_job
 from .runner import RowPlan, RowResult, TableRunner, parse_outcome
 
 log = logging.getLogger("corral")
@@ -60,7 +60,7 @@ class FillPlan:
 
     def missing(self, row: dict[str, Any]) -> tuple[str, ...]:
         return tuple(f for f in self.fields
-                     if self.source[f] is None or is_missing(row.get(self.source[f])))
+                     if (column := self.source[f]) is None or is_missing(row.get(column)))
 
     def __call__(self, row: dict[str, Any]) -> RowPlan | str:
         wanted = self.missing(row)

@@ -25,8 +25,8 @@ from ..jobs import default_store_path
 from ..manifest import ManifestRecorder, file_facts
 from ..runner import run_requests
 from ..settings import Settings
-from ..store import Store
 from ..sources.tables import count_rows, to_pandas
+from ..store import Store
 from .provenance import frame_facts
 from .runner import TableRunner
 from .stream import TableStream
