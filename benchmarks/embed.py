@@ -1,19 +1,20 @@
 #!/usr/bin/env python3
-"""Embedding throughput: seed 002's way (one text per request, 10 concurrent) against corral embed.
+"""Embedding throughput: the Ollama Batch Inference Guide's way (one text per request, 10 concurrent)
+against corral embed.
 
 Prints figures; it is not a test. Each part measures both contenders side by side in one run, on the
 same texts, alternating in rounds so a change of machine load hits both alike.
 
 1. Client overhead (always): nginx answers with canned embeddings (768 floats per text), so the
-   server costs ~nothing and the client is the bottleneck. Seed 002's async loop (aiohttp, one text
-   per request, a semaphore of 10) against ``corral.embed`` (32 texts per request): on Ollama's API
-   (``/api/embeddings`` vs ``/api/embed``) and on the OpenAI-compatible one (``/v1/embeddings``;
-   the loop gets JSON floats, corral asks for base64 float32, as vLLM and llama.cpp can send).
+   server costs ~nothing and the client is the bottleneck. The Ollama Batch Inference Guide's async
+   loop (aiohttp, one text per request, a semaphore of 10) against ``corral.embed`` (32 texts per
+   request): on Ollama's API (``/api/embeddings`` vs ``/api/embed``) and on the OpenAI-compatible
+   one (``/v1/embeddings``; the loop gets JSON floats, corral asks for base64 float32, as vLLM and llama.cpp can send).
 2. Memory (always): ``corral embed`` on a Parquet corpus of 10,240 and of 102,400 rows against the same
    nginx; the peak RSS of the CLI process should not grow with the corpus.
 3. Real server (--real): the embedded llama.cpp server (SmolLM2-135M, embedding mode) on this CPU,
-   the same 2,000 texts through seed 002's loop (``/v1/embeddings``, one text, 10 concurrent) and
-   through ``corral.embed`` with its defaults.
+   the same 2,000 texts through the Ollama Batch Inference Guide's loop (``/v1/embeddings``, one
+   text, 10 concurrent) and through ``corral.embed`` with its defaults.
 
 Usage: .venv/bin/python benchmarks/embed.py [--texts 20480] [--real] [--real-texts 2000] [--rounds 4]
 """
@@ -63,8 +64,8 @@ def canned_locations(folder: Path) -> str:
              "load_duration": 10, "prompt_eval_count": BATCH * 12}
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o755)  # the worker may run as nobody
-    # OpenAI-compatible: floats for one text (what seed 002's loop asks), base64 float32 for a batch
-    # (what corral asks); one nginx each, since both are POST /v1/embeddings.
+    # OpenAI-compatible: floats for one text (what the Ollama Batch Inference Guide's loop asks),
+    # base64 float32 for a batch (what corral asks); one nginx each, since both are POST /v1/embeddings.
     packed = base64.b64encode(struct.pack(f"<{DIM}f", *vector)).decode()
     openai_one = {"object": "list", "model": "m", "data": [{"object": "embedding", "index": 0,
                                                              "embedding": vector}]}
@@ -94,8 +95,8 @@ def openai_location(folder: Path, name: str) -> str:
 
 # -- the contenders ---------------------------------------------------------------------------------
 
-async def seed_002(url: str, texts: list[str], model: str, *, path: str, concurrency: int = 10) -> int:
-    """generate_embeddings_async.py from seed 002: one text per request, a semaphore of 10."""
+async def guide_loop(url: str, texts: list[str], model: str, *, path: str, concurrency: int = 10) -> int:
+    """generate_embeddings_async.py from the Ollama Batch Inference Guide: one text per request, a semaphore of 10."""
     sem = asyncio.Semaphore(concurrency)
     async with aiohttp.ClientSession() as session:
         async def one(text: str) -> list[float]:
@@ -132,7 +133,8 @@ def compare(name: str, rounds: list[list[str]], seed_fn, corral_fn) -> tuple[flo
         corral_s += timed(lambda chunk=chunk: corral_fn(chunk))
     n = sum(len(c) for c in rounds)
     seed_rate, corral_rate = n / seed_s, n / corral_s
-    print(f"{name}: {n} texts | seed 002 (1 text/request, 10 concurrent): {seed_rate:,.1f} texts/s | "
+    print(f"{name}: {n} texts | the Ollama Batch Inference Guide (1 text/request, 10 concurrent): "
+          f"{seed_rate:,.1f} texts/s | "
           f"corral embed: {corral_rate:,.1f} texts/s | ratio {corral_rate / seed_rate:.1f}x", flush=True)
     return seed_rate, corral_rate
 
@@ -148,10 +150,10 @@ def overhead(nginx: Nginx, args: argparse.Namespace) -> None:
     texts = corpus(args.texts)
     spec = ServerSpec(nginx.url, api="ollama")
     # Warm both up (connections, imports), then measure.
-    asyncio.run(seed_002(nginx.url, texts[:200], "llama3.2", path="/api/embeddings"))
+    asyncio.run(guide_loop(nginx.url, texts[:200], "llama3.2", path="/api/embeddings"))
     corral_embed(spec, texts[:BATCH * 4], "llama3.2", batch_size=BATCH)
     compare("zero-latency nginx (client overhead)", split(texts, args.rounds),
-            lambda chunk: asyncio.run(seed_002(nginx.url, chunk, "llama3.2", path="/api/embeddings")),
+            lambda chunk: asyncio.run(guide_loop(nginx.url, chunk, "llama3.2", path="/api/embeddings")),
             lambda chunk: corral_embed(spec, chunk, "llama3.2", batch_size=BATCH))
 
 
@@ -161,11 +163,11 @@ def overhead_openai(binary: str, folder: Path, args: argparse.Namespace) -> None
     corral_server = Nginx(binary, openai_location(folder, "openai-batch.json")).start()
     try:
         spec = ServerSpec(corral_server.url, api="openai")
-        asyncio.run(seed_002(seed_server.url, texts[:200], "m", path="/v1/embeddings"))
+        asyncio.run(guide_loop(seed_server.url, texts[:200], "m", path="/v1/embeddings"))
         corral_embed(spec, texts[:BATCH * 4], "m", batch_size=BATCH)
         compare("zero-latency nginx, OpenAI-compatible (/v1/embeddings; corral asks base64)",
                 split(texts, args.rounds),
-                lambda chunk: asyncio.run(seed_002(seed_server.url, chunk, "m", path="/v1/embeddings")),
+                lambda chunk: asyncio.run(guide_loop(seed_server.url, chunk, "m", path="/v1/embeddings")),
                 lambda chunk: corral_embed(spec, chunk, "m", batch_size=BATCH))
     finally:
         seed_server.stop()
@@ -201,10 +203,10 @@ def real(args: argparse.Namespace) -> None:
     texts = corpus(args.real_texts, seed=2)
     with LocalServer(n_parallel=4, embedding=True) as server:
         spec = ServerSpec(server.url, api="openai")
-        asyncio.run(seed_002(server.url, texts[:20], server.model, path="/v1/embeddings"))  # warm-up
+        asyncio.run(guide_loop(server.url, texts[:20], server.model, path="/v1/embeddings"))  # warm-up
         compare(f"real llama.cpp server (SmolLM2-135M, {server.n_parallel} slots, CPU)",
                 split(texts, args.rounds),
-                lambda chunk: asyncio.run(seed_002(server.url, chunk, server.model, path="/v1/embeddings")),
+                lambda chunk: asyncio.run(guide_loop(server.url, chunk, server.model, path="/v1/embeddings")),
                 lambda chunk: corral_embed(spec, chunk, server.model))
 
 

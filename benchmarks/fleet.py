@@ -23,7 +23,7 @@ Contenders, side by side in one process, rounds alternating:
   corral --no-hedge the same without tail hedging
   corral input order the same without length-aware order (longest_first=False), with hedging
   corral before #10 neither (input order, no hedging): the engine as it was before issue #10
-  seed 001's way    one worker per server pulling from one shared queue in input order (a tiny
+  ollama-batch-cluster's way    one worker per server pulling from one shared queue in input order (a tiny
                     aiohttp loop; a worker whose server fails puts its item back and stops)
 
 Fleets: "mixed" = four servers with 1, 2, 4 and 8 slots; "killed" = the same with the 4-slot
@@ -143,8 +143,8 @@ async def run_corral(servers: list[FakeServer], items: list[Item], hedge: bool =
                 "cancelled": stats.hedge_cancelled, "retries": stats.retries, "slots at the end": learnt}
 
 
-async def run_seed001(servers: list[FakeServer], items: list[Item]) -> tuple[int, dict[str, Any]]:
-    """Seed 001's way: one worker per server, one shared queue in input order."""
+async def run_batch_cluster_way(servers: list[FakeServer], items: list[Item]) -> tuple[int, dict[str, Any]]:
+    """ollama-batch-cluster's way: one worker per server, one shared queue in input order."""
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(len(items)):
         queue.put_nowait(i)
@@ -216,7 +216,7 @@ def main() -> None:
         "corral --no-hedge": lambda fleet: run_corral(fleet, items, hedge=False),
         "corral input order": lambda fleet: run_corral(fleet, items, longest_first=False),
         "corral before #10": lambda fleet: run_corral(fleet, items, hedge=False, longest_first=False),
-        "seed 001's way": lambda fleet: run_seed001(fleet, items),
+        "ollama-batch-cluster's way": lambda fleet: run_batch_cluster_way(fleet, items),
     }
     half = [max(1, slots // 2) for slots, _ in FLEET]
     fleets: dict[str, dict[str, Callable[[list[FakeServer]], Any]]] = {
@@ -226,7 +226,7 @@ def main() -> None:
             "corral (learns slots)": lambda fleet: run_corral(fleet, items, configured=half),
             "corral fixed slots": lambda fleet: run_corral(fleet, items, configured=half, adaptive=False),
             "corral, right config": lambda fleet: run_corral(fleet, items),
-            "seed 001's way": lambda fleet: run_seed001(fleet, items),
+            "ollama-batch-cluster's way": lambda fleet: run_batch_cluster_way(fleet, items),
         },
     }
     for fleet_name, contenders in fleets.items():

@@ -24,7 +24,7 @@ from corral.bench.sweep import find_knee
 from corral.config import load_config
 from tests.conftest import corral, read_jsonl, write_jsonl
 
-SEED_003_KEYS = {"model", "latency", "tokens_per_sec", "prompt", "response", "num_runs", "error"}
+OLLAMA_MANAGER_KEYS = {"model", "latency", "tokens_per_sec", "prompt", "response", "num_runs", "error"}
 
 FAKE_SMI = """#!{python}
 import sys
@@ -89,11 +89,11 @@ def test_bench_measures_sweeps_writes_config_and_figures(tmp_path: Path, fake_ol
     assert done.returncode == 0, done.stderr
     figures = json.loads((tmp_path / "figures.json").read_text())
 
-    # Per model and server: seed 003's keys with their meanings, and the streamed figures.
+    # Per model and server: OllamaManager's keys with their meanings, and the streamed figures.
     by_server = {m["server"]: m for m in figures["models"]}
     assert set(by_server) == {ollama.url.split("//")[1], "vllm"}
     for row in by_server.values():
-        assert SEED_003_KEYS <= set(row)
+        assert OLLAMA_MANAGER_KEYS <= set(row)
         assert row["model"] == "llama3.2" and row["num_runs"] == 3 and row["ok"] == 3
         assert row["error"] is None and row["prompt"] == "Explain what a neural network is."
         assert row["response"] == "echo: Explain what a neural network is."
@@ -161,7 +161,7 @@ def test_bench_without_gpu_says_so_in_one_line(tmp_path: Path, fake_ollama) -> N
     assert figures["gpu"] == [] and figures["gpu_note"]
 
 
-def test_batch_benchmark_returns_seed_003_results(fake_ollama_factory) -> None:
+def test_batch_benchmark_returns_ollama_manager_results(fake_ollama_factory) -> None:
     import corral as corral_api
 
     server = fake_ollama_factory(latency=0.02)
@@ -169,13 +169,13 @@ def test_batch_benchmark_returns_seed_003_results(fake_ollama_factory) -> None:
                                          servers=[server.url], temperature=0)
     assert list(results) == ["llama3.2", "gemma3:4b"]
     ok = results["llama3.2"]
-    assert SEED_003_KEYS <= set(ok)
+    assert OLLAMA_MANAGER_KEYS <= set(ok)
     assert ok["model"] == "llama3.2" and ok["num_runs"] == 2 and ok["prompt"] == "Hello there"
     assert ok["response"] == "echo: Hello there" and ok["error"] is None
     assert ok["latency"] > 0 and ok["tokens_per_sec"] > 0
     missing = results["gemma3:4b"]
     assert missing["error"] and missing["latency"] is None and missing["tokens_per_sec"] is None
-    # Seed 003's own loop works on the result.
+    # OllamaManager's own loop works on the result.
     ranked = sorted(((m, r) for m, r in results.items() if r["latency"] is not None), key=lambda x: x[1]["latency"])
     assert ranked[0][0] == "llama3.2"
     # Every request was streamed, with the options sent.

@@ -15,7 +15,7 @@ def _prompts(path: Path, n: int) -> Path:
     return write_jsonl(path, [{"role": "user", "content": f"question {i}"} for i in range(n)])
 
 
-def test_run_with_seed_001_config_and_flags(tmp_path: Path, fake_ollama_factory) -> None:
+def test_run_with_ollama_batch_cluster_config_and_flags(tmp_path: Path, fake_ollama_factory) -> None:
     a, b = fake_ollama_factory(slots=2, latency=0.005), fake_ollama_factory(slots=2, latency=0.005)
     (tmp_path / "cluster.toml").write_text(
         f'model = "llama3.2"\nsystem_message = "answer briefly"\n[ollama_instances]\n'

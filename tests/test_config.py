@@ -1,4 +1,4 @@
-"""Config files: seed 001's form read as is, the [[servers]] form, and clear errors."""
+"""Config files: ollama-batch-cluster's form read as is, the [[servers]] form, and clear errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from corral.config import load_config, normalize_url, parse_config
 from corral.errors import ConfigError
 from tests.conftest import corral, write_jsonl
 
-SEED_001 = '''model = "llama3.2"
+OLLAMA_BATCH_CLUSTER_CONFIG = '''model = "llama3.2"
 system_message = """You are an alien that can only respond with strings of emoji characters."""
 
 [ollama_instances]
@@ -21,9 +21,9 @@ system_message = """You are an alien that can only respond with strings of emoji
 '''
 
 
-def test_seed_001_config_is_read_as_is(tmp_path: Path) -> None:
+def test_ollama_batch_cluster_config_is_read_as_is(tmp_path: Path) -> None:
     path = tmp_path / "cluster.toml"
-    path.write_text(SEED_001)
+    path.write_text(OLLAMA_BATCH_CLUSTER_CONFIG)
     cfg = load_config(path)
     assert cfg.model == "llama3.2"
     assert cfg.system_message.startswith("You are an alien")

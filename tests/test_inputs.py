@@ -19,13 +19,13 @@ def _requests(path: Path, **defaults):
 
 def test_every_line_shape_is_detected(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "p.jsonl", [
-        {"role": "user", "content": "seed 001 shape"},
+        {"role": "user", "content": "ollama-batch-cluster shape"},
         {"prompt": "plain prompt", "id": "p2", "model": "qwen", "options": {"temperature": 0}},
         {"messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": "chat"}]},
         "a bare JSON string",
     ])
     reqs = _requests(path, system="default system")
-    assert [r.prompt for r in reqs] == ["seed 001 shape", "plain prompt", "chat", "a bare JSON string"]
+    assert [r.prompt for r in reqs] == ["ollama-batch-cluster shape", "plain prompt", "chat", "a bare JSON string"]
     assert reqs[0].messages[0] == {"role": "system", "content": "default system"}
     assert reqs[1].id == "p2" and reqs[1].model == "qwen" and reqs[1].options == {"temperature": 0}
     assert reqs[2].system == "sys"  # the line's own system message wins over the default

@@ -38,7 +38,7 @@ def llama():
 
 
 def _one(url: str, text: str) -> np.ndarray:
-    """The server's own answer for one text, asked directly, as seed 002 does."""
+    """The server's own answer for one text, asked directly, as the Ollama Batch Inference Guide does."""
     request = urllib.request.Request(url + "/v1/embeddings", data=json.dumps(
         {"model": "smollm2", "input": text}).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as answer:

@@ -43,7 +43,7 @@ def speeches() -> pd.DataFrame:
 TEMPLATE = 'Return JSON {"label": string, "prob": float} for: {title}: {text}'
 
 
-def test_fanout_columns_match_seed_000(two_model_server, speeches) -> None:
+def test_fanout_columns_match_ollama_run_async(two_model_server, speeches) -> None:
     out = corral.run_analysis(speeches, text_column="speech", model_names=["llama3.2", "mistral"],
                               prompt_template=TEMPLATE, json_keys=("label", "prob"), fanout=True,
                               servers=[two_model_server.url], progress=False)

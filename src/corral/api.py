@@ -44,13 +44,13 @@ def prompt_request(item: str | dict[str, Any], model: str, system: str | None,
     )
 
 
-SEED_003_KEYS = ("prompt", "response", "model", "success", "error", "eval_count", "eval_duration")
+OLLAMA_MANAGER_KEYS = ("prompt", "response", "model", "success", "error", "eval_count", "eval_duration")
 
 
 def result_dict(outcome: Outcome) -> dict[str, Any]:
-    """Seed 003's keys first (OllamaManager.batch_generate), then corral's provenance fields."""
+    """OllamaManager's ``batch_generate`` keys first, then corral's provenance fields."""
     row = {**outcome.summary(), "success": outcome.ok}
-    ordered = {key: row[key] for key in SEED_003_KEYS}
+    ordered = {key: row[key] for key in OLLAMA_MANAGER_KEYS}
     ordered.update((key, value) for key, value in row.items() if key not in ordered and key != "id")
     return ordered
 

@@ -1,6 +1,6 @@
 """Servers and job settings from flags, the environment and TOML files.
 
-Two TOML shapes are read. Seed 001's (ollama-batch-cluster) file, as users already have it::
+Two TOML shapes are read. ollama-batch-cluster's file, as users already have it::
 
     model = "llama3.2"
     system_message = "..."

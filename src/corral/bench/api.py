@@ -23,7 +23,7 @@ from ..store import Store
 from .measure import ModelFigures, bench_request, measure, pooled
 from .sweep import DEFAULT_TOLERANCE, Level, Sweep, sweep_server
 
-DEFAULT_PROMPT = "Hello, how are you?"   # seed 003's default
+DEFAULT_PROMPT = "Hello, how are you?"   # OllamaManager's default
 DEFAULT_SWEEP_TOKENS = 64                # each sweep request's num_predict unless options set one
 BENCH_GPU_INTERVAL = 1.0                 # a bench is short: sample every second unless told otherwise
 
@@ -120,7 +120,7 @@ async def batch_benchmark_async(
 def batch_benchmark(
     models: list[str], prompt: str = DEFAULT_PROMPT, num_runs: int = 3, **kwargs: Any,
 ) -> dict[str, dict[str, Any]]:
-    """Benchmark models with the same prompt: seed 003's ``OllamaManager.batch_benchmark``.
+    """Benchmark models with the same prompt: OllamaManager's ``batch_benchmark``.
 
     Returns, as the seed does, a dict from model name to its result with the seed's keys:
     ``model``, ``latency`` (mean seconds per request), ``tokens_per_sec`` (mean generation speed),

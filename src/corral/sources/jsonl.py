@@ -2,7 +2,7 @@
 
 Shapes of a JSONL line, detected per line:
 
-* ``{"role": "user", "content": "..."}``: seed 001's file, one message per line
+* ``{"role": "user", "content": "..."}``: ollama-batch-cluster's file, one message per line
 * ``{"prompt": "...", "system"?: ..., "model"?: ..., "id"?: ..., "options"?: {...}, "format"?: ...}``
 * ``{"messages": [...], "model"?: ..., "id"?: ...}``
 * OpenAI Batch API lines: ``{"custom_id", "method", "url", "body": {...}}``

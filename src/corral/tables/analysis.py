@@ -1,7 +1,7 @@
 """`run_analysis` and `analyze_file`: one prompt over every row of a DataFrame or a table file, split
 across models or fanned out.
 
-The signature and column names are seed 000's (ollama-run-async): ``workers``, ``model_names``,
+The signature and column names are Ollama-run-async's: ``workers``, ``model_names``,
 ``prompt_template`` with ``{text}``, ``json_keys`` becoming columns, ``fanout=True`` suffixing every
 new column with ``_<model>`` (``label_llama3.2``). Split mode pulls rows from one queue, so a slow model
 answers fewer rows instead of holding the tail.

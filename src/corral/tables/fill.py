@@ -1,4 +1,4 @@
-"""Fill only what is missing: seed 000's `fill_missing_fields_from_csv`, streamed and resumable.
+"""Fill only what is missing: Ollama-run-async's `fill_missing_fields_from_csv`, streamed and resumable.
 
 For each row, the fields whose cells are empty are asked for, and only those: a row with nothing
 missing is never sent. Existing values are never overwritten. Answers go to ``computed_<key>``, or
@@ -236,7 +236,7 @@ def fill_missing_fields_from_csv(
     col_map: dict[str, str] | None = None, model_names: str | Sequence[str] = "llama3.2",
     fanout: bool = False, **kwargs: Any,
 ) -> None:
-    """Seed 000's function: stream ``input_csv`` in chunks and write ``output_csv`` (any table format
+    """Ollama-run-async's function: stream ``input_csv`` in chunks and write ``output_csv`` (any table format
     by extension). ``batch_size`` is accepted for compatibility; corral's slots make it unnecessary.
     Re-running resumes from the journal beside the output (``<output>.corral.db``)."""
     del batch_size

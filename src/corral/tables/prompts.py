@@ -1,6 +1,6 @@
 """Prompt templates over table rows: ``{text}`` and any ``{column}``; other braces stay literal.
 
-Seed 000's templates carry JSON examples such as ``Return JSON {"label": string} for: {text}``,
+Ollama-run-async's templates carry JSON examples such as ``Return JSON {"label": string} for: {text}``,
 which ``str.format`` would choke on. Only ``{name}`` where name is ``text`` or a column is replaced;
 ``{{`` and ``}}`` are literal braces.
 """
