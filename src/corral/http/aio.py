@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager, contextmanager
 
 import aiohttp
 
-from .client import DEFAULT_MAX_BODY, Headers, HttpError, HttpResponse, too_large
+from .client import DEFAULT_MAX_BODY, Headers, HttpError, HttpResponse, body_bytes, body_lines, too_large
 
 _READ_CHUNK = 1 << 16
 
@@ -64,25 +64,17 @@ class _AioStream:
         if self._size > self._max_body:
             raise too_large(self._max_body)
 
-    async def lines(self) -> AsyncIterator[bytes]:
-        buffer = b""
+    async def _pieces(self) -> AsyncIterator[bytes]:
         with _errors(self._timeout):
             while data := await self._response.content.readany():
                 self._count(data)
-                buffer += data
-                *complete, buffer = buffer.split(b"\n")
-                for line in complete:
-                    yield line.rstrip(b"\r")
-        if buffer:
-            yield buffer.rstrip(b"\r")
+                yield data
+
+    def lines(self) -> AsyncIterator[bytes]:
+        return body_lines(self._pieces())
 
     async def read(self) -> bytes:
-        parts = []
-        with _errors(self._timeout):
-            while data := await self._response.content.readany():
-                self._count(data)
-                parts.append(data)
-        return b"".join(parts)
+        return await body_bytes(self._pieces())
 
 
 class AioClient:

@@ -110,6 +110,24 @@ class HttpClient(Protocol):
         ...
 
 
+async def body_lines(pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """A body's lines (ended by ``\n`` or ``\r\n``) as its pieces arrive, whatever the cut between
+    pieces; the last line may lack its newline. Both clients' streams read lines this way."""
+    buffer = b""
+    async for piece in pieces:
+        buffer += piece
+        *complete, buffer = buffer.split(b"\n")
+        for line in complete:
+            yield line.rstrip(b"\r")
+    if buffer:
+        yield buffer.rstrip(b"\r")
+
+
+async def body_bytes(pieces: AsyncIterator[bytes]) -> bytes:
+    """A body read whole from its pieces."""
+    return b"".join([piece async for piece in pieces])
+
+
 def too_large(cap: int) -> HttpError:
     """The one wording of an oversize answer, on both clients."""
     return HttpError(f"answer larger than the {cap:,}-byte cap (set {MAX_BODY_ENV} to raise it)",

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from .client import DEFAULT_MAX_BODY, Headers, HttpError, HttpResponse, too_large
+from .client import DEFAULT_MAX_BODY, Headers, HttpError, HttpResponse, body_bytes, body_lines, too_large
 
 # Methods whose second copy does no harm (RFC 9110 §9.2.2): only these are re-sent after being written.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -322,21 +322,15 @@ class _LeanStream:
                 pending.waiter = None
         return pending.pieces.popleft()
 
-    async def lines(self) -> AsyncIterator[bytes]:
-        buffer = b""
+    async def _pieces(self) -> AsyncIterator[bytes]:
         while (piece := await self._next_piece()) is not None:
-            buffer += piece
-            *complete, buffer = buffer.split(b"\n")
-            for line in complete:
-                yield line.rstrip(b"\r")
-        if buffer:
-            yield buffer.rstrip(b"\r")
+            yield piece
+
+    def lines(self) -> AsyncIterator[bytes]:
+        return body_lines(self._pieces())
 
     async def read(self) -> bytes:
-        parts = []
-        while (piece := await self._next_piece()) is not None:
-            parts.append(piece)
-        return b"".join(parts)
+        return await body_bytes(self._pieces())
 
 
 class LeanClient:
