@@ -358,7 +358,10 @@ def test_sigint_to_terminal_group_is_handled_by_parent(tmp_path):
         os.killpg(parent.pid, signal.SIGINT)
         rest = parent.stdout.read().split()
         assert parent.wait(timeout=20) == 0
-        assert rest == ["interrupted", "stopped"]
+        # The parent stopped its server itself (KeyboardInterrupt in its try, or, when the signal
+        # lands on the line between, in the `with` that stops the server): either way it ends
+        # cleanly and the server is gone; the child never saw the terminal's signal.
+        assert rest[-1:] == ["stopped"] and set(rest) <= {"interrupted", "stopped"}
         assert wait_gone(child, 2)
     finally:
         if parent.poll() is None:

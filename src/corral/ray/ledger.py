@@ -84,8 +84,10 @@ def claim_index(key: str, num_actors: int, wait: float = 600.0) -> int:
     me = ray.get_runtime_context().get_actor_id() or f"driver-{id(object())}"
     deadline = time.monotonic() + wait
     while True:
-        ledger: Any = SlotLedger.options(  # type: ignore[attr-defined]  # added by @ray.remotename=ledger_name(key), namespace=NAMESPACE, lifetime="detached",
-                                         get_if_exists=True).remote(num_actors)
+        # .options() is added by @ray.remote, which the type checker cannot see
+        remote: Any = SlotLedger
+        ledger: Any = remote.options(name=ledger_name(key), namespace=NAMESPACE, lifetime="detached",
+                                     get_if_exists=True).remote(num_actors)
         try:
             index = ray.get(ledger.claim.remote(me))
         except ray.exceptions.RayActorError:  # an earlier run's ledger, ending itself just now
