@@ -21,7 +21,7 @@ def interval(low: Any, high: Any) -> str:
 
 def level_text(kd: dict[str, Any]) -> str:
     level = kd.get("level") or "nominal"
-    return f"{level}, inferred from the values" if kd.get("level_inferred") else f"{level}, as asked"
+    return f"{level}, inferred" if kd.get("level_inferred") else f"{level}, as asked"
 
 
 def title(key: str, kd: dict[str, Any]) -> str:
@@ -50,18 +50,18 @@ def pair_table(kd: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def summary_lines(kd: dict[str, Any]) -> list[str]:
+    """α (with its interval), Fleiss' κ, and how the intervals were drawn: short enough for 80
+    columns, so a terminal or a pipe never breaks a figure across lines."""
     models = len(kd.get("models") or [])
     level = kd.get("level") or "nominal"
-    line = (f"Krippendorff's α ({level}, across {models} models, {kd.get('n_alpha')} rows): "
-            f"{fmt(kd.get('alpha'))}")
+    line = f"Krippendorff's α ({level}, {kd.get('n_alpha')} rows): {fmt(kd.get('alpha'))}"
     if kd.get("ci") and kd.get("alpha") is not None:
-        line += f" [{ci_name(kd)} {interval(kd.get('alpha_low'), kd.get('alpha_high'))}]"
+        line += f", {ci_name(kd)} {interval(kd.get('alpha_low'), kd.get('alpha_high'))}"
     lines = [line]
     if models > 2 and level in ("nominal", "ordinal"):
-        lines.append(f"Fleiss' κ (across {models} models, {kd.get('n_complete')} rows answered by all): "
-                     f"{fmt(kd.get('fleiss_kappa'))}")
+        lines.append(f"Fleiss' κ ({kd.get('n_complete')} rows answered by all): {fmt(kd.get('fleiss_kappa'))}")
     if kd.get("ci") and kd.get("n_boot"):
-        lines.append(f"Intervals: percentile bootstrap over rows, {kd['n_boot']} resamples, seed {kd.get('seed')}")
+        lines.append(f"Intervals: percentile bootstrap, {kd['n_boot']} resamples of rows, seed {kd.get('seed')}")
     return lines
 
 
