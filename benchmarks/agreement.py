@@ -3,8 +3,10 @@
 
 Prints figures; it is not a test. The data: three models rating ``--rows`` items (seeded) as a
 fan-out run leaves them, with about 15% of answers missing per model (errored rows): a 1-5 rating
-``stars`` (whole numbers, so ordinal when inferred), a score ``prob`` in [0, 1] (interval) and a
-label (nominal). Then Krippendorff's own published example (4 observers, 12 units) and Fleiss'
+``stars`` (whole numbers, so ordinal when inferred), a score ``prob`` in [0, 1] with two decimals
+(interval) and a label (nominal). (Two decimals because the reference package holds a rows ×
+values × values array: with three decimals and 2000 rows it needs 16 GB and is killed.)
+Then Krippendorff's own published example (4 observers, 12 units) and Fleiss'
 1971 example (10 subjects, 14 raters), whose published values are printed alongside.
 
 * Krippendorff's α at every level: ``corral.agreement(level=...)`` vs ``krippendorff.alpha``;
@@ -42,7 +44,7 @@ def fanout(rows: int, seed: int = 7) -> pd.DataFrame:
     for model in MODELS:
         gone = rng.random(rows) < 0.15
         stars = np.clip(truth + rng.integers(-1, 2, rows), 1, 5).astype(float)
-        prob = np.round(np.clip(truth / 5 + rng.normal(0, 0.1, rows), 0, 1), 3)
+        prob = np.round(np.clip(truth / 5 + rng.normal(0, 0.1, rows), 0, 1), 2)
         label = np.where(stars >= 3, "positive", "negative").astype(object)
         stars[gone], prob[gone], label[gone] = np.nan, np.nan, None
         data[f"stars_{model}"], data[f"prob_{model}"], data[f"label_{model}"] = stars, prob, label

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
-from sklearn.metrics import cohen_kappa_score
+from sklearn.metrics import cohen_kappa_score, f1_score
 from statsmodels.stats.inter_rater import aggregate_raters, fleiss_kappa
 
 from corral.errors import UsageError
@@ -261,6 +261,8 @@ def test_gold_scores_numbers_by_mean_absolute_error() -> None:
     assert gold.loc[model, "n"] == answered.sum()
     assert gold.loc[model, "mae"] == pytest.approx(errors.mean())
     assert gold.loc[model, "accuracy"] == pytest.approx((errors == 0).mean())
+    expected_f1 = f1_score(df.human[answered], df[f"stars_{model}"][answered].astype(int), average="macro")
+    assert gold.loc[model, "macro_f1"] == pytest.approx(expected_f1) and expected_f1 > 0.2
 
 
 # ------------------------------------------------------------------ fronts: polars, HTML, CLI, report

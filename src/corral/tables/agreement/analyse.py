@@ -143,11 +143,14 @@ def _gold_scores(scale: Scale, gold: pd.Series, models: list[str], normalize: bo
             yt, yp = [t for t, _ in pairs], [p for _, p in pairs]
             row["accuracy"] = float(np.mean([t == p for t, p in pairs]))
             if scale.level in ("nominal", "ordinal"):
-                labels = sorted(set(map(str, yt)) | set(map(str, yp)), key=label_sort_key)
+                # One label per value: 3 (a model's answer) and 3.0 (a gold cell) are the same class.
+                as_label = float if scale.numeric else str
+                labels = sorted({as_label(v) for v in yt + yp}, key=label_sort_key)
                 index = {label: i for i, label in enumerate(labels)}
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    row["macro_f1"] = float(f1_score([index[str(v)] for v in yt], [index[str(v)] for v in yp],
+                    row["macro_f1"] = float(f1_score([index[as_label(v)] for v in yt],
+                                                     [index[as_label(v)] for v in yp],
                                                      average="macro", zero_division=0))
             if scale.numeric:
                 row["mae"] = float(np.mean(np.abs(np.array(yt, dtype=float) - np.array(yp, dtype=float))))

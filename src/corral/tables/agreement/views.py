@@ -25,7 +25,7 @@ def level_text(kd: dict[str, Any]) -> str:
 
 
 def title(key: str, kd: dict[str, Any]) -> str:
-    return (f"Agreement on {key!r} ({level_text(kd)}): {len(kd.get('models') or [])} models, "
+    return (f"Key {key!r} ({level_text(kd)}): {len(kd.get('models') or [])} models, "
             f"{kd.get('n_rows')} rows ({kd.get('n_complete')} answered by all)")
 
 
