@@ -49,7 +49,8 @@ def test_perfect_agreement_three_models() -> None:
     report = agreement(fanout({A: labels, B: labels, C: labels}))
     ka = report.keys["label"]
     assert ka.models == [A, B, C]
-    assert list(report.keys) == ["label"]          # prob (float) is not a label
+    assert list(report.keys) == ["label", "prob"]  # every key, each at its own level
+    assert ka.level == "nominal" and report.keys["prob"].level == "interval"
     assert len(ka.pairs) == 3
     assert (ka.pairs.percent_agreement == 100.0).all()
     assert (ka.pairs.cohen_kappa == 1.0).all()
@@ -132,7 +133,8 @@ def test_columns_found_by_key_prefix_with_odd_model_names() -> None:
     df = fanout({A: ["a", "b"], B: ["a", "b"], C: ["a", "a"]}, stars_x=[1, 2])
     df[f"stars_{A}"], df[f"stars_{B}"], df[f"stars_{C}"] = [1, 5], [1, 4], [2, 5]
     report = agreement(df)
-    assert list(report.keys) == ["label", "stars"]   # prob is float-valued: skipped
+    assert list(report.keys) == ["label", "prob", "stars"]
+    assert [ka.level for ka in report.keys.values()] == ["nominal", "interval", "ordinal"]
     assert report.keys["label"].columns == [f"label_{A}", f"label_{B}", f"label_{C}"]
     assert report.keys["stars"].models == [A, B, C]  # stars_x is not a model's column
     forced = agreement(df, key="prob", models=[C, A])
@@ -197,10 +199,11 @@ def test_alpha_with_no_pairable_row() -> None:
 
 def test_outputs_frame_dict_and_render() -> None:
     report = agreement(fanout({A: ["a", "b", "a"], B: ["a", "b", "b"]}, gold=["a", "b", "a"]),
-                       gold="gold")
+                       key="label", gold="gold")
     frame = report.to_frame()
     assert list(frame.columns) == ["key", "scope", "model_a", "model_b", "n", "percent_agreement",
-                                   "cohen_kappa", "alpha"]
+                                   "cohen_kappa", "alpha", "level", "weights", "alpha_low", "alpha_high",
+                                   "kappa_low", "kappa_high", "fleiss_kappa"]
     assert frame.scope.tolist() == ["pair", "all"]
     assert frame.alpha.iloc[1] == pytest.approx(report.keys["label"].alpha)
     data = json.loads(json.dumps(report.to_dict(), allow_nan=False))

@@ -27,12 +27,24 @@ def agree_command(
     gold: Optional[list[str]] = typer.Option(
         None, "--gold", metavar="[KEY=]COLUMN", help="Column of reference labels: accuracy and macro-F1 per model. "
                              "KEY=COLUMN gives one key its own gold column."),
+    level: Optional[list[str]] = typer.Option(
+        None, "--level", metavar="[KEY=]LEVEL", help="Level of measurement for Krippendorff's α: nominal, ordinal, "
+                             "interval or ratio; KEY=LEVEL for one key. Default: read off the values."),
+    weights: Optional[str] = typer.Option(None, "--weights", metavar="none|linear|quadratic",
+                                          help="Cohen's κ weights for ordered keys. Default: by level "
+                                          "(ordinal linear, interval and ratio quadratic)."),
+    ci: float = typer.Option(0.95, "--ci", help="Confidence level of the bootstrap intervals (0 for none)."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples of the rows."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap (the same seed gives the same intervals)."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Also write the full report as JSON here."),
     confusion: bool = typer.Option(False, "--confusion", help="Print a confusion table per model pair."),
     no_normalize: bool = typer.Option(False, "--no-normalize", help="Compare labels exactly "
                                       "(default: strip whitespace, ignore case)."),
 ) -> None:
-    """Pairwise Cohen's κ and percent agreement, Krippendorff's α, and optional gold-label scores.
+    """Pairwise Cohen's κ and percent agreement, Krippendorff's α, Fleiss' κ, and gold-label scores.
+
+    Each key is scored at its level of measurement (labels nominal, whole-number ratings ordinal,
+    other numbers interval; --level to say otherwise), with seeded bootstrap intervals.
 
     Empty cells are missing answers (a model that errored on that row); text such as "NA" or
     "None" stays a label.
@@ -41,14 +53,16 @@ def agree_command(
     Example:
       corral agree labelled.csv --key label
       corral agree labelled.parquet -m llama3.2,gemma3 --gold human_label --confusion --json agree.json
+      corral agree scored.csv --level stars=ordinal --weights quadratic
     """
     from ..tables.agreement import agreement
 
     frame = read_table(file)
     keys = _split(key) or None
     model_list = _split([models]) if models else None
-    report = agreement(frame, key=keys, models=model_list, gold=_gold_arg(gold),
-                       normalize=not no_normalize)
+    report = agreement(frame, key=keys, models=model_list, gold=_per_key_arg(gold, "--gold", "COLUMN"),
+                       level=_per_key_arg(level, "--level", "LEVEL"), weights=weights, ci=ci or None,
+                       n_boot=n_boot, seed=seed, normalize=not no_normalize)
     from rich.console import Console
 
     Console(file=sys.stdout).print(report.render(confusion=confusion))
@@ -94,7 +108,7 @@ def _split(values: list[str] | None) -> list[str]:
     return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
 
 
-def _gold_arg(values: list[str] | None) -> str | dict[str, str] | None:
+def _per_key_arg(values: list[str] | None, flag: str, what: str) -> str | dict[str, str] | None:
     """``--gold COL`` (every key) or ``--gold KEY=COL`` (per key); the two forms do not mix."""
     if not values:
         return None
@@ -104,7 +118,7 @@ def _gold_arg(values: list[str] | None) -> str | dict[str, str] | None:
     for value in values:
         name, sep, column = value.partition("=")
         if not sep or not name or not column:
-            raise UsageError(f"--gold {value!r}: with several --gold flags, write KEY=COLUMN")
+            raise UsageError(f"{flag} {value!r}: with several {flag} flags, write KEY={what}")
         mapping[name.strip()] = column.strip()
     return mapping
 

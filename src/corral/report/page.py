@@ -227,30 +227,19 @@ def _per_model(data: ReportData) -> str:
 
 
 def _agreement(agreement: dict[str, Any] | None) -> tuple[str, list[figs.Figure]]:
+    """The tables and lines `corral agree` prints, drawn by the same views, plus confusion heatmaps."""
     if not agreement:
         return "", []
+    from ..tables.agreement.views import key_html
+
     parts = ['<section id="agreement"><h2>Agreement between models</h2>']
     made: list[figs.Figure] = []
     for k, (key, ka) in enumerate((agreement.get("keys") or {}).items()):
-        alpha = ka.get("alpha")
-        parts.append(f"<h3>On {_e(repr(key))}: {len(ka.get('models') or [])} models, {ka.get('n_rows')} rows "
-                     f"({ka.get('n_complete')} answered by all)</h3>"
-                     f"<p>Krippendorff's α (nominal): <b>{_e(_num(alpha, '.3f'))}</b></p>")
-        parts.append(_table(["model A", "model B", "n", "agreement", "Cohen's κ"], [
-            [_e(p.get("model_a")), _e(p.get("model_b")), _e(p.get("n")),
-             _e("—" if p.get("percent_agreement") is None else f"{p['percent_agreement']:.1f}%"),
-             _e("—" if p.get("cohen_kappa") is None else f"{p['cohen_kappa']:.3f}")]
-            for p in ka.get("pairs") or []], {2, 3, 4}))
-        if ka.get("gold"):
-            parts.append(f"<p>Against gold column {_e(ka.get('gold_column'))}:</p>" + _table(
-                ["model", "n", "accuracy", "macro-F1"],
-                [[_e(g.get("model")), _e(g.get("n")), _e(_num(g.get("accuracy"), ".3f")),
-                  _e(_num(g.get("macro_f1"), ".3f"))] for g in ka["gold"]], {1, 2, 3}))
+        parts.append(key_html(key, ka))
         for i, entry in enumerate(ka.get("confusion") or []):
             fig = figs.confusion(k, i, entry)
             made.append(fig)
             parts.append(_figure_block(fig, level=4))
-        parts.extend(f"<p class=meta>note: {_e(n)}</p>" for n in ka.get("notes") or [])
     parts.append("</section>")
     return "".join(parts), made
 

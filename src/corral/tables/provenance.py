@@ -30,14 +30,15 @@ def frame_facts(frame: pd.DataFrame) -> dict[str, Any]:
 def save_agreement(manifest: ManifestRecorder, frame: pd.DataFrame, runner: TableRunner) -> Any:
     """After a fan-out run with JSON keys: how much the models agree, kept in the manifest (and so in
     the store, for `corral report`). Returns the AgreementReport, or None when there is nothing to
-    compare."""
+    compare. Only the keys the job asked for are scored, each at the level its values show, so the
+    same output scores the same whether it was written as CSV (text) or Parquet (typed)."""
     keys = getattr(runner.plan, "keys", None)
     if not (runner.fanout and keys and len(runner.models) > 1 and len(frame)):
         return None
     from .agreement import agreement
 
     try:
-        report = agreement(frame, models=list(runner.models))
+        report = agreement(frame, key=list(keys), models=list(runner.models))
     except UsageError as exc:
         manifest.update(agreement={"error": str(exc)})
         return None
