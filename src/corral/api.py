@@ -6,6 +6,7 @@ the caller already has a running loop (Jupyter), so notebooks need no nest_async
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -86,7 +87,7 @@ async def batch_generate_async(
     collected = _Collect()
     recorder = ManifestRecorder(
         kind="batch_generate", path=Path(manifest) if manifest is not None else None,
-        input=data_facts("prompts", (orjson.dumps(r.messages) for r in requests), len(requests)),
+        input=data_facts("prompts", (_hashable(r.messages) for r in requests), len(requests)),
         job={"models": sorted({r.model for r in requests}), "model": job.model,
              "system": job.system, "options": merged_options, "format": job.format},
     )
@@ -98,6 +99,15 @@ async def batch_generate_async(
     finally:
         journal.close()
     return collected.rows
+
+
+def _hashable(messages: Any) -> bytes:
+    """The messages as bytes to hash. A lone surrogate cannot be UTF-8: such a prompt is hashed in
+    its escaped form here, and the engine fails its row (``invalid_request``) instead of raising."""
+    try:
+        return orjson.dumps(messages)
+    except TypeError:
+        return json.dumps(messages, ensure_ascii=True, default=str).encode()
 
 
 class _Collect:
