@@ -643,8 +643,7 @@ class Run:
         try:
             self._on_outcome(outcome)
         except Exception as exc:  # e.g. the output disk is full: stop, the store has the results
-            if not self._done.done():
-                self._done.set_exception(exc)
+            self._abort(exc, f"passing on the result of row {outcome.request.id or outcome.request.index}")
 
 
 def _reseeded(request: Request, attempt: int) -> Request:
