@@ -3,7 +3,8 @@
 
 The scenarios are the functions of ``tests/scenarios.py`` (and issue #17's ``tests/scenarios_hostile.py``)
 that the test suite runs at CI size: each checks its invariants (nothing lost or duplicated, bounded
-re-sends and time, one-line errors...) and returns its figures. A scenario whose check fails is shown as FAIL with the reason.
+re-sends and time, one-line errors...) and returns its figures. A scenario whose check fails is shown
+as FAIL with the reason.
 
 Usage: .venv/bin/python benchmarks/faults.py [--only 1,3,14] [--no-local] [--markdown]
 """
