@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Run issue #7's fault-injection scenarios at full size and print their figures as a table.
 
-The scenarios are the functions of ``tests/scenarios.py`` that the test suite runs at CI size: each
-checks its invariants (nothing lost or duplicated, bounded re-sends and time, one-line errors...)
-and returns its figures. A scenario whose check fails is shown as FAIL with the reason.
+The scenarios are the functions of ``tests/scenarios.py`` (and issue #17's ``tests/scenarios_hostile.py``)
+that the test suite runs at CI size: each checks its invariants (nothing lost or duplicated, bounded
+re-sends and time, one-line errors...) and returns its figures. A scenario whose check fails is shown
+as FAIL with the reason.
 
 Usage: .venv/bin/python benchmarks/faults.py [--only 1,3,14] [--no-local] [--markdown]
 """
@@ -24,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests import scenarios  # noqa: E402
+from tests import scenarios, scenarios_hostile  # noqa: E402
 
 SCENARIOS: list[tuple[int, str, Callable[[Path], dict[str, Any]]]] = [
     (1, "SIGKILL x20, resume", lambda w: scenarios.sigkill_resume(w, rows=2000, kills=20)),
@@ -42,6 +43,7 @@ SCENARIOS: list[tuple[int, str, Callable[[Path], dict[str, Any]]]] = [
     (13, "API key leaks", lambda w: scenarios.secrets(w, rows=200)),
     (14, "Ctrl-C", lambda w: scenarios.ctrl_c(w, rows=1000)),
     (14, "Ctrl-C, embedded llama.cpp", lambda w: scenarios.ctrl_c(w, rows=16, local=True)),
+    (15, "hostile servers, absurd settings", lambda w: scenarios_hostile.hostile(w, rows=50)),
 ]
 
 

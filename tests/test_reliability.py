@@ -93,7 +93,7 @@ def test_api_key_quoted_by_a_server_is_masked(monkeypatch) -> None:
      "c.toml:5: servers[2]: unknown key(s) max_concurency"),
     ('[[servers]]\nname = "x"\nurl = "http://bad host"\n', "c.toml:3: servers[1]: bad server URL"),
     ('[ollama_instances]\n"gpu1:11434" = 0\n"bad host:1" = 1\n', "c.toml:3: ollama_instances: bad server URL"),
-    ('timeout = -1\n', "c.toml:1: timeout must be a positive number"),
+    ('timeout = -1\n', "c.toml:1: timeout must be a finite number of seconds > 0"),
     ('model = "m\n', "c.toml:1: invalid TOML: Illegal character"),
 ])
 def test_config_errors_name_file_and_line(tmp_path: Path, text: str, expected: str) -> None:

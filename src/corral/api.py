@@ -6,6 +6,7 @@ the caller already has a running loop (Jupyter), so notebooks need no nest_async
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -71,11 +72,13 @@ async def batch_generate_async(
     max_attempts: int | None = None,
     hedge: bool | None = None,
     manifest: str | os.PathLike[str] | None = None,
+    max_busy_seconds: float | None = None,
     **options: Any,
 ) -> list[dict[str, Any]]:
     """The async twin of `batch_generate`: await it inside your own event loop."""
     job = resolve(servers=servers, config=config, api=api, model=model, system=system, options=options,
-                  format=format, timeout=timeout, max_attempts=max_attempts, hedge=hedge)
+                  format=format, timeout=timeout, max_attempts=max_attempts, hedge=hedge,
+                  max_busy_seconds=max_busy_seconds)
     if not job.model:
         raise UsageError("batch_generate needs a model: batch_generate(prompts, model='llama3.2')")
     merged_options = canonical_options(job.options)
@@ -86,7 +89,7 @@ async def batch_generate_async(
     collected = _Collect()
     recorder = ManifestRecorder(
         kind="batch_generate", path=Path(manifest) if manifest is not None else None,
-        input=data_facts("prompts", (orjson.dumps(r.messages) for r in requests), len(requests)),
+        input=data_facts("prompts", (_hashable(r.messages) for r in requests), len(requests)),
         job={"models": sorted({r.model for r in requests}), "model": job.model,
              "system": job.system, "options": merged_options, "format": job.format},
     )
@@ -98,6 +101,15 @@ async def batch_generate_async(
     finally:
         journal.close()
     return collected.rows
+
+
+def _hashable(messages: Any) -> bytes:
+    """The messages as bytes to hash. A lone surrogate cannot be UTF-8: such a prompt is hashed in
+    its escaped form here, and the engine fails its row (``invalid_request``) instead of raising."""
+    try:
+        return orjson.dumps(messages)
+    except TypeError:
+        return json.dumps(messages, ensure_ascii=True, default=str).encode()
 
 
 class _Collect:
@@ -131,7 +143,8 @@ def batch_generate(
     `batch_generate_async` (``system``, ``format``, ``api``, ``config``, ``store``, ``timeout``:
     seconds per attempt, by default derived from each prompt's expected tokens and the server's
     observed speed; ``hedge=False``: never re-send a straggler to an idle faster server at the end;
-    ``manifest``: a path for the run's manifest JSON; it is kept in the store either way).
+    ``manifest``: a path for the run's manifest JSON; it is kept in the store either way;
+    ``max_busy_seconds``: how long a row may wait on "server busy" answers, default 300).
     Works the same in a plain script and inside Jupyter's running event loop.
     """
     return run_sync(batch_generate_async(prompts, model, servers, max_concurrent, rate_limit_delay,

@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .limits import seconds_problem, slots_problem
 
 APIS = ("ollama", "openai")
 _HOST = re.compile(r"^(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|[0-9A-Fa-f:.]+)$")
@@ -38,7 +39,7 @@ DEFAULT_OLLAMA_PORT = 11434
 
 _TOP_KEYS = {
     "model", "system_message", "ollama_instances", "servers", "options", "timeout",
-    "max_attempts", "api", "max_concurrency", "format", "keep_alive", "hedge",
+    "max_attempts", "api", "max_concurrency", "format", "keep_alive", "hedge", "max_busy_seconds",
 }
 _SERVER_KEYS = {
     "url", "api", "models", "max_concurrency", "api_key_env", "gpu", "name", "timeout",
@@ -87,6 +88,7 @@ class Config:
     timeout: float | None = None
     max_attempts: int | None = None
     hedge: bool | None = None    # re-send a straggler to an idle faster server at a job's end
+    max_busy_seconds: float | None = None  # a row's time on "server busy" answers before it fails
     path: str | None = None
 
 
@@ -107,6 +109,9 @@ def normalize_url(raw: str, api: str = "ollama") -> str:
         port = parts.port
     except ValueError:
         raise ConfigError(f"bad server URL {raw!r}: the port is not a number", near=raw) from None
+    if port == 0:  # urlsplit reads "host:0" as no port at all, which would mean port 80
+        raise ConfigError(f"bad server URL {raw!r}: port 0 is not a port a server listens on "
+                          f"(give 1-65535)", near=raw)
     if port is None and api == "ollama" and parts.scheme == "http":
         port = DEFAULT_OLLAMA_PORT
     host = parts.hostname
@@ -190,7 +195,7 @@ def parse_config(data: dict[str, Any], where: str = "<config>") -> Config:
                           near="api")
     default_slots = data.get("max_concurrency")
     if default_slots is not None:
-        default_slots = _positive_int(default_slots, where, "max_concurrency")
+        default_slots = _slots(default_slots, where, "max_concurrency")
 
     servers: list[ServerSpec] = []
     instances = data.get("ollama_instances", {})
@@ -222,7 +227,10 @@ def parse_config(data: dict[str, Any], where: str = "<config>") -> Config:
         raise ConfigError(f"{where}: options must be a table ({_OPTION_KEYS_HINT})", near="options")
     timeout = data.get("timeout")
     if timeout is not None:
-        timeout = _positive_float(timeout, where, "timeout")
+        timeout = _seconds(timeout, where, "timeout")
+    busy = data.get("max_busy_seconds")
+    if busy is not None:
+        busy = _seconds(busy, where, "max_busy_seconds")
     attempts = data.get("max_attempts")
     if attempts is not None:
         attempts = _positive_int(attempts, where, "max_attempts")
@@ -239,6 +247,7 @@ def parse_config(data: dict[str, Any], where: str = "<config>") -> Config:
         timeout=timeout,
         max_attempts=attempts,
         hedge=hedge,
+        max_busy_seconds=busy,
         path=where,
     )
 
@@ -264,10 +273,10 @@ def _parse_server(entry: Any, where: str, default_api: str, default_slots: int |
         models = tuple(models)
     slots = entry.get("max_concurrency", default_slots)
     if slots is not None:
-        slots = _positive_int(slots, where, "max_concurrency")
+        slots = _slots(slots, where, "max_concurrency")
     timeout = entry.get("timeout")
     if timeout is not None:
-        timeout = _positive_float(timeout, where, "timeout")
+        timeout = _seconds(timeout, where, "timeout")
     gpu = entry.get("gpu")
     if gpu is not None and not isinstance(gpu, int):
         raise ConfigError(f"{where}: gpu must be an integer", near="gpu")
@@ -298,9 +307,17 @@ def _positive_int(value: Any, where: str, key: str) -> int:
     return value
 
 
-def _positive_float(value: Any, where: str, key: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{where}: {key} must be a positive number, not {value!r}", near=key)
+def _slots(value: Any, where: str, key: str) -> int:
+    problem = slots_problem(value)
+    if problem:
+        raise ConfigError(f"{where}: {key} {problem}", near=key)
+    return int(value)
+
+
+def _seconds(value: Any, where: str, key: str) -> float:
+    problem = seconds_problem(value)
+    if problem:
+        raise ConfigError(f"{where}: {key} {problem}", near=key)
     return float(value)
 
 

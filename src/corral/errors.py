@@ -39,3 +39,8 @@ class InputError(UsageError):
 
 class NoServerError(UsageError):
     """No live server can serve a model the job needs."""
+
+
+class RunAborted(UsageError):
+    """A run could not go on (a fault in corral itself on the way from an answer to the journal):
+    the message says what failed; answers journaled so far are kept and a re-run resumes."""

@@ -16,7 +16,9 @@ class Outcome:
     request: Request
     reply: Reply | None = None
     error: str | None = None
-    error_kind: str | None = None   # "http", "connection", "timeout", "protocol", "no_server"
+    # "http", "connection", "timeout", "protocol", "no_server", "invalid_answer", "internal" (a fault in
+    # corral while handling an answer), "invalid_request" (the request cannot be encoded to be sent)
+    error_kind: str | None = None
     status_code: int | None = None
     attempts: int = 0
     server: str | None = None

@@ -479,7 +479,10 @@ def stop(state_dir: Path, timeout: float = 10.0) -> list[tuple[Member, str]]:
     """SIGTERM each recorded process that is still ours (SIGKILL after ``timeout``), then forget them.
 
     Returns (member, what happened) pairs. Each child leads its own process group or session, so
-    the group is signalled: a ``llama-server`` under corral's supervisor goes with it.
+    the group is signalled: a ``llama-server`` under corral's supervisor goes with it. "killed" is
+    said only of a process seen gone after its SIGKILL; one still there after ``KILL_WAIT`` seconds
+    (stuck in the kernel, or not ours to signal) is reported as still running, and the state file
+    keeps it, so `serve status` and another `serve stop` still find it.
     """
     members = load_members(state_dir)
     if members is None:
@@ -492,17 +495,48 @@ def stop(state_dir: Path, timeout: float = 10.0) -> list[tuple[Member, str]]:
             live.append(m)
         else:
             outcome.append((m, "was not running"))
-    deadline = time.monotonic() + timeout
-    while any(is_ours(m) for m in live) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _wait_gone(live, timeout)
+    killed = [m for m in live if is_ours(m)]
+    for m in killed:
+        _signal(m, signal.SIGKILL)
+    _wait_gone(killed, KILL_WAIT)
+    still = [m for m in killed if is_ours(m)]
     for m in live:
-        if is_ours(m):
-            _signal(m, signal.SIGKILL)
+        if m in still:
+            outcome.append((m, f"still running after SIGTERM and SIGKILL (pid {m.pid}): not stopped; "
+                               f"end it as its owner, e.g. kill -9 {m.pid}"))
+        elif m in killed:
             outcome.append((m, f"killed (did not stop within {timeout:.0f}s)"))
         else:
             outcome.append((m, "stopped"))
-    (state_dir / STATE_FILE).unlink(missing_ok=True)
+    if still:
+        _keep_only(state_dir, still)
+    else:
+        (state_dir / STATE_FILE).unlink(missing_ok=True)
     return outcome
+
+
+#: Seconds a process gets to disappear after SIGKILL before `stop` reports it as still running.
+KILL_WAIT = 5.0
+
+
+def _wait_gone(members: list[Member], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while any(is_ours(m) for m in members) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _keep_only(state_dir: Path, members: list[Member]) -> None:
+    """Rewrite the state file with only ``members`` (those still running)."""
+    path = state_dir / STATE_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    data["members"] = [asdict(m) for m in members]
+    write_whole(path, json.dumps(data, indent=2) + "\n")
 
 
 def _signal(member: Member, sig: signal.Signals) -> None:
@@ -512,4 +546,7 @@ def _signal(member: Member, sig: signal.Signals) -> None:
     except ProcessLookupError:
         return
     except PermissionError:
-        os.kill(member.pid, sig)
+        try:
+            os.kill(member.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return  # gone, or not ours to signal: `stop` then reports it still running

@@ -17,6 +17,7 @@ from typing import Any
 
 from .config import Config, ServerSpec, default_servers, load_config, parse_config, server_from_url
 from .errors import UsageError
+from .limits import seconds_problem, slots_problem
 
 #: What a front accepts as servers: URLs ("gpu1:11434", "http://host:8000") or `ServerSpec`s.
 ServerLike = str | ServerSpec
@@ -42,6 +43,8 @@ class Settings:
     timeout: float | None = None
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     hedge: bool = True
+    #: Seconds a row may spend on "server busy" answers (429/503) before it fails; None: the engine's.
+    max_busy_seconds: float | None = None
     #: The model the embedded server answers to, when ``local`` started it.
     local_model: str | None = None
     config: Config = field(default_factory=Config)
@@ -53,6 +56,8 @@ class Settings:
 
         values: dict[str, Any] = {"timeout": self.timeout, "hedge": self.hedge,
                                   "retry": RetryPolicy(max_attempts=self.max_attempts)}
+        if self.max_busy_seconds is not None:
+            values["max_busy_seconds"] = self.max_busy_seconds
         values.update(overrides)
         return EngineSettings(**values)
 
@@ -93,18 +98,22 @@ def resolve(
     timeout: float | None = None,
     max_attempts: int | None = None,
     hedge: bool | None = None,
+    max_busy_seconds: float | None = None,
 ) -> Settings:
     """Merge what the user said with the config file and the environment.
 
     Servers: ``local`` (the embedded llama.cpp server, stopped when ``stack`` closes), else
     ``servers``, else the config's, else ``OLLAMA_HOST`` (unless ``require_servers``: Ray's actors
     run elsewhere, where a local default would mean another machine's Ollama). ``workers`` gives
-    every server that has no ``max_concurrency`` of its own that many slots.
+    every server that has no ``max_concurrency`` of its own that many slots. ``timeout`` and
+    ``max_busy_seconds`` must be finite numbers of seconds > 0 (`check_seconds`), ``workers`` at
+    most `corral.limits.MAX_SLOTS_PER_SERVER` (`check_slots`).
     """
     if api not in APIS:
         raise UsageError(f"api must be one of {', '.join(APIS)}, not {api!r}")
-    if workers is not None and workers < 1:
-        raise UsageError(f"workers must be at least 1, not {workers}")
+    check_slots(workers, "workers")
+    check_seconds(timeout, "timeout")
+    check_seconds(max_busy_seconds, "max_busy_seconds")
     cfg = read_config(config)
     local_model = None
     if local:
@@ -130,12 +139,30 @@ def resolve(
         options={**cfg.options, **(options or {})},
         format=format if format is not None else cfg.format,
         keep_alive=keep_alive if keep_alive is not None else cfg.keep_alive,
-        timeout=timeout or cfg.timeout or None,
+        timeout=timeout if timeout is not None else cfg.timeout,
         max_attempts=max_attempts or cfg.max_attempts or DEFAULT_MAX_ATTEMPTS,
         hedge=hedge if hedge is not None else cfg.hedge is not False,
+        max_busy_seconds=max_busy_seconds if max_busy_seconds is not None else cfg.max_busy_seconds,
         local_model=local_model,
         config=cfg,
     )
+
+
+def check_slots(value: int | None, name: str) -> int | None:
+    """``value`` when it is a number of slots per server (or None); else a UsageError naming ``name``."""
+    problem = None if value is None else slots_problem(value)
+    if problem:
+        raise UsageError(f"{name} {problem}")
+    return value
+
+
+def check_seconds(value: float | None, name: str) -> float | None:
+    """``value`` when it is a finite number of seconds > 0 (or None); else a UsageError naming ``name``:
+    ``nan``, ``-1`` or ``0`` would disable a timeout or wait for ever, never what was meant."""
+    problem = None if value is None else seconds_problem(value)
+    if problem:
+        raise UsageError(f"{name} {problem}")
+    return value
 
 
 def start_local(n_parallel: int, stack: ExitStack, *, embedding: bool = False) -> ServerSpec:

@@ -97,6 +97,11 @@ class ServerCore:
         self.revisions: dict[str, str] = {}
         #: Ollama: seconds of ``load_duration`` the next generation reports (a cold model), once.
         self.cold_load: float = 0.0
+        #: A hostile server: fields set in every non-streamed generation answer, by dotted path
+        #: (``{"eval_count": "many"}``, ``{"usage.completion_tokens": "x"}``); see ``_tampered``.
+        self.answer_fields: dict[str, Any] = {}
+        #: Ollama: the whole body /api/tags answers with, when set (``{"models": "x"}``...).
+        self.tags_body: Any = None
 
         self._port = port
         self._rng = random.Random(seed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import http
 import math
 import socket
@@ -26,12 +27,31 @@ __all__ = ["Blackhole", "FaultInjection", "OLLAMA_BUSY_MESSAGE"]
 
 class FaultInjection(Exchange):
     """The fault switches' effects: ``fail_next``/``fail_rate``, ``slots``/``max_queue``,
-    ``latency``/``hang``, ``drop_rate``, ``slow_body``/``slow_rate`` and ``endless_whitespace``."""
+    ``latency``/``hang``, ``drop_rate``, ``slow_body``/``slow_rate``, ``endless_whitespace``, and
+    hostile answers: ``answer_fields`` (fields of the wrong type) and ``tags_body`` (a bad listing)."""
 
     def fail_next(self, n: int = 1, status: int = 503, retry_after: float | None = None) -> None:
         """Fail exactly the next ``n`` inference requests with ``status`` (before fail_rate)."""
         with self._lock:
             self._fail_queue.extend([(status, retry_after)] * n)
+
+    def _tampered(self, payload: Body) -> Body:
+        """``payload`` with ``answer_fields`` set in it: a dotted path goes into nested objects
+        (an object that is not one, or missing, becomes one), so a test can give any field any type."""
+        fields = self.answer_fields
+        if not fields:
+            return payload
+        payload = copy.deepcopy(payload)
+        for path, value in fields.items():
+            *parents, last = path.split(".")
+            node = payload
+            for name in parents:
+                child = node.get(name)
+                if not isinstance(child, dict):
+                    child = node[name] = {}
+                node = child
+            node[last] = value
+        return payload
 
     def _draw(self, rate: float) -> bool:
         if rate <= 0:

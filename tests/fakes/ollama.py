@@ -55,6 +55,8 @@ class OllamaApi(FaultInjection):
 
     async def _h_tags(self, request: web.Request) -> web.Response:
         self._check_auth(request)
+        if self.tags_body is not None:  # a malformed listing, on demand
+            return self._json(self.tags_body)
         models = []
         for name in self._ollama_names.values():
             models.append({"name": name, "model": name, "modified_at": MODIFIED_AT,
@@ -249,7 +251,7 @@ class OllamaApi(FaultInjection):
         if stream:
             return await self._send(request, [dumps(o) + b"\n" for o in objects],
                                     "application/x-ndjson", streaming=True)
-        return await self._send(request, [dumps(objects[-1])],
+        return await self._send(request, [dumps(self._tampered(objects[-1]))],
                                 "application/json; charset=utf-8", streaming=False)
 
     async def _h_ollama_chat(self, request: web.Request) -> web.StreamResponse:

@@ -234,7 +234,8 @@ class OpenAIApi(FaultInjection):
             }
             if self.llamacpp:
                 payload["timings"] = self._timings(prompt_tokens, completion_tokens)
-            return await self._send(request, [dumps(payload)], "application/json", streaming=False)
+            return await self._send(request, [dumps(self._tampered(payload))], "application/json",
+                                    streaming=False)
 
     async def _h_openai_completions(self, request: web.Request) -> web.StreamResponse:
         body = await self._begin_inference(request)
@@ -281,7 +282,8 @@ class OpenAIApi(FaultInjection):
                              "model": model, "choices": choices, "usage": usage}
             if self.llamacpp:
                 payload["timings"] = self._timings(prompt_tokens, completion_tokens)
-            return await self._send(request, [dumps(payload)], "application/json", streaming=False)
+            return await self._send(request, [dumps(self._tampered(payload))], "application/json",
+                                    streaming=False)
 
     async def _send_sse(self, request: web.Request, events: list[Body], body: Body, head: Body,
                         usage: Body) -> web.StreamResponse:

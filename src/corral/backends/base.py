@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import re
 import time
 from abc import ABC, abstractmethod
@@ -80,13 +81,56 @@ class BackendError(Exception):
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After in seconds (the HTTP-date form is rare from LLM servers and ignored)."""
+    """Retry-After in seconds (the HTTP-date form is rare from LLM servers and ignored, as are
+    ``nan`` and ``inf``)."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+# -- reading answers defensively ----------------------------------------------------------------
+# A server's answer is data, not a contract: a count of "many", a usage that is a list, a message
+# that is a string. A figure of the wrong type is a missing figure (None); only a missing text is an
+# error of the row. Counts above 2**53 are no real count (and would not fit the journal's integers).
+_MAX_COUNT = 2 ** 53
+
+
+def count_field(value: Any) -> int | None:
+    """A token count or a duration in ns as a non-negative int, or None when it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 0 <= value <= _MAX_COUNT else None
+    if isinstance(value, float) and math.isfinite(value) and 0 <= value <= _MAX_COUNT:
+        return int(value)
+    return None
+
+
+def ms_field(value: Any) -> int | None:
+    """Milliseconds (llama.cpp's timings) as nanoseconds, or None when not a usable number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return count_field(value * 1e6) if math.isfinite(value) else None
+
+
+def text_field(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def object_field(data: Any, key: str) -> dict[str, Any]:
+    """``data[key]`` when both are JSON objects, else an empty one."""
+    value = data.get(key) if isinstance(data, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
+def list_field(data: Any, key: str) -> list[Any]:
+    """``data[key]`` when it is a JSON array, else an empty one."""
+    value = data.get(key) if isinstance(data, dict) else None
+    return value if isinstance(value, list) else []
 
 
 def error_message(body: bytes) -> str:

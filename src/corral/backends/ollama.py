@@ -10,7 +10,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..requests import Request
-from .base import Backend, BackendError, Reply, ServerInfo, Streamed, sha256_text
+from .base import (
+    Backend,
+    BackendError,
+    Reply,
+    ServerInfo,
+    Streamed,
+    count_field,
+    object_field,
+    sha256_text,
+    text_field,
+)
 
 # Ollama generates without end by default (num_predict -1, shifting its context when full), and in
 # JSON mode some models emit whitespace for ever, a known Ollama failure. A JSON ask with no limit of
@@ -33,14 +43,10 @@ class OllamaBackend(Backend):
         version = await self._get("/api/version", timeout)
         tags = await self._get("/api/tags", timeout)
         models: dict[str, dict[str, Any]] = {}
-        for entry in tags.get("models") or []:
-            name = entry.get("name") or entry.get("model")
-            if name:
-                models[ollama_model_name(name)] = {
-                    "digest": entry.get("digest"), "size": entry.get("size"),
-                    "details": entry.get("details") or {},
-                }
-        return ServerInfo(models=models, version=version.get("version"))
+        for name, entry in listed_models(tags).items():
+            models[name] = {"digest": entry.get("digest"), "size": count_field(entry.get("size")),
+                            "details": object_field(entry, "details")}
+        return ServerInfo(models=models, version=text_field(version.get("version")))
 
     async def show(self, model: str, timeout: float) -> dict[str, Any]:
         """Model details (/api/show), used for provenance."""
@@ -50,29 +56,27 @@ class OllamaBackend(Backend):
         """The server's version, and per model the digest from /api/tags (the sha256 Ollama names the
         model's manifest by: it changes whenever `ollama pull` brings a different build) plus what
         /api/show says about its quantisation, parameters and prompt template."""
-        version = (await self._get("/api/version", timeout)).get("version")
-        tags = await self._get("/api/tags", timeout)
-        listed = {ollama_model_name(e.get("name") or e.get("model") or ""): e
-                  for e in tags.get("models") or [] if isinstance(e, dict)}
+        version = text_field((await self._get("/api/version", timeout)).get("version"))
+        listed = listed_models(await self._get("/api/tags", timeout))
         described: dict[str, Any] = {}
         for model in models:
             entry = listed.get(ollama_model_name(model), {})
             facts: dict[str, Any] = {
                 "name": entry.get("name") or model, "digest": entry.get("digest") or None,
-                "digest_source": "/api/tags", "size": entry.get("size"),
-                "modified_at": entry.get("modified_at"), "details": entry.get("details") or {},
+                "digest_source": "/api/tags", "size": count_field(entry.get("size")),
+                "modified_at": text_field(entry.get("modified_at")), "details": object_field(entry, "details"),
             }
             try:
                 shown = await self.show(model, timeout)
             except BackendError as exc:
                 facts["show_error"] = str(exc)
             else:
-                info = shown.get("model_info") or {}
-                arch = info.get("general.architecture")
+                info = object_field(shown, "model_info")
+                arch = text_field(info.get("general.architecture"))
                 facts.update({
-                    "details": shown.get("details") or facts["details"],
+                    "details": object_field(shown, "details") or facts["details"],
                     "parameters": shown.get("parameters"),
-                    "template_sha256": sha256_text(shown.get("template")),
+                    "template_sha256": sha256_text(text_field(shown.get("template"))),
                     "context_length": info.get(f"{arch}.context_length") if arch else None,
                     "capabilities": shown.get("capabilities"),
                 })
@@ -101,26 +105,15 @@ class OllamaBackend(Backend):
             if request.system:
                 payload["system"] = request.system
             data = await self._post("/api/generate", payload, timeout)
-            text = data.get("response")
+            text = text_field(data.get("response"))
         else:
             payload["messages"] = request.messages
             data = await self._post("/api/chat", payload, timeout)
-            text = (data.get("message") or {}).get("content")
+            text = text_field(object_field(data, "message").get("content"))
         if text is None:
             raise BackendError("answer has no text (missing message.content / response)",
                                retryable=True, kind="protocol")
-        return Reply(
-            text=text,
-            prompt_eval_count=data.get("prompt_eval_count"),
-            eval_count=data.get("eval_count"),
-            eval_duration=data.get("eval_duration"),
-            prompt_eval_duration=data.get("prompt_eval_duration"),
-            total_duration=data.get("total_duration"),
-            load_duration=data.get("load_duration"),
-            done_reason=data.get("done_reason"),
-            model=data.get("model"),
-            raw=data,
-        )
+        return _reply(data, text)
 
     async def stream(self, request: Request, timeout: float) -> Streamed:
         """The same call with ``"stream": true``: NDJSON chunks, the counters on the last (done) one."""
@@ -143,8 +136,8 @@ class OllamaBackend(Backend):
             data = self._stream_event(path, line)
             if data is None:
                 continue
-            piece = data.get("response") if request.endpoint == "generate" else (
-                (data.get("message") or {}).get("content"))
+            piece = text_field(data.get("response") if request.endpoint == "generate" else
+                               object_field(data, "message").get("content"))
             if piece:
                 chunks += 1
                 pieces.append(piece)
@@ -155,13 +148,7 @@ class OllamaBackend(Backend):
         if final is None:
             raise BackendError(f"the stream from {path} ended before its last chunk", retryable=True,
                                kind="protocol")
-        reply = Reply(
-            text="".join(pieces), prompt_eval_count=final.get("prompt_eval_count"),
-            eval_count=final.get("eval_count"), eval_duration=final.get("eval_duration"),
-            prompt_eval_duration=final.get("prompt_eval_duration"),
-            total_duration=final.get("total_duration"), load_duration=final.get("load_duration"),
-            done_reason=final.get("done_reason"), model=final.get("model"), raw=final,
-        )
+        reply = _reply(final, "".join(pieces))
         return Streamed(reply=reply, first_token=first, seconds=elapsed, chunks=chunks)
 
     async def _embed(self, request: Request, timeout: float) -> Reply:
@@ -182,12 +169,15 @@ class OllamaBackend(Backend):
                 self._legacy_embed = True
                 return await self._embed_one_by_one(request, timeout)
             raise
+        embeddings = data.get("embeddings")
+        if not isinstance(embeddings, list) or not all(isinstance(v, list) for v in embeddings):
+            raise BackendError("answer has no embeddings (a list of vectors)", retryable=True, kind="protocol")
         return Reply(
-            embeddings=data.get("embeddings"),
-            prompt_eval_count=data.get("prompt_eval_count"),
-            total_duration=data.get("total_duration"),
-            load_duration=data.get("load_duration"),
-            model=data.get("model"),
+            embeddings=embeddings,
+            prompt_eval_count=count_field(data.get("prompt_eval_count")),
+            total_duration=count_field(data.get("total_duration")),
+            load_duration=count_field(data.get("load_duration")),
+            model=text_field(data.get("model")),
         )
 
     async def _embed_one_by_one(self, request: Request, timeout: float) -> Reply:
@@ -200,5 +190,53 @@ class OllamaBackend(Backend):
             if request.keep_alive is not None:
                 payload["keep_alive"] = request.keep_alive
             data = await self._post("/api/embeddings", payload, timeout)
-            vectors.append(data.get("embedding"))
+            vector = data.get("embedding")
+            if not isinstance(vector, list):
+                raise BackendError("answer has no embedding (a list of numbers)", retryable=True,
+                                   kind="protocol")
+            vectors.append(vector)
         return Reply(embeddings=vectors, model=request.model)
+
+
+def _reply(data: dict[str, Any], text: str) -> Reply:
+    """An answer's text and figures; a figure of the wrong type is left out (None), not an error."""
+    return Reply(
+        text=text,
+        prompt_eval_count=count_field(data.get("prompt_eval_count")),
+        eval_count=count_field(data.get("eval_count")),
+        eval_duration=count_field(data.get("eval_duration")),
+        prompt_eval_duration=count_field(data.get("prompt_eval_duration")),
+        total_duration=count_field(data.get("total_duration")),
+        load_duration=count_field(data.get("load_duration")),
+        done_reason=text_field(data.get("done_reason")),
+        model=text_field(data.get("model")),
+        raw=data,
+    )
+
+
+def listed_models(tags: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``/api/tags``'s models by full name. A listing of another shape (``"models": "x"``, an entry
+    that is no object, a name that is no string, a digest that is no string) is the server's fault:
+    it raises a BackendError naming what is wrong, and the fleet skips that server."""
+    raw = tags.get("models")
+    if raw is None:
+        return {}
+    if not isinstance(raw, list):
+        raise BackendError(f"malformed /api/tags: models is {type(raw).__name__}, not a list", kind="protocol")
+    listed: dict[str, dict[str, Any]] = {}
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            raise BackendError(f"malformed /api/tags: models[{i}] is {type(entry).__name__}, not an object",
+                               kind="protocol")
+        name = entry.get("name") or entry.get("model")
+        if not isinstance(name, str):
+            raise BackendError(f"malformed /api/tags: models[{i}] has no name (a string), it has "
+                               f"{name!r:.60}", kind="protocol")
+        if not name:
+            continue
+        digest = entry.get("digest")
+        if digest is not None and not isinstance(digest, str):
+            raise BackendError(f"malformed /api/tags: the digest of {name} is {type(digest).__name__}, "
+                               f"not a string", kind="protocol")
+        listed[ollama_model_name(name)] = entry
+    return listed

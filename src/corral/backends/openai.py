@@ -15,7 +15,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..requests import Request
-from .base import Backend, BackendError, Reply, ServerInfo, Streamed, fingerprint, sha256_text
+from .base import (
+    Backend,
+    BackendError,
+    Reply,
+    ServerInfo,
+    Streamed,
+    count_field,
+    fingerprint,
+    list_field,
+    ms_field,
+    object_field,
+    sha256_text,
+    text_field,
+)
 
 # Ollama runtime settings with no per-request meaning on OpenAI-compatible servers.
 _OLLAMA_ONLY = frozenset({
@@ -44,18 +57,16 @@ class OpenAIBackend(Backend):
 
     async def probe(self, timeout: float) -> ServerInfo:
         listing = await self._get("/v1/models", timeout)
-        models = {
-            entry["id"]: {"owned_by": entry.get("owned_by"), "created": entry.get("created")}
-            for entry in listing.get("data") or [] if isinstance(entry, dict) and entry.get("id")
-        }
+        models = {model_id: {"owned_by": text_field(entry.get("owned_by")), "created": entry.get("created")}
+                  for model_id, entry in listed_models(listing).items()}
         info = ServerInfo(models=models)
         try:  # llama.cpp tells how many parallel slots it has; other servers answer 404
             props = await self._get("/props", min(timeout, 5.0))
         except BackendError:
             return info
-        slots = props.get("total_slots")
-        info.slots = slots if isinstance(slots, int) and slots > 0 else None
-        info.version = props.get("build_info") or None
+        slots = count_field(props.get("total_slots"))
+        info.slots = slots if slots else None
+        info.version = text_field(props.get("build_info")) or None
         for alias in (props.get("model_alias"), props.get("model_path")):
             if isinstance(alias, str) and alias and alias not in info.models:
                 info.models[alias] = {}
@@ -68,8 +79,7 @@ class OpenAIBackend(Backend):
         identify the weights (llama.cpp: file name, size, parameter count, vocabulary, type, chat
         template; vLLM: the model's root path and context length). It changes when the model file is
         swapped for a different one, though not for a retrain of identical shape and file name."""
-        listing = await self._get("/v1/models", timeout)
-        entries = {e["id"]: e for e in listing.get("data") or [] if isinstance(e, dict) and e.get("id")}
+        entries = listed_models(await self._get("/v1/models", timeout))
         props: dict[str, Any] | None
         try:
             props = await self._get("/props", min(timeout, 5.0))
@@ -77,10 +87,10 @@ class OpenAIBackend(Backend):
             props = None
         kind, version = "openai", None
         if props is not None:
-            kind, version = "llama.cpp", props.get("build_info")
+            kind, version = "llama.cpp", text_field(props.get("build_info"))
         else:
             try:  # vLLM (and SGLang) answer GET /version
-                version = (await self._get("/version", min(timeout, 5.0))).get("version")
+                version = text_field((await self._get("/version", min(timeout, 5.0))).get("version"))
             except BackendError:
                 pass
             if any(e.get("owned_by") == "vllm" for e in entries.values()):
@@ -95,14 +105,14 @@ class OpenAIBackend(Backend):
             if isinstance(entry.get("meta"), dict):
                 facts["meta"] = {k: v for k, v in entry["meta"].items() if k != "n_ctx"}
             if props is not None and props.get("model_alias") in (model, facts["id"], None):
-                path = props.get("model_path")
+                path = text_field(props.get("model_path"))
                 # The file name, not the path: the path names a home directory, not the weights.
                 facts["model_file"] = posixpath.basename(path.replace("\\", "/")) if path else None
                 facts["ftype"] = props.get("model_ftype")
-                facts["chat_template_sha256"] = sha256_text(props.get("chat_template"))
+                facts["chat_template_sha256"] = sha256_text(text_field(props.get("chat_template")))
             described[model] = {**facts, "digest": fingerprint(facts),
                                 "digest_source": "/v1/models" + (" + /props" if props else "")}
-            n_ctx = (entry.get("meta") or {}).get("n_ctx")
+            n_ctx = object_field(entry, "meta").get("n_ctx")
             if n_ctx is not None:  # a runtime setting, not the weights: kept out of the fingerprint
                 described[model]["n_ctx"] = n_ctx
         return {"kind": kind, "version": version, "models": described}
@@ -127,27 +137,25 @@ class OpenAIBackend(Backend):
             payload["prompt"] = request.prompt
             data = await self._post("/v1/completions", payload, timeout)
             choice = _first_choice(data)
-            text = choice.get("text")
+            text = text_field(choice.get("text"))
         else:
             payload["messages"] = request.messages
             data = await self._post("/v1/chat/completions", payload, timeout)
             choice = _first_choice(data)
-            text = (choice.get("message") or {}).get("content")
+            text = text_field(object_field(choice, "message").get("content"))
         if text is None:
             raise BackendError("answer has no text (choices[0].message.content missing)",
                                retryable=True, kind="protocol")
-        usage = data.get("usage") or {}
-        timings = data.get("timings") or {}  # llama.cpp adds these
-        predicted_ms = timings.get("predicted_ms")
-        prompt_ms = timings.get("prompt_ms")
+        usage = object_field(data, "usage")
+        timings = object_field(data, "timings")  # llama.cpp adds these
         return Reply(
             text=text,
-            prompt_eval_count=usage.get("prompt_tokens"),
-            eval_count=usage.get("completion_tokens"),
-            eval_duration=int(predicted_ms * 1e6) if isinstance(predicted_ms, (int, float)) else None,
-            prompt_eval_duration=int(prompt_ms * 1e6) if isinstance(prompt_ms, (int, float)) else None,
-            done_reason=choice.get("finish_reason"),
-            model=data.get("model"),
+            prompt_eval_count=count_field(usage.get("prompt_tokens")),
+            eval_count=count_field(usage.get("completion_tokens")),
+            eval_duration=ms_field(timings.get("predicted_ms")),
+            prompt_eval_duration=ms_field(timings.get("prompt_ms")),
+            done_reason=text_field(choice.get("finish_reason")),
+            model=text_field(data.get("model")),
             raw=data,
         )
 
@@ -183,25 +191,24 @@ class OpenAIBackend(Backend):
             event = self._stream_event(path, data_text)
             if event is None:
                 continue
-            model = event.get("model") or model
-            usage = event.get("usage") or usage
-            timings = event.get("timings") or timings  # llama.cpp, on the last event
-            for choice in event.get("choices") or []:
+            model = text_field(event.get("model")) or model
+            usage = object_field(event, "usage") or usage
+            timings = object_field(event, "timings") or timings  # llama.cpp, on the last event
+            for choice in list_field(event, "choices"):
                 if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                     continue
-                piece = choice.get("text") if generate else (choice.get("delta") or {}).get("content")
+                piece = text_field(choice.get("text") if generate else object_field(choice, "delta").get("content"))
                 if piece:
                     chunks += 1
                     pieces.append(piece)
                     if first is None:
                         first = elapsed
-                finish = choice.get("finish_reason") or finish
-        predicted_ms, prompt_ms = timings.get("predicted_ms"), timings.get("prompt_ms")
+                finish = text_field(choice.get("finish_reason")) or finish
         reply = Reply(
-            text="".join(pieces), prompt_eval_count=usage.get("prompt_tokens"),
-            eval_count=usage.get("completion_tokens"),
-            eval_duration=int(predicted_ms * 1e6) if isinstance(predicted_ms, (int, float)) else None,
-            prompt_eval_duration=int(prompt_ms * 1e6) if isinstance(prompt_ms, (int, float)) else None,
+            text="".join(pieces), prompt_eval_count=count_field(usage.get("prompt_tokens")),
+            eval_count=count_field(usage.get("completion_tokens")),
+            eval_duration=ms_field(timings.get("predicted_ms")),
+            prompt_eval_duration=ms_field(timings.get("prompt_ms")),
             done_reason=finish, model=model, raw={"usage": usage, "timings": timings} if usage or timings else None,
         )
         return Streamed(reply=reply, first_token=first, seconds=elapsed, chunks=chunks)
@@ -223,19 +230,19 @@ class OpenAIBackend(Backend):
                 self._base64_embeddings = False
                 return await self._embed(request, timeout)
             raise
-        rows = sorted(data.get("data") or [], key=lambda row: row.get("index", 0))
-        usage = data.get("usage") or {}
+        rows = [row for row in list_field(data, "data") if isinstance(row, dict)]
+        rows.sort(key=lambda row: count_field(row.get("index")) or 0)
         return Reply(
             embeddings=[_vector(row.get("embedding")) for row in rows],
-            prompt_eval_count=usage.get("prompt_tokens"),
-            model=data.get("model"),
+            prompt_eval_count=count_field(object_field(data, "usage").get("prompt_tokens")),
+            model=text_field(data.get("model")),
         )
 
 
 def _aliased(entries: dict[str, dict[str, Any]], model: str) -> dict[str, Any] | None:
     """llama.cpp lists aliases beside the id; any name it answers to finds the entry."""
     for entry in entries.values():
-        if model in (entry.get("aliases") or ()):
+        if model in list_field(entry, "aliases"):
             return entry
     return None
 
@@ -256,7 +263,25 @@ def _vector(value: Any) -> Any:
 
 
 def _first_choice(data: dict[str, Any]) -> dict[str, Any]:
-    choices = data.get("choices")
+    choices = list_field(data, "choices")
     if not choices or not isinstance(choices[0], dict):
         raise BackendError("answer has no choices", retryable=True, kind="protocol")
     return choices[0]
+
+
+def listed_models(listing: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``/v1/models``'s entries by id. A listing of another shape (``data`` no list, an entry no object,
+    an id no string) is the server's fault: a BackendError naming it, and the fleet skips the server."""
+    raw = listing.get("data")
+    if raw is None:
+        return {}
+    if not isinstance(raw, list):
+        raise BackendError(f"malformed /v1/models: data is {type(raw).__name__}, not a list", kind="protocol")
+    entries: dict[str, dict[str, Any]] = {}
+    for i, entry in enumerate(raw):
+        model_id = entry.get("id") if isinstance(entry, dict) else None
+        if not isinstance(model_id, str):
+            raise BackendError(f"malformed /v1/models: data[{i}] has no id (a string)", kind="protocol")
+        if model_id:
+            entries[model_id] = entry
+    return entries

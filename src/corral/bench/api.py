@@ -18,7 +18,7 @@ from ..errors import UsageError
 from ..gpu import GpuSampler, gpu_series, gpu_summary
 from ..requests import Request
 from ..runtime import run_sync
-from ..settings import ConfigLike, ServerLike, resolve
+from ..settings import ConfigLike, ServerLike, check_seconds, check_slots, resolve
 from ..store import Store
 from .measure import ModelFigures, bench_request, measure, pooled
 from .sweep import DEFAULT_TOLERANCE, Level, Sweep, sweep_server
@@ -67,6 +67,9 @@ async def bench_async(
         raise UsageError("num_runs must be at least 1")
     if any(level < 1 for level in sweep):
         raise UsageError("sweep levels must be positive integers, e.g. 1,2,4,8,16")
+    for level in sweep:
+        check_slots(level, "a sweep level")
+    check_seconds(timeout, "timeout")
     options = dict(options or {})
     own_store = store is None
     store = store if store is not None else Store(None)

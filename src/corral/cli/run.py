@@ -55,7 +55,8 @@ def run_command(
     timeout: Optional[float] = typer.Option(
         None, "--timeout",
         help="Seconds per request attempt, the same for all [default: from each request's expected "
-             "tokens and the server's observed speed, 30-900 s; 300 s before a first answer]."),
+             "tokens and the server's observed speed, 30-900 s; 120 s before a first answer]. A row "
+             "gets 2 attempts that time out, then fails."),
     hedge: Optional[bool] = typer.Option(
         None, "--hedge/--no-hedge",
         help="Re-send an item a slow server holds to an idle faster one at the end of a job "
@@ -64,6 +65,10 @@ def run_command(
     rate_limit_delay: float = typer.Option(0.0, "--rate-limit-delay", help="Seconds between request starts."),
     max_outage: float = typer.Option(
         300.0, "--max-outage", help="Seconds with no live server for a model before its rows fail."),
+    max_busy_seconds: Optional[float] = typer.Option(
+        None, "--max-busy-seconds",
+        help="Seconds a row may spend on \"server busy\" answers (429/503, Retry-After waits included) "
+             "before it fails [default: 300, or the config's `max_busy_seconds`]."),
     store_path: Optional[str] = typer.Option(None, "--store", help="SQLite journal [<output>.corral.db]."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-send rows that failed before."),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Report and skip malformed lines."),
@@ -105,7 +110,7 @@ def run_command(
     from ..manifest import ManifestRecorder, file_facts, manifest_path
     from ..progress import summary_table
     from ..reproduce import compare, prepare
-    from ..settings import resolve
+    from ..settings import check_seconds, check_slots, resolve
     from ..sources import Defaults, PromptFile
     from ..store import Store
     from .common import load_schema, model_options, read_text_arg, setup_logging
@@ -174,6 +179,10 @@ def run_command(
         raise UsageError("use --json or --schema, not both")
     if not output and not output_dir:
         raise UsageError("no output: give -o results.jsonl and/or --output-dir DIR")
+    check_slots(concurrency, "--concurrency")
+    check_seconds(timeout, "--timeout")
+    check_seconds(max_busy_seconds, "--max-busy-seconds")
+    check_seconds(max_outage, "--max-outage")
 
     with ExitStack() as stack:
         resolved = resolve(
@@ -181,7 +190,8 @@ def run_command(
             system=read_text_arg(system, "--system"),
             options=model_options(option, temperature, seed, num_ctx, max_tokens),
             format=load_schema(schema) if schema else ("json" if json_mode else None),
-            keep_alive=keep_alive, timeout=timeout, max_attempts=max_attempts, hedge=hedge)
+            keep_alive=keep_alive, timeout=timeout, max_attempts=max_attempts, hedge=hedge,
+            max_busy_seconds=max_busy_seconds)
         specs = resolved.servers
         defaults = Defaults(model=resolved.model, system=resolved.system, options=resolved.options,
                             format=resolved.format, keep_alive=resolved.keep_alive, endpoint=endpoint)

@@ -277,3 +277,5 @@ def stop_command(state_dir: Optional[str] = typer.Option(None, "--state-dir", he
         return
     for member, what in outcome:
         print(f"{member.name} (pid {member.pid}): {what}")
+    if any(serve.is_ours(member) for member, _ in outcome):
+        raise typer.Exit(1)  # a process is still running: the fleet is not stopped

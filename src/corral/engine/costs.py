@@ -90,7 +90,7 @@ class TimeoutPolicy:
     factor: float = 4.0            # allowance over the expected duration (queueing, slow moments)
     floor: float = 30.0            # never less: a cold model load alone can take this long
     ceiling: float = 900.0         # never more: a hung request must end some time
-    default: float = 300.0         # before the server has answered anything
+    default: float = 120.0         # before the server has answered anything (a cold model load)
 
     def seconds(self, expected: float | None) -> float:
         if self.fixed is not None:

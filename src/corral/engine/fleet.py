@@ -17,6 +17,7 @@ from ..backends import Backend, ServerInfo, make_backend
 from ..config import ServerSpec
 from ..errors import NoServerError
 from ..http import HttpClient, default_client
+from ..limits import MAX_SLOTS_PER_SERVER
 from ..requests import GROUP_SEP
 from .costs import Speeds
 from .servers import ServerState, default_slots, describe_probe_error, probe_one, resolve_model
@@ -55,21 +56,30 @@ class Fleet:
         """Open the HTTP client and probe every server; unreachable ones are reported and skipped."""
         self.closed = False
         backends = self._open_http()
-        probes = await asyncio.gather(*(probe_one(b, self.settings.probe_timeout) for b in backends))
-        for spec, backend, result in zip(self.specs, backends, probes):
-            if isinstance(result, ServerInfo):
-                slots = self.settings.concurrency or default_slots(spec, result)
-                adaptive = self.settings.adaptive_slots and not self.settings.concurrency
-                ceiling = max(slots, int(slots * self.settings.adaptive_ceiling)) if adaptive else slots
-                self.servers.append(ServerState(spec=spec, backend=backend, info=result, slots=slots,
-                                                ceiling=ceiling))
-            else:
-                self.unreachable.append(describe_probe_error(spec, result))
+        try:
+            probes = await asyncio.gather(*(probe_one(b, self.settings.probe_timeout) for b in backends))
+            for spec, backend, result in zip(self.specs, backends, probes):
+                if isinstance(result, ServerInfo):
+                    self.servers.append(self._server(spec, backend, result))
+                else:
+                    self.unreachable.append(describe_probe_error(spec, result))
+        except BaseException:  # cancelled or a bug: the connections still close
+            await self.aclose()
+            raise
         if not self.servers:
             await self.aclose()
             raise NoServerError("no server answered: " + "; ".join(self.unreachable))
         for message in self.unreachable:
             log.warning("skipping server %s", message)
+
+    def _server(self, spec: ServerSpec, backend: Backend, info: ServerInfo) -> ServerState:
+        """A live server with its slots: ``concurrency``, else its own (`default_slots`); learnt up to
+        ``adaptive_ceiling`` times that, never past MAX_SLOTS_PER_SERVER."""
+        slots = self.settings.concurrency or default_slots(spec, info)
+        adaptive = self.settings.adaptive_slots and not self.settings.concurrency
+        ceiling = max(slots, int(slots * self.settings.adaptive_ceiling)) if adaptive else slots
+        return ServerState(spec=spec, backend=backend, info=info, slots=slots,
+                           ceiling=min(ceiling, max(slots, MAX_SLOTS_PER_SERVER)))
 
     async def aclose(self) -> None:
         self.closed = True

@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 
 @dataclass(slots=True)
 class RetryPolicy:
-    max_attempts: int = 5          # attempts for failures (timeouts, dropped connections, 5xx)
+    max_attempts: int = 5          # attempts for failures (dropped connections, 5xx)
+    # Attempts that end in a timeout: each one already waited the whole timeout, so a row gets
+    # one more try (another server, a model now loaded) and then fails, in bounded time.
+    timeout_attempts: int = 2
     busy_attempts: int = 30        # attempts for "server busy" answers (429/503), which are not the item's fault
     base: float = 0.5              # seconds
     cap: float = 30.0              # seconds

@@ -6,6 +6,12 @@ re-sends (hedges) an item a slower server still holds when it would finish it so
 requests, the fleet and the store; it knows nothing about files, tables or terminals. Results leave
 through ``on_outcome`` in input order (a small reorder buffer), and the input is read only as far
 ahead as ``window`` rows, so memory does not grow with the job.
+
+Every row ends, whatever happens on its way: a fault between an answer and the journal (a counter,
+the speed estimate, the answer check) fails that row with what went wrong; a fault in the journal,
+an output or a slot itself ends the run with one message (`RunAborted`). A slot's task is started
+only when the slots before it are all busy, so a server given thousands of slots costs only those
+it really uses.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 
 from ..backends import BackendError, Reply
 from ..checks import json_answer_problem
+from ..errors import RunAborted, UsageError
 from ..requests import Request, request_key
 from ..results import Outcome
 from ..store import Store
@@ -45,6 +52,8 @@ class _Item:
     failures: int = 0
     busy: int = 0
     invalid: int = 0
+    timeouts: int = 0
+    busy_since: float | None = None    # monotonic time of its first "server busy" answer
     followers: list[Request] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
     cost: float = 0.0                  # estimated when dispatched (costs.Speeds.cost)
@@ -63,6 +72,14 @@ class _Copy:
     task: asyncio.Task[Any]   # the slot awaiting the answer: cancelled when the other copy wins
     hedge: bool = False
     lost: bool = False        # the other copy answered first
+
+
+@dataclass(slots=True, eq=False)
+class _Slots:
+    """A server's slot tasks, started as they are needed, and how many of them hold an item."""
+
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    busy: int = 0
 
 
 class Run:
@@ -102,14 +119,15 @@ class Run:
         self._timers: set[asyncio.TimerHandle] = set()
         self._next_start = 0.0
         self._no_server_since: dict[str, float] = {}
+        self._slots: dict[int, _Slots] = {}
 
     async def execute(self, requests: Iterable[Request]) -> JobStats:
         """Run every request; ``on_outcome`` receives one Outcome per request, in input order."""
-        workers = [
-            asyncio.create_task(self._worker(server, i), name=f"corral-{server.label}-{i}")
-            for server in self.fleet.servers for i in range(server.ceiling)
-        ]
-        watchdog = asyncio.create_task(self._watch_outages())
+        for server in self.fleet.servers:
+            self._slots[id(server)] = _Slots()
+            self._start_slot(server)
+        watchdog = asyncio.create_task(self._watch_outages(), name="corral-watchdog")
+        watchdog.add_done_callback(self._task_ended)
         # The producer runs beside the wait for the end: when the journal or an output cannot be
         # written (_done fails), the run stops at once, even with the producer waiting for room in
         # the read-ahead window.
@@ -131,6 +149,7 @@ class Run:
             for handle in self._timers:
                 handle.cancel()
             self._timers.clear()
+            workers = [task for slots in self._slots.values() for task in slots.tasks]
             for task in (producer, *workers, watchdog):
                 task.cancel()
             await asyncio.gather(producer, *workers, watchdog, return_exceptions=True)
@@ -142,6 +161,34 @@ class Run:
             self._flush_on_the_way_out()
             self.stats.finished = time.monotonic()
         return self.stats
+
+    def _start_slot(self, server: ServerState) -> None:
+        """One more slot task for ``server`` (never more than its ceiling)."""
+        slots = self._slots[id(server)]
+        if len(slots.tasks) >= server.ceiling or self._closing:
+            return
+        number = len(slots.tasks)
+        task = asyncio.create_task(self._worker(server, number), name=f"corral-{server.label}-{number}")
+        task.add_done_callback(self._task_ended)
+        slots.tasks.append(task)
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """A slot or the watchdog must only end with the run: a fault in one ends the run, said once,
+        instead of leaving its rows unfinished for ever."""
+        if task.cancelled() or task.exception() is None:
+            return
+        self._abort(task.exception(), f"{task.get_name()} stopped")
+
+    def _abort(self, error: BaseException | None, where: str) -> None:
+        """End the run with ``error``: as it is when it already says what to do (a full disk, a
+        journal that cannot be written), else as a `RunAborted` naming where it happened."""
+        if self._done.done() or error is None:
+            return
+        if not isinstance(error, UsageError):
+            log.debug("%s", where, exc_info=error)  # the traceback, for -vv
+            error = RunAborted(f"the run stopped: {where}: {type(error).__name__}: {error}; the answers "
+                               "journaled so far are kept, re-run the same command to resume")
+        self._done.set_exception(error)
 
     @property
     def _stopping(self) -> bool:
@@ -169,7 +216,13 @@ class Run:
             request.index = index
             index += 1
             if not request.key:
-                request.key = request_key(request, key_kind(request.model))
+                try:
+                    request.key = request_key(request, key_kind(request.model))
+                except (TypeError, ValueError) as exc:  # orjson: a lone surrogate, a bad number
+                    self._deliver(Outcome(
+                        request=request, error=f"this request cannot be sent: it is not valid JSON text "
+                        f"({exc})", error_kind="invalid_request", finished_at=time.time()))
+                    continue
             batch.append(request)
             if len(batch) >= DISPATCH_BATCH:
                 self._dispatch(batch)
@@ -207,6 +260,7 @@ class Run:
     async def _worker(self, server: ServerState, slot: int) -> None:
         serves, has_room = self.fleet.serves, self.fleet.has_room
         accepts = lambda lane: serves(server, lane) and has_room(server, lane)  # noqa: E731
+        slots = self._slots[id(server)]
         while True:
             if server.benched:
                 await server.available.wait()
@@ -236,6 +290,9 @@ class Run:
                     self._bind_model(server, slot, item)
             model = item.request.model
             server.take(model)
+            slots.busy += 1
+            if slots.busy >= len(slots.tasks):
+                self._start_slot(server)  # every slot of this server is at work: one more may be
             try:
                 if self.settings.rate_limit_delay > 0:
                     await self._pace()
@@ -245,6 +302,7 @@ class Run:
                 else:
                     await self._attempt(server, item, hedge=hedge)
             finally:
+                slots.busy -= 1
                 server.release(model)
             committed = self._committed
             if committed is not None and not committed.done():
@@ -351,7 +409,8 @@ class Run:
                 return  # the other copy answered first: not a failure, counted in _finish
             raise
         except Exception as error:  # a bug or an answer we cannot parse: the row fails, the run goes on
-            log.exception("unexpected error from %s", server.label)
+            log.error("unexpected error from %s: %s: %s", server.label, type(error).__name__, error,
+                      exc_info=log.isEnabledFor(logging.DEBUG))
             exc = BackendError(f"{type(error).__name__}: {error}", kind="protocol")
         finally:
             item.copies.remove(copy)
@@ -362,18 +421,19 @@ class Run:
             server.stats.busy_seconds += time.perf_counter() - t0
         if item.finished:  # both copies answered in the same moment: the first one stands
             return
-        if exc is not None:
-            if item.copies:  # the other copy is still running: let it answer for the item
-                server.stats.errors += 1
-                if exc.status in BUSY_STATUSES:
-                    server.control_for(request.model).on_busy(started_wall, time.time())
-                if server.on_failure(exc):
-                    self.fleet.bench(server)
-                return
-            self._on_error(server, item, exc, started_wall, time.perf_counter() - t0)
-            return
-        assert reply is not None
-        latency = time.perf_counter() - t0
+        try:
+            if exc is not None:
+                self._on_failed_attempt(server, item, exc, started_wall, time.perf_counter() - t0)
+            else:
+                assert reply is not None
+                self._on_reply(server, item, reply, hedge, started_wall, time.perf_counter() - t0)
+        except Exception as error:  # a fault past the send: the row (or the run) still ends
+            self._row_fault(server, item, error, started_wall)
+
+    def _on_reply(self, server: ServerState, item: _Item, reply: Reply, hedge: bool, started_wall: float,
+                  latency: float) -> None:
+        """An answer arrived: check it, learn from it, count it, finish the row."""
+        request = item.request
         problem = self._validate(request, reply)
         if problem is not None:
             server.on_success()
@@ -410,30 +470,85 @@ class Run:
             latency=latency, started_at=started_wall, finished_at=time.time(),
         ))
 
+    def _on_failed_attempt(self, server: ServerState, item: _Item, exc: BackendError, started_wall: float,
+                           latency: float) -> None:
+        if item.copies:  # the other copy is still running: let it answer for the item
+            server.stats.errors += 1
+            if exc.status in BUSY_STATUSES:
+                server.control_for(item.request.model).on_busy(started_wall, time.time())
+            if server.on_failure(exc):
+                self.fleet.bench(server)
+            return
+        self._on_error(server, item, exc, started_wall, latency)
+
+    def _row_fault(self, server: ServerState, item: _Item, error: Exception, started: float) -> None:
+        """A fault in corral between an answer and the journal. Before the row ended, the row fails
+        with what went wrong (``--retry-failed`` sends it again); once it has ended, what failed is
+        the journal or the delivery, and the run stops."""
+        if item.finished:
+            self._abort(error, f"recording row {item.request.id or item.request.index} "
+                               f"(answered by {server.label})")
+            return
+        log.error("internal error handling the answer to %s from %s: %s: %s", item.request.id,
+                  server.label, type(error).__name__, error, exc_info=log.isEnabledFor(logging.DEBUG))
+        if item.timer is not None:
+            item.timer.cancel()
+            self._timers.discard(item.timer)
+            item.timer = None
+        try:
+            self._finish(item, Outcome(
+                request=item.request, error=f"internal error handling the answer from {server.label}: "
+                f"{type(error).__name__}: {error}", error_kind="internal",
+                attempts=max(item.attempts, 1), server=server.label, started_at=started,
+                finished_at=time.time()))
+        except Exception as again:
+            self._abort(again, f"recording row {item.request.id or item.request.index}")
+
     def _on_error(self, server: ServerState, item: _Item, exc: BackendError, started: float,
                   latency: float) -> None:
         item.attempts += 1
         server.stats.errors += 1
         busy = exc.status in BUSY_STATUSES
+        now = time.monotonic()
         if busy:
             item.busy += 1
+            if item.busy_since is None:
+                item.busy_since = now
             server.control_for(item.request.model).on_busy(started, time.time())
         else:
             item.failures += 1
+            if exc.kind == "timeout":
+                item.timeouts += 1
         if server.on_failure(exc):
             self.fleet.bench(server)
         policy = self.settings.retry
-        can_retry = exc.retryable and (
-            item.busy < policy.busy_attempts if busy else item.failures < policy.max_attempts)
-        if can_retry and not self._stopping:
+        error = str(exc)
+        busy_left = 0.0
+        if busy:
+            assert item.busy_since is not None
+            busy_for = now - item.busy_since
+            busy_left = self.settings.max_busy_seconds - busy_for
+            can_retry = item.busy < policy.busy_attempts and busy_left > 0
+            if busy_left <= 0:
+                error += (f" (busy for {busy_for:.0f}s, the most a row waits for a busy server: "
+                          f"max_busy_seconds {self.settings.max_busy_seconds:g})")
+        elif exc.kind == "timeout":
+            can_retry = item.timeouts < policy.timeout_attempts and item.failures < policy.max_attempts
+            if not can_retry:
+                error += f" ({item.timeouts} attempts timed out)"
+        else:
+            can_retry = item.failures < policy.max_attempts
+        if exc.retryable and can_retry and not self._stopping:
             self.stats.retries += 1
             delay = policy.delay(item.busy if busy else item.failures, exc.retry_after)
+            if busy:
+                delay = min(delay, busy_left)  # a long Retry-After ends at the row's busy budget
             log.info("retrying %s in %.2fs after %s from %s", item.request.id, delay, exc, server.label)
             item.timer = asyncio.get_running_loop().call_later(delay, self._requeue, item)
             self._timers.add(item.timer)
             return
         self._finish(item, Outcome(
-            request=item.request, error=str(exc), error_kind=exc.kind, status_code=exc.status,
+            request=item.request, error=error, error_kind=exc.kind, status_code=exc.status,
             attempts=item.attempts, server=server.label, latency=latency, started_at=started,
             finished_at=time.time(),
         ))
@@ -442,8 +557,12 @@ class Run:
         if item.timer is not None:
             self._timers.discard(item.timer)
             item.timer = None
-        if not self._stopping:
+        if self._stopping or item.finished:
+            return
+        try:
             self._queue.put(item, front=True)
+        except Exception as error:  # a timer callback's fault would otherwise only be logged
+            self._abort(error, f"queueing row {item.request.id or item.request.index} again")
 
     async def _watch_outages(self) -> None:
         """Fail the rows of a model once no live server has had it for ``max_outage`` seconds."""
@@ -524,8 +643,7 @@ class Run:
         try:
             self._on_outcome(outcome)
         except Exception as exc:  # e.g. the output disk is full: stop, the store has the results
-            if not self._done.done():
-                self._done.set_exception(exc)
+            self._abort(exc, f"passing on the result of row {outcome.request.id or outcome.request.index}")
 
 
 def _reseeded(request: Request, attempt: int) -> Request:

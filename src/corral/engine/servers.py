@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from ..backends import Backend, BackendError, ServerInfo, ollama_model_name
 from ..config import ServerSpec
+from ..limits import MAX_SLOTS_PER_SERVER
 
 # Requests kept in flight per server when neither the config nor the server says. Twice the server's
 # parallel slots keeps its queue from running dry between one answer and the next request (measured on
@@ -125,19 +126,24 @@ def resolve_model(server: ServerState, model: str) -> str | None:
 
 
 def default_slots(spec: ServerSpec, info: ServerInfo) -> int:
-    """Configured slots win; else twice what llama.cpp reports; else a per-protocol default."""
+    """Configured slots win; else twice what llama.cpp reports (at most MAX_SLOTS_PER_SERVER, whatever
+    a server claims); else a per-protocol default."""
     if spec.max_concurrency:
         return spec.max_concurrency
     if info.slots:
-        return SLOTS_PER_SERVER_SLOT * info.slots
+        return min(MAX_SLOTS_PER_SERVER, SLOTS_PER_SERVER_SLOT * info.slots)
     return DEFAULT_SLOTS.get(spec.api, 8)
 
 
 async def probe_one(backend: Backend, timeout: float) -> ServerInfo | BackendError:
+    """The probe's answer, or why the server cannot be used. Any fault reading a malformed answer is
+    that server's problem (it is skipped with the reason), never the run's."""
     try:
         return await backend.probe(timeout)
     except BackendError as exc:
         return exc
+    except Exception as exc:  # noqa: BLE001 - a server's answer must not crash the fleet
+        return BackendError(f"malformed answer to the probe ({type(exc).__name__}: {exc})", kind="protocol")
 
 
 def describe_probe_error(spec: ServerSpec, error: BackendError) -> str:

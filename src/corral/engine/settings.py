@@ -11,13 +11,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from ..errors import UsageError
+from ..limits import seconds_problem, slots_problem
 from .retry import RetryPolicy
+
+#: Seconds a row may spend on "server busy" answers (429/503, waits included) before it fails.
+DEFAULT_MAX_BUSY_SECONDS = 300.0
 
 
 @dataclass(slots=True)
 class EngineSettings:
     # Seconds per request attempt. None: derived per request from its expected tokens and the
-    # server's observed speed (costs.TimeoutPolicy: 4x expected, 30 s floor, 900 s ceiling, 300 s
+    # server's observed speed (costs.TimeoutPolicy: 4x expected, 30 s floor, 900 s ceiling, 120 s
     # before the first answer). A number (--timeout, or a server's own timeout) fixes it for all.
     timeout: float | None = None
     timeout_floor: float = 30.0
@@ -39,6 +44,10 @@ class EngineSettings:
     rate_limit_delay: float = 0.0     # seconds between request starts (OllamaManager's knob)
     concurrency: int | None = None    # slots per server, overriding config and probes
     max_outage: float = 300.0         # seconds with no live server for a model before its rows fail
+    # A row's time on "server busy" answers (429/503 and the waits they ask for), from the first one:
+    # past it the row fails. Busy answers are not the row's fault, but a server saying
+    # "Retry-After: 100000" must not hold a row for a day.
+    max_busy_seconds: float = DEFAULT_MAX_BUSY_SECONDS
     retry_failed: bool = False        # re-send rows that failed in an earlier run
     max_in_flight: int | None = None  # a cap on requests in flight across all servers
     # Re-asks (with another seed) when an answer fails the run's content check (``Engine.run``'s
@@ -47,6 +56,18 @@ class EngineSettings:
     # Look requests up in the store and record their outcomes. Off for callers that journal at a
     # finer grain themselves (embeddings keep one vector per text, not one row per batch).
     journal: bool = True
+
+    def __post_init__(self) -> None:
+        """Refuse absurd settings here too, for callers that build these directly (Ray actors,
+        bench sweeps): the fronts check them earlier, with the flag's or key's name."""
+        problems = [f"{name} {problem}" for name, problem in (
+            ("concurrency", None if self.concurrency is None else slots_problem(self.concurrency)),
+            ("timeout", None if self.timeout is None else seconds_problem(self.timeout)),
+            ("max_busy_seconds", seconds_problem(self.max_busy_seconds)),
+            ("max_outage", seconds_problem(self.max_outage)),
+        ) if problem]
+        if problems:
+            raise UsageError("; ".join(problems))
 
 
 @dataclass(slots=True)
