@@ -42,6 +42,7 @@ SCENARIOS: list[tuple[int, str, Callable[[Path], dict[str, Any]]]] = [
     (13, "API key leaks", lambda w: scenarios.secrets(w, rows=200)),
     (14, "Ctrl-C", lambda w: scenarios.ctrl_c(w, rows=1000)),
     (14, "Ctrl-C, embedded llama.cpp", lambda w: scenarios.ctrl_c(w, rows=16, local=True)),
+    (18, "status beside a writer", lambda w: scenarios.status_beside_writer(w, rows=4000)),
 ]
 
 
