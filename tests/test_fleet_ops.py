@@ -159,7 +159,7 @@ def test_openai_batch_lines_run_like_vllm_run_batch(tmp_path: Path, fake_ollama_
     write_jsonl(tmp_path / "batch.jsonl", [
         _batch_line("a", "llama3.2"),
         _batch_line("b", "no-such-model"),
-        _batch_line("c", "llama3.2", max_tokens=3, response_format={"type": "json_object"}),
+        _batch_line("c", "llama3.2", max_tokens=2, response_format={"type": "json_object"}),
         _batch_line("d", "llama3.2"),
     ])
     done = corral("run", "batch.jsonl", "--server", server.url, "--api", "openai", "-o", "out.jsonl",
