@@ -316,6 +316,12 @@ class JournalReader:
         except sqlite3.DatabaseError as exc:
             raise UsageError(f"{self.path}: cannot read the store: {exc}") from None
 
+    def has_column(self, table: str, column: str) -> bool:
+        """A journal written by an older corral lacks later tables and columns (a reader cannot add
+        them, as `Store` does on open): readers ask before they select."""
+        return table in self.tables and any(
+            row[1] == column for row in self._db.execute(f"PRAGMA table_info({table})"))
+
     def query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         try:
             return self._db.execute(sql, tuple(params)).fetchall()

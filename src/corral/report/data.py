@@ -119,7 +119,8 @@ def load(path: str | Path) -> ReportData:
         now = read_status(store)
         status = dict(q("SELECT status, COUNT(*) FROM results GROUP BY status"))
         runs = [_run(row) for row in q(
-            "SELECT id, started_at, finished_at, argv, counts, manifest FROM runs ORDER BY id")]
+            f"SELECT id, started_at, finished_at, argv, counts, "
+            f"{'manifest' if store.has_column('runs', 'manifest') else 'NULL'} FROM runs ORDER BY id")]
         manifests = [r["manifest"] for r in runs if r["manifest"]]
         servers = _servers(store)
         _price(servers, manifests)
@@ -268,6 +269,8 @@ def _throughput(store: JournalReader) -> list[Throughput]:
 
 def _gpu(store: JournalReader) -> dict[tuple[int, str], list[tuple[float, float | None, float | None]]]:
     series: dict[tuple[int, str], list[tuple[float, float | None, float | None]]] = defaultdict(list)
+    if "gpu_samples" not in store.tables:  # a store from before GPU sampling
+        return {}
     for gpu, name, t, utilization, memory in store.query(
             "SELECT gpu, COALESCE(name, ''), t, utilization, memory_used FROM gpu_samples ORDER BY gpu, t"):
         series[(gpu, name)].append((t, utilization, memory))
