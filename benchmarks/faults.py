@@ -44,6 +44,7 @@ SCENARIOS: list[tuple[int, str, Callable[[Path], dict[str, Any]]]] = [
     (14, "Ctrl-C", lambda w: scenarios.ctrl_c(w, rows=1000)),
     (14, "Ctrl-C, embedded llama.cpp", lambda w: scenarios.ctrl_c(w, rows=16, local=True)),
     (15, "hostile servers, absurd settings", lambda w: scenarios_hostile.hostile(w, rows=50)),
+    (18, "status beside a writer", lambda w: scenarios.status_beside_writer(w, rows=4000)),
 ]
 
 

@@ -817,3 +817,77 @@ def ctrl_c(work: Path, rows: int = 400, local: bool = False, slots: int = 8) -> 
                          + (f" and re-sends {figures['resent']} (<= in flight)" if not local else "")
                          + ", lost 0, duplicated 0")
     return figures
+
+
+# ---- issue 18 item 2: `corral status` beside a running job --------------------------------------
+
+def status_beside_writer(work: Path, rows: int = 4000, slots: int = 8, latency: float = 0.02,
+                         read_every: float = 0.05) -> Figures:
+    """The same job twice: with status publishing off, then publishing every 0.1 s (20x the
+    default) while a reader polls the journal read-only every ``read_every`` s and `corral report`
+    runs mid-job. Every read must succeed and see the run alive, the report must be made while the
+    job goes on, and the job must be complete with every row once. Figures: both wall times, reads,
+    the slowest read, and the largest gap between the rows journaled and the snapshot's ``done``."""
+    import threading
+
+    from corral.status import read_status
+    from corral.store import JournalReader
+
+    def job(folder: Path, interval: str, reader: bool) -> tuple[float, dict[str, Any]]:
+        folder.mkdir()
+        write_prompts(folder / "p.jsonl", rows)
+        figures: dict[str, Any] = {"reads": 0, "slowest_read": 0.0, "largest_gap": 0, "report": None}
+        stop = threading.Event()
+        db = folder / "out.jsonl.corral.db"
+
+        def poll() -> None:
+            while not stop.is_set():
+                if db.exists():
+                    began = time.perf_counter()
+                    try:
+                        with JournalReader(db) as journal:
+                            found = read_status(journal)
+                    except Exception as exc:  # noqa: BLE001 - counted: must not happen
+                        figures["error"] = repr(exc)
+                        return
+                    figures["slowest_read"] = max(figures["slowest_read"], time.perf_counter() - began)
+                    if found.state == "running":
+                        figures["reads"] += 1
+                        assert found.alive is True, found.as_dict()
+                        gap = found.journal_rows["ok"] - int(found.snapshot.get("done") or 0)
+                        figures["largest_gap"] = max(figures["largest_gap"], gap)
+                stop.wait(read_every)
+
+        with FakeServer(slots=slots, latency=latency) as server:
+            args = ["run", "p.jsonl", "--server", server.url, "-m", "llama3.2", "-o", "out.jsonl",
+                    "-j", str(slots), "--progress", "none"]
+            thread = threading.Thread(target=poll, daemon=True)
+            started = time.monotonic()
+            proc = start_corral(args, folder, env={"CORRAL_STATUS_INTERVAL": interval})
+            if reader:
+                thread.start()
+                server.wait_until(lambda s: s.completed >= rows // 4, timeout=120)
+                code, _, err, _ = run_corral(["report", "out.jsonl", "-o", "live.html"], folder)
+                running = proc.poll() is None
+                figures["report"] = "made mid-run" if code == 0 and running else f"exit {code}: {err[-200:]}"
+            _, err = proc.communicate(timeout=600)
+            seconds = time.monotonic() - started
+            stop.set()
+            if reader:
+                thread.join()
+            assert proc.returncode == 0, err
+            lost, duplicated = exactly_once(read_jsonl(folder / "out.jsonl"), rows)
+            assert not lost and not duplicated, (lost, duplicated)
+        return seconds, figures
+
+    quiet, _ = job(work / "off", "0", reader=False)
+    watched, figures = job(work / "on", "0.1", reader=True)
+    assert "error" not in figures, figures
+    return {
+        "setup": f"{rows} rows, {slots} slots x {latency * 1000:.0f} ms; status every 0.1 s, a reader "
+                 f"every {read_every * 1000:.0f} ms, `corral report` mid-run",
+        "result": f"{quiet:.1f}s without status, {watched:.1f}s with it and the reader; "
+                  f"{figures['reads']} reads, slowest {figures['slowest_read'] * 1000:.1f} ms, "
+                  f"journal ahead of the snapshot by at most {figures['largest_gap']} rows; "
+                  f"report: {figures['report']}",
+    }

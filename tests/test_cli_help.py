@@ -27,7 +27,7 @@ COMMANDS = dict(_commands(ROOT_COMMAND))
 def test_every_command_is_walked() -> None:
     names = {" ".join(path) for path in COMMANDS}
     assert {"run", "analyze", "fill", "agree", "embed", "bench", "merge", "show", "report", "serve",
-            "serve status", "serve stop", "cluster", "cluster merge"} <= names
+            "serve status", "serve stop", "cluster", "cluster merge", "status"} <= names
 
 
 @pytest.mark.parametrize("path", list(COMMANDS), ids=lambda p: " ".join(p) or "corral")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -118,6 +119,7 @@ def test_ollama_fleet_pinned_pulled_run_failover_and_stop(tmp_path: Path, fleet_
     assert config.model == "llama3.2"
     assert [(s.url, s.api, s.gpu) for s in config.servers] == [
         (f"http://127.0.0.1:{port}", "ollama", 0), (f"http://127.0.0.1:{port + 1}", "ollama", 1)]
+    assert [s.max_concurrency for s in config.servers] == [3, 3]  # --parallel 3: what corral keeps in flight
 
     # A second fleet from the same state folder is refused while this one runs.
     again = corral("serve", "--detach", "--port", str(port + 10), env=env, cwd=tmp_path)
@@ -190,6 +192,57 @@ def test_foreground_stops_every_child(tmp_path: Path, fleet_env, how: str) -> No
     assert ("stopped" if how == "ctrl-c" else "every server has exited") in err
     assert not any(alive(p) for p in pids)
     assert not (state / "fleet.json").exists()
+
+
+@pytest.mark.parametrize("restart", [True, False])
+def test_foreground_restarts_a_server_that_died(tmp_path: Path, fleet_env, restart: bool) -> None:
+    """A foreground fleet for a day: a killed server is started again on its port (--no-restart: the
+    fleet ends once every server has exited)."""
+    env, record, state = fleet_env
+    port = _base_port(1)
+    proc = subprocess.Popen([sys.executable, "-m", "corral", "serve", "--cpu", "1", "--port", str(port),
+                             *([] if restart else ["--no-restart"])], cwd=tmp_path, env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("serving"):
+                break
+        (first,) = [m["pid"] for m in _members(state)]
+        os.kill(first, signal.SIGKILL)
+        if restart:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                pids = [m["pid"] for m in _members(state)] if (state / "fleet.json").exists() else []
+                if pids and pids[0] != first and alive(pids[0]):
+                    break
+                time.sleep(0.1)
+            (second,) = [m["pid"] for m in _members(state)]
+            assert second != first and _tags(port)  # the new server answers on the same port
+            proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert f"cpu0 (pid {first}) exited with code -9" in err
+    if restart:
+        assert "restarting in 1s" in err and "cpu0 restarted (pid" in err and not alive(second)
+    else:
+        assert "every server has exited" in err and "restarting in" not in err
+
+
+def test_a_pull_that_fails_on_every_server_exits_1(tmp_path: Path, fleet_env) -> None:
+    env, record, state = fleet_env
+    port = _base_port(2)
+    done = corral("serve", "--cpu", "2", "--port", str(port), "--pull", "missing-model", "--detach",
+                  env=env, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "missing-model could not be pulled on any server; stopping the fleet" in done.stderr
+    assert not (state / "fleet.json").exists() and not (tmp_path / "cluster.toml").exists()
+    pids = [int(p) for p in re.findall(r" pid (\d+) ", done.stdout)]
+    assert len(pids) == 2 and not any(alive(p) for p in pids)
 
 
 def test_start_failures_are_reported(tmp_path: Path, fleet_env) -> None:

@@ -84,6 +84,16 @@ def json_answer_problem(request: Request, reply: Reply) -> str | None:
     return None
 
 
+def batch_answer_problem(request: Request, reply: Reply) -> str | None:
+    """The check for OpenAI Batch lines, as vLLM's run-batch answers them: an answer cut at the
+    token limit is the server's answer (status 200, ``finish_reason: "length"``, its text), even to
+    a JSON ask; re-asking would only be cut again at the same limit. Complete answers are checked
+    as `json_answer_problem` checks them."""
+    if reply.done_reason == "length":
+        return None
+    return json_answer_problem(request, reply)
+
+
 def _schema_problem(value: Any, schema: dict[str, Any]) -> str | None:
     """The top-level checks that catch a wrong answer cheaply: type and required keys."""
     kind = schema.get("type")

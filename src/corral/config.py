@@ -43,7 +43,10 @@ _TOP_KEYS = {
 }
 _SERVER_KEYS = {
     "url", "api", "models", "max_concurrency", "api_key_env", "gpu", "name", "timeout",
+    "price_in", "price_out",
 }
+#: The key an OpenAI-compatible server with no ``api_key_env`` of its own is sent, as the OpenAI SDK does.
+OPENAI_KEY_ENV = "OPENAI_API_KEY"
 _OPTION_KEYS_HINT = "temperature, seed, num_ctx, num_predict, top_p, top_k, stop, ..."
 
 
@@ -59,6 +62,8 @@ class ServerSpec:
     gpu: int | None = None
     name: str | None = None
     timeout: float | None = None
+    price_in: float | None = None      # per million prompt tokens, for the cost in summaries
+    price_out: float | None = None     # per million completion tokens
 
     @property
     def label(self) -> str:
@@ -69,10 +74,10 @@ class ServerSpec:
         return parts.netloc or self.url
 
     def api_key(self) -> str | None:
-        """Read the key from the environment at use time, so it is never stored or logged."""
-        if not self.api_key_env:
-            return None
-        return os.environ.get(self.api_key_env) or None
+        """Read the key from the environment at use time, so it is never stored or logged: the
+        server's ``api_key_env``, else ``OPENAI_API_KEY`` for an OpenAI-compatible server."""
+        name = self.api_key_env or (OPENAI_KEY_ENV if self.api == "openai" else None)
+        return os.environ.get(name) or None if name else None
 
 
 @dataclass(slots=True)
@@ -277,6 +282,7 @@ def _parse_server(entry: Any, where: str, default_api: str, default_slots: int |
     timeout = entry.get("timeout")
     if timeout is not None:
         timeout = _seconds(timeout, where, "timeout")
+    prices = {key: _price(entry.get(key), where, key) for key in ("price_in", "price_out")}
     gpu = entry.get("gpu")
     if gpu is not None and not isinstance(gpu, int):
         raise ConfigError(f"{where}: gpu must be an integer", near="gpu")
@@ -285,7 +291,7 @@ def _parse_server(entry: Any, where: str, default_api: str, default_slots: int |
             _expect(entry["url"], str, where, "url"), api,
             models=models, max_concurrency=slots,
             api_key_env=_opt_str(entry.get("api_key_env"), where, "api_key_env"),
-            gpu=gpu, name=_opt_str(entry.get("name"), where, "name"), timeout=timeout,
+            gpu=gpu, name=_opt_str(entry.get("name"), where, "name"), timeout=timeout, **prices,
         )
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}", near=exc.near) from None
@@ -318,6 +324,15 @@ def _seconds(value: Any, where: str, key: str) -> float:
     problem = seconds_problem(value)
     if problem:
         raise ConfigError(f"{where}: {key} {problem}", near=key)
+    return float(value)
+
+
+def _price(value: Any, where: str, key: str) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{where}: {key} must be a price per million tokens (a number >= 0), "
+                          f"not {value!r}", near=key)
     return float(value)
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from contextlib import ExitStack
 from pathlib import Path
 
+from .checks import batch_answer_problem
 from .config import ServerSpec
 from .engine import EngineSettings
 from .errors import UsageError
@@ -36,13 +37,17 @@ async def run_prompt_file(
     sinks: list[Sink], progress: str = "auto", argv: list[str] | None = None,
     manifest: ManifestRecorder | None = None, gpu_monitor: bool = True,
 ) -> JobResult:
+    """Run a prompt file. An OpenAI Batch file is run the way vLLM's run-batch runs it: a line whose
+    model no server has gets an error line and the others run, and an answer cut at the token limit
+    is an answer (`checks.batch_answer_problem`)."""
     report = source.report or source.scan()
     for problem in report.invalid:
         log.warning("skipping invalid line: %s", problem)
+    batch = report.openai_batch
     return await run_requests(
         iter(source), servers=servers, store=store, settings=settings, sinks=sinks,
         models=report.models, total=report.rows, progress=progress, argv=argv, manifest=manifest,
-        gpu_monitor=gpu_monitor,
+        gpu_monitor=gpu_monitor, fail_unserved=batch, validate=batch_answer_problem if batch else None,
     )
 
 

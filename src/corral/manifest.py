@@ -281,24 +281,19 @@ class ManifestRecorder:
         """Called by run_requests when the run stops: complete, interrupted or failed."""
         if not self.data:
             return
-        stats = engine.stats
         now = time.time()
-        self.data.update({
-            "status": status, "finished_at": _iso(now), "wall_seconds": round(now - self._t0, 3),
-            "counts": {"total": stats.total, "done": stats.done, "ok": stats.ok, "failed": stats.failed,
-                       "cached": stats.cached, "deduplicated": stats.deduplicated, "sent": stats.sent,
-                       "retried": stats.retries},
-            "tokens": {"prompt": stats.prompt_tokens, "completion": stats.completion_tokens},
-            "per_server": [{"label": s.label, "requests": s.stats.requests, "ok": s.stats.ok,
-                            "errors": s.stats.errors, "prompt_tokens": s.stats.prompt_tokens,
-                            "completion_tokens": s.stats.completion_tokens,
-                            "busy_seconds": round(s.stats.busy_seconds, 3), "benched": s.stats.benched,
-                            # slots per model as learnt by the end (they start at the "slots" above)
-                            "learnt_slots": {m: c.limit for m, c in s.controls.items()}}
-                           for s in engine.servers],
-        })
+        self.data.update({"status": status, "finished_at": _iso(now),
+                          "wall_seconds": round(now - self._t0, 3), **_figures(engine)})
         if gpus:
             self.data["gpus"] = gpus
+        self.save()
+
+    def progress(self, engine: Engine) -> None:
+        """The counts so far, while the run goes on (the status stays "running"): a manifest read
+        mid-run says how far it got instead of null."""
+        if not self.data or self.data.get("status") != "running":
+            return
+        self.data.update(_figures(engine))
         self.save()
 
     def update(self, **sections: Any) -> None:
@@ -320,6 +315,34 @@ class ManifestRecorder:
                     reopened.save_manifest(self.data, self.run_id)
         if self.path is not None:
             write_manifest(self.path, self.data)
+
+
+def _figures(engine: Engine) -> dict[str, Any]:
+    """Counts, tokens and each server's share, as the engine has them now."""
+    stats = engine.stats
+    return {
+        "counts": {"total": stats.total, "done": stats.done, "ok": stats.ok, "failed": stats.failed,
+                   "cached": stats.cached, "deduplicated": stats.deduplicated, "sent": stats.sent,
+                   "retried": stats.retries},
+        "tokens": {"prompt": stats.prompt_tokens, "completion": stats.completion_tokens},
+        "per_server": [{"label": s.label, "requests": s.stats.requests, "ok": s.stats.ok,
+                        "errors": s.stats.errors, "prompt_tokens": s.stats.prompt_tokens,
+                        "completion_tokens": s.stats.completion_tokens,
+                        "busy_seconds": round(s.stats.busy_seconds, 3), "benched": s.stats.benched,
+                        # slots per model as learnt by the end (they start at the "slots" above)
+                        "learnt_slots": {m: c.limit for m, c in s.controls.items()},
+                        **server_cost(s.spec, s.stats.prompt_tokens, s.stats.completion_tokens)}
+                       for s in engine.servers],
+    }
+
+
+def server_cost(spec: ServerSpec, prompt_tokens: int, completion_tokens: int) -> dict[str, float]:
+    """``{"cost": ...}`` from the server's ``price_in`` / ``price_out`` (per million tokens), or {}
+    for a server with no price."""
+    if spec.price_in is None and spec.price_out is None:
+        return {}
+    cost = (prompt_tokens * (spec.price_in or 0.0) + completion_tokens * (spec.price_out or 0.0)) / 1e6
+    return {"cost": round(cost, 6)}
 
 
 def write_manifest(path: Path, data: dict[str, Any]) -> None:

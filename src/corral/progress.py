@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .engine import Engine, JobStats
+from .manifest import server_cost
 
 
 def _rate(stats: JobStats) -> float:
@@ -126,12 +127,16 @@ def summary_table(engine: Engine) -> Table:
     elapsed = max(s.elapsed, 1e-9)
     table = Table(title=f"corral: {s.ok} ok, {s.failed} failed, {s.cached} cached "
                         f"in {s.elapsed:.1f}s ({_rate(s):.1f} req/s)")
+    # A cost column only when the config gives prices (price_in / price_out per million tokens).
+    priced = any(srv.spec.price_in is not None or srv.spec.price_out is not None for srv in engine.servers)
     for column in ("server", "requests", "ok", "errors", "prompt tok", "output tok", "output tok/s",
-                   "gen tok/s"):
+                   "gen tok/s", *(("cost",) if priced else ())):
         table.add_column(column, justify="left" if column == "server" else "right")
     for srv in engine.servers:
         st = srv.stats
         gen = f"{st.completion_tokens / (st.eval_ns / 1e9):.1f}" if st.eval_ns else "-"
+        cost = server_cost(srv.spec, st.prompt_tokens, st.completion_tokens).get("cost")
         table.add_row(srv.label, str(st.requests), str(st.ok), str(st.errors), str(st.prompt_tokens),
-                      str(st.completion_tokens), f"{st.completion_tokens / elapsed:.1f}", gen)
+                      str(st.completion_tokens), f"{st.completion_tokens / elapsed:.1f}", gen,
+                      *((f"{cost:.4f}" if cost is not None else "-",) if priced else ()))
     return table

@@ -11,7 +11,8 @@ stream of requests whose outcomes go to sinks.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -20,8 +21,9 @@ from .engine import Engine, EngineSettings, JobStats, Validator
 from .gpu import GpuSampler
 from .manifest import ManifestRecorder, redact_argv
 from .progress import Counter, ProgressDisplay
-from .requests import Request
+from .requests import GROUP_SEP, Request
 from .results import Outcome
+from .status import StatusPublisher
 from .store import Store
 
 
@@ -55,7 +57,7 @@ async def run_job(
     engine: Engine | None = None, progress: str = "none", counter: Counter | None = None,
     argv: Sequence[str] | None = None, manifest: ManifestRecorder | None = None,
     gpu_monitor: bool | float = True, record: RunRecord | None = None, track: bool = True,
-    checked_answers: bool = False,
+    checked_answers: bool = False, unserved: list[str] | None = None,
 ) -> Engine:
     """Open an engine on ``servers`` (or use the open ``engine`` a Ray actor keeps), check that every
     one of ``models`` is on a live server, and run ``work(engine)`` inside the run's lifecycle.
@@ -63,16 +65,17 @@ async def run_job(
     ``gpu_monitor``: False samples no GPU, True samples nvidia-smi when it is on PATH, a number is the
     sampling interval. The manifest is saved even when the run is interrupted, its status saying so.
     ``track=False`` opens no run record of its own, for work inside a run that has one (a `bench`
-    sweep's levels, `run --auto-tune`'s probes).
+    sweep's levels, `run --auto-tune`'s probes). ``unserved``: a list to receive the models no live
+    server has, instead of refusing the job for them (their rows are then the caller's to answer).
     Returns the engine (closed unless it was given), whose ``stats`` and ``servers`` stay readable."""
     if engine is not None:
         await _lifecycle(engine, work, store, settings or engine.settings, list(models), progress,
-                         counter, argv, manifest, gpu_monitor, record, track, checked_answers)
+                         counter, argv, manifest, gpu_monitor, record, track, checked_answers, unserved)
         return engine
     assert servers is not None, "run_job needs servers or an open engine"
     async with Engine(servers, store, settings) as opened:
         await _lifecycle(opened, work, store, opened.settings, list(models), progress, counter, argv,
-                         manifest, gpu_monitor, record, track, checked_answers)
+                         manifest, gpu_monitor, record, track, checked_answers, unserved)
     return opened
 
 
@@ -80,7 +83,11 @@ async def _lifecycle(engine: Engine, work: Callable[[Engine], Awaitable[Any]], s
                      settings: EngineSettings, models: list[str], progress: str,
                      counter: Counter | None, argv: Sequence[str] | None,
                      manifest: ManifestRecorder | None, gpu_monitor: bool | float,
-                     record: RunRecord | None, track: bool, checked_answers: bool) -> None:
+                     record: RunRecord | None, track: bool, checked_answers: bool,
+                     unserved: list[str] | None) -> None:
+    if unserved is not None:
+        unserved.extend(missing_models(engine, models))
+        models = [m for m in models if m not in unserved]
     engine.check_models(models)
     record = record or RunRecord()
     if track:
@@ -91,15 +98,23 @@ async def _lifecycle(engine: Engine, work: Callable[[Engine], Awaitable[Any]], s
         await manifest.begin(engine, store, settings, models, checked_answers=checked_answers)
     interval = None if gpu_monitor is True else 0 if gpu_monitor is False else float(gpu_monitor)
     sampler = GpuSampler(store, interval)
+    # Live figures for `corral status` in another shell; only for a run with its own record.
+    publisher = StatusPublisher(engine, store, counter, manifest) if track else None
     status = "failed"
     try:
         async with sampler, ProgressDisplay(engine, progress, counter=counter):
-            await work(engine)
+            if publisher is not None:
+                async with publisher:
+                    await work(engine)
+            else:
+                await work(engine)
         status = "complete"
     except (asyncio.CancelledError, KeyboardInterrupt):
         status = "interrupted"
         raise
     finally:
+        if publisher is not None:
+            publisher.finish(status)
         if track:
             counts = record.counts() if record.counts is not None else engine.stats.as_dict()
             store.finish_run({**record.info, **counts} if record.counts is not None else counts)
@@ -113,31 +128,89 @@ async def run_requests(
     total: int | None = None, engine: Engine | None = None, validate: Validator | None = None,
     window: int | None = None, progress: str = "auto", keep_failures: int = 1000,
     argv: Sequence[str] | None = None, manifest: ManifestRecorder | None = None,
-    gpu_monitor: bool | float = True, track: bool = True,
+    gpu_monitor: bool | float = True, track: bool = True, fail_unserved: bool = False,
 ) -> JobResult:
     """Run ``requests`` and write every outcome to every sink, in input order.
 
-    The sinks are closed whatever happens, complete only when the run finished (also when no server
-    answered: no stray half-written output)."""
+    ``fail_unserved``: a row whose model no live server has gets an error outcome in its place and
+    the other rows run (vLLM run-batch's way with OpenAI Batch files); by default such a model
+    refuses the whole job before anything is sent. The sinks are closed whatever happens, complete
+    only when the run finished (also when no server answered: no stray half-written output)."""
     failures: list[Outcome] = []
+    unserved: list[str] | None = [] if fail_unserved else None
 
-    def on_outcome(outcome: Outcome) -> None:
+    def write(outcome: Outcome) -> None:
         for sink in sinks:
             sink.write(outcome)
         if not outcome.ok and len(failures) < keep_failures:
             failures.append(outcome)
 
     async def work(open_engine: Engine) -> None:
-        await open_engine.run(requests, on_outcome, total=total, validate=validate, window=window)
+        if not unserved:
+            await open_engine.run(requests, write, total=total, validate=validate, window=window)
+            return
+        split = _UnservedRows(requests, set(unserved), write, open_engine)
+        await open_engine.run(split.served(), split.on_outcome, total=total, validate=validate,
+                              window=window)
+        split.drain()
 
     complete = False
     try:
         used = await run_job(work, servers=servers, store=store, settings=settings, models=models,
                              engine=engine, progress=progress, argv=argv, manifest=manifest,
                              gpu_monitor=gpu_monitor, track=track,
-                             checked_answers=validate is not None)
+                             checked_answers=validate is not None, unserved=unserved)
         complete = True
     finally:
         for sink in sinks:
             sink.close(complete=complete)
     return JobResult(stats=used.stats, failures=failures, unreachable=used.unreachable, engine=used)
+
+
+def missing_models(engine: Engine, models: Iterable[str]) -> list[str]:
+    """The models (or split-mode groups) of ``models`` that some name of is on no live server."""
+    return [m for m in dict.fromkeys(models)
+            if any(not any(engine.serves(s, name) for s in engine.servers) for name in m.split(GROUP_SEP))]
+
+
+class _UnservedRows:
+    """Rows of a model no server has, answered with an error in their input place; the others go
+    to the engine. The engine numbers the rows it is given, so each of its outcomes gets its input
+    position back before the sinks see it (file names and Batch ids follow the input)."""
+
+    def __init__(self, requests: Iterable[Request], missing: set[str], write: Callable[[Outcome], None],
+                 engine: Engine) -> None:
+        self.requests = requests
+        self.missing = missing
+        self.write = write
+        self.engine = engine
+        self.refused: deque[Outcome] = deque()   # input order, waiting for their turn
+        self.positions: deque[int] = deque()     # input position of each row sent to the engine
+
+    def served(self) -> Iterator[Request]:
+        for position, request in enumerate(self.requests):
+            if request.model in self.missing:
+                request.index = position
+                self.refused.append(Outcome(
+                    request=request, error=f"model {request.model!r} is not on any live server",
+                    error_kind="no_model", status_code=404))
+                continue
+            self.positions.append(position)
+            yield request
+
+    def on_outcome(self, outcome: Outcome) -> None:
+        position = self.positions.popleft()
+        self._refused_before(position)
+        outcome.request.index = position
+        self.write(outcome)
+
+    def drain(self) -> None:
+        """After the engine's last row: the refused rows that come after it."""
+        self._refused_before(None)
+
+    def _refused_before(self, position: int | None) -> None:
+        stats = self.engine.stats
+        while self.refused and (position is None or self.refused[0].request.index < position):
+            stats.done += 1
+            stats.failed += 1
+            self.write(self.refused.popleft())

@@ -38,6 +38,7 @@ from . import local, runtime
 from .errors import UsageError
 from .http import HttpClient, HttpError, default_client
 from .sinks.output import write_whole
+from .status import process_start_time
 
 ENGINES = ("ollama", "llama.cpp")
 DEFAULT_BASE_PORT = 11432  # ollama-batch-cluster's ollama-batch-servers.sh: 11432, 11433, ...
@@ -166,20 +167,6 @@ def ollama_env(member: Member, options: FleetOptions) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------ processes
-
-
-def process_start_time(pid: int) -> int | None:
-    """Field 22 of ``/proc/<pid>/stat`` (clock ticks since boot), None when gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return None
-    except OSError:
-        return None
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
 
 
 def is_ours(member: Member) -> bool:
@@ -550,3 +537,137 @@ def _signal(member: Member, sig: signal.Signals) -> None:
             os.kill(member.pid, sig)
         except (ProcessLookupError, PermissionError):
             return  # gone, or not ours to signal: `stop` then reports it still running
+
+
+# ------------------------------------------------------------------------------------ restarts
+
+RESTART_FIRST_DELAY = 1.0
+RESTART_MAX_DELAY = 60.0
+#: A server up this long after a restart counts as healthy again: its next death waits the first delay.
+RESTART_STABLE_SECONDS = 120.0
+
+
+def owns_state(state_dir: Path) -> bool:
+    """Is the state file still this process's fleet? ``corral serve stop`` from another shell removes
+    it: the foreground ``serve`` then stops restarting what it was asked to end."""
+    try:
+        data = json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("corral_pid") == os.getpid()
+
+
+@dataclass
+class _Watched:
+    member: Member
+    delay: float = RESTART_FIRST_DELAY
+    restart_at: float | None = None      # monotonic time of the next start, while down
+    up_since: float = field(default_factory=time.monotonic)
+    starting: Any = None                 # (handle, future of its health wait) during a restart
+    restarts: int = 0
+
+
+class Supervisor:
+    """Keeps a foreground fleet up for a day: a server that dies is started again on its port and
+    GPU after a back-off (1 s, doubling to 60 s; back to 1 s once it stayed up 2 minutes).
+
+    Driven by `tick` from the main thread (an Ollama child is spawned there, so the kernel's
+    parent-death signal stays tied to corral); the health wait of a restart runs in a thread."""
+
+    def __init__(self, fleet: Fleet, options: FleetOptions, *, restart: bool = True,
+                 say: Any = print) -> None:
+        self.fleet = fleet
+        self.options = options
+        self.restart = restart
+        self.say = say
+        self.watched = {m.name: _Watched(m) for m in fleet.running}
+        self.gone: set[str] = set()      # died and will not be started again
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.watched)))
+        self._binary = shutil.which("ollama") if options.engine == "ollama" else None
+
+    @property
+    def finished(self) -> bool:
+        """Nothing runs and nothing will be started again."""
+        return len(self.gone) == len(self.watched)
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        restarting = self.restart and owns_state(self.fleet.state_dir)
+        for name, w in self.watched.items():
+            if name in self.gone:
+                continue
+            if w.starting is not None:
+                self._check_start(w, now)
+                continue
+            if w.restart_at is not None:
+                if not restarting:
+                    self.gone.add(name)
+                elif now >= w.restart_at:
+                    self._start(w)
+                continue
+            handle = self.fleet.handles.get(name)
+            rc = handle.poll() if handle is not None else -1
+            if rc is None:
+                continue
+            self.fleet.handles.pop(name, None)
+            tail = log_tail(w.member.log)
+            if not restarting:
+                self.say(f"{name} (pid {w.member.pid}) exited with code {rc}; last log lines:\n{tail}")
+                self.gone.add(name)
+                continue
+            if now - w.up_since >= RESTART_STABLE_SECONDS:
+                w.delay = RESTART_FIRST_DELAY
+            w.restart_at = now + w.delay
+            self.say(f"{name} (pid {w.member.pid}) exited with code {rc}; restarting in {w.delay:.0f}s; "
+                     f"last log lines:\n{tail}")
+            w.delay = min(w.delay * 2, RESTART_MAX_DELAY)
+
+    def _start(self, w: _Watched) -> None:
+        w.restart_at = None
+        handle: Process
+        try:
+            if self.options.engine == "ollama":
+                if not self._binary:
+                    raise FleetError("the `ollama` executable is not on PATH any more")
+                handle = OllamaProcess(w.member, self.options, self._binary)
+            else:
+                handle = LlamaProcess(w.member, self.options)
+            handle.spawn()
+        except (FleetError, local.LocalServerError, OSError) as exc:
+            self._failed_start(w, str(exc))
+            return
+        w.starting = (handle, self._pool.submit(handle.wait))
+
+    def _check_start(self, w: _Watched, now: float) -> None:
+        handle, future = w.starting
+        if not future.done():
+            return
+        w.starting = None
+        error = future.exception()
+        if error is not None:
+            self._failed_start(w, str(error))
+            return
+        m = w.member
+        m.pid = handle.pid
+        m.start_time = process_start_time(m.pid) if m.pid else None
+        m.cmdline = _cmdline(m.pid)
+        self.fleet.handles[m.name] = handle
+        w.up_since, w.restarts = now, w.restarts + 1
+        if owns_state(self.fleet.state_dir):
+            self.fleet.save()
+        self.say(f"{m.name} restarted (pid {m.pid}, restart {w.restarts})")
+
+    def _failed_start(self, w: _Watched, error: str) -> None:
+        w.restart_at = time.monotonic() + w.delay
+        self.say(f"{w.member.name}: restart failed ({error}); next try in {w.delay:.0f}s")
+        w.delay = min(w.delay * 2, RESTART_MAX_DELAY)
+
+    def close(self) -> None:
+        """Stop restarts under way (their servers are stopped with the fleet's)."""
+        for w in self.watched.values():
+            if w.starting is not None:
+                handle, future = w.starting
+                w.starting = None
+                handle.stop()
+                future.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -79,6 +79,16 @@ def server_list(servers: ServerLike | Sequence[ServerLike], api: str) -> list[Se
     return [s if isinstance(s, ServerSpec) else server_from_url(str(s), api) for s in items]
 
 
+def keyed_servers(servers: ServerLike | Sequence[ServerLike], api: str,
+                  api_key_env: str | None) -> list[ServerSpec]:
+    """``servers`` as specs, each without a key variable of its own given ``api_key_env`` (the
+    name of the environment variable, never the key: ``--api-key-env OPENROUTER_KEY``)."""
+    specs = server_list(servers, api)
+    if not api_key_env:
+        return specs
+    return [s if s.api_key_env else replace(s, api_key_env=api_key_env) for s in specs]
+
+
 def resolve(
     *,
     servers: ServerLike | Sequence[ServerLike] | None = None,
@@ -99,6 +109,7 @@ def resolve(
     max_attempts: int | None = None,
     hedge: bool | None = None,
     max_busy_seconds: float | None = None,
+    api_key_env: str | None = None,
 ) -> Settings:
     """Merge what the user said with the config file and the environment.
 
@@ -108,6 +119,9 @@ def resolve(
     every server that has no ``max_concurrency`` of its own that many slots. ``timeout`` and
     ``max_busy_seconds`` must be finite numbers of seconds > 0 (`check_seconds`), ``workers`` at
     most `corral.limits.MAX_SLOTS_PER_SERVER` (`check_slots`).
+    ``api_key_env`` names
+    the environment variable holding the key for the ``servers`` given here (``--api-key-env``);
+    the key itself is read when a request is sent, never stored.
     """
     if api not in APIS:
         raise UsageError(f"api must be one of {', '.join(APIS)}, not {api!r}")
@@ -123,7 +137,7 @@ def resolve(
         specs = [spec]
         local_model = (spec.models or ("",))[0]
     elif servers is not None and servers != []:
-        specs = server_list(servers, api)
+        specs = keyed_servers(servers, api, api_key_env)
     elif cfg.servers:
         specs = list(cfg.servers)
     elif require_servers:

@@ -9,9 +9,12 @@ for one commit per batch while a quiet one commits each result at once.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import time
+import urllib.parse
+from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,9 @@ from .locks import FileLock
 from .requests import Request
 from .results import Outcome
 
-SCHEMA_VERSION = 2  # 2: runs.manifest, gpu_samples
+log = logging.getLogger("corral")
+
+SCHEMA_VERSION = 3  # 2: runs.manifest, gpu_samples; 3: status
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -72,6 +77,11 @@ CREATE TABLE IF NOT EXISTS gpu_samples (
     memory_used REAL,                  -- MiB
     memory_total REAL
 );
+CREATE TABLE IF NOT EXISTS status (
+    run_id INTEGER PRIMARY KEY,
+    updated_at REAL,                   -- wall-clock epoch seconds
+    snapshot TEXT                      -- JSON: the running job's live figures (see corral.status)
+);
 """
 
 # Columns added after a table was first released: (table, column, type). A store written by an older
@@ -94,6 +104,9 @@ _LOOKUP_COLUMNS = (
     "prompt_eval_duration", "total_duration", "load_duration", "done_reason", "latency",
     "started_at", "finished_at", "model",
 )
+
+
+RECENT_FAILURES = 5
 
 
 class Store:
@@ -129,6 +142,8 @@ class Store:
                 self._lock.release()
             raise UsageError(f"{self.path}: cannot open the store: {exc}") from None
         self._pending: list[tuple[Any, ...]] = []
+        #: The latest failed rows, newest last: `corral status` shows them from another shell.
+        self.recent_failures: deque[Outcome] = deque(maxlen=RECENT_FAILURES)
         self.run_id: int | None = None
         self.closed = False
 
@@ -170,6 +185,18 @@ class Store:
             "INSERT INTO gpu_samples (run_id, t, gpu, name, utilization, memory_used, memory_total) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)", [(self.run_id, *sample) for sample in samples])
 
+    def publish_status(self, snapshot: dict[str, Any]) -> None:
+        """Replace this run's live snapshot (one small row, its own commit). Readers in other
+        processes see it through WAL without blocking us; a failure here is logged, never raised:
+        a status must not stop the run it describes."""
+        if self.run_id is None or self.closed:
+            return
+        try:
+            self._db.execute("INSERT OR REPLACE INTO status (run_id, updated_at, snapshot) VALUES (?, ?, ?)",
+                             (self.run_id, time.time(), orjson.dumps(snapshot).decode()))
+        except sqlite3.Error as exc:
+            log.debug("could not publish the run's status: %s", exc)
+
     def add_schema(self, script: str) -> None:
         """Create tables that live beside the journal in its file (``IF NOT EXISTS`` statements)."""
         try:
@@ -186,6 +213,8 @@ class Store:
     def record(self, outcome: Outcome) -> None:
         """Queue one result; it reaches disk at the next flush()."""
         self._pending.append(_row(outcome, self.run_id))
+        if not outcome.ok:
+            self.recent_failures.append(outcome)
 
     def flush(self) -> int:
         """Write every queued result in one transaction; return how many."""
@@ -262,6 +291,47 @@ class Store:
                 self._lock.release()  # after the connection: its last writes are on disk
 
     def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class JournalReader:
+    """A journal opened read-only, for readers in another process while a run may be writing it
+    (`corral status`, `corral report`).
+
+    SQLite's ``mode=ro`` with WAL: a reader sees every committed row and never blocks the writer,
+    and corral's own lock (``-lock``) is not taken, so a run can start or go on beside the reader.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = str(path)
+        uri = "file:" + urllib.parse.quote(str(Path(path).resolve())) + "?mode=ro"
+        try:
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            self._db.execute("PRAGMA query_only=1")
+            self.tables = {row[0] for row in self._db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as exc:
+            raise UsageError(f"{self.path}: cannot read the store: {exc}") from None
+
+    def has_column(self, table: str, column: str) -> bool:
+        """A journal written by an older corral lacks later tables and columns (a reader cannot add
+        them, as `Store` does on open): readers ask before they select."""
+        return table in self.tables and any(
+            row[1] == column for row in self._db.execute(f"PRAGMA table_info({table})"))
+
+    def query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._db.execute(sql, tuple(params)).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise UsageError(f"{self.path}: cannot read the store: {exc}") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> JournalReader:
         return self
 
     def __exit__(self, *exc: object) -> None:

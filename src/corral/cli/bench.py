@@ -10,7 +10,7 @@ import typer
 
 from ..errors import UsageError
 from . import app
-from .common import model_options, read_text_arg, setup_logging
+from .common import API_KEY_ENV_HELP, model_options, read_text_arg, setup_logging
 
 LOCAL_PARALLEL = 8
 
@@ -41,6 +41,7 @@ def bench_command(
         help="TOML config (ollama-batch-cluster's or [[servers]])."),
     server: list[str] = typer.Option([], "--server", "-s", metavar="URL", help="Server URL; repeat for several."),
     api: str = typer.Option("ollama", "--api", help="Protocol of --server URLs: ollama or openai."),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", metavar="NAME", help=API_KEY_ENV_HELP),
     local: bool = typer.Option(False, "--local", help="Bench the embedded llama.cpp model (SmolLM2-135M)."),
     parallel: int = typer.Option(LOCAL_PARALLEL, "--parallel", help="Slots of the --local server."),
     sweep: Optional[str] = typer.Option(None, "--sweep",
@@ -111,7 +112,8 @@ def bench_command(
                   f"{sweep_.throughput(level):.1f} {'tok/s' if sweep_.by_tokens else 'req/s'}", highlight=False)
 
     with ExitStack() as stack:
-        job = resolve(servers=server or None, config=config, api=api, local=local, local_parallel=parallel,
+        job = resolve(servers=server or None, config=config, api=api, api_key_env=api_key_env, local=local,
+                      local_parallel=parallel,
                       stack=stack, system=read_text_arg(system, "--system"),
                       options=model_options(option, temperature, seed, max_tokens=max_tokens))
         names = _split(models) or [m for m in (job.model,) if m]

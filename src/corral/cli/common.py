@@ -11,6 +11,18 @@ from typing import Any
 
 from ..errors import UsageError
 
+API_KEY_ENV_HELP = ("Environment variable holding the API key for --server URLs (e.g. OPENROUTER_API_KEY); "
+                    "OpenAI-compatible servers without one use OPENAI_API_KEY.")
+
+
+def keyed(servers: list[str], api: str, api_key_env: str | None) -> Any:
+    """--server URLs for a Python front, with --api-key-env applied (settings.keyed_servers)."""
+    if not servers or not api_key_env:
+        return servers or None
+    from ..settings import keyed_servers
+
+    return keyed_servers(servers, api, api_key_env)
+
 
 def setup_logging(verbose: int) -> None:
     import logging

@@ -9,7 +9,7 @@ import typer
 
 from ..errors import UsageError
 from . import app
-from .common import parse_option_pairs, setup_logging
+from .common import API_KEY_ENV_HELP, keyed, parse_option_pairs, setup_logging
 from .run import _run_interruptibly
 
 
@@ -38,6 +38,7 @@ def embed_command(
         help="TOML config (ollama-batch-cluster's or [[servers]])."),
     server: list[str] = typer.Option([], "--server", "-s", metavar="URL", help="Server URL (repeat for more)."),
     api: str = typer.Option("ollama", "--api", help="Protocol of --server URLs: ollama or openai."),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", metavar="NAME", help=API_KEY_ENV_HELP),
     local: bool = typer.Option(False, "--local", help="Embed with the bundled model on a local llama.cpp server."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", "-j", help="Requests in flight per server."),
     option: list[str] = typer.Option([], "--option", "-O", metavar="NAME=VALUE",
@@ -70,7 +71,7 @@ def embed_command(
         raise UsageError("no model: give --model (e.g. --model nomic-embed-text) or --local")
     report = _run_interruptibly(embed_file_async(
         input, output, text_column=text_column, id_columns=ids or None, model=model,
-        servers=list(server) or None, config=config, api=api, local=local, batch_size=batch_size,
+        servers=keyed(list(server), api, api_key_env), config=config, api=api, local=local, batch_size=batch_size,
         truncate=truncate,
         dimensions=dimensions, keep_alive=keep_alive, options=parse_option_pairs(option), limit=limit,
         skip_existing=skip_existing, retry_failed=retry_failed, store=store_path,

@@ -9,6 +9,7 @@ import typer
 
 from ..errors import UsageError
 from . import app
+from .common import API_KEY_ENV_HELP
 
 if TYPE_CHECKING:
     from ..config import ServerSpec
@@ -24,11 +25,15 @@ def run_command(
     prompts: Optional[str] = typer.Option(None, "--prompts", help="Same as INPUT (ollama-batch-cluster's flag)."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Results JSONL, in input order."),
     output_dir: Optional[str] = typer.Option(
-        None, "--output-dir", "--output_dir", help="One {prompt, response} JSON file per prompt."),
+        None, "--output-dir", "--output_dir",
+        help="One {prompt, response} JSON file per prompt, failed rows in its errors.jsonl "
+             "[responses/ when no -o is given either]."),
     config: Optional[str] = typer.Option(None, "--config", "-c",
-        help="TOML config (ollama-batch-cluster's or [[servers]])."),
+        help="TOML config (ollama-batch-cluster's or [[servers]]) [./config.toml when present and "
+             "no --server or --local is given]."),
     server: list[str] = typer.Option([], "--server", "-s", metavar="URL", help="Server URL; repeat for several."),
     api: str = typer.Option("ollama", "--api", help="Protocol of --server URLs: ollama or openai."),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", metavar="NAME", help=API_KEY_ENV_HELP),
     local: bool = typer.Option(False, "--local", help="Run the embedded llama.cpp model (SmolLM2-135M)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Default model (a line's model wins)."),
     system: Optional[str] = typer.Option(None, "--system", help="System message (or @file)."),
@@ -177,8 +182,7 @@ def run_command(
         raise UsageError("--progress must be auto, bar, log or none")
     if json_mode and schema:
         raise UsageError("use --json or --schema, not both")
-    if not output and not output_dir:
-        raise UsageError("no output: give -o results.jsonl and/or --output-dir DIR")
+    output_dir, config = _batch_cluster_defaults(output, output_dir, config, bool(server or local or repro))
     check_slots(concurrency, "--concurrency")
     check_seconds(timeout, "--timeout")
     check_seconds(max_busy_seconds, "--max-busy-seconds")
@@ -186,7 +190,8 @@ def run_command(
 
     with ExitStack() as stack:
         resolved = resolve(
-            servers=server or None, config=config, api=api, local=local, stack=stack, model=model,
+            servers=server or None, config=config, api=api, api_key_env=api_key_env, local=local,
+            stack=stack, model=model,
             system=read_text_arg(system, "--system"),
             options=model_options(option, temperature, seed, num_ctx, max_tokens),
             format=load_schema(schema) if schema else ("json" if json_mode else None),
@@ -255,6 +260,27 @@ def run_command(
             err.print(f"  ... and {stats.failed - 20} more (see the error field in the output)")
         err.print("corral: re-run with --retry-failed to send them again", highlight=False)
         raise typer.Exit(1)
+
+
+#: Where ollama-batch-cluster's client writes its per-prompt files when given no --output_dir.
+DEFAULT_OUTPUT_DIR = "responses"
+DEFAULT_CONFIG = "config.toml"
+
+
+def _batch_cluster_defaults(output: str | None, output_dir: str | None, config: str | None,
+                            servers_given: bool) -> tuple[str | None, str | None]:
+    """ollama-batch-cluster's habits: ``./config.toml`` when no config or server is given, and
+    per-prompt files in ``responses/`` when no output is. Each is said on stderr."""
+    from pathlib import Path
+
+    if config is None and not servers_given and Path(DEFAULT_CONFIG).is_file():
+        config = DEFAULT_CONFIG
+        print(f"corral: using ./{DEFAULT_CONFIG} (no --config given)", file=sys.stderr)
+    if not output and not output_dir:
+        output_dir = DEFAULT_OUTPUT_DIR
+        print(f"corral: writing one file per prompt to {DEFAULT_OUTPUT_DIR}/ (no -o or --output-dir given)",
+              file=sys.stderr)
+    return output_dir, config
 
 
 def _reproduced(repro: Reproduction, specs: list[ServerSpec], local_model: str | None,

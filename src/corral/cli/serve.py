@@ -78,7 +78,8 @@ def serve_command(
     model: Optional[str] = typer.Option(None, "--model", help="llama.cpp: GGUF file (default the bundled "
                                         "SmolLM2); ollama: the model name written to the cluster file."),
     parallel: Optional[int] = typer.Option(None, "--parallel", help="Requests each server runs at once "
-                                           "(OLLAMA_NUM_PARALLEL / llama.cpp --parallel)."),
+                                           "(OLLAMA_NUM_PARALLEL / llama.cpp --parallel), written to the "
+                                           "cluster file as max_concurrency."),
     threads: Optional[int] = typer.Option(None, "--threads", help="llama.cpp CPU threads per server "
                                           "(default with --cpu: cores / servers)."),
     port: int = typer.Option(FIRST_PORT, "--port", help="Port of the first server; the next "
@@ -97,6 +98,8 @@ def serve_command(
                                                     help="OLLAMA_MAX_LOADED_MODELS."),
     detach: bool = typer.Option(False, "--detach", "-d", help="Leave the servers running and return; "
                                 "`corral serve stop` ends them."),
+    restart: bool = typer.Option(True, "--restart/--no-restart", help="In the foreground, start a server "
+                                 "that died again, after a back-off (1 s doubling to 60 s)."),
     state_dir: Optional[str] = typer.Option(None, "--state-dir", help=STATE_HELP),
     startup_timeout: float = typer.Option(300.0, "--startup-timeout", help="Seconds each server may take "
                                           "to answer its health check."),
@@ -104,7 +107,9 @@ def serve_command(
     """Start a fleet of local inference servers: one per GPU, each pinned with CUDA_VISIBLE_DEVICES
     on its own port, and write cluster.toml for `corral run --config`.
 
-    In the foreground Ctrl-C stops them all; with --detach use `corral serve status` / `corral serve stop`.
+    In the foreground a server that dies is restarted (--no-restart: not) and Ctrl-C stops them all;
+    with --detach use `corral serve status` / `corral serve stop`. A --pull that fails on every
+    server stops the fleet and exits 1.
 
     \b
     Example:
@@ -150,14 +155,16 @@ def serve_command(
         device = f"GPU {m.gpu}" if m.gpu is not None else "CPU"
         print(f"  {m.name:6} {m.url:24} {device:6} pid {m.pid:<8} log {Path(m.log).name}")
     model_name = _pull(fleet, pull) if pull else None
-    _write_cluster(fleet, engine, model, model_name, host, advertise, output, form)
+    _write_cluster(fleet, engine, model, model_name, host, advertise, output, form, parallel)
     if detach:
         print("detached: `corral serve status` shows them, `corral serve stop` ends them")
         raise typer.Exit(1 if fleet.failed else 0)
-    _serve_until_interrupted(fleet)
+    _serve_until_interrupted(fleet, serve.Supervisor(fleet, options, restart=restart, say=_err))
 
 
 def _pull(fleet: serve.Fleet, models: list[str]) -> str:
+    """Pull each model on every server; one that no server could pull stops the fleet (a fleet
+    without the model asked for is not the fleet asked for) and exits 1."""
     from .. import serve
 
     for name in models:
@@ -168,11 +175,16 @@ def _pull(fleet: serve.Fleet, models: list[str]) -> str:
             _err(f"pull {name} on {member} failed: {error}")
         print(f"pulled {name} on {len(errors) - len(failed)}/{len(errors)} server(s) "
               f"in {time.monotonic() - began:.1f}s")
+        if errors and len(failed) == len(errors):
+            _err(f"{name} could not be pulled on any server; stopping the fleet")
+            fleet.stop()
+            raise typer.Exit(1)
     return models[0]
 
 
 def _write_cluster(fleet: serve.Fleet, engine: str, model: Optional[str], pulled: Optional[str],
-                   host: str, advertise: Optional[str], output: str, form: str) -> None:
+                   host: str, advertise: Optional[str], output: str, form: str,
+                   parallel: Optional[int]) -> None:
     import socket
 
     from .. import cluster
@@ -183,11 +195,12 @@ def _write_cluster(fleet: serve.Fleet, engine: str, model: Optional[str], pulled
     name = None
     for m in fleet.running:
         if engine == "ollama":
-            specs.append(ServerSpec(url=f"http://{public}:{m.port}", api="ollama", gpu=m.gpu))
+            specs.append(ServerSpec(url=f"http://{public}:{m.port}", api="ollama", gpu=m.gpu,
+                                    max_concurrency=parallel))
             name = model or pulled
         else:
             specs.append(ServerSpec(url=f"http://{public}:{m.port}", api="openai", gpu=m.gpu,
-                                    models=(m.model,) if m.model else None))
+                                    models=(m.model,) if m.model else None, max_concurrency=parallel))
             name = m.model
     header = (f"Written by `corral serve` on {socket.gethostname()} at {time.strftime('%Y-%m-%d %H:%M:%S')}.\n"
               "Use it with: corral run prompts.jsonl --config THIS_FILE -o out.jsonl")
@@ -195,32 +208,24 @@ def _write_cluster(fleet: serve.Fleet, engine: str, model: Optional[str], pulled
     print(f"wrote {output} ({len(specs)} server(s)): corral run PROMPTS.jsonl --config {output} -o out.jsonl")
 
 
-def _serve_until_interrupted(fleet: serve.Fleet) -> None:
-    """Wait for Ctrl-C / SIGTERM, saying when a server dies, then stop every child."""
+def _serve_until_interrupted(fleet: serve.Fleet, supervisor: serve.Supervisor) -> None:
+    """Wait for Ctrl-C / SIGTERM, restarting servers that die (unless --no-restart), then stop every
+    child. `corral serve stop` from another shell ends the fleet and this command with it."""
     import signal
     import threading
-
-    from .. import serve
 
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: done.set())
     print("serving; Ctrl-C stops every server", flush=True)
-    reported: set[str] = set()
-    members = {m.name: m for m in fleet.running}
     try:
         while not done.wait(0.5):
-            for name, handle in fleet.handles.items():
-                rc = handle.poll()
-                if rc is not None and name not in reported:
-                    reported.add(name)
-                    m = members[name]
-                    _err(f"{name} (pid {m.pid}) exited with code {rc}; last log lines:\n"
-                         f"{serve.log_tail(m.log)}")
-            if len(reported) == len(fleet.handles):  # e.g. `corral serve stop` from another shell
+            supervisor.tick()
+            if supervisor.finished:  # e.g. `corral serve stop` from another shell
                 _err("every server has exited")
                 break
     finally:
+        supervisor.close()
         _err("stopping every server ...")
         fleet.stop()
         _err("stopped")

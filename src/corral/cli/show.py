@@ -14,7 +14,7 @@ RULE = "#" * 40
 @app.command("show")
 def show_command(
     source: str = typer.Argument(..., help="Folder of per-prompt JSON files, or a results JSONL."),
-    errors_only: bool = typer.Option(False, "--errors", help="Only rows that failed."),
+    errors_only: bool = typer.Option(False, "--errors", help="Only rows that failed (a folder's errors.jsonl)."),
 ) -> None:
     """Print each prompt and its response, file by file (or row by row).
 
@@ -26,10 +26,10 @@ def show_command(
     from ..sinks import iter_result_files
 
     out = sys.stdout
-    for label, data in iter_result_files(source):
+    for label, data in iter_result_files(source, errors=True):
         if errors_only and not data.get("error"):
             continue
-        kind = "File" if label.endswith(".json") else "Item"
+        kind = "File" if ".json" in label else "Item"
         out.write(f"{RULE}\n# {kind}: {label}\n{RULE}\n")
         if data.get("prompt") is not None:
             out.write(f"Prompt:\n{data.get('prompt')}\n\n")

@@ -152,7 +152,8 @@ def describe_probe_error(spec: ServerSpec, error: BackendError) -> str:
     if error.kind == "timeout":
         return f"{spec.label}: no answer to the probe ({error})"
     if error.status in (401, 403):
-        hint = f" (is ${spec.api_key_env} set?)" if spec.api_key_env else " (set api_key_env in the config)"
+        hint = f" (is ${spec.api_key_env} set?)" if spec.api_key_env else (
+            " (set api_key_env in the config, --api-key-env NAME, or OPENAI_API_KEY)")
         return f"{spec.label}: authentication refused, HTTP {error.status}{hint}"
     if error.status == 404:
         other = "openai" if spec.api == "ollama" else "ollama"

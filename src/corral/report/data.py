@@ -17,7 +17,7 @@ import orjson
 
 from ..errors import UsageError
 from ..jobs import default_store_path
-from ..store import Store
+from ..store import JournalReader
 
 LATENCY_SAMPLE = 200_000
 EXAMPLES_PER_KIND = 3
@@ -34,6 +34,7 @@ class ServerSummary:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency: dict[str, float] | None = None   # q1, median, q3, p5, p95, mean, n
+    cost: float | None = None                 # from the server's price_in / price_out, when it has one
 
 
 @dataclass
@@ -65,6 +66,7 @@ class ReportData:
     gpu: dict[tuple[int, str], list[tuple[float, float | None, float | None]]]
     manifest: dict[str, Any] | None          # the latest run's
     agreement: dict[str, Any] | None         # the latest fan-out agreement, if any
+    live: dict[str, Any] | None = None       # the latest run's status when it was still running
 
     @property
     def rows(self) -> int:
@@ -107,16 +109,24 @@ def _is_sqlite(path: Path) -> bool:
 
 
 def load(path: str | Path) -> ReportData:
+    """Read-only and without corral's lock (`JournalReader`): on a running job this is a snapshot
+    of what is committed so far, and the job goes on undisturbed."""
+    from ..status import RUNNING, read_status
+
     store_path = resolve_store(path)
-    with Store(store_path) as store:
+    with JournalReader(store_path) as store:
         q = store.query
+        now = read_status(store)
         status = dict(q("SELECT status, COUNT(*) FROM results GROUP BY status"))
         runs = [_run(row) for row in q(
-            "SELECT id, started_at, finished_at, argv, counts, manifest FROM runs ORDER BY id")]
+            f"SELECT id, started_at, finished_at, argv, counts, "
+            f"{'manifest' if store.has_column('runs', 'manifest') else 'NULL'} FROM runs ORDER BY id")]
         manifests = [r["manifest"] for r in runs if r["manifest"]]
+        servers = _servers(store)
+        _price(servers, manifests)
         return ReportData(
             store_path=str(store_path), runs=runs, ok=status.get("ok", 0),
-            failed=status.get("failed", 0), servers=_servers(store), models=_models(store),
+            failed=status.get("failed", 0), servers=servers, models=_models(store),
             errors=_errors(store),
             attempts=[(int(a or 0), n) for a, n in q(
                 "SELECT attempts, COUNT(*) FROM results GROUP BY attempts ORDER BY attempts")],
@@ -124,6 +134,7 @@ def load(path: str | Path) -> ReportData:
             manifest=manifests[-1] if manifests else None,
             agreement=next((m["agreement"] for m in reversed(manifests)
                             if isinstance(m.get("agreement"), dict) and m["agreement"].get("keys")), None),
+            live=now.as_dict() if now.state == RUNNING else None,
         )
 
 
@@ -142,7 +153,7 @@ def _run(row: tuple[Any, ...]) -> dict[str, Any]:
             "counts": _json(counts) or {}, "manifest": _json(manifest)}
 
 
-def _servers(store: Store) -> list[ServerSummary]:
+def _servers(store: JournalReader) -> list[ServerSummary]:
     found: dict[str, ServerSummary] = {}
     for server, status, count, prompt, completion in store.query(
             "SELECT COALESCE(server, '(not sent)'), status, COUNT(*), SUM(prompt_eval_count), "
@@ -164,6 +175,19 @@ def _servers(store: Store) -> list[ServerSummary]:
     return list(found.values())
 
 
+def _price(servers: list[ServerSummary], manifests: list[dict[str, Any]]) -> None:
+    """Each server's cost of the tokens in the store, at the latest price its runs' manifests give
+    (``price_in`` / ``price_out`` per million tokens, from the config)."""
+    from ..manifest import server_cost, spec_from_dict
+
+    specs = {entry.get("label"): spec_from_dict(entry["spec"])
+             for m in manifests for entry in m.get("servers") or [] if isinstance(entry.get("spec"), dict)}
+    for summary in servers:
+        spec = specs.get(summary.server)
+        if spec is not None:
+            summary.cost = server_cost(spec, summary.prompt_tokens, summary.completion_tokens).get("cost")
+
+
 def latency_summary(values: list[float]) -> dict[str, float]:
     values = sorted(values)
     return {"n": len(values), "mean": sum(values) / len(values), "p5": quantile(values, 0.05),
@@ -179,7 +203,7 @@ def quantile(ordered: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def _models(store: Store) -> list[dict[str, Any]]:
+def _models(store: JournalReader) -> list[dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     for model, status, count, prompt, completion in store.query(
             "SELECT COALESCE(model, ''), status, COUNT(*), SUM(prompt_eval_count), SUM(eval_count) "
@@ -192,7 +216,7 @@ def _models(store: Store) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
-def _errors(store: Store) -> list[ErrorKind]:
+def _errors(store: JournalReader) -> list[ErrorKind]:
     kinds = [ErrorKind(kind, count) for kind, count in store.query(
         "SELECT COALESCE(error_kind, 'unknown'), COUNT(*) FROM results WHERE status = 'failed' "
         "GROUP BY 1 ORDER BY 2 DESC, 1")]
@@ -228,7 +252,7 @@ def bucket_size(span: float, rows: int) -> float:
     return BUCKET_SIZES[-1]
 
 
-def _throughput(store: Store) -> list[Throughput]:
+def _throughput(store: JournalReader) -> list[Throughput]:
     curves = []
     for run_id, first, last, rows in store.query(
             "SELECT run_id, MIN(finished_at), MAX(finished_at), COUNT(*) FROM results "
@@ -243,8 +267,10 @@ def _throughput(store: Store) -> list[Throughput]:
     return curves
 
 
-def _gpu(store: Store) -> dict[tuple[int, str], list[tuple[float, float | None, float | None]]]:
+def _gpu(store: JournalReader) -> dict[tuple[int, str], list[tuple[float, float | None, float | None]]]:
     series: dict[tuple[int, str], list[tuple[float, float | None, float | None]]] = defaultdict(list)
+    if "gpu_samples" not in store.tables:  # a store from before GPU sampling
+        return {}
     for gpu, name, t, utilization, memory in store.query(
             "SELECT gpu, COALESCE(name, ''), t, utilization, memory_used FROM gpu_samples ORDER BY gpu, t"):
         series[(gpu, name)].append((t, utilization, memory))

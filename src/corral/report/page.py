@@ -132,9 +132,24 @@ def _summary(data: ReportData) -> str:
              ("requests sent", sent), ("retries", retries), ("prompt tokens", prompt),
              ("completion tokens", completion), ("runs", len(data.runs)),
              ("engine time", f"{wall:,.1f} s")]
+    priced = [x for x in data.servers if x.cost is not None]
+    if priced:
+        cards.append(("cost", f"{sum(x.cost or 0.0 for x in priced):,.4f}"))
     body = "".join(f'<div class=card id="card-{label.replace(" ", "-")}"><b>{_e(_num(v))}</b>'
                    f"<span>{_e(label)}</span></div>" for label, v in cards)
-    return f'<section id="summary"><div class=cards>{body}</div></section>'
+    live = data.live
+    note = ""
+    if live:
+        done = f"{live.get('done')}/{live.get('total')}" if live.get("total") is not None else str(live.get("done"))
+        note = (f'<p class=meta id="live-note">A snapshot of a running job (run {_e(live.get("run_id"))}, '
+                f"{_e(live.get('summary'))}): {_e(done)} done when this page was made.</p>")
+    costs = ""
+    if priced:
+        costs = "<h3>Cost per server</h3>" + _table(
+            ["server", "prompt tokens", "completion tokens", "cost"],
+            [[_e(x.server), _e(_num(x.prompt_tokens)), _e(_num(x.completion_tokens)), _e(f"{x.cost:,.4f}")]
+             for x in priced])
+    return f'<section id="summary">{note}<div class=cards>{body}</div>{costs}</section>'
 
 
 def _manifest(m: dict[str, Any] | None) -> str:

@@ -14,12 +14,14 @@ import orjson
 
 from ..checks import parse_json_response
 from ..errors import InputError
+from .files import ERRORS_FILE
 
 __all__ = ["iter_result_files", "merge_responses", "parse_json_response"]
 
 
-def iter_result_files(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(label, {"prompt", "response", ...}) for each result, in name / line order."""
+def iter_result_files(path: str | Path, *, errors: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(label, {"prompt", "response", ...}) for each result, in name / line order. ``errors``: a
+    folder's failed rows too (its ``errors.jsonl``, after the answer files)."""
     p = Path(path)
     if p.is_dir():
         for file in sorted(p.glob("*.json")):
@@ -30,6 +32,10 @@ def iter_result_files(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
             if not isinstance(data, dict):
                 raise InputError(str(file), None, "expected a {\"prompt\", \"response\"} object")
             yield file.name, data
+        failed = p / ERRORS_FILE
+        if errors and failed.is_file():
+            for _, row in iter_result_files(failed):
+                yield f"{row.get('file') or ERRORS_FILE} (line {row.get('line', '?')})", row
         return
     if not p.exists():
         raise InputError(str(p), None, "no such file or folder")
