@@ -118,10 +118,9 @@ def resolve(
     run elsewhere, where a local default would mean another machine's Ollama). ``workers`` gives
     every server that has no ``max_concurrency`` of its own that many slots. ``timeout`` and
     ``max_busy_seconds`` must be finite numbers of seconds > 0 (`check_seconds`), ``workers`` at
-    most `corral.limits.MAX_SLOTS_PER_SERVER` (`check_slots`).
-    ``api_key_env`` names
-    the environment variable holding the key for the ``servers`` given here (``--api-key-env``);
-    the key itself is read when a request is sent, never stored.
+    most `corral.limits.MAX_SLOTS_PER_SERVER` (`check_slots`). ``api_key_env`` names the
+    environment variable holding the key for the ``servers`` given here (``--api-key-env``); the key
+    itself is read when a request is sent, never stored.
     """
     if api not in APIS:
         raise UsageError(f"api must be one of {', '.join(APIS)}, not {api!r}")
