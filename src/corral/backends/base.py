@@ -12,7 +12,7 @@ import hashlib
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ import orjson
 from ..config import ServerSpec
 from ..http import Headers, HttpClient, HttpError
 from ..requests import Request
+from ..secrets import redact
 
 # Statuses worth another try: the server is busy, restarting or overloaded, not the request wrong.
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -89,19 +90,22 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
 
 
-def error_message(body: bytes) -> str:
-    """The human part of an error body: Ollama's {"error": "..."} or OpenAI's {"error": {"message"}}."""
+def error_message(body: bytes, clean: Callable[[str], str] = str) -> str:
+    """The human part of an error body: Ollama's {"error": "..."} or OpenAI's {"error": {"message"}}.
+
+    ``clean`` (a backend's `Backend.redact`) runs on the whole text before it is cut: a key near
+    the end of a long message would otherwise be cut mid-key and no longer match."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        text = body.decode("utf-8", "replace").strip()
+        text = clean(body.decode("utf-8", "replace").strip())
         return text[:300] or "(empty body)"
     if isinstance(data, dict):
         err = data.get("error", data.get("detail", data))
         if isinstance(err, dict):
             err = err.get("message", err)
-        return str(err)[:500]
-    return str(data)[:300]
+        return clean(str(err))[:500]
+    return clean(str(data))[:300]
 
 
 class Backend(ABC):
@@ -122,9 +126,10 @@ class Backend(ABC):
             self._headers["Authorization"] = f"Bearer {key}"
 
     def redact(self, text: str) -> str:
-        """``text`` with the API key masked. Some servers and proxies quote the key they refused in
-        their error body, and error messages go to the terminal, the log, the journal and the output."""
-        return text.replace(self._secret, "***") if self._secret else text
+        """``text`` with the API key (and any long run of its characters) masked, and credentials
+        in URLs hidden. Some servers and proxies quote the key they refused in their error body,
+        and error messages go to the terminal, the log, the journal, the output and bench files."""
+        return redact(text, self._secret)
 
     @abstractmethod
     async def probe(self, timeout: float) -> ServerInfo:
@@ -189,7 +194,7 @@ class Backend(ABC):
             where = f" to {self.redact(location)}" if location else " (no Location)"
             raise BackendError(f"HTTP {status} from {path}: redirected{where}; corral does not follow "
                                f"redirects, give the final URL", status=status)
-        message = self.redact(error_message(body))
+        message = error_message(body, self.redact)
         if _TOO_LONG.search(message):  # llama.cpp says so with a 500: no retry will help
             raise BackendError(f"HTTP {status} from {path}: {message}", status=status, kind="too_long")
         raise BackendError(
@@ -227,7 +232,8 @@ class Backend(ABC):
         if not isinstance(event, dict):
             return None
         if event.get("error"):
-            raise BackendError(f"error in the stream from {path}: {event['error']}", retryable=True)
+            raise BackendError(self.redact(f"error in the stream from {path}: {event['error']}"),
+                               retryable=True)
         return event
 
     @contextlib.contextmanager
