@@ -93,19 +93,24 @@ def parse_retry_after(value: str | None) -> float | None:
 def error_message(body: bytes, clean: Callable[[str], str] = str) -> str:
     """The human part of an error body: Ollama's {"error": "..."} or OpenAI's {"error": {"message"}}.
 
-    ``clean`` (a backend's `Backend.redact`) runs on the whole text before it is cut: a key near
-    the end of a long message would otherwise be cut mid-key and no longer match."""
+    ``clean`` (a backend's `Backend.redact`) runs before the text is cut to its length: a key near
+    the end of a long message would otherwise be cut mid-key and no longer match. It sees the
+    text's head plus a margin longer than any key, not a whole multi-MB error page."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        text = clean(body.decode("utf-8", "replace").strip())
-        return text[:300] or "(empty body)"
+        text = body[:300 + _KEY_MARGIN].decode("utf-8", "replace").strip()
+        return clean(text)[:300] or "(empty body)"
     if isinstance(data, dict):
         err = data.get("error", data.get("detail", data))
         if isinstance(err, dict):
             err = err.get("message", err)
-        return clean(str(err))[:500]
-    return clean(str(data))[:300]
+        return clean(str(err)[:500 + _KEY_MARGIN])[:500]
+    return clean(str(data)[:300 + _KEY_MARGIN])[:300]
+
+
+#: Characters kept past a cut for masking: longer than any API key.
+_KEY_MARGIN = 1024
 
 
 class Backend(ABC):
