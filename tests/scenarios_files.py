@@ -317,6 +317,7 @@ def damaged_files(work: Path, rows: int = 600) -> Figures:
         tally.run(["report", "out.jsonl.corral.db"], work, fragment="the journal is damaged")
         _, _, err = tally.run(["salvage", str(db), "saved.db"], work, expect=0)
         kept = journal_rows(work / "saved.db")
+        salvage_line = err.strip()
         assert 0 < kept < rows, (kept, err)
         server.reset_stats()
         tally.run([*args, "--store", "saved.db"], work, expect=0)
@@ -345,7 +346,7 @@ def damaged_files(work: Path, rows: int = 600) -> Figures:
     tally.run(["analyze", "w.csv", "-o", "w.out.csv", "-s", "http://127.0.0.1:9", "-m", "x"], work,
               fragment="w.csv: file is UTF-32, not UTF-8")
     figures = tally.figures()
-    figures.update(rows=rows, salvaged=kept, resent=resent)
+    figures.update(rows=rows, salvaged=kept, resent=resent, salvage_line=salvage_line)
     figures["setup"] = (f"{rows} rows journaled, then garbage over a third of the journal; a serve "
                         "state file with unknown keys; a TOML with a BOM; UTF-32 JSONL and CSV")
     figures["result"] = (f"{_table(tally)}; salvage kept {kept} rows, the re-run sent the "

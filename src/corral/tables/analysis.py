@@ -94,8 +94,7 @@ def check_answer_columns(columns: list[str], models: tuple[str, ...], fanout: bo
     doubled = sorted({name for name in new if new.count(name) > 1})
     if doubled:
         raise UsageError(f"JSON key(s) {', '.join(repr(d) for d in doubled)} would share a column "
-                         "with corral's own response/model/error columns; use --column-prefix "
-                         "(column_prefix=) or another key name")
+                         "with corral's own response/model/error columns; ask for another key name")
     refuse_clashes([str(c) for c in columns], new, option="--column-prefix (column_prefix= in Python)",
                    example="--column-prefix llm_")
 
