@@ -25,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests import scenarios, scenarios_hostile  # noqa: E402
+from tests import scenarios, scenarios_files, scenarios_hostile  # noqa: E402
 
 SCENARIOS: list[tuple[int, str, Callable[[Path], dict[str, Any]]]] = [
     (1, "SIGKILL x20, resume", lambda w: scenarios.sigkill_resume(w, rows=2000, kills=20)),
@@ -45,6 +45,14 @@ SCENARIOS: list[tuple[int, str, Callable[[Path], dict[str, Any]]]] = [
     (14, "Ctrl-C, embedded llama.cpp", lambda w: scenarios.ctrl_c(w, rows=16, local=True)),
     (15, "hostile servers, absurd settings", lambda w: scenarios_hostile.hostile(w, rows=50)),
     (18, "status beside a writer", lambda w: scenarios.status_beside_writer(w, rows=4000)),
+    # issue 17, part B: files, keys, inputs, terminals (tests/scenarios_files.py)
+    (31, "input columns never overwritten", scenarios_files.column_clash),
+    (32, "keys never leave", scenarios_files.key_leaks),
+    (33, "malformed lines, nothing half-written", scenarios_files.bad_lines),
+    (34, "damaged journal, state file, BOM, UTF-32", lambda w: scenarios_files.damaged_files(w, rows=2000)),
+    (35, "journal and output through a symlink", lambda w: scenarios_files.linked_store(w, rows=400)),
+    (36, "escape sequences on the terminal", scenarios_files.terminal_escapes),
+    (37, "implicit ids, CSV header, full --output-dir", scenarios_files.the_rest),
 ]
 
 

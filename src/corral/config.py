@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError
 from .limits import seconds_problem, slots_problem
+from .secrets import redact_url
 
 APIS = ("ollama", "openai")
 _HOST = re.compile(r"^(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|[0-9A-Fa-f:.]+)$")
@@ -109,19 +110,19 @@ def normalize_url(raw: str, api: str = "ollama") -> str:
         text = "http://" + text
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"bad server URL {raw!r}: expected http://host:port", near=raw)
+        raise ConfigError(f"bad server URL {redact_url(raw)!r}: expected http://host:port", near=raw)
     try:
         port = parts.port
     except ValueError:
-        raise ConfigError(f"bad server URL {raw!r}: the port is not a number", near=raw) from None
+        raise ConfigError(f"bad server URL {redact_url(raw)!r}: the port is not a number", near=raw) from None
     if port == 0:  # urlsplit reads "host:0" as no port at all, which would mean port 80
-        raise ConfigError(f"bad server URL {raw!r}: port 0 is not a port a server listens on "
+        raise ConfigError(f"bad server URL {redact_url(raw)!r}: port 0 is not a port a server listens on "
                           f"(give 1-65535)", near=raw)
     if port is None and api == "ollama" and parts.scheme == "http":
         port = DEFAULT_OLLAMA_PORT
     host = parts.hostname
     if not _HOST.match(host):
-        raise ConfigError(f"bad server URL {raw!r}: {host!r} is not a host name or address", near=raw)
+        raise ConfigError(f"bad server URL {redact_url(raw)!r}: {host!r} is not a host name or address", near=raw)
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
     netloc = f"{host}:{port}" if port else host
@@ -147,7 +148,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     """Read a TOML config; any problem is a ConfigError naming the file (and the line when known)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8").removeprefix("\ufeff")  # a BOM, as Windows editors write
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
     except IsADirectoryError:

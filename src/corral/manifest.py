@@ -32,13 +32,13 @@ from .config import ServerSpec
 from .engine.servers import resolve_model
 from .errors import UsageError
 from .requests import GROUP_SEP
+from .secrets import REDACTED, redact_url
 
 if TYPE_CHECKING:
     from .engine import Engine, EngineSettings
     from .store import Store
 
 MANIFEST_FORMAT = 1
-REDACTED = "***"
 DESCRIBE_TIMEOUT = 10.0
 
 # Flag or option names whose value is a secret: --api-key, --hf-token, -O api_key=..., password=...
@@ -46,15 +46,9 @@ DESCRIBE_TIMEOUT = 10.0
 _SECRET_NAME = re.compile(
     r"-*(?:[\w-]*[-_])?(?:api[-_]?key|key|token|secret|password|passwd|credentials?|auth(?:orization)?)",
     re.I)
-_URL_USERINFO = re.compile(r"\b(https?://)[^/@\s]+@", re.I)
 
 
 # -- secrets --------------------------------------------------------------------------------------
-
-def redact_url(text: str) -> str:
-    """``http://user:pass@host`` -> ``http://***@host``."""
-    return _URL_USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
-
 
 def redact_argv(argv: Sequence[str]) -> list[str]:
     """The command line as the user typed it, minus secrets; the program is shown as ``corral``

@@ -30,7 +30,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -336,7 +336,25 @@ def load_members(state_dir: Path) -> list[Member] | None:
         return None
     except (OSError, ValueError) as exc:
         raise FleetError(f"{state_dir / STATE_FILE}: unreadable state file ({exc})") from None
-    return [Member(**m) for m in data.get("members", [])]
+    entries = data.get("members", []) if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(m, dict) for m in entries):
+        raise FleetError(f"{state_dir / STATE_FILE}: damaged state file (no list of members); "
+                         "stop the servers by their pids, then remove it")
+    return [_member(m, state_dir / STATE_FILE) for m in entries]
+
+
+_MEMBER_FIELDS = {f.name for f in fields(Member)}
+
+
+def _member(entry: dict[str, Any], path: Path) -> Member:
+    """A member from its state-file entry. Keys this version does not know (written by a newer or
+    older corral) are ignored, so `serve status` and `serve stop` still work after an upgrade."""
+    known = {k: v for k, v in entry.items() if k in _MEMBER_FIELDS}
+    try:
+        return Member(**known)
+    except TypeError as exc:
+        raise FleetError(f"{path}: damaged state file ({exc}); stop the servers by their pids, "
+                         "then remove it") from None
 
 
 def start_fleet(options: FleetOptions, state_dir: Path) -> Fleet:

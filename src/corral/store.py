@@ -9,13 +9,14 @@ for one commit per batch while a quiet one commits each result at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
 import time
 import urllib.parse
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -120,16 +121,20 @@ class Store:
     def __init__(self, path: str | os.PathLike[str] | None = None, *, lock: bool = True) -> None:
         self.path = str(path) if path is not None else ":memory:"
         self._lock: FileLock | None = None
+        where = self.path
         if path is not None:
-            parent = Path(path).resolve().parent
+            # The real file, links resolved: two runs given the journal by two names (a symlink,
+            # a relative and an absolute path) must meet at one lock, not one lock per name.
+            where = os.path.realpath(path)
+            parent = Path(where).parent
             if not parent.is_dir():
                 raise UsageError(f"{path}: cannot create the store: folder {parent} does not exist")
             if lock:
-                self._lock = FileLock(f"{path}-lock", (
+                self._lock = FileLock(f"{where}-lock", (
                     f"{path}: this journal is in use by another corral process; wait for it to "
                     "finish, or give this run its own output (-o) or --store"), remove=True)
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db = sqlite3.connect(where, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             # Checkpoint the WAL every ~40 MB rather than every 4 MB: checkpoints run inside COMMIT,
@@ -140,6 +145,8 @@ class Store:
         except sqlite3.DatabaseError as exc:
             if self._lock is not None:
                 self._lock.release()
+            if is_damage(exc):
+                raise damaged(self.path, exc) from None
             raise UsageError(f"{self.path}: cannot open the store: {exc}") from None
         self._pending: list[tuple[Any, ...]] = []
         #: The latest failed rows, newest last: `corral status` shows them from another shell.
@@ -156,7 +163,22 @@ class Store:
                          (str(SCHEMA_VERSION),))
 
     # -- runs -----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _checked(self) -> Iterator[None]:
+        """SQLite's "database disk image is malformed" as one line naming the journal and the
+        way on (a salvage, or a new --store), wherever a damaged page is met."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if is_damage(exc):
+                raise damaged(self.path, exc) from None
+            raise
+
     def start_run(self, argv: list[str] | None = None, info: dict[str, Any] | None = None) -> int:
+        with self._checked():
+            return self._start_run(argv, info)
+
+    def _start_run(self, argv: list[str] | None, info: dict[str, Any] | None) -> int:
         cur = self._db.execute(
             "INSERT INTO runs (started_at, argv, info) VALUES (?, ?, ?)",
             (time.time(), orjson.dumps(argv or []).decode(), orjson.dumps(info or {}).decode()),
@@ -168,15 +190,17 @@ class Store:
         if self.run_id is None:
             return
         self.flush()
-        self._db.execute(
-            "UPDATE runs SET finished_at = ?, counts = ? WHERE id = ?",
-            (time.time(), orjson.dumps(counts).decode(), self.run_id),
-        )
+        with self._checked():
+            self._db.execute(
+                "UPDATE runs SET finished_at = ?, counts = ? WHERE id = ?",
+                (time.time(), orjson.dumps(counts).decode(), self.run_id),
+            )
 
     def save_manifest(self, manifest: dict[str, Any], run_id: int) -> None:
         """Keep a run's manifest with the run, so the store alone says how its results were made."""
-        self._db.execute("UPDATE runs SET manifest = ? WHERE id = ?",
-                         (orjson.dumps(manifest).decode(), run_id))
+        with self._checked():
+            self._db.execute("UPDATE runs SET manifest = ? WHERE id = ?",
+                             (orjson.dumps(manifest).decode(), run_id))
 
     def record_gpu_samples(self, samples: Iterable[tuple[float, int, str, float | None, float | None,
                                                            float | None]]) -> None:
@@ -207,7 +231,8 @@ class Store:
     def query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         """Read-only SQL for readers of a finished store (the report); pending results are flushed first."""
         self.flush()
-        return self._db.execute(sql, tuple(params)).fetchall()
+        with self._checked():
+            return self._db.execute(sql, tuple(params)).fetchall()
 
     # -- results --------------------------------------------------------------------------------
     def record(self, outcome: Outcome) -> None:
@@ -241,6 +266,8 @@ class Store:
                     self._db.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass  # SQLite rolls back itself when it cannot; the error below says why
+            if is_damage(exc):
+                raise damaged(self.path, exc) from None
             hint = "" if "full" in str(exc) else " (is the disk full?)"
             raise UsageError(f"{self.path}: cannot write to the store: {exc}{hint}; the rows "
                              "journaled so far are kept, re-run to finish") from None
@@ -253,7 +280,9 @@ class Store:
             chunk = wanted[start:start + 500]
             marks = ", ".join("?" for _ in chunk)
             sql = f"SELECT {', '.join(_LOOKUP_COLUMNS)} FROM results WHERE key IN ({marks})"
-            for row in self._db.execute(sql, chunk):
+            with self._checked():
+                rows = self._db.execute(sql, chunk).fetchall()
+            for row in rows:
                 record = dict(zip(_LOOKUP_COLUMNS, row))
                 if include_failed or record["status"] == "ok":
                     found[record["key"]] = record
@@ -336,6 +365,22 @@ class JournalReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def is_damage(exc: sqlite3.Error) -> bool:
+    """Whether SQLite says the file itself is broken (SQLITE_CORRUPT, SQLITE_NOTADB), as opposed to
+    a full disk or a lock."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    return "malformed" in str(exc) or "not a database" in str(exc)
+
+
+def damaged(path: str, exc: sqlite3.Error) -> UsageError:
+    """The one line for a damaged journal: which file, that it is damaged, and the ways on."""
+    return UsageError(f"{path}: the journal is damaged ({exc}); copy its readable rows to a new "
+                      f"journal with `corral salvage {path} NEW.db` and run with --store NEW.db, or "
+                      "start afresh with another --store")
 
 
 def _row(outcome: Outcome, run_id: int | None) -> tuple[Any, ...]:

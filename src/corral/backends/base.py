@@ -13,7 +13,7 @@ import math
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ import orjson
 from ..config import ServerSpec
 from ..http import Headers, HttpClient, HttpError
 from ..requests import Request
+from ..secrets import redact
 
 # Statuses worth another try: the server is busy, restarting or overloaded, not the request wrong.
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -133,19 +134,27 @@ def list_field(data: Any, key: str) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def error_message(body: bytes) -> str:
-    """The human part of an error body: Ollama's {"error": "..."} or OpenAI's {"error": {"message"}}."""
+def error_message(body: bytes, clean: Callable[[str], str] = str) -> str:
+    """The human part of an error body: Ollama's {"error": "..."} or OpenAI's {"error": {"message"}}.
+
+    ``clean`` (a backend's `Backend.redact`) runs before the text is cut to its length: a key near
+    the end of a long message would otherwise be cut mid-key and no longer match. It sees the
+    text's head plus a margin longer than any key, not a whole multi-MB error page."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        text = body.decode("utf-8", "replace").strip()
-        return text[:300] or "(empty body)"
+        text = body[:300 + _KEY_MARGIN].decode("utf-8", "replace").strip()
+        return clean(text)[:300] or "(empty body)"
     if isinstance(data, dict):
         err = data.get("error", data.get("detail", data))
         if isinstance(err, dict):
             err = err.get("message", err)
-        return str(err)[:500]
-    return str(data)[:300]
+        return clean(str(err)[:500 + _KEY_MARGIN])[:500]
+    return clean(str(data)[:300 + _KEY_MARGIN])[:300]
+
+
+#: Characters kept past a cut for masking: longer than any API key.
+_KEY_MARGIN = 1024
 
 
 class Backend(ABC):
@@ -166,9 +175,10 @@ class Backend(ABC):
             self._headers["Authorization"] = f"Bearer {key}"
 
     def redact(self, text: str) -> str:
-        """``text`` with the API key masked. Some servers and proxies quote the key they refused in
-        their error body, and error messages go to the terminal, the log, the journal and the output."""
-        return text.replace(self._secret, "***") if self._secret else text
+        """``text`` with the API key (and any long run of its characters) masked, and credentials
+        in URLs hidden. Some servers and proxies quote the key they refused in their error body,
+        and error messages go to the terminal, the log, the journal, the output and bench files."""
+        return redact(text, self._secret)
 
     @abstractmethod
     async def probe(self, timeout: float) -> ServerInfo:
@@ -233,7 +243,7 @@ class Backend(ABC):
             where = f" to {self.redact(location)}" if location else " (no Location)"
             raise BackendError(f"HTTP {status} from {path}: redirected{where}; corral does not follow "
                                f"redirects, give the final URL", status=status)
-        message = self.redact(error_message(body))
+        message = error_message(body, self.redact)
         if _TOO_LONG.search(message):  # llama.cpp says so with a 500: no retry will help
             raise BackendError(f"HTTP {status} from {path}: {message}", status=status, kind="too_long")
         raise BackendError(
@@ -271,7 +281,8 @@ class Backend(ABC):
         if not isinstance(event, dict):
             return None
         if event.get("error"):
-            raise BackendError(f"error in the stream from {path}: {event['error']}", retryable=True)
+            raise BackendError(self.redact(f"error in the stream from {path}: {event['error']}"),
+                               retryable=True)
         return event
 
     @contextlib.contextmanager

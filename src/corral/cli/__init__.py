@@ -44,7 +44,7 @@ def _options(
 
 
 def _register() -> None:
-    from . import agree, bench, cluster, embed, merge, report, run, serve, show, status, tables  # noqa: F401  (each module adds its command to `app`)
+    from . import agree, bench, cluster, embed, merge, report, run, salvage, serve, show, status, tables  # noqa: F401  (each module adds its command to `app`)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,5 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="corral")
     except UsageError as exc:
-        print(f"corral: error: {exc}", file=sys.stderr)
+        from ..secrets import redact_url
+
+        print(f"corral: error: {redact_url(str(exc))}", file=sys.stderr)
         sys.exit(2)

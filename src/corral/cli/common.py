@@ -5,6 +5,7 @@ orjson is imported where a value is parsed, so building the command line stays l
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,22 @@ def keyed(servers: list[str], api: str, api_key_env: str | None) -> Any:
 
 
 def setup_logging(verbose: int) -> None:
-    import logging
-
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="corral: %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
+            handler.setFormatter(_RedactingFormatter("corral: %(message)s"))
     logging.getLogger("corral").setLevel(level)
+
+
+class _RedactingFormatter(logging.Formatter):
+    """Log lines with URL credentials hidden (a server URL with ``user:pass@`` or ``?api_key=``
+    appears in probe and retry messages)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from ..secrets import redact_url
+
+        return redact_url(super().format(record))
 
 
 def parse_option_pairs(pairs: list[str]) -> dict[str, Any]:

@@ -118,6 +118,7 @@ def run_command(
     from ..settings import check_seconds, check_slots, resolve
     from ..sources import Defaults, PromptFile
     from ..store import Store
+    from ..terminal import visible
     from .common import load_schema, model_options, read_text_arg, setup_logging
 
     setup_logging(verbose)
@@ -254,8 +255,9 @@ def run_command(
     if result.failures:
         err.print(f"[red]corral: {stats.failed} row(s) failed:[/red]", highlight=False)
         for failure in result.failures[:20]:
-            err.print(f"  line {failure.request.meta.get('line', '?')} (id {failure.request.id}): "
-                      f"{failure.error}", highlight=False, markup=False)
+            row_id = visible(failure.request.id, one_line=True)
+            err.print(f"  line {failure.request.meta.get('line', '?')} (id {row_id}): "
+                      f"{visible(failure.error, one_line=True)}", highlight=False, markup=False)
         if stats.failed > 20:
             err.print(f"  ... and {stats.failed - 20} more (see the error field in the output)")
         err.print("corral: re-run with --retry-failed to send them again", highlight=False)

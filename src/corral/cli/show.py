@@ -24,16 +24,17 @@ def show_command(
       corral show answers/ | less
     """
     from ..sinks import iter_result_files
+    from ..terminal import visible
 
     out = sys.stdout
     for label, data in iter_result_files(source, errors=True):
         if errors_only and not data.get("error"):
             continue
-        kind = "File" if ".json" in label else "Item"
-        out.write(f"{RULE}\n# {kind}: {label}\n{RULE}\n")
+        kind = "File" if label.endswith(".json") else "Item"
+        out.write(f"{RULE}\n# {kind}: {visible(label, one_line=True)}\n{RULE}\n")
         if data.get("prompt") is not None:
-            out.write(f"Prompt:\n{data.get('prompt')}\n\n")
+            out.write(f"Prompt:\n{visible(data.get('prompt'))}\n\n")
         if data.get("error"):
-            out.write(f"Error:\n{data['error']}\n\n")
+            out.write(f"Error:\n{visible(data['error'])}\n\n")
         else:
-            out.write(f"Response:\n{data.get('response')}\n\n")
+            out.write(f"Response:\n{visible(data.get('response'))}\n\n")

@@ -61,6 +61,8 @@ def analyze_command(
     store: Optional[str] = typer.Option(None, "--store", help="Journal [<output>.corral.db]."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds per request attempt."),
     keep_formulas: bool = typer.Option(False, "--keep-formulas", help="Do not neutralise =,+,-,@ cells in CSV."),
+    column_prefix: str = typer.Option("", "--column-prefix",
+        help="Put this before every new column's name (when the table has columns of those names)."),
     progress: str = typer.Option("auto", "--progress", help="auto, bar, log or none."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log lines on stderr (-vv: debug)."),
 ) -> None:
@@ -88,7 +90,7 @@ def analyze_command(
         system=read_text_arg(system, "--system"), servers=keyed(server, api, api_key_env), config=config, api=api,
         local=local, workers=workers, max_concurrent_calls=max_concurrent_calls, id_column=id_column,
         chunk_size=chunk_size, max_json_retries=json_retries, store=store, timeout=timeout,
-        neutralize_formulas=not keep_formulas, progress=progress, argv=sys.argv,
+        neutralize_formulas=not keep_formulas, progress=progress, argv=sys.argv, column_prefix=column_prefix,
         **model_options(option, temperature, seed, num_ctx, max_tokens),
     ), str(store or default_store_path(output, None)))
     if report.skipped_count:
@@ -138,6 +140,8 @@ def fill_command(
     store: Optional[str] = typer.Option(None, "--store", help="Journal [<output>.corral.db]."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds per request attempt."),
     keep_formulas: bool = typer.Option(False, "--keep-formulas", help="Do not neutralise =,+,-,@ cells in CSV."),
+    column_prefix: str = typer.Option("", "--column-prefix",
+        help="Put this before every new column's name (when the table has columns of those names)."),
     progress: str = typer.Option("auto", "--progress", help="auto, bar, log or none."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log lines on stderr (-vv: debug)."),
 ) -> None:
@@ -158,7 +162,7 @@ def fill_command(
         max_concurrent_calls=max_concurrent_calls, prompt_template=read_text_arg(prompt, "--prompt"),
         system=read_text_arg(system, "--system"), servers=keyed(server, api, api_key_env), config=config, api=api,
         store=store, max_json_retries=json_retries, timeout=timeout, progress=progress,
-        neutralize_formulas=not keep_formulas, argv=sys.argv, local=local,
+        neutralize_formulas=not keep_formulas, argv=sys.argv, local=local, column_prefix=column_prefix,
         **model_options(option, temperature, seed, num_ctx, max_tokens),
     ), str(store or default_store_path(output, None)))
     print(f"corral: {written} rows written to {output} ({stats.ok} answers ok, {stats.failed} failed, "

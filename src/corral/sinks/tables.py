@@ -192,6 +192,8 @@ class TableWriter:
         frame = nested_to_json(frame)
         if self.neutralize:
             frame = neutralize_formulas(frame)
+            if not self._header_done:  # a header cell is a cell too: "=cmd|..." as a column name
+                frame.columns = [_neutralize_cell(str(c)) for c in frame.columns]
         # Python < 3.12's csv writer only quotes the characters of the line terminator, so with
         # "\n" a cell holding a "\r" but no "\n" would go out unquoted and split the row when read
         # back. Such (rare) chunks are written fully quoted instead: still standard CSV, same values.

@@ -69,6 +69,7 @@ class PromptFile:
         self.fmt = _detect_format(self.path, fmt)
         self.skip_invalid = skip_invalid
         self._bad_lines: set[int] = set()
+        self._explicit_ids: set[str] = set()
         self.report: ScanReport | None = None
 
     def _lines(self) -> Iterator[tuple[int, str | _Bad]]:
@@ -85,9 +86,9 @@ class PromptFile:
             for number, raw in enumerate(handle, 1):
                 if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
                     raw = raw[3:]  # a UTF-8 byte-order mark, as Windows editors write
-                elif number == 1 and raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+                elif number == 1 and (wide := wide_encoding(raw)):
                     # Windows "Unicode": every line would be garbage, so say what the file is, once
-                    yield number, _Bad("file is UTF-16, not UTF-8: save it as UTF-8")
+                    yield number, _Bad(f"file is {wide}, not UTF-8: save it as UTF-8")
                     return
                 if len(raw) > MAX_LINE_BYTES:
                     yield number, _Bad(f"line is {len(raw) / 1e6:.0f} MB; the limit is "
@@ -132,6 +133,7 @@ class PromptFile:
         if report.rows == 0 and not report.invalid:
             raise InputError(str(self.path), None, "no prompts: the file is empty")
         report.openai_batch = kinds == {True}
+        self._explicit_ids = ids
         self.report = report
         return report
 
@@ -163,23 +165,27 @@ class PromptFile:
     def _request(self, number: int, data: dict[str, Any]) -> Request:
         where = str(self.path)
         d = self.defaults
+        system = data.get("system", d.system)
+        if system is not None and not isinstance(system, str):
+            raise InputError(where, number, f"system must be a string, not {_kind(system)}")
         if "messages" in data:
-            messages = data["messages"]
-            if not isinstance(messages, list) or not messages or not all(
-                    isinstance(m, dict) and "role" in m and "content" in m for m in messages):
-                raise InputError(where, number, "messages must be a non-empty list of {role, content} objects")
-            built = build_messages(None, data.get("system", d.system), messages)
+            problem = _messages_problem(data["messages"])
+            if problem:
+                raise InputError(where, number, f"messages {problem}")
+            built = build_messages(None, system, data["messages"])
         elif "prompt" in data:
             prompt = data["prompt"]
             if not isinstance(prompt, str):
-                raise InputError(where, number, "prompt must be a string")
-            built = build_messages(prompt, data.get("system", d.system))
+                raise InputError(where, number, f"prompt must be a string, not {_kind(prompt)}")
+            built = build_messages(prompt, system)
         elif "content" in data:
             content = data["content"]
             if not isinstance(content, str):
-                raise InputError(where, number, "content must be a string")
+                raise InputError(where, number, f"content must be a string, not {_kind(content)}")
             role = data.get("role", "user")
-            built = build_messages(None, data.get("system", d.system), [{"role": role, "content": content}])
+            if not isinstance(role, str):
+                raise InputError(where, number, f"role must be a string, not {_kind(role)}")
+            built = build_messages(None, system, [{"role": role, "content": content}])
         else:
             found = ", ".join(sorted(data)) or "nothing"
             raise InputError(where, number, "expected one of prompt, messages, role+content or an OpenAI "
@@ -191,9 +197,11 @@ class PromptFile:
         if not isinstance(options, dict):
             raise InputError(where, number, "options must be an object")
         explicit = data.get("custom_id", data.get("id"))
+        if explicit is not None and (not isinstance(explicit, (str, int)) or isinstance(explicit, bool)):
+            raise InputError(where, number, f"id must be a string or a number, not {_kind(explicit)}")
         return Request(
             index=0,
-            id=str(explicit) if explicit is not None else str(number),
+            id=str(explicit) if explicit is not None else self._implicit_id(number),
             model=model,
             messages=built,
             options=canonical_options({**d.options, **options}),
@@ -203,18 +211,33 @@ class PromptFile:
             meta={"line": number, "explicit_id": explicit is not None},
         )
 
+    def _implicit_id(self, number: int) -> str:
+        """A line without an id is named by its line number, unless another line's explicit id
+        is that number: then ``~N`` (``~~N``...), so no two rows ever share an id."""
+        candidate = str(number)
+        while candidate in self._explicit_ids:
+            candidate = "~" + candidate
+        return candidate
+
     def _batch_request(self, number: int, data: dict[str, Any]) -> Request:
         where = str(self.path)
         body = data["body"]
         url = data.get("url", "/v1/chat/completions")
         if not isinstance(body, dict):
-            raise InputError(where, number, "body must be an object")
-        endpoint = BATCH_URLS.get(url)
+            raise InputError(where, number, f"body must be an object, not {_kind(body)}")
+        custom_id = data["custom_id"]
+        if not isinstance(custom_id, (str, int)) or isinstance(custom_id, bool):
+            raise InputError(where, number, f"custom_id must be a string, not {_kind(custom_id)}")
+        endpoint = BATCH_URLS.get(url) if isinstance(url, str) else None
         if endpoint is None:
-            raise InputError(where, number, f"unsupported url {url!r}; use one of {', '.join(BATCH_URLS)}")
+            shown = repr(url) if isinstance(url, str) else _kind(url)
+            raise InputError(where, number, f"unsupported url {shown}; use one of {', '.join(BATCH_URLS)}")
         if data.get("method", "POST") != "POST":
             raise InputError(where, number, "method must be POST")
-        model = body.get("model") or self.defaults.model
+        model = body.get("model")
+        if model is not None and (not isinstance(model, str) or not model):
+            raise InputError(where, number, f"body.model must be a model name, not {_kind(model)}")
+        model = model or self.defaults.model
         if not model:
             raise InputError(where, number, "body has no model and no default model was given")
         options: dict[str, Any] = dict(self.defaults.options)
@@ -226,13 +249,22 @@ class PromptFile:
             if name in ("model", "stream"):
                 continue
             if name == "messages":
-                if not isinstance(value, list) or not value:
-                    raise InputError(where, number, "body.messages must be a non-empty list")
+                problem = _messages_problem(value)
+                if problem:
+                    raise InputError(where, number, f"body.messages {problem}")
                 messages = build_messages(None, self.defaults.system, value)
             elif name == "prompt" and endpoint == "generate":
-                messages = build_messages(str(value), self.defaults.system)
+                if not isinstance(value, str):
+                    raise InputError(where, number, f"body.prompt must be a string, not {_kind(value)}")
+                messages = build_messages(value, self.defaults.system)
             elif name == "input" and endpoint == "embed":
-                inputs = [value] if isinstance(value, str) else list(value)
+                if isinstance(value, str):
+                    inputs = [value]
+                elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+                    inputs = list(value)
+                else:
+                    raise InputError(where, number, "body.input must be a string or a non-empty list of "
+                                                    f"strings, not {_kind(value)}")
             elif name == "response_format":
                 fmt = value
             elif name in _BODY_OPTIONS:
@@ -240,8 +272,9 @@ class PromptFile:
             else:
                 extra[name] = value
         if endpoint != "embed" and not messages:
-            raise InputError(where, number, "body has no messages")
-        custom_id = data["custom_id"]
+            raise InputError(where, number, "body has no messages" if endpoint == "chat" else "body has no prompt")
+        if endpoint == "embed" and inputs is None:
+            raise InputError(where, number, "body has no input")
         return Request(
             index=0, id=str(custom_id), model=model, messages=messages,
             options=canonical_options(options), format=fmt, endpoint=endpoint, inputs=inputs,
@@ -253,6 +286,44 @@ class PromptFile:
 @dataclass(slots=True)
 class _Bad:
     problem: str
+
+
+def wide_encoding(head: bytes) -> str | None:
+    """``"UTF-32"`` or ``"UTF-16"`` when ``head`` starts with that encoding's byte-order mark
+    (UTF-32's little-endian mark begins with UTF-16's, so it is tried first)."""
+    if head[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):
+        return "UTF-32"
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "UTF-16"
+    return None
+
+
+def _kind(value: Any) -> str:
+    """How a JSON value is named in an error: ``null``, ``a number (5)``, ``a list``..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        return f"a string ({value[:40]!r})"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def _messages_problem(messages: Any) -> str | None:
+    """Why ``messages`` is not a non-empty list of {role, content} objects, or None."""
+    if not isinstance(messages, list) or not messages:
+        return f"must be a non-empty list of {{role, content}} objects, not {_kind(messages)}"
+    for i, message in enumerate(messages, 1):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            return f"must be {{role, content}} objects; item {i} is {_kind(message)}"
+        if not isinstance(message["role"], str):
+            return f"item {i}: role must be a string, not {_kind(message['role'])}"
+        content = message["content"]
+        if not isinstance(content, (str, list)):
+            return f"item {i}: content must be a string (or a list of parts), not {_kind(content)}"
+    return None
 
 
 def _short_json_error(exc: orjson.JSONDecodeError) -> str:

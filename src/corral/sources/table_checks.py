@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import InputError
+from .jsonl import wide_encoding
 
 __all__ = ["TEXT_DTYPE", "any_cell_contains", "nul_error", "require_columns", "utf8_error"]
 
@@ -56,8 +57,9 @@ def utf8_error(path: Path) -> InputError:
     """Say where the file stops being UTF-8 (a multi-byte character never spans a newline, so
     decoding line by line finds the exact line)."""
     with open(path, "rb") as handle:
-        if handle.read(2) in (b"\xff\xfe", b"\xfe\xff"):
-            return InputError(str(path), None, "file is UTF-16, not UTF-8: save it as UTF-8")
+        wide = wide_encoding(handle.read(4))
+        if wide:
+            return InputError(str(path), None, f"file is {wide}, not UTF-8: save it as UTF-8")
         handle.seek(0)
         for line, raw in enumerate(handle, 1):
             try:
@@ -70,9 +72,13 @@ def utf8_error(path: Path) -> InputError:
 
 
 def nul_error(path: Path) -> InputError:
-    """Name the first line holding a NUL byte."""
+    """Name the first line holding a NUL byte (or the wide encoding whose text is full of them)."""
     line = 1
     with open(path, "rb") as handle:
+        wide = wide_encoding(handle.read(4))
+        if wide:
+            return InputError(str(path), None, f"file is {wide}, not UTF-8: save it as UTF-8")
+        handle.seek(0)
         while block := handle.read(1 << 20):
             at = block.find(b"\x00")
             if at >= 0:

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from ..errors import InputError, UsageError
 from .delimited import SEPARATORS, csv_chunks
 from .excel import excel_chunks, excel_row_count
+from .jsonl import wide_encoding
 from .table_checks import TEXT_DTYPE, require_columns, utf8_error
 
 __all__ = [
@@ -191,6 +192,9 @@ def _jsonl_chunks(path: Path, chunk_size: int, columns: list[str] | None
 def _json_object(path: Path, line: int, raw: bytes) -> dict[str, Any]:
     """One JSONL line as a dict, or an InputError naming the line."""
     if b"\x00" in raw:
+        wide = wide_encoding(raw) if line == 1 else None
+        if wide:
+            raise InputError(str(path), None, f"file is {wide}, not UTF-8: save it as UTF-8")
         raise InputError(str(path), line, "NUL byte in a text file (binary, or UTF-16 text?)")
     try:
         value = orjson.loads(raw)

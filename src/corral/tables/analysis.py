@@ -37,7 +37,14 @@ from .job import (
 )
 from .prompts import PromptTemplate, default_template, is_missing
 from .provenance import save_agreement, table_job
-from .runner import RowPlan, RowResult, TableRunner, add_answer_columns
+from .runner import (
+    RowPlan,
+    RowResult,
+    TableRunner,
+    add_answer_columns,
+    answer_column_names,
+    refuse_clashes,
+)
 
 log = logging.getLogger("corral")
 
@@ -64,16 +71,32 @@ class AnalysisPlan:
 
 def build_runner(columns: list[str], emit: Any, *, text_column: str, models: tuple[str, ...],
                  fanout: bool, prompt_template: str | None, json_keys: Any, json_schema: Any,
-                 system: str | None, options: dict[str, Any], id_column: str | None = None) -> TableRunner:
+                 system: str | None, options: dict[str, Any], id_column: str | None = None,
+                 column_prefix: str = "") -> TableRunner:
     plan = AnalysisPlan(columns, text_column, prompt_template, json_keys, json_schema)
     if id_column is not None and id_column not in columns:
         raise UsageError(f"id column {id_column!r} is not in the table")
+    check_answer_columns(columns, models, fanout, plan.keys, column_prefix)
 
     def finish(frame: pd.DataFrame, results: list[RowResult]) -> pd.DataFrame:
-        return add_answer_columns(frame, results, models, fanout, plan.keys)
+        return add_answer_columns(frame, results, models, fanout, plan.keys, column_prefix)
 
     return TableRunner(models=models, fanout=fanout, system=system, options=options, plan=plan,
                        finish=finish, emit=emit, id_column=id_column)
+
+
+def check_answer_columns(columns: list[str], models: tuple[str, ...], fanout: bool,
+                         keys: tuple[str, ...] | None, prefix: str) -> None:
+    """Refuse, before anything is sent, an analysis whose new columns would replace the table's
+    own (``label`` asked for as a JSON key in a table of gold labels) or each other (a JSON key
+    named ``model``, ``response`` or ``error``)."""
+    new = answer_column_names(models, fanout, keys, prefix)
+    doubled = sorted({name for name in new if new.count(name) > 1})
+    if doubled:
+        raise UsageError(f"JSON key(s) {', '.join(repr(d) for d in doubled)} would share a column "
+                         "with corral's own response/model/error columns; ask for another key name")
+    refuse_clashes([str(c) for c in columns], new, option="--column-prefix (column_prefix= in Python)",
+                   example="--column-prefix llm_")
 
 
 async def run_analysis_async(
@@ -83,20 +106,21 @@ async def run_analysis_async(
     system: str | None = None, servers: Any = None, config: ConfigLike | None = None, api: str = "ollama",
     store: str | os.PathLike[str] | Store | None = None, max_json_retries: int = 2,
     timeout: float | None = None, progress: bool | str = True, chunk_size: int = 20_000,
-    manifest: str | os.PathLike[str] | None = None, **options: Any,
+    manifest: str | os.PathLike[str] | None = None, column_prefix: str = "", **options: Any,
 ) -> Any:
     """The async twin of `run_analysis`."""
     models = model_list(model_names)
     job = resolve(servers=servers, config=config, api=api, workers=workers, system=system,
                   options=options, timeout=timeout)
     build = _builder(job, models, text_column=text_column, fanout=fanout, prompt_template=prompt_template,
-                     json_keys=json_keys, json_schema=json_schema)
+                     json_keys=json_keys, json_schema=json_schema, column_prefix=column_prefix)
 
     def describe(runner: TableRunner, facts: dict[str, Any]) -> ManifestRecorder:
         return analysis_manifest(runner, facts, manifest, text_column=text_column, kind="run_analysis")
 
     def empty(frame: pd.DataFrame, runner: TableRunner) -> pd.DataFrame:
-        return add_answer_columns(frame, [], models, fanout, runner.plan.keys)  # type: ignore[attr-defined]
+        return add_answer_columns(frame, [], models, fanout, runner.plan.keys,  # type: ignore[attr-defined]
+                                  column_prefix)
 
     out, runner, recorder = await run_table_frame(
         df, build=build, describe=describe, where=Where(job), per_row=len(models) if fanout else 1, store=store,
@@ -109,14 +133,14 @@ async def run_analysis_async(
 
 def _builder(job: Settings, models: tuple[str, ...], *, text_column: str, fanout: bool,
              prompt_template: str | None, json_keys: Any, json_schema: Any,
-             id_column: str | None = None) -> RunnerFactory:
+             id_column: str | None = None, column_prefix: str = "") -> RunnerFactory:
     """The analysis runner for a table with the given columns, asking with the job's settings."""
 
     def build(columns: list[str], emit: Callable[[pd.DataFrame], None]) -> TableRunner:
         return build_runner(columns, emit, text_column=text_column, models=models, fanout=fanout,
                             prompt_template=prompt_template, json_keys=json_keys,
                             json_schema=json_schema, system=job.system, options=job.options,
-                            id_column=id_column)
+                            id_column=id_column, column_prefix=column_prefix)
 
     return build
 
@@ -141,6 +165,8 @@ def run_analysis(
 
     ``fanout=False`` shares the rows among ``model_names`` (one queue; a ``model`` column says who
     answered); ``fanout=True`` has every model answer every row, with columns suffixed ``_<model>``.
+    A new column is never written over one the table has: such a clash is refused before anything
+    is sent, and ``column_prefix="llm_"`` names the new columns ``llm_response``, ``llm_label``...
     ``workers`` is the number of requests in flight per server (unless a server's config says
     otherwise); ``max_concurrent_calls`` caps the total. New columns: ``response``, one column per JSON
     key, ``model`` and ``error`` (an error is always a reason, never a silent NaN). Keywords:
@@ -164,7 +190,7 @@ async def analyze_file_async(
     max_concurrent_calls: int | None = None, id_column: str | None = None, chunk_size: int = 20_000,
     max_json_retries: int = 2, store: str | os.PathLike[str] | None = None,
     timeout: float | None = None, neutralize_formulas: bool = True, progress: bool | str = True,
-    argv: list[str] | None = None, **options: Any,
+    argv: list[str] | None = None, column_prefix: str = "", **options: Any,
 ) -> TableFileReport:
     """The async twin of `analyze_file`."""
     with ExitStack() as stack:
@@ -175,7 +201,7 @@ async def analyze_file_async(
 
         build = _builder(job, models, text_column=text_column, fanout=fanout,
                          prompt_template=prompt_template, json_keys=json_keys, json_schema=json_schema,
-                         id_column=id_column)
+                         id_column=id_column, column_prefix=column_prefix)
 
         def describe(runner: TableRunner, facts: dict[str, Any]) -> ManifestRecorder:
             recorder = analysis_manifest(runner, facts, manifest_path(output), text_column=text_column,

@@ -26,7 +26,7 @@ from .answers import check_keys
 from .job import RunnerFactory, Where, like_input, model_list, progress_mode, run_table_file, run_table_frame
 from .prompts import PromptTemplate, is_missing
 from .provenance import table_job
-from .runner import RowPlan, RowResult, TableRunner, parse_outcome
+from .runner import RowPlan, RowResult, TableRunner, parse_outcome, refuse_clashes
 
 log = logging.getLogger("corral")
 
@@ -77,8 +77,20 @@ class FillPlan:
         return RowPlan(prompt=prompt, keys=wanted, schema=schema)
 
 
+def fill_column_names(plan: FillPlan, models: tuple[str, ...], fanout: bool, prefix: str = "") -> list[str]:
+    """The columns a fill adds (``col_map`` targets are filled in place, gaps only, so not these)."""
+    names: list[str] = []
+    for suffix in ([f"_{m}" for m in models] if fanout else [""]):
+        names += [f"{prefix}computed_{f}{suffix}" for f in plan.fields
+                  if fanout or not plan.col_map.get(f)]
+        names.append(f"{prefix}fill_error{suffix}")
+    if not fanout:
+        names.append(f"{prefix}fill_model")
+    return names
+
+
 def fill_columns(frame: pd.DataFrame, results: list[RowResult], plan: FillPlan,
-                 models: tuple[str, ...], fanout: bool) -> pd.DataFrame:
+                 models: tuple[str, ...], fanout: bool, prefix: str = "") -> pd.DataFrame:
     """The chunk with its answers placed; an existing value is never replaced."""
     out = frame.copy()
     names = models if fanout else ("*",)
@@ -106,20 +118,24 @@ def fill_columns(frame: pd.DataFrame, results: list[RowResult], plan: FillPlan,
                 empty = column.map(is_missing)
                 out[target] = column.where(~empty, fills)
             else:
-                out[f"computed_{field}{suffix}"] = values[field]
-        out[f"fill_error{suffix}"] = errors
+                out[f"{prefix}computed_{field}{suffix}"] = values[field]
+        out[f"{prefix}fill_error{suffix}"] = errors
         if not fanout:
-            out["fill_model"] = answered_by
+            out[f"{prefix}fill_model"] = answered_by
     return out
 
 
 def _runner(columns: list[str], emit: Any, *, title_col: str, json_fields: Sequence[str],
             col_map: dict[str, str] | None, models: tuple[str, ...], fanout: bool,
-            prompt_template: str | None, system: str | None, options: dict[str, Any]) -> tuple[TableRunner, FillPlan]:
+            prompt_template: str | None, system: str | None, options: dict[str, Any],
+            column_prefix: str = "") -> tuple[TableRunner, FillPlan]:
     plan = FillPlan(columns, title_col, tuple(json_fields), col_map, prompt_template)
+    refuse_clashes([str(c) for c in columns], fill_column_names(plan, models, fanout, column_prefix),
+                   option="--column-prefix (column_prefix= in Python)", example="--column-prefix run2_")
     runner = TableRunner(
         models=models, fanout=fanout, system=system, options=options, plan=plan,
-        finish=lambda frame, results: fill_columns(frame, results, plan, models, fanout), emit=emit,
+        finish=lambda frame, results: fill_columns(frame, results, plan, models, fanout, column_prefix),
+        emit=emit,
     )
     return runner, plan
 
@@ -143,14 +159,15 @@ async def fill_missing_fields_async(
     config: ConfigLike | None = None, api: str = "ollama",
     store: str | os.PathLike[str] | Store | None = None,
     max_json_retries: int = 2, timeout: float | None = None, progress: bool | str = True,
-    chunk_size: int = 20_000, manifest: str | os.PathLike[str] | None = None, **options: Any,
+    chunk_size: int = 20_000, manifest: str | os.PathLike[str] | None = None, column_prefix: str = "",
+    **options: Any,
 ) -> Any:
     """The async twin of `fill_missing_fields`."""
     models = model_list(model_names)
     job = resolve(servers=servers, config=config, api=api, workers=workers, system=system,
                   options=options, timeout=timeout)
     build, plans = _builder(job, models, title_col=title_col, json_fields=json_fields, col_map=col_map,
-                            fanout=fanout, prompt_template=prompt_template)
+                            fanout=fanout, prompt_template=prompt_template, column_prefix=column_prefix)
 
     def describe(runner: TableRunner, facts: dict[str, Any]) -> ManifestRecorder:
         return fill_manifest(runner, plans[0], prompt_template, facts, manifest, kind="fill_missing_fields")
@@ -167,14 +184,14 @@ async def fill_missing_fields_async(
 
 def _builder(job: Settings, models: tuple[str, ...], *, title_col: str, json_fields: Sequence[str],
              col_map: dict[str, str] | None, fanout: bool,
-             prompt_template: str | None) -> tuple[RunnerFactory, list[FillPlan]]:
+             prompt_template: str | None, column_prefix: str = "") -> tuple[RunnerFactory, list[FillPlan]]:
     """The fill runner for a table with the given columns, and the plan it made (once built)."""
     plans: list[FillPlan] = []
 
     def build(columns: list[str], emit: Any) -> TableRunner:
         runner, plan = _runner(columns, emit, title_col=title_col, json_fields=json_fields, col_map=col_map,
                                models=models, fanout=fanout, prompt_template=prompt_template,
-                               system=job.system, options=job.options)
+                               system=job.system, options=job.options, column_prefix=column_prefix)
         plans.append(plan)
         return runner
 
@@ -187,6 +204,9 @@ def fill_missing_fields(df: Any, title_col: str = "title_en",
                         model_names: str | Sequence[str] = "llama3.2", fanout: bool = False,
                         workers: int = 3, **kwargs: Any) -> Any:
     """Ask only for the fields each row lacks; return a new DataFrame (pandas or polars, as given).
+
+    New columns (``computed_<field>``, ``fill_error``, ``fill_model``) never replace the table's
+    own: a clash is refused before anything is sent; ``column_prefix="run2_"`` renames them.
 
     ``manifest="fill.manifest.json"`` also writes the run's manifest there (the store keeps it anyway)."""
     return run_sync(fill_missing_fields_async(df, title_col, json_fields, col_map, model_names, fanout,
@@ -202,7 +222,7 @@ async def fill_file_async(
     config: ConfigLike | None = None, api: str = "ollama",
     store: str | os.PathLike[str] | Store | None = None, max_json_retries: int = 2,
     timeout: float | None = None, progress: bool | str = "auto", neutralize_formulas: bool = True,
-    argv: list[str] | None = None, local: bool = False, **options: Any,
+    argv: list[str] | None = None, local: bool = False, column_prefix: str = "", **options: Any,
 ) -> tuple[int, JobStats]:
     """Stream a table file through the fill job, writing the output chunk by chunk, and its manifest
     beside it (``<output>.manifest.json``)."""
@@ -212,7 +232,8 @@ async def fill_file_async(
                       timeout=timeout)
         models = (job.local_model,) if job.local_model else model_list(model_names)
         build, plans = _builder(job, models, title_col=title_col, json_fields=json_fields,
-                                col_map=col_map, fanout=fanout, prompt_template=prompt_template)
+                                col_map=col_map, fanout=fanout, prompt_template=prompt_template,
+                                column_prefix=column_prefix)
 
         def describe(runner: TableRunner, facts: dict[str, Any]) -> ManifestRecorder:
             recorder = fill_manifest(runner, plans[0], prompt_template, facts,

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from ..backends import Reply
+from ..errors import UsageError
 from ..requests import Request, build_messages, canonical_options, model_group
 from ..results import Outcome
 from .answers import AnswerCheck
@@ -154,25 +155,51 @@ def split_columns(keys: tuple[str, ...] | None) -> list[str]:
     return ["response", *(keys or ()), "model", "error"]
 
 
+def answer_column_names(models: tuple[str, ...], fanout: bool, keys: tuple[str, ...] | None,
+                        prefix: str = "") -> list[str]:
+    """The columns an analysis adds, in order: ``response``, the keys, ``model``, ``error`` (split
+    mode), or ``response_<model>``, ``<key>_<model>``, ``error_<model>`` per model (fan-out,
+    Ollama-run-async's names); each behind ``prefix``."""
+    if not fanout:
+        return [prefix + name for name in split_columns(keys)]
+    return [f"{prefix}{name}_{model}" for model in models
+            for name in ("response", *(keys or ()), "error")]
+
+
+def refuse_clashes(existing: list[str], new: list[str], *, option: str, example: str) -> None:
+    """UsageError naming the input columns that new columns would overwrite, and the way out.
+
+    Input data is never overwritten: in the case that made this rule, the lost values were a
+    study's gold labels, in a column named like the JSON key asked for."""
+    have = set(existing)
+    clashes = list(dict.fromkeys(name for name in new if name in have))
+    if clashes:
+        names = ", ".join(repr(c) for c in clashes)
+        raise UsageError(f"the table already has column(s) {names}, which the answers would "
+                         f"overwrite; keep both with {option} (e.g. {example}), or rename the "
+                         "column(s)")
+
+
 def add_answer_columns(frame: pd.DataFrame, results: list[RowResult], models: tuple[str, ...],
-                       fanout: bool, keys: tuple[str, ...] | None) -> pd.DataFrame:
-    """run_analysis's columns: response/keys/model/error, or each suffixed _<model> in fan-out."""
+                       fanout: bool, keys: tuple[str, ...] | None, prefix: str = "") -> pd.DataFrame:
+    """run_analysis's columns: response/keys/model/error, or each suffixed _<model> in fan-out;
+    every name behind ``prefix``."""
     out = frame.copy()
     key_list = list(keys or ())
     if fanout:
         for model in models:
             columns = _columns_for(results, model, key_list)
-            out[f"response_{model}"] = columns["response"]
+            out[f"{prefix}response_{model}"] = columns["response"]
             for key in key_list:
-                out[f"{key}_{model}"] = columns[key]
-            out[f"error_{model}"] = columns["error"]
+                out[f"{prefix}{key}_{model}"] = columns[key]
+            out[f"{prefix}error_{model}"] = columns["error"]
     else:
         columns = _columns_for(results, "*", key_list)
-        out["response"] = columns["response"]
+        out[f"{prefix}response"] = columns["response"]
         for key in key_list:
-            out[key] = columns[key]
-        out["model"] = columns["model"]
-        out["error"] = columns["error"]
+            out[prefix + key] = columns[key]
+        out[f"{prefix}model"] = columns["model"]
+        out[f"{prefix}error"] = columns["error"]
     return out
 
 
