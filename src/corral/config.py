@@ -134,7 +134,7 @@ def normalize_url(raw: str, api: str = "ollama") -> str:
 
 def server_from_url(url: str, api: str = "ollama", **extra: Any) -> ServerSpec:
     if api not in APIS:
-        raise ConfigError(f"unknown api {api!r} for {url}: use one of {', '.join(APIS)}", near=api)
+        raise ConfigError(f"unknown api {api!r} for {redact_url(url)}: use one of {', '.join(APIS)}", near=api)
     return ServerSpec(url=normalize_url(url, api), api=api, **extra)
 
 
