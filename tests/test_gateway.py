@@ -17,7 +17,7 @@ import pytest
 
 from corral.gateway.main import is_loopback
 from corral.gateway.scheduler import FairShare
-from tests.conftest import GatewayProcess, read_jsonl, wait_for, write_batch, write_jsonl
+from tests.conftest import GatewayProcess, read_jsonl, wait_for, write_batch
 
 FINAL = ("completed", "failed", "expired", "cancelled")
 
@@ -258,8 +258,7 @@ def test_a_second_gateway_on_the_same_state_is_refused(tmp_path: Path, fake_olla
 
 
 def test_state_survives_a_clean_restart(tmp_path: Path, fake_ollama) -> None:
-    path = write_jsonl(tmp_path / "batch.jsonl", [])
-    write_batch(path, 4)
+    path = write_batch(tmp_path / "batch.jsonl", 4)
     with GatewayProcess(tmp_path, "-s", fake_ollama.url, "--state", "state") as gateway:
         client = gateway.client()
         batch = finished(client, submit(client, path).id)

@@ -17,6 +17,7 @@ def gateway_command(
         help="TOML config with the fleet (ollama-batch-cluster's or [[servers]])."),
     server: list[str] = typer.Option([], "--server", "-s", metavar="URL", help="Server URL; repeat for several."),
     api: str = typer.Option("ollama", "--api", help="Protocol of --server URLs: ollama or openai."),
+    local: bool = typer.Option(False, "--local", help="Serve the embedded llama.cpp model (SmolLM2-135M)."),
     host: str = typer.Option("127.0.0.1", "--host",
         help="Address to listen on; anything but loopback is reachable from other machines (warned)."),
     port: int = typer.Option(8600, "--port", help="Port to listen on (0: any free port, printed at start)."),
@@ -52,6 +53,7 @@ def gateway_command(
       OPENAI_API_KEY=secret corral gateway -s http://gpu1:11434 --api-key-env OPENAI_API_KEY
     """
     import os
+    from contextlib import ExitStack
     from pathlib import Path
 
     from ..gateway import GatewayOptions, serve
@@ -70,8 +72,9 @@ def gateway_command(
         raise UsageError("--max-upload-mb must be more than 0")
     if read_ahead is not None and read_ahead < 1:
         raise UsageError("--read-ahead must be at least 1")
+    stack = ExitStack()
     settings = resolve(servers=server or None, config=config, api=api, timeout=timeout,
-                       max_attempts=max_attempts, hedge=hedge)
+                       max_attempts=max_attempts, hedge=hedge, local=local, stack=stack)
     options = GatewayOptions(state=Path(state), max_upload_bytes=int(max_upload_mb * 1_000_000),
                              read_ahead=read_ahead, api_key=key)
     if not is_loopback(host):
@@ -83,10 +86,9 @@ def gateway_command(
         print(f"corral: gateway on {url}/v1 (dashboard {url}/), state in {state}", file=sys.stderr,
               flush=True)
 
-    try:
-        run(serve(settings.servers, settings.engine_settings(concurrency=concurrency), options,
-                  host=host, port=port, ready=ready, argv=sys.argv))
-    except OSError as exc:
-        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    except KeyboardInterrupt:
-        sys.exit(130)
+    with stack:
+        try:
+            run(serve(settings.servers, settings.engine_settings(concurrency=concurrency), options,
+                      host=host, port=port, ready=ready, argv=sys.argv))
+        except KeyboardInterrupt:
+            sys.exit(130)

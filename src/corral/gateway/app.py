@@ -24,6 +24,7 @@ from .service import Gateway
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CHUNK = 1 << 16
+MULTIPART_SLACK = 4096  # bytes of multipart framing allowed over the cap in Content-Length
 PUBLIC = frozenset({"/", "/favicon.ico"})
 
 
@@ -95,7 +96,7 @@ class Routes:
         cap = self.gw.options.max_upload_bytes
         too_large = error(413, f"The file is larger than this gateway's upload limit of {cap:,} bytes "
                                "(corral gateway --max-upload-mb)", code="file_too_large")
-        if request.content_length is not None and request.content_length > cap + CHUNK:
+        if request.content_length is not None and request.content_length > cap + MULTIPART_SLACK:
             return too_large
         if not request.content_type.startswith("multipart/"):
             return error(400, "upload a file as multipart/form-data with fields purpose and file")

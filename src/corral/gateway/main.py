@@ -20,6 +20,7 @@ from aiohttp import web
 
 from ..config import ServerSpec
 from ..engine import Engine, EngineSettings
+from ..errors import UsageError
 from ..runner import RunRecord, run_job
 from ..store import Store
 from .app import make_app
@@ -40,7 +41,11 @@ def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.listen(1024)
     sock.setblocking(False)
     return sock
