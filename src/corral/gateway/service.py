@@ -68,17 +68,18 @@ class Gateway:
         self._served: dict[str, bool] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._rates: deque[tuple[float, dict[str, int]]] = deque(maxlen=RATE_SPAN + 1)
+        self._window = options.read_ahead or max(256, 4 * engine.total_slots)
+        self._in_engine = 0  # rows handed to the engine and not yet back
+        self._room = asyncio.Event()
 
     # -- the one engine run -----------------------------------------------------------------------
     async def run(self) -> None:
         """Take up unfinished batches, then run every batch until cancelled."""
         for batch in self.batches.unfinished():
             self._resume(batch)
-        slots = self.engine.total_slots
-        window = self.options.read_ahead or max(256, 4 * slots)
         ticker = asyncio.create_task(self._tick())
         try:
-            await self.engine.run(self._stream(), self._on_outcome, ordered=False, window=window)
+            await self.engine.run(self._stream(), self._on_outcome, ordered=False, window=self._window)
         finally:
             ticker.cancel()
             for task in list(self._tasks):
@@ -89,9 +90,16 @@ class Gateway:
                 job.abort()
 
     async def _stream(self) -> AsyncIterator[list[Request]]:
+        """Rows of the active batches, in turns, never more than the window unfinished: a row is
+        read only when it can enter the engine, so a cancel or an expiry recalls nothing."""
         while True:
+            room = self._window - self._in_engine
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
             chunk: list[Request] = []
-            while len(chunk) < CHUNK:
+            while len(chunk) < min(CHUNK, room):
                 batch_id = self.share.pick()
                 if batch_id is None:
                     break
@@ -103,13 +111,14 @@ class Gateway:
                         self._settle_soon(job)
                     continue
                 if not self._is_served(request.model):
-                    self._on_outcome(Outcome(
+                    self._record(Outcome(
                         request=request, error_kind=MODEL_NOT_FOUND, status_code=404,
                         error=f"The model `{request.model}` is not served by any server of this "
                               f"gateway (served: {', '.join(self._models()) or 'none'})",
                         finished_at=time.time()))
                     continue
                 chunk.append(request)
+                self._in_engine += 1
             if chunk:
                 yield chunk
             else:
@@ -128,6 +137,12 @@ class Gateway:
         return sorted(names)
 
     def _on_outcome(self, outcome: Outcome) -> None:
+        """The engine's answer for a row: room for one more, and the row to its batch."""
+        self._in_engine -= 1
+        self._room.set()
+        self._record(outcome)
+
+    def _record(self, outcome: Outcome) -> None:
         job = self.active.get(outcome.request.meta.get("batch_id", ""))
         if job is None:
             return  # its batch ended (cancelled, expired) while the row was in flight
