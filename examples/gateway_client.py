@@ -33,7 +33,7 @@ while batch.status not in ("completed", "failed", "expired", "cancelled"):
 print(batch.id, batch.status, batch.request_counts)
 for line in client.files.content(batch.output_file_id).text.splitlines():
     row = json.loads(line)
-    print(row["custom_id"], "->", row["response"]["body"]["choices"][0]["message"]["content"][:60])
+    print(row["custom_id"], "->", row["response"]["body"]["choices"][0]["message"]["content"][:60].replace("\n", " "))
 for line in client.files.content(batch.error_file_id).text.splitlines():
     row = json.loads(line)
     print(row["custom_id"], "failed:", row["response"]["status_code"], row["response"]["body"]["error"]["message"])
