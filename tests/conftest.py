@@ -229,3 +229,82 @@ class ServerProcess:
                 self.proc.wait()
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+# ---- the gateway --------------------------------------------------------------------------------
+
+def write_batch(path: Path, n: int, *, model: str = "llama3.2", url: str = "/v1/chat/completions",
+                prefix: str = "question") -> Path:
+    """``n`` OpenAI Batch lines with custom_ids ``row-i`` (chat, completions or embeddings)."""
+    with open(path, "wb") as handle:
+        for i in range(n):
+            text = f"{prefix} {i}"
+            body: dict[str, Any] = (
+                {"model": model, "input": text} if url == "/v1/embeddings" else
+                {"model": model, "prompt": text, "max_tokens": 8} if url == "/v1/completions" else
+                {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 8})
+            handle.write(orjson.dumps({"custom_id": f"row-{i}", "method": "POST", "url": url,
+                                       "body": body}) + b"\n")
+    return path
+
+
+class GatewayProcess:
+    """`corral gateway --port 0 ARGS` in the background; ``url`` once it listens. Its stderr is
+    drained by a thread (``log``), so a chatty gateway never blocks on a full pipe."""
+
+    def __init__(self, cwd: Path, *args: str, env: dict[str, str] | None = None,
+                 timeout: float = 60) -> None:
+        import re
+        import threading
+
+        self.proc = start_corral(["gateway", "--port", "0", *args], cwd, env=env)
+        self.log: list[str] = []
+        ready = threading.Event()
+        found: list[str] = []
+
+        def drain() -> None:
+            assert self.proc.stderr is not None
+            for line in self.proc.stderr:
+                self.log.append(line)
+                match = re.search(r"gateway on (http://\S+)/v1", line)
+                if match and not found:
+                    found.append(match.group(1))
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+        ready.wait(timeout)
+        if not found:
+            self.stop()
+            raise AssertionError("the gateway did not start:\n" + "".join(self.log))
+        self.url = found[0]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def client(self, api_key: str = "unused") -> Any:
+        from openai import OpenAI
+
+        return OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, timeout=60)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def __enter__(self) -> GatewayProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

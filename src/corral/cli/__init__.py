@@ -44,7 +44,7 @@ def _options(
 
 
 def _register() -> None:
-    from . import agree, bench, cluster, embed, merge, report, run, salvage, serve, show, status, tables  # noqa: F401  (each module adds its command to `app`)
+    from . import agree, bench, cluster, embed, gateway, merge, report, run, salvage, serve, show, status, tables  # noqa: F401  (each module adds its command to `app`)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,12 +12,11 @@ from collections.abc import Callable, Iterable
 
 from ..config import ServerSpec
 from ..http import HttpClient
-from ..requests import Request
 from ..results import Outcome
 from ..store import Store
 from .costs import Speeds
 from .fleet import Fleet
-from .run import Run, Validator
+from .run import Requests, Run, Validator
 from .servers import ServerState
 from .settings import EngineSettings, JobStats
 
@@ -46,17 +45,19 @@ class Engine:
     async def aclose(self) -> None:
         await self.fleet.aclose()
 
-    async def run(self, requests: Iterable[Request], on_outcome: Callable[[Outcome], None],
+    async def run(self, requests: Requests, on_outcome: Callable[[Outcome], None],
                   total: int | None = None, *, validate: Validator | None = None,
-                  window: int | None = None) -> JobStats:
+                  window: int | None = None, ordered: bool = True) -> JobStats:
         """Run every request; ``on_outcome`` receives one Outcome per request, in input order.
 
         ``validate(request, reply)`` returns a message when an answer is not what was asked (it is
         re-asked up to ``settings.content_retries`` times); by default a request asking for JSON
         must get JSON. ``window``: rows read ahead of the oldest unfinished one (by default 16 per
-        slot, at least 2048). Not re-entrant: one run at a time per engine."""
+        slot, at least 2048). ``requests`` may be an async stream of chunks of requests, and
+        ``ordered=False`` hands outcomes on as they finish (see `Run`). Not re-entrant: one run at
+        a time per engine."""
         run = Run(self.fleet, self.store, self.settings, on_outcome, total=total, validate=validate,
-                  window=window)
+                  window=window, ordered=ordered)
         self.stats = run.stats
         return await run.execute(requests)
 

@@ -20,7 +20,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,9 @@ DISPATCH_BATCH = 256
 
 # A content check of an answer: a message when it is not what was asked, else None.
 Validator = Callable[[Request, Reply], str | None]
+# What a run reads: requests, or (a long-lived run fed as work arrives, e.g. the gateway's) an async
+# stream of chunks of requests, each chunk queued as soon as it is read.
+Requests = Iterable[Request] | AsyncIterable[Iterable[Request]]
 
 
 @dataclass(slots=True, eq=False)
@@ -87,11 +90,14 @@ class Run:
 
     ``validate`` checks each answer (default: a request asking for JSON must get JSON); ``window``
     is how many rows are read ahead of the oldest unfinished one (default: 16 per slot, at least
-    2048). ``stats`` is live while the run goes on."""
+    2048). ``ordered=False`` passes each outcome on as it finishes, and ``window`` then counts rows
+    read and not yet finished, so one slow row never holds back the others (the gateway's batches
+    share a run). ``stats`` is live while the run goes on."""
 
     def __init__(self, fleet: Fleet, store: Store, settings: EngineSettings,
                  on_outcome: Callable[[Outcome], None], *, total: int | None = None,
-                 validate: Validator | None = None, window: int | None = None) -> None:
+                 validate: Validator | None = None, window: int | None = None,
+                 ordered: bool = True) -> None:
         self.fleet = fleet
         self.store = store
         self.settings = settings
@@ -107,6 +113,7 @@ class Run:
         self._timeouts = TimeoutPolicy(fixed=settings.timeout, floor=settings.timeout_floor,
                                        ceiling=settings.timeout_ceiling)
         self._in_flight_cap = asyncio.Semaphore(settings.max_in_flight) if settings.max_in_flight else None
+        self._ordered = ordered
         self._reorder: dict[int, Outcome] = {}
         self._next_out = 0
         self._leaders: dict[str, _Item] = {}
@@ -118,10 +125,12 @@ class Run:
         self._committed: asyncio.Future[None] | None = None
         self._timers: set[asyncio.TimerHandle] = set()
         self._next_start = 0.0
+        self._read = 0
+        self._caught_up = False
         self._no_server_since: dict[str, float] = {}
         self._slots: dict[int, _Slots] = {}
 
-    async def execute(self, requests: Iterable[Request]) -> JobStats:
+    async def execute(self, requests: Requests) -> JobStats:
         """Run every request; ``on_outcome`` receives one Outcome per request, in input order."""
         for server in self.fleet.servers:
             self._slots[id(server)] = _Slots()
@@ -204,9 +213,20 @@ class Run:
             log.debug("could not journal the last answers yet: %s", exc)
 
     # -- reading the input ------------------------------------------------------------------------
-    async def _produce(self, requests: Iterable[Request]) -> None:
+    async def _produce(self, requests: Requests) -> None:
+        if isinstance(requests, AsyncIterable):
+            chunks = aiter(requests)
+            while True:
+                self._caught_up = True  # while the stream waits for work, the run is in its tail
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    return
+                finally:
+                    self._caught_up = False
+                await self._produce(chunk)
         batch: list[Request] = []
-        index = 0
+        index = self._read
         key_kind = self.fleet.key_kind
         for request in requests:
             if self._window.locked() and batch:
@@ -215,6 +235,7 @@ class Run:
             await self._window.acquire()
             request.index = index
             index += 1
+            self._read = index
             if not request.key:
                 try:
                     request.key = request_key(request, key_kind(request.model))
@@ -314,7 +335,7 @@ class Run:
         """Hedge only in a tail: the input is all read, or the oldest rows hold the read-ahead
         window full. Mid-job an empty queue just means the reader is behind; scanning then would
         cost every request of a fast job a pass over everything in flight."""
-        return self.settings.hedge and (self._all_read or self._window.locked())
+        return self.settings.hedge and (self._all_read or self._caught_up or self._window.locked())
 
     def _straggler_for(self, server: ServerState) -> _Item | None:
         """The in-flight item this idle server would finish soonest compared with its holder.
@@ -625,6 +646,9 @@ class Run:
     def _deliver(self, outcome: Outcome) -> None:
         """Pass outcomes on in input order; each one passed on frees a row of the read-ahead window."""
         index = outcome.request.index
+        if not self._ordered:
+            self._emit(outcome)
+            return
         if index != self._next_out:
             self._reorder[index] = outcome
             return

@@ -137,6 +137,15 @@ class PromptFile:
         self.report = report
         return report
 
+    def checked(self) -> Iterator[Request | InputError]:
+        """Every non-blank line parsed, or its error, streaming: for callers that validate a file
+        their own way (the gateway lists every bad line, as OpenAI's Batch API does)."""
+        for number, text in self._lines():
+            try:
+                yield self._parse(number, text)
+            except InputError as exc:
+                yield exc
+
     def __iter__(self) -> Iterator[Request]:
         for number, text in self._lines():
             if number in self._bad_lines:
