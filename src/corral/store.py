@@ -343,7 +343,7 @@ class JournalReader:
             self.tables = {row[0] for row in self._db.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.DatabaseError as exc:
-            raise UsageError(f"{self.path}: cannot read the store: {exc}") from None
+            raise _unreadable(self.path, exc) from None
 
     def has_column(self, table: str, column: str) -> bool:
         """A journal written by an older corral lacks later tables and columns (a reader cannot add
@@ -355,7 +355,7 @@ class JournalReader:
         try:
             return self._db.execute(sql, tuple(params)).fetchall()
         except sqlite3.DatabaseError as exc:
-            raise UsageError(f"{self.path}: cannot read the store: {exc}") from None
+            raise _unreadable(self.path, exc) from None
 
     def close(self) -> None:
         self._db.close()
@@ -374,6 +374,11 @@ def is_damage(exc: sqlite3.Error) -> bool:
     if code is not None:
         return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
     return "malformed" in str(exc) or "not a database" in str(exc)
+
+
+def _unreadable(path: str, exc: sqlite3.DatabaseError) -> UsageError:
+    """A reader's one line: the damaged-journal line with its ways on, or what else went wrong."""
+    return damaged(path, exc) if is_damage(exc) else UsageError(f"{path}: cannot read the store: {exc}")
 
 
 def damaged(path: str, exc: sqlite3.Error) -> UsageError:
