@@ -30,7 +30,7 @@ def show_command(
     for label, data in iter_result_files(source, errors=True):
         if errors_only and not data.get("error"):
             continue
-        kind = "File" if label.endswith(".json") else "Item"
+        kind = "File" if label.split(" (", 1)[0].endswith(".json") else "Item"  # "x.json (line 3)"
         out.write(f"{RULE}\n# {kind}: {visible(label, one_line=True)}\n{RULE}\n")
         if data.get("prompt") is not None:
             out.write(f"Prompt:\n{visible(data.get('prompt'))}\n\n")

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ..errors import InputError
 from ..sources import Defaults, PromptFile
 
@@ -37,13 +39,63 @@ def input_file(path: Path) -> PromptFile:
     return PromptFile(path, Defaults(), fmt="jsonl")
 
 
+class _RawLines:
+    """The file's raw lines, read forward alongside the parser, for a second look at a bad line."""
+
+    def __init__(self, path: Path) -> None:
+        self._handle = open(path, "rb")  # noqa: SIM115  (closed by close())
+        self._number = 0
+
+    def line(self, number: int) -> bytes:
+        raw = b""
+        while self._number < number:
+            raw = self._handle.readline()
+            self._number += 1
+        return raw
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def _url_of(raw: bytes) -> Any:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return data.get("url") if isinstance(data, dict) else None
+
+
 def check_input(path: Path, endpoint: str) -> Checked:
     checked = Checked()
     seen: set[int] = set()
+    raw_lines = _RawLines(path)
+    try:
+        _check_lines(path, endpoint, checked, seen, raw_lines)
+    finally:
+        raw_lines.close()
+    if checked.total == 0 and not checked.bad_lines:
+        checked.add_error(None, "empty_file", "the input file has no requests")
+    if checked.bad_lines > len(checked.errors):
+        checked.errors.append({"code": "too_many_errors", "param": None, "line": None,
+                               "message": f"{checked.bad_lines - len(checked.errors)} more bad lines "
+                                          "not listed"})
+    return checked
+
+
+def _check_lines(path: Path, endpoint: str, checked: Checked, seen: set[int], raw_lines: _RawLines) -> None:
     for item in input_file(path).checked():
         if isinstance(item, InputError):
-            code = "invalid_json_line" if "JSON" in item.problem else "invalid_request"
-            checked.add_error(item.line, code, item.problem)
+            if "JSON" in item.problem:
+                checked.add_error(item.line, "invalid_json_line", item.problem)
+                continue
+            # A request for another endpoint is refused as such, as OpenAI does, even when its body
+            # would not fit this one either.
+            url = _url_of(raw_lines.line(item.line)) if item.line else None
+            if isinstance(url, str) and url != endpoint:
+                checked.add_error(item.line, "mismatched_endpoint", f"url {url!r} differs from the "
+                                  f"batch's endpoint {endpoint}", param="url")
+            else:
+                checked.add_error(item.line, "invalid_request", item.problem)
             continue
         line = item.meta.get("line")
         if not item.meta.get("batch"):
@@ -62,10 +114,3 @@ def check_input(path: Path, endpoint: str) -> Checked:
         seen.add(fingerprint)
         checked.total += 1
         checked.models[item.model] = checked.models.get(item.model, 0) + 1
-    if checked.total == 0 and not checked.bad_lines:
-        checked.add_error(None, "empty_file", "the input file has no requests")
-    if checked.bad_lines > len(checked.errors):
-        checked.errors.append({"code": "too_many_errors", "param": None, "line": None,
-                               "message": f"{checked.bad_lines - len(checked.errors)} more bad lines "
-                                          "not listed"})
-    return checked
