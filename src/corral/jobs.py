@@ -7,9 +7,11 @@ Nothing here speaks HTTP or parses a wire format.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from .config import ServerSpec
 from .engine import EngineSettings
@@ -17,7 +19,7 @@ from .errors import UsageError
 from .manifest import ManifestRecorder
 from .runner import JobResult, Sink, run_requests
 from .sources import PromptFile, ScanReport
-from .store import Store
+from .store import Store, stored_scan
 
 log = logging.getLogger("corral")
 
@@ -29,6 +31,18 @@ def default_store_path(output: str | None, output_dir: str | None) -> Path | Non
     if output_dir:
         return Path(output_dir) / ".corral.db"
     return None
+
+
+def scan_once(source: PromptFile, facts: dict[str, Any],
+              journal: str | os.PathLike[str] | None) -> tuple[ScanReport, str, bool]:
+    """(report, its key, whether it was scanned now): the report ``journal`` keeps for these bytes
+    and settings if it has one, else a fresh scan (to be saved with `Store.save_scan`). ``facts``
+    is the input's `corral.manifest.file_facts`, whose SHA-256 names the bytes."""
+    key = source.scan_key(facts["sha256"])
+    kept = stored_scan(journal, key) if journal is not None else None
+    if kept is not None:
+        return source.adopt(ScanReport.from_json(kept)), key, False
+    return source.scan(), key, True
 
 
 async def run_prompt_file(

@@ -111,7 +111,8 @@ async def run_requests(
     requests: Iterable[Request], *, servers: list[ServerSpec] | None = None, store: Store,
     settings: EngineSettings | None = None, sinks: Sequence[Sink], models: Iterable[str],
     total: int | None = None, engine: Engine | None = None, validate: Validator | None = None,
-    window: int | None = None, progress: str = "auto", keep_failures: int = 1000,
+    window: int | None = None, ready: Callable[[], bool] | None = None, progress: str = "auto",
+    keep_failures: int = 1000,
     argv: Sequence[str] | None = None, manifest: ManifestRecorder | None = None,
     gpu_monitor: bool | float = True, track: bool = True,
 ) -> JobResult:
@@ -128,7 +129,8 @@ async def run_requests(
             failures.append(outcome)
 
     async def work(open_engine: Engine) -> None:
-        await open_engine.run(requests, on_outcome, total=total, validate=validate, window=window)
+        await open_engine.run(requests, on_outcome, total=total, validate=validate, window=window,
+                              ready=ready)
 
     complete = False
     try:

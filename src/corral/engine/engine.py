@@ -48,15 +48,16 @@ class Engine:
 
     async def run(self, requests: Iterable[Request], on_outcome: Callable[[Outcome], None],
                   total: int | None = None, *, validate: Validator | None = None,
-                  window: int | None = None) -> JobStats:
+                  window: int | None = None, ready: Callable[[], bool] | None = None) -> JobStats:
         """Run every request; ``on_outcome`` receives one Outcome per request, in input order.
 
         ``validate(request, reply)`` returns a message when an answer is not what was asked (it is
         re-asked up to ``settings.content_retries`` times); by default a request asking for JSON
         must get JSON. ``window``: rows read ahead of the oldest unfinished one (by default 16 per
-        slot, at least 2048). Not re-entrant: one run at a time per engine."""
+        slot, at least 2048). ``ready()``: False holds the reading of the next row until outcomes
+        are passed on. Not re-entrant: one run at a time per engine."""
         run = Run(self.fleet, self.store, self.settings, on_outcome, total=total, validate=validate,
-                  window=window)
+                  window=window, ready=ready)
         self.stats = run.stats
         return await run.execute(requests)
 

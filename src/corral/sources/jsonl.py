@@ -9,11 +9,13 @@ Shapes of a JSONL line, detected per line:
 
 ``--format text`` reads one prompt per line. A file is first scanned (validated, counted, its models
 listed) so that a malformed line is reported before any request is sent; then it is read again to
-run. Both passes stream.
+run. Both passes stream. A scan's report is kept in the job's journal under `scan_key` (the file's
+SHA-256 and everything that changes how a line parses), so re-running a job skips the first pass.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -57,6 +59,21 @@ class ScanReport:
     models: dict[str, int] = field(default_factory=dict)
     invalid: list[str] = field(default_factory=list)
     openai_batch: bool = False
+    bad_lines: list[int] = field(default_factory=list)   # skipped with --skip-invalid
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"rows": self.rows, "models": self.models, "invalid": self.invalid,
+                             "openai_batch": self.openai_batch, "bad_lines": self.bad_lines})
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> ScanReport:
+        fields = orjson.loads(data)
+        return cls(rows=fields["rows"], models=fields["models"], invalid=fields["invalid"],
+                   openai_batch=fields["openai_batch"], bad_lines=fields["bad_lines"])
+
+
+#: Changes whenever what a scan finds could change for the same bytes (parsing rules, checks).
+SCAN_VERSION = 1
 
 
 class PromptFile:
@@ -105,6 +122,20 @@ class PromptFile:
                 if text.strip():
                     yield number, text
 
+    def scan_key(self, sha256: str) -> str:
+        """What a scan's report depends on: the file's bytes (``sha256``), how it is read, the
+        defaults a line may lack, and this code's version of the rules."""
+        d = self.defaults
+        return hashlib.sha256(orjson.dumps([
+            SCAN_VERSION, sha256, self.fmt, self.skip_invalid, d.model, d.system, d.options, d.format,
+            d.keep_alive, d.endpoint], option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+    def adopt(self, report: ScanReport) -> ScanReport:
+        """Take the report an earlier scan of the same bytes and settings made (see `scan_key`)."""
+        self._bad_lines = set(report.bad_lines)
+        self.report = report
+        return report
+
     def scan(self) -> ScanReport:
         """Validate every line before anything is sent; raise InputError on the first bad one."""
         report = ScanReport()
@@ -132,6 +163,7 @@ class PromptFile:
         if report.rows == 0 and not report.invalid:
             raise InputError(str(self.path), None, "no prompts: the file is empty")
         report.openai_batch = kinds == {True}
+        report.bad_lines = sorted(self._bad_lines)
         self.report = report
         return report
 
