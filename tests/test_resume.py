@@ -2,7 +2,7 @@
 
 `tests/data/journal_v2/` holds a job run by corral before the journal's schema 3 (commit b0064e8):
 its prompts, its output and its journal, with one failed row (the fake answered its first request
-with a 500, and the job allowed one attempt; made by tests/data/journal_v2/make.py). The new code
+with a 400, and the job allowed one attempt; made by tests/data/journal_v2/make.py). The new code
 must resume it without sending anything, and report on it.
 """
 
@@ -75,7 +75,11 @@ def test_new_rows_beside_old_ones_and_failed_rows_keep_what_was_asked(tmp_path: 
 
 
 def test_journal_is_no_larger_than_the_output(tmp_path: Path, fake_ollama) -> None:
-    write_prompts(tmp_path / "p.jsonl", 3000, prefix="a prompt of an ordinary length, number")
+    """A journal row costs about 300 bytes plus the answer (the key twice, with its index; the
+    counters; the raw answer packed to ~40 bytes); an output row about 260 plus the prompt and the
+    answer. So with prompts of the benchmark's length (~90 characters) the journal is the smaller."""
+    write_prompts(tmp_path / "p.jsonl", 3000,
+                  prefix="Question: what is the capital of this country, and why did it become the capital? No.")
     done = corral("run", "p.jsonl", "-o", "out.jsonl", "-s", fake_ollama.url, "-m", "llama3.2",
                   "--progress", "none", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -156,10 +160,11 @@ def test_a_rerun_takes_the_scan_from_the_journal_and_a_changed_input_is_scanned_
     db.close()
     again = corral(*args, cwd=tmp_path)  # the kept report still skips line 3, and says so
     assert again.returncode == 0, again.stderr
-    assert "line 3" in again.stderr and len(fake_ollama.requests) == 5
+    assert "p.jsonl:3:" in again.stderr and len(fake_ollama.requests) == 5
     assert [row["id"] for row in read_jsonl(tmp_path / "out.jsonl")] == [f"r{i}" for i in range(5)]
     with open(tmp_path / "p.jsonl", "a") as handle:
         handle.write("[1, 2]\n")
-    changed = corral(*args[:-3], "--progress", "none", cwd=tmp_path)  # without --skip-invalid
-    assert changed.returncode != 0 and "line 3" in changed.stderr
+    changed = corral(*args, cwd=tmp_path)  # other bytes: scanned again, the new bad line found
+    assert changed.returncode == 0, changed.stderr
+    assert "p.jsonl:3:" in changed.stderr and "p.jsonl:7:" in changed.stderr
     assert len(fake_ollama.requests) == 5

@@ -349,24 +349,40 @@ def unpack_json(stored: str | bytes | None) -> Any:
     return orjson.loads(zlib.decompress(stored, -15))
 
 
-_RAW_WORDS = orjson.dumps([
-    "object", "chat.completion", "choices", "index", "message", "finish_reason", "stop", "usage",
-    "prompt_tokens", "completion_tokens", "total_tokens", "timings", "created", "id", "created_at",
-    "model", "prompt_eval_count", "eval_count", "eval_duration", "prompt_eval_duration",
-    "total_duration", "load_duration", "done", True, "done_reason", {"role": "assistant"}])
+def _as_stored(value: Any) -> bytes:
+    """A column's value as JSON text, the same before it is written and after it is read back
+    (SQLite keeps a whole float in an INTEGER column as an integer)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return orjson.dumps(value)
 
 
-def _raw_dictionary(text: str | None) -> bytes:
-    """What a raw answer mostly repeats: its field names and the answer's text, which the row keeps
-    in `response`. Deflate's preset dictionary, so the journal stores only what the raw answer adds
-    (its timestamps, counters, ids). Built from the text as stored, so it is the same when read."""
-    return (_RAW_WORDS + orjson.dumps(text if text is None else str(text)))[-32768:]
+def _raw_dictionary(reply: Reply, model: str | None) -> bytes:
+    """The raw answer as the row's own columns (text, model, counters) would rebuild it, in
+    OpenAI's shape and in Ollama's: deflate's preset dictionary, so the journal stores little more
+    than what the raw answer adds (timestamps, ids): 330 bytes of a typical Ollama answer pack into
+    about 40. ``model`` is the row's model column. Should the columns ever read back otherwise,
+    zlib's dictionary id and checksum say so, and the raw answer reads as missing, never as wrong."""
+    text = _as_stored(reply.text if reply.text is None else str(reply.text))
+    name, reason = _as_stored(model), _as_stored(reply.done_reason)
+    prompt, completion = _as_stored(reply.prompt_eval_count), _as_stored(reply.eval_count)
+    openai = (b'{"id":"","object":"chat.completion","created":0,"model":' + name
+              + b',"choices":[{"index":0,"message":{"role":"assistant","content":' + text
+              + b'},"finish_reason":' + reason + b'}],"usage":{"prompt_tokens":' + prompt
+              + b',"completion_tokens":' + completion + b',"total_tokens":0}}')
+    ollama = (b'{"model":' + name + b',"created_at":"","message":{"role":"assistant","content":' + text
+              + b'},"done_reason":' + reason + b',"done":true,"total_duration":'
+              + _as_stored(reply.total_duration) + b',"load_duration":' + _as_stored(reply.load_duration)
+              + b',"prompt_eval_count":' + prompt + b',"prompt_eval_duration":'
+              + _as_stored(reply.prompt_eval_duration) + b',"eval_count":' + completion
+              + b',"eval_duration":' + _as_stored(reply.eval_duration) + b"}")
+    return (openai + ollama)[-32768:]
 
 
-def _pack_raw(reply: Reply) -> bytes | None:
+def _pack_raw(reply: Reply, model: str | None) -> bytes | None:
     if reply.raw is None:
         return None
-    packer = zlib.compressobj(6, zlib.DEFLATED, -15, zdict=_raw_dictionary(reply.text))
+    packer = zlib.compressobj(6, zlib.DEFLATED, 15, zdict=_raw_dictionary(reply, model))
     return packer.compress(orjson.dumps(reply.raw)) + packer.flush()
 
 
@@ -374,7 +390,7 @@ def _unpack_raw(stored: str | bytes, reply: Reply) -> dict[str, Any] | None:
     try:
         if isinstance(stored, str):  # a row of a schema 2 journal
             return orjson.loads(stored)  # type: ignore[no-any-return]
-        unpacker = zlib.decompressobj(-15, zdict=_raw_dictionary(reply.text))
+        unpacker = zlib.decompressobj(15, zdict=_raw_dictionary(reply, reply.model))
         return orjson.loads(unpacker.decompress(stored) + unpacker.flush())  # type: ignore[no-any-return]
     except (zlib.error, orjson.JSONDecodeError):
         return None  # what only a faithful vLLM batch line would show; the row itself is intact
@@ -394,7 +410,7 @@ def _row(outcome: Outcome, run_id: int | None) -> tuple[Any, ...]:
         reply.text if reply else None,
         orjson.dumps(reply.embeddings, option=orjson.OPT_SERIALIZE_NUMPY)
         if reply and reply.embeddings is not None else None,
-        _pack_raw(reply) if reply else None,
+        _pack_raw(reply, req.model) if reply else None,
         outcome.error, outcome.error_kind, outcome.status_code, outcome.attempts, outcome.server,
         reply.prompt_eval_count if reply else None, reply.eval_count if reply else None,
         reply.eval_duration if reply else None, reply.prompt_eval_duration if reply else None,

@@ -24,8 +24,7 @@ def main(folder: Path) -> None:
     for old in folder.glob("out.jsonl*"):
         old.unlink()
     with FakeServer(slots=1) as server:
-        server.fail_status = 500
-        server.fail_next(1)  # -j 1: the first line is the first request
+        server.fail_next(1, status=400)  # -j 1: the first line is the first request
         subprocess.run([sys.executable, "-m", "corral", "run", "prompts.jsonl", "-o", "out.jsonl", "-s",
                         server.url, "-m", "llama3.2", "-j", "1", "--max-attempts", "1", "--progress",
                         "none", "--no-gpu-monitor"], cwd=folder, check=False)
