@@ -33,6 +33,7 @@ import csv
 import os
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -274,11 +275,13 @@ def rerun_figures(label: str, trees: list[Tree], fresh: Callable[[Tree], list[st
             if memory is not None:
                 memory[label][name]["re-run"] = max(r.peak_mb for r in runs)
     row["requests sent by the re-runs"] = str(sent)
+    print(f"  re-run {label}: " + "; ".join(f"{k} {v}" for k, v in row.items()), flush=True)
 
 
 def half_finished(trees: list[Tree], tmp: Path, rows: int, rounds: int, server: Server,
                   out: dict[str, dict[str, str]]) -> None:
-    """Time from process start to the first new request of a job finished up to its half."""
+    """A job stopped (Ctrl-C) once half its rows were answered, then run again: the time from
+    process start to its first new request, against the floor reading the finished half."""
     full = tmp / f"half-{rows}.jsonl"
     half = tmp / f"half-{rows}-first.jsonl"
     write_prompts(full, rows)
@@ -288,14 +291,26 @@ def half_finished(trees: list[Tree], tmp: Path, rows: int, rounds: int, server: 
                 break
             dst.write(line)
     pristine: dict[str, Path] = {}
+    journaled: dict[str, int] = {}
     for tree in trees:
         work = tmp / f"half-{tree.name}"
         work.mkdir()
-        corral(tree, ["run", str(half), "-o", str(work / "out.jsonl"), "-s", server.url, "-m", "llama3.2",
-                      "-j", "32", "--progress", "none", "--no-gpu-monitor"])
+        start = server.requests()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "corral", "run", str(full), "-o", str(work / "out.jsonl"), "-s", server.url,
+             "-m", "llama3.2", "-j", "32", "--progress", "none", "--no-gpu-monitor"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(tree.src)})
+        while server.requests() - start < rows // 2:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{tree.name}: the first half ended early")
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)  # our own child, stopped like an operator would
+        proc.wait(120)
         db = work / "out.jsonl.corral.db"
         pristine[tree.name] = tmp / f"half-{tree.name}.db"
         shutil.copy(db, pristine[tree.name])
+        with sqlite3.connect(pristine[tree.name]) as con:
+            journaled[tree.name] = con.execute("SELECT COUNT(*) FROM results").fetchone()[0]
 
     def first_request(tree: Tree) -> Ran:
         work = tmp / f"half-{tree.name}"
@@ -330,17 +345,19 @@ def half_finished(trees: list[Tree], tmp: Path, rows: int, rounds: int, server: 
         contenders[tree.name] = (lambda t=tree: first_request(t))
     results = median_rounds(rounds, contenders)
     floor_seconds = med(results["floor (json)"])
-    row = out.setdefault(f"first new request, job finished to {rows // 2:,} of {rows:,}", {})
+    row = out.setdefault(f"first new request, job of {rows:,} stopped at half-way", {})
     said = out.setdefault("progress line says it is skipping (before the first request)", {})
     for name, runs in results.items():
         seconds = med(runs)
         if name.startswith("floor"):
             row[name] = f"{seconds:.2f}s (reading the finished half)"
             continue
-        row[name] = f"{seconds:.2f}s = {seconds / floor_seconds:.1f}x floor"
+        row[name] = (f"{seconds:.2f}s = {seconds / floor_seconds:.1f}x floor "
+                     f"({journaled[name]:,} rows in the journal)")
         lines = [line for line in runs[-1].stderr.splitlines() if line.startswith("corral:")]
         said[name] = "yes: " + next((line[:110] for line in lines if "skipping" in line), "") if any(
             "skipping" in line for line in lines) else "no"
+    print("  " + "; ".join(f"{k} {v}" for k, v in row.items()), flush=True)
 
 
 def main() -> None:
@@ -382,7 +399,7 @@ def main() -> None:
         fields = Server(binary, FIELDS_ANSWER)
         out: dict[str, dict[str, str]] = {}
         memory: dict[str, dict[str, dict[str, float]]] = {}
-        common = ["--no-gpu-monitor", "--progress", "none"]
+        common = ["--progress", "none"]
 
         if "run" not in skip:
             for n in sorted(set(rows) | set(memory_rows)):
@@ -391,7 +408,7 @@ def main() -> None:
 
                 def run_args(tree: Tree, n: int = n, source: Path = source) -> list[str]:
                     return ["run", str(source), "-o", str(tmp / f"run-{tree.name}-{n}.jsonl"), "-s", prose.url,
-                            "-m", "llama3.2", "-j", "32", *common]
+                            "-m", "llama3.2", "-j", "32", "--no-gpu-monitor", *common]
 
                 def sizes(tree: Tree, n: int = n) -> tuple[int, int]:
                     output = tmp / f"run-{tree.name}-{n}.jsonl"

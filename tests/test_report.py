@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from corral.store import Store
+from corral.store import SCHEMA_VERSION, Store
 from tests.conftest import corral, write_jsonl
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -226,7 +226,7 @@ def test_report_of_a_store_from_before_manifests(tmp_path: Path) -> None:
     figures = json.loads(_figures_json(tmp_path / "old.corral.db.report.html"))
     assert figures["fig-servers"]["data"][0]["y"] == [1] and figures["fig-errors"]["data"][0]["x"] == ["http"]
     with Store(path) as store:  # the store was upgraded in place
-        assert store.query("SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
+        assert store.query("SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
         assert ("manifest",) in [(r[1],) for r in store.query("PRAGMA table_info(runs)")]
 
 

@@ -33,16 +33,23 @@ def default_store_path(output: str | None, output_dir: str | None) -> Path | Non
     return None
 
 
-def scan_once(source: PromptFile, facts: dict[str, Any],
-              journal: str | os.PathLike[str] | None) -> tuple[ScanReport, str, bool]:
-    """(report, its key, whether it was scanned now): the report ``journal`` keeps for these bytes
-    and settings if it has one, else a fresh scan (to be saved with `Store.save_scan`). ``facts``
-    is the input's `corral.manifest.file_facts`, whose SHA-256 names the bytes."""
+def scan_once(source: PromptFile, journal: str | os.PathLike[str] | None
+              ) -> tuple[ScanReport, dict[str, Any], str, bool]:
+    """(report, the input's file facts, the report's key, whether it was scanned now): the report
+    ``journal`` keeps for these bytes and settings if it has one, else a fresh scan (to be saved
+    with `Store.save_scan`). The facts (`corral.manifest.file_facts`) name the bytes by SHA-256."""
+    from .manifest import file_facts
+
+    try:
+        facts = file_facts(source.path, None)
+    except OSError:
+        source.scan()  # says what is wrong with the file, in one line
+        raise
     key = source.scan_key(facts["sha256"])
     kept = stored_scan(journal, key) if journal is not None else None
     if kept is not None:
-        return source.adopt(ScanReport.from_json(kept)), key, False
-    return source.scan(), key, True
+        return source.adopt(ScanReport.from_json(kept)), facts, key, False
+    return source.scan(), facts, key, True
 
 
 async def run_prompt_file(

@@ -304,8 +304,7 @@ def outcome_from_stored(request: Request, row: StoredRow) -> Outcome:
         reply = _StoredReply(
             response, orjson.loads(embeddings) if embeddings else None, prompt_eval_count,
             eval_count, eval_duration, prompt_eval_duration, total_duration, load_duration,
-            done_reason, model, None)
-        reply._stored = raw
+            done_reason, model, raw)
     return Outcome(request, reply, error, error_kind, status_code, attempts or 0, server, latency,
                    started_at, finished_at, True)
 
@@ -319,6 +318,27 @@ class _StoredReply(Reply):
 
     __slots__ = ("_stored",)
     _stored: str | bytes | None
+
+    def __init__(self, text: str | None = None, embeddings: list[list[float]] | None = None,
+                 prompt_eval_count: int | None = None, eval_count: int | None = None,
+                 eval_duration: int | None = None, prompt_eval_duration: int | None = None,
+                 total_duration: int | None = None, load_duration: int | None = None,
+                 done_reason: str | None = None, model: str | None = None,
+                 raw: dict[str, Any] | str | bytes | None = None) -> None:
+        """Reply's fields; ``raw`` packed as the journal holds it (or unpacked, for copies)."""
+        self.text = text
+        self.embeddings = embeddings
+        self.prompt_eval_count = prompt_eval_count
+        self.eval_count = eval_count
+        self.eval_duration = eval_duration
+        self.prompt_eval_duration = prompt_eval_duration
+        self.total_duration = total_duration
+        self.load_duration = load_duration
+        self.done_reason = done_reason
+        self.model = model
+        packed = isinstance(raw, (str, bytes))
+        self._stored = raw if packed else None  # type: ignore[assignment]
+        _RAW_SLOT.__set__(self, None if packed else raw)
 
     @property  # type: ignore[override]
     def raw(self) -> dict[str, Any] | None:

@@ -102,7 +102,7 @@ def run_command(
     from ..bench.tune import tuned_run
     from ..gpu import NO_GPU_NOTE, gpu_summary
     from ..jobs import default_store_path, open_sinks, run_prompt_file, scan_once
-    from ..manifest import ManifestRecorder, file_facts, manifest_path
+    from ..manifest import ManifestRecorder, manifest_path
     from ..progress import summary_table
     from ..reproduce import compare, prepare
     from ..settings import resolve
@@ -189,8 +189,7 @@ def run_command(
             defaults, specs = _reproduced(repro, specs, resolved.local_model, bool(server or config or local))
         source = PromptFile(path, defaults, fmt=fmt, skip_invalid=skip_invalid)
         journal = store_path or default_store_path(output, output_dir)
-        facts = file_facts(path, None)
-        report, scan_key, scanned = scan_once(source, facts, journal)
+        report, facts, scan_key, scanned = scan_once(source, journal)
         for problem in report.invalid:
             print(f"corral: skipping {problem}", file=sys.stderr)
         sinks = open_sinks(output, output_dir, report, stack, inputs=(path,))

@@ -93,6 +93,7 @@ class TableRunner:
 
     # -- the request side ---------------------------------------------------------------------------
     def requests(self, chunks: Iterable[pd.DataFrame]) -> Iterator[Request]:
+        lanes = self.models if self.fanout else (model_group(self.models),)
         for frame in chunks:
             frame = frame.reset_index(drop=True)
             results: list[RowResult] = []
@@ -109,7 +110,7 @@ class TableRunner:
                     continue
                 results.append(RowResult(plan=planned))
                 row_id = str(row.get(self.id_column)) if self.id_column else str(row_number)
-                for model in (self.models if self.fanout else (model_group(self.models),)):
+                for model in lanes:
                     chunk_requests.append(self._request(planned, model, row_id, len(results) - 1))
             self.rows_read += len(frame)
             self._pending.append(_Chunk(frame, results, expected=len(chunk_requests)))
