@@ -168,3 +168,21 @@ def test_a_rerun_takes_the_scan_from_the_journal_and_a_changed_input_is_scanned_
     assert changed.returncode == 0, changed.stderr
     assert "p.jsonl:3:" in changed.stderr and "p.jsonl:7:" in changed.stderr
     assert len(fake_ollama.requests) == 5
+
+
+def test_duplicate_ids_are_refused_past_the_ids_kept_in_memory(tmp_path: Path, monkeypatch) -> None:
+    """The scan's ids move to a temporary file past a threshold (flat memory on millions of rows);
+    a duplicate is still refused, at its line."""
+    import pytest
+
+    from corral.errors import InputError
+    from corral.sources import Defaults, PromptFile, jsonl
+
+    monkeypatch.setattr(jsonl._SeenIds, "IN_MEMORY", 10)
+    rows = [{"id": f"r{i}", "prompt": f"p {i}"} for i in range(40)] + [{"id": "r3", "prompt": "again"}]
+    write_jsonl(tmp_path / "p.jsonl", rows)
+    with pytest.raises(InputError, match="duplicate id 'r3'") as caught:
+        PromptFile(tmp_path / "p.jsonl", Defaults(model="llama3.2")).scan()
+    assert ":41:" in str(caught.value)
+    write_jsonl(tmp_path / "ok.jsonl", rows[:40])
+    assert PromptFile(tmp_path / "ok.jsonl", Defaults(model="llama3.2")).scan().rows == 40

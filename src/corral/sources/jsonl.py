@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,15 +140,13 @@ class PromptFile:
     def scan(self) -> ScanReport:
         """Validate every line before anything is sent; raise InputError on the first bad one."""
         report = ScanReport()
-        ids: set[str] = set()
+        ids = _SeenIds()
         kinds: set[bool] = set()
         for number, text in self._lines():
             try:
                 request = self._parse(number, text)
-                if request.id in ids and request.meta.get("explicit_id"):
+                if request.meta.get("explicit_id") and not ids.add(request.id):
                     raise InputError(str(self.path), number, f"duplicate id {request.id!r}")
-                if request.meta.get("explicit_id"):
-                    ids.add(request.id)
                 kinds.add(bool(request.meta.get("batch")))
                 if len(kinds) > 1:
                     raise InputError(str(self.path), number,
@@ -280,6 +279,40 @@ class PromptFile:
             extra=extra, keep_alive=self.defaults.keep_alive,
             meta={"line": number, "explicit_id": True, "batch": True, "url": url},
         )
+
+
+class _SeenIds:
+    """The explicit ids seen so far, to refuse a duplicate. Past `IN_MEMORY` ids they move to a
+    temporary SQLite file (deleted when closed), so scanning a file of millions of ids keeps memory
+    flat: a set of a million ids alone is ~80 MB."""
+
+    IN_MEMORY = 20_000
+
+    def __init__(self) -> None:
+        self._set: set[str] = set()
+        self._db: sqlite3.Connection | None = None
+
+    def add(self, item: str) -> bool:
+        """False when ``item`` was seen before."""
+        if self._db is None:
+            if item in self._set:
+                return False
+            self._set.add(item)
+            if len(self._set) >= self.IN_MEMORY:
+                self._db = sqlite3.connect("")  # a private temporary file
+                self._db.execute("CREATE TABLE ids (id TEXT PRIMARY KEY) WITHOUT ROWID")
+                self._db.executemany("INSERT INTO ids VALUES (?)", ((i,) for i in self._set))
+                self._set = set()
+            return True
+        try:
+            self._db.execute("INSERT INTO ids VALUES (?)", (item,))
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def __del__(self) -> None:
+        if self._db is not None:
+            self._db.close()
 
 
 @dataclass(slots=True)
