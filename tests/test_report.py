@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from corral.store import Store
+from corral.store import SCHEMA_VERSION, Store
 from tests.conftest import corral, write_jsonl
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -227,7 +227,7 @@ def test_report_of_a_store_from_before_manifests(tmp_path: Path) -> None:
     assert figures["fig-servers"]["data"][0]["y"] == [1] and figures["fig-errors"]["data"][0]["x"] == ["http"]
     # The report only reads (it may run beside a job); a writer opening the store upgrades it in place.
     with Store(path) as store:
-        assert store.query("SELECT value FROM meta WHERE key = 'schema_version'") == [("3",)]
+        assert store.query("SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
         assert ("manifest",) in [(r[1],) for r in store.query("PRAGMA table_info(runs)")]
 
 

@@ -7,9 +7,11 @@ Nothing here speaks HTTP or parses a wire format.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from .checks import batch_answer_problem
 from .config import ServerSpec
@@ -18,7 +20,7 @@ from .errors import UsageError
 from .manifest import ManifestRecorder
 from .runner import JobResult, Sink, run_requests
 from .sources import PromptFile, ScanReport
-from .store import Store
+from .store import Store, stored_scan
 
 log = logging.getLogger("corral")
 
@@ -30,6 +32,25 @@ def default_store_path(output: str | None, output_dir: str | None) -> Path | Non
     if output_dir:
         return Path(output_dir) / ".corral.db"
     return None
+
+
+def scan_once(source: PromptFile, journal: str | os.PathLike[str] | None
+              ) -> tuple[ScanReport, dict[str, Any], str, bool]:
+    """(report, the input's file facts, the report's key, whether it was scanned now): the report
+    ``journal`` keeps for these bytes and settings if it has one, else a fresh scan (to be saved
+    with `Store.save_scan`). The facts (`corral.manifest.file_facts`) name the bytes by SHA-256."""
+    from .manifest import file_facts
+
+    try:
+        facts = file_facts(source.path, None)
+    except OSError:
+        source.scan()  # says what is wrong with the file, in one line
+        raise
+    key = source.scan_key(facts["sha256"])
+    kept = stored_scan(journal, key) if journal is not None else None
+    if kept is not None:
+        return source.adopt(ScanReport.from_json(kept)), facts, key, False
+    return source.scan(), facts, key, True
 
 
 async def run_prompt_file(

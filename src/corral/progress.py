@@ -38,9 +38,17 @@ def _eta(stats: JobStats) -> str:
 Counter = Callable[[], tuple[int, int | None, str]]
 
 
+def skipping(s: JobStats) -> str | None:
+    """While a resume passes over rows already in the journal (nothing sent yet), say so: a resume
+    of a million rows otherwise looks like a hang before its first request."""
+    if s.cached and not s.sent:
+        return f"skipping rows already in the journal: {s.cached:,} so far"
+    return None
+
+
 def _request_counts(s: JobStats) -> tuple[int, int | None, str]:
-    return s.done, s.total, (f"{s.failed} failed · {s.cached} cached · {s.retries} retries · "
-                             f"{_rate(s):.1f} req/s")
+    return s.done, s.total, skipping(s) or (f"{s.failed} failed · {s.cached} cached · "
+                                            f"{s.retries} retries · {_rate(s):.1f} req/s")
 
 
 def status_line(engine: Engine, counter: Counter | None = None) -> str:
@@ -53,6 +61,8 @@ def status_line(engine: Engine, counter: Counter | None = None) -> str:
         done, total, detail = counter()
         return f"corral: {done}{f'/{total}' if total is not None else ''} done · {detail} | {servers}"
     of_total = f"/{s.total}" if s.total is not None else ""
+    if skipping(s):
+        return f"corral: {s.done}{of_total} done, {skipping(s)} | {servers}"
     return (f"corral: {s.done}{of_total} done, {s.failed} failed, {s.cached} cached, {s.retries} retries, "
             f"{_rate(s):.1f} req/s, ETA {_eta(s)} | {servers}")
 

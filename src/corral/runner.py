@@ -126,7 +126,8 @@ async def run_requests(
     requests: Iterable[Request], *, servers: list[ServerSpec] | None = None, store: Store,
     settings: EngineSettings | None = None, sinks: Sequence[Sink], models: Iterable[str],
     total: int | None = None, engine: Engine | None = None, validate: Validator | None = None,
-    window: int | None = None, progress: str = "auto", keep_failures: int = 1000,
+    window: int | None = None, ready: Callable[[], bool] | None = None, progress: str = "auto",
+    keep_failures: int = 1000,
     argv: Sequence[str] | None = None, manifest: ManifestRecorder | None = None,
     gpu_monitor: bool | float = True, track: bool = True, fail_unserved: bool = False,
 ) -> JobResult:
@@ -147,11 +148,12 @@ async def run_requests(
 
     async def work(open_engine: Engine) -> None:
         if not unserved:
-            await open_engine.run(requests, write, total=total, validate=validate, window=window)
+            await open_engine.run(requests, write, total=total, validate=validate, window=window,
+                                  ready=ready)
             return
         split = _UnservedRows(requests, set(unserved), write, open_engine)
         await open_engine.run(split.served(), split.on_outcome, total=total, validate=validate,
-                              window=window)
+                              window=window, ready=ready)
         split.drain()
 
     complete = False

@@ -15,6 +15,7 @@ import os
 import sqlite3
 import time
 import urllib.parse
+import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -30,7 +31,10 @@ from .results import Outcome
 
 log = logging.getLogger("corral")
 
-SCHEMA_VERSION = 3  # 2: runs.manifest, gpu_samples; 3: status
+# 2: runs.manifest, gpu_samples. 3: status (the live snapshot `corral status` reads). 4: `raw`
+# compressed against the row's own columns, `request` kept for failed rows only (see _row), scans;
+# rows of older journals keep their text and are read as they are.
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -39,10 +43,10 @@ CREATE TABLE IF NOT EXISTS results (
     status TEXT NOT NULL,              -- 'ok' or 'failed'
     model TEXT,
     endpoint TEXT,
-    request TEXT,                      -- JSON: messages/inputs, options, format (what was asked)
+    request TEXT,                      -- failed rows: what was asked (compressed JSON, see pack_json)
     response TEXT,
     embeddings BLOB,                   -- JSON list of vectors, for embed requests
-    raw TEXT,                          -- the server's answer as received
+    raw TEXT,                          -- the server's answer as received (compressed, see _pack_raw)
     error TEXT,
     error_kind TEXT,
     status_code INTEGER,
@@ -68,6 +72,10 @@ CREATE TABLE IF NOT EXISTS runs (
     info TEXT,
     counts TEXT,
     manifest TEXT                      -- JSON: the run's manifest (see corral.manifest)
+);
+CREATE TABLE IF NOT EXISTS scans (
+    key TEXT PRIMARY KEY,              -- PromptFile.scan_key: the input's bytes and how it is read
+    report BLOB                        -- ScanReport.to_json
 );
 CREATE TABLE IF NOT EXISTS gpu_samples (
     run_id INTEGER,
@@ -105,6 +113,12 @@ _LOOKUP_COLUMNS = (
     "prompt_eval_duration", "total_duration", "load_duration", "done_reason", "latency",
     "started_at", "finished_at", "model",
 )
+_LOOKUP_SQL = f"SELECT {', '.join(_LOOKUP_COLUMNS)} FROM results WHERE key IN "
+_LOOKUP_CHUNK = 500
+#: A stored row as `Store.find` returns it: the columns of _LOOKUP_COLUMNS, in that order.
+StoredRow = tuple[Any, ...]
+ROW_STATUS = _LOOKUP_COLUMNS.index("status")
+ROW_MODEL = _LOOKUP_COLUMNS.index("model")
 
 
 RECENT_FAILURES = 5
@@ -221,6 +235,10 @@ class Store:
         except sqlite3.Error as exc:
             log.debug("could not publish the run's status: %s", exc)
 
+    def save_scan(self, key: str, report: bytes) -> None:
+        """Keep an input's scan report, so the next run of the same bytes need not scan them."""
+        self._db.execute("INSERT OR REPLACE INTO scans (key, report) VALUES (?, ?)", (key, report))
+
     def add_schema(self, script: str) -> None:
         """Create tables that live beside the journal in its file (``IF NOT EXISTS`` statements)."""
         try:
@@ -272,41 +290,32 @@ class Store:
             raise UsageError(f"{self.path}: cannot write to the store: {exc}{hint}; the rows "
                              "journaled so far are kept, re-run to finish") from None
 
+    def find(self, keys: list[str]) -> dict[str, StoredRow]:
+        """Stored rows for these (distinct) keys, as tuples: the resume path's lookup, one query per
+        500 keys. Rebuild an Outcome from one with `outcome_from_stored`."""
+        found: dict[str, StoredRow] = {}
+        execute = self._db.execute
+        full = _LOOKUP_SQL + "(" + ", ".join("?" * _LOOKUP_CHUNK) + ")"
+        with self._checked():  # one `with` per batch of keys, not per row
+            for start in range(0, len(keys), _LOOKUP_CHUNK):
+                chunk = keys[start:start + _LOOKUP_CHUNK]
+                sql = full if len(chunk) == _LOOKUP_CHUNK else (
+                    _LOOKUP_SQL + "(" + ", ".join("?" * len(chunk)) + ")")
+                for row in execute(sql, chunk):
+                    found[row[0]] = row
+        return found
+
     def lookup(self, keys: Iterable[str], *, include_failed: bool = True) -> dict[str, dict[str, Any]]:
-        """Stored rows for these keys (one query per 500 keys)."""
-        wanted = list(dict.fromkeys(keys))
+        """Stored rows for these keys, as dicts by column name (one query per 500 keys)."""
         found: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start:start + 500]
-            marks = ", ".join("?" for _ in chunk)
-            sql = f"SELECT {', '.join(_LOOKUP_COLUMNS)} FROM results WHERE key IN ({marks})"
-            with self._checked():
-                rows = self._db.execute(sql, chunk).fetchall()
-            for row in rows:
-                record = dict(zip(_LOOKUP_COLUMNS, row))
-                if include_failed or record["status"] == "ok":
-                    found[record["key"]] = record
+        for key, row in self.find(list(dict.fromkeys(keys))).items():
+            if include_failed or row[1] == "ok":
+                found[key] = dict(zip(_LOOKUP_COLUMNS, row))
         return found
 
     def outcome_from_row(self, request: Request, row: dict[str, Any]) -> Outcome:
-        """Rebuild an Outcome for ``request`` from a stored row (a cache hit)."""
-        embeddings = orjson.loads(row["embeddings"]) if row["embeddings"] else None
-        reply = None
-        if row["status"] == "ok":
-            reply = Reply(
-                text=row["response"], embeddings=embeddings,
-                prompt_eval_count=row["prompt_eval_count"], eval_count=row["eval_count"],
-                eval_duration=row["eval_duration"], prompt_eval_duration=row["prompt_eval_duration"],
-                total_duration=row["total_duration"], load_duration=row["load_duration"],
-                done_reason=row["done_reason"], model=row["model"],
-                raw=orjson.loads(row["raw"]) if row["raw"] else None,
-            )
-        return Outcome(
-            request=request, reply=reply, error=row["error"], error_kind=row["error_kind"],
-            status_code=row["status_code"], attempts=row["attempts"] or 0, server=row["server"],
-            latency=row["latency"], started_at=row["started_at"], finished_at=row["finished_at"],
-            cached=True,
-        )
+        """Rebuild an Outcome for ``request`` from a row `lookup` returned (a cache hit)."""
+        return outcome_from_stored(request, tuple(row[c] for c in _LOOKUP_COLUMNS))
 
     def close(self) -> None:
         if self.closed:
@@ -388,19 +397,190 @@ def damaged(path: str, exc: sqlite3.Error) -> UsageError:
                       "start afresh with another --store")
 
 
+def stored_scan(path: str | os.PathLike[str], key: str) -> bytes | None:
+    """The scan report a journal holds for ``key``, read before the journal is opened for the job
+    (so a bad input never creates one); None when there is no journal or no such report."""
+    if not Path(path).is_file():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT report FROM scans WHERE key = ?", (key,)).fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None  # an older journal without the table, or not a journal: scan
+    return bytes(row[0]) if row else None
+
+
+def outcome_from_stored(request: Request, row: StoredRow) -> Outcome:
+    """Rebuild an Outcome for ``request`` from a row `Store.find` returned (a cache hit). The
+    server's raw answer is decoded only if someone reads it (`_StoredReply`)."""
+    (_, status, response, embeddings, raw, error, error_kind, status_code, attempts, server,
+     prompt_eval_count, eval_count, eval_duration, prompt_eval_duration, total_duration,
+     load_duration, done_reason, latency, started_at, finished_at, model) = row
+    reply = None
+    if status == "ok":
+        reply = _StoredReply(
+            response, orjson.loads(embeddings) if embeddings else None, prompt_eval_count,
+            eval_count, eval_duration, prompt_eval_duration, total_duration, load_duration,
+            done_reason, model, raw)
+    return Outcome(request, reply, error, error_kind, status_code, attempts or 0, server, latency,
+                   started_at, finished_at, True)
+
+
+_RAW_SLOT: Any = Reply.__dict__["raw"]  # the slot under Reply.raw, which _StoredReply wraps
+
+
+class _StoredReply(Reply):
+    """A Reply from the journal whose raw answer stays packed until read: only vLLM batch output
+    reads it, and unpacking it for every row would cost a resume more than the rest of the row."""
+
+    __slots__ = ("_stored",)
+    _stored: str | bytes | None
+
+    def __init__(self, text: str | None = None, embeddings: list[list[float]] | None = None,
+                 prompt_eval_count: int | None = None, eval_count: int | None = None,
+                 eval_duration: int | None = None, prompt_eval_duration: int | None = None,
+                 total_duration: int | None = None, load_duration: int | None = None,
+                 done_reason: str | None = None, model: str | None = None,
+                 raw: dict[str, Any] | str | bytes | None = None) -> None:
+        """Reply's fields; ``raw`` packed as the journal holds it (or unpacked, for copies)."""
+        self.text = text
+        self.embeddings = embeddings
+        self.prompt_eval_count = prompt_eval_count
+        self.eval_count = eval_count
+        self.eval_duration = eval_duration
+        self.prompt_eval_duration = prompt_eval_duration
+        self.total_duration = total_duration
+        self.load_duration = load_duration
+        self.done_reason = done_reason
+        self.model = model
+        packed = isinstance(raw, (str, bytes))
+        self._stored = raw if packed else None  # type: ignore[assignment]
+        _RAW_SLOT.__set__(self, None if packed else raw)
+
+    @property  # type: ignore[override]
+    def raw(self) -> dict[str, Any] | None:
+        stored = self._stored
+        if stored is not None:
+            self._stored = None
+            _RAW_SLOT.__set__(self, _unpack_raw(stored, self))
+        return _RAW_SLOT.__get__(self)  # type: ignore[no-any-return]
+
+    @raw.setter
+    def raw(self, value: dict[str, Any] | None) -> None:
+        self._stored = None
+        _RAW_SLOT.__set__(self, value)
+
+
+def pack_json(value: Any) -> bytes:
+    """Compressed JSON for the journal's bulky columns (raw deflate: no header, no checksum)."""
+    packer = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return packer.compress(orjson.dumps(value)) + packer.flush()
+
+
+def unpack_json(stored: str | bytes | None) -> Any:
+    """A JSON column as written by any version: text (schema 2 and before) or `pack_json` bytes."""
+    if not stored:
+        return None
+    if isinstance(stored, str):
+        return orjson.loads(stored)
+    return orjson.loads(zlib.decompress(stored, -15))
+
+
+def _as_stored(value: Any) -> bytes:
+    """A column's value as JSON text, the same before it is written and after it is read back
+    (SQLite keeps a whole float in an INTEGER column as an integer)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return orjson.dumps(value)
+
+
+def _raw_dictionary(reply: Reply, model: str | None, ollama: bool) -> bytes:
+    """The raw answer as the row's own columns (text, model, counters) would rebuild it, in Ollama's
+    shape or OpenAI's: deflate's preset dictionary, so the journal stores little more than what the
+    raw answer adds (timestamps, ids): 470 bytes of a typical Ollama answer pack into about 60.
+    ``model`` is the row's model column. Should the columns ever read back otherwise, zlib's
+    dictionary id and checksum say so, and the raw answer reads as missing, never as wrong."""
+    text = _as_stored(reply.text if reply.text is None else str(reply.text))
+    name, reason = _as_stored(model), _as_stored(reply.done_reason)
+    prompt, completion = _as_stored(reply.prompt_eval_count), _as_stored(reply.eval_count)
+    if ollama:
+        return b"".join((
+            b'{"model":', name, b',"created_at":"","message":{"role":"assistant","content":', text,
+            b'},"done_reason":', reason, b',"done":true,"total_duration":', _as_stored(reply.total_duration),
+            b',"load_duration":', _as_stored(reply.load_duration), b',"prompt_eval_count":', prompt,
+            b',"prompt_eval_duration":', _as_stored(reply.prompt_eval_duration), b',"eval_count":',
+            completion, b',"eval_duration":', _as_stored(reply.eval_duration), b"}"))[-32768:]
+    return b"".join((
+        b'{"id":"","object":"chat.completion","created":0,"model":', name,
+        b',"choices":[{"index":0,"message":{"role":"assistant","content":', text, b'},"finish_reason":',
+        reason, b'}],"usage":{"prompt_tokens":', prompt, b',"completion_tokens":', completion,
+        b',"total_tokens":0}}'))[-32768:]
+
+
+# The first byte of a packed raw answer: how to unpack it.
+_OLLAMA, _OPENAI, _OLLAMA_CHAT = b"o", b"a", b"c"
+
+
+def _ollama_chat(reply: Reply, created_at: Any, model: Any) -> dict[str, Any]:
+    """An Ollama /api/chat answer as the row's columns give it, with its two values of its own."""
+    return {"model": model, "created_at": created_at,
+            "message": {"role": "assistant", "content": reply.text}, "done_reason": reply.done_reason,
+            "done": True, "total_duration": reply.total_duration, "load_duration": reply.load_duration,
+            "prompt_eval_count": reply.prompt_eval_count,
+            "prompt_eval_duration": reply.prompt_eval_duration, "eval_count": reply.eval_count,
+            "eval_duration": reply.eval_duration}
+
+
+def _pack_raw(reply: Reply, model: str | None) -> bytes | None:
+    """The common case, an Ollama chat answer holding nothing the columns lack but its timestamp
+    and model name, keeps just those two (~45 bytes, checked byte for byte). Anything else is
+    deflated against `_raw_dictionary`: level 1 and a window just large enough, since a deflate
+    stream set up for 32 KB costs more per row than the rest of the journal's work."""
+    raw = reply.raw
+    if raw is None:
+        return None
+    data = orjson.dumps(raw)
+    ollama = "created_at" in raw
+    if ollama and data == orjson.dumps(_ollama_chat(reply, raw["created_at"], raw.get("model"))):
+        return _OLLAMA_CHAT + orjson.dumps([raw["created_at"], raw.get("model")])
+    dictionary = _raw_dictionary(reply, model, ollama)
+    window = max(9, min(15, (len(dictionary) + len(data)).bit_length()))
+    packer = zlib.compressobj(1, zlib.DEFLATED, window, 1, zlib.Z_DEFAULT_STRATEGY, dictionary)
+    return (_OLLAMA if ollama else _OPENAI) + packer.compress(data) + packer.flush()
+
+
+def _unpack_raw(stored: str | bytes, reply: Reply) -> dict[str, Any] | None:
+    try:
+        if isinstance(stored, str):  # a row of a schema 2 journal
+            return orjson.loads(stored)  # type: ignore[no-any-return]
+        if stored[:1] == _OLLAMA_CHAT:
+            created_at, model = orjson.loads(stored[1:])
+            return _ollama_chat(reply, created_at, model)
+        dictionary = _raw_dictionary(reply, reply.model, stored[:1] == _OLLAMA)
+        unpacker = zlib.decompressobj(15, zdict=dictionary)
+        return orjson.loads(unpacker.decompress(stored[1:]) + unpacker.flush())  # type: ignore[no-any-return]
+    except (zlib.error, orjson.JSONDecodeError):
+        return None  # what only a faithful vLLM batch line would show; the row itself is intact
+
+
 def _row(outcome: Outcome, run_id: int | None) -> tuple[Any, ...]:
     req = outcome.request
     reply = outcome.reply
-    asked = orjson.dumps({
+    # What was asked is in the input, and its hash is the key: only failed rows keep it, for the
+    # report's examples of each kind of error.
+    asked = None if outcome.ok else pack_json({
         "messages": req.messages or None, "inputs": req.inputs, "options": req.options or None,
         "format": req.format, "extra": req.extra or None,
-    }).decode()
+    })
     return (
         req.key, "ok" if outcome.ok else "failed", req.model, req.endpoint, asked,
         reply.text if reply else None,
         orjson.dumps(reply.embeddings, option=orjson.OPT_SERIALIZE_NUMPY)
         if reply and reply.embeddings is not None else None,
-        orjson.dumps(reply.raw).decode() if reply and reply.raw is not None else None,
+        _pack_raw(reply, req.model) if reply else None,
         outcome.error, outcome.error_kind, outcome.status_code, outcome.attempts, outcome.server,
         reply.prompt_eval_count if reply else None, reply.eval_count if reply else None,
         reply.eval_duration if reply else None, reply.prompt_eval_duration if reply else None,

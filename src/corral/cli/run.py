@@ -111,8 +111,8 @@ def run_command(
     from ..bench.output import gpu_table
     from ..bench.tune import tuned_run
     from ..gpu import NO_GPU_NOTE, gpu_summary
-    from ..jobs import default_store_path, open_sinks, run_prompt_file
-    from ..manifest import ManifestRecorder, file_facts, manifest_path
+    from ..jobs import default_store_path, open_sinks, run_prompt_file, scan_once
+    from ..manifest import ManifestRecorder, manifest_path
     from ..progress import summary_table
     from ..reproduce import compare, prepare
     from ..settings import check_seconds, check_slots, resolve
@@ -204,16 +204,19 @@ def run_command(
         if repro is not None:
             defaults, specs = _reproduced(repro, specs, resolved.local_model, bool(server or config or local))
         source = PromptFile(path, defaults, fmt=fmt, skip_invalid=skip_invalid)
-        report = source.scan()
+        journal = store_path or default_store_path(output, output_dir)
+        report, facts, scan_key, scanned = scan_once(source, journal)
         for problem in report.invalid:
             print(f"corral: skipping {problem}", file=sys.stderr)
         sinks = open_sinks(output, output_dir, report, stack, inputs=(path,))
-        store = stack.enter_context(Store(store_path or default_store_path(output, output_dir)))
+        store = stack.enter_context(Store(journal))
+        if scanned:
+            store.save_scan(scan_key, report.to_json())
         settings = resolved.engine_settings(concurrency=concurrency, rate_limit_delay=rate_limit_delay,
                                        retry_failed=retry_failed, max_outage=max_outage)
         recorder = ManifestRecorder(
             kind="run", path=manifest_path(output, output_dir), argv=sys.argv,
-            input=file_facts(path, report.rows), output={"path": output, "output_dir": output_dir},
+            input={**facts, "rows": report.rows}, output={"path": output, "output_dir": output_dir},
             job={"input_format": source.fmt, "models": list(report.models), "model": defaults.model,
                  "system": defaults.system, "options": defaults.options, "format": defaults.format,
                  "keep_alive": defaults.keep_alive, "endpoint": defaults.endpoint,

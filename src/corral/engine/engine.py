@@ -47,17 +47,19 @@ class Engine:
 
     async def run(self, requests: Requests, on_outcome: Callable[[Outcome], None],
                   total: int | None = None, *, validate: Validator | None = None,
-                  window: int | None = None, ordered: bool = True) -> JobStats:
+                  window: int | None = None, ordered: bool = True,
+                  ready: Callable[[], bool] | None = None) -> JobStats:
         """Run every request; ``on_outcome`` receives one Outcome per request, in input order.
 
         ``validate(request, reply)`` returns a message when an answer is not what was asked (it is
         re-asked up to ``settings.content_retries`` times); by default a request asking for JSON
         must get JSON. ``window``: rows read ahead of the oldest unfinished one (by default 16 per
         slot, at least 2048). ``requests`` may be an async stream of chunks of requests, and
-        ``ordered=False`` hands outcomes on as they finish (see `Run`). Not re-entrant: one run at
-        a time per engine."""
+        ``ordered=False`` hands outcomes on as they finish (see `Run`). ``ready()``: False holds the
+        reading of the next row until outcomes are passed on. Not re-entrant: one run at a time per
+        engine."""
         run = Run(self.fleet, self.store, self.settings, on_outcome, total=total, validate=validate,
-                  window=window, ordered=ordered)
+                  window=window, ordered=ordered, ready=ready)
         self.stats = run.stats
         return await run.execute(requests)
 

@@ -29,7 +29,7 @@ from ..checks import json_answer_problem
 from ..errors import RunAborted, UsageError
 from ..requests import Request, request_key
 from ..results import Outcome
-from ..store import Store
+from ..store import ROW_MODEL, ROW_STATUS, Store, StoredRow, outcome_from_stored
 from .costs import TimeoutPolicy, hedge_gain
 from .fleet import Fleet
 from .queue import IDLE, WorkQueue
@@ -92,19 +92,22 @@ class Run:
     is how many rows are read ahead of the oldest unfinished one (default: 16 per slot, at least
     2048). ``ordered=False`` passes each outcome on as it finishes, and ``window`` then counts rows
     read and not yet finished, so one slow row never holds back the others (the gateway's batches
-    share a run). ``stats`` is live while the run goes on."""
+    share a run). ``ready()``, when given, is asked before each next row is read, and False waits
+    for outcomes to be passed on (a table's runner says when it holds enough chunks). ``stats`` is
+    live while the run goes on."""
 
     def __init__(self, fleet: Fleet, store: Store, settings: EngineSettings,
                  on_outcome: Callable[[Outcome], None], *, total: int | None = None,
                  validate: Validator | None = None, window: int | None = None,
-                 ordered: bool = True) -> None:
+                 ordered: bool = True, ready: Callable[[], bool] | None = None) -> None:
         self.fleet = fleet
         self.store = store
         self.settings = settings
         self.stats = JobStats(total=total)
         self._on_outcome = on_outcome
         self._validate: Validator = validate or json_answer_problem
-        self._window = asyncio.Semaphore(window or max(2048, 16 * fleet.total_slots))
+        self._window = _Window(window or max(2048, 16 * fleet.total_slots))
+        self._ready = ready
         # Without longest_first every item weighs the same, and the queue keeps input order.
         self._queue: WorkQueue[_Item] = WorkQueue(
             lambda item: item.lane,
@@ -214,6 +217,9 @@ class Run:
 
     # -- reading the input ------------------------------------------------------------------------
     async def _produce(self, requests: Requests) -> None:
+        """Read, key and dispatch the input in batches. This is also the whole of a resume's work
+        for rows already in the journal, so it stays lean: no await per row while there is room.
+        An async stream of chunks (the gateway's) is read chunk by chunk."""
         if isinstance(requests, AsyncIterable):
             chunks = aiter(requests)
             while True:
@@ -228,11 +234,15 @@ class Run:
         batch: list[Request] = []
         index = self._read
         key_kind = self.fleet.key_kind
+        window = self._window
+        ready = self._ready
         for request in requests:
-            if self._window.locked() and batch:
-                self._dispatch(batch)
-                batch = []
-            await self._window.acquire()
+            if window.free <= 0:
+                if batch:
+                    self._dispatch(batch)
+                    batch = []
+                await window.room()
+            window.free -= 1
             request.index = index
             index += 1
             self._read = index
@@ -249,15 +259,23 @@ class Run:
                 self._dispatch(batch)
                 batch = []
                 await asyncio.sleep(0)  # let slots start on what is queued
+            if ready is not None and not ready():
+                # The source holds enough unanswered input (a table's chunks): read on only once
+                # outcomes have been passed on, so a sparse job does not read far ahead.
+                if batch:
+                    self._dispatch(batch)
+                    batch = []
+                while not ready():
+                    await window.released()
         if batch:
             self._dispatch(batch)
 
     def _dispatch(self, batch: list[Request]) -> None:
+        stored: dict[str, StoredRow] = {}
         if self.settings.journal:
             self.store.flush()  # so results of this run are visible to the lookup below
-            stored = self.store.lookup(r.key for r in batch)
-        else:
-            stored = {}
+            stored = self.store.find(list({r.key: None for r in batch}))
+        retry_failed = self.settings.retry_failed
         speeds = self.fleet.speeds
         for request in batch:
             leader = self._leaders.get(request.key)
@@ -266,11 +284,11 @@ class Run:
                 self.stats.deduplicated += 1
                 continue
             row = stored.get(request.key)
-            if row is not None and (row["status"] == "ok" or not self.settings.retry_failed):
+            if row is not None and (row[ROW_STATUS] == "ok" or not retry_failed):
                 self.stats.cached += 1
-                if request.model_choices and row["model"]:
-                    request.model = row["model"]  # split mode: who answered last time
-                self._deliver(self.store.outcome_from_row(request, row))
+                if request.model_choices and row[ROW_MODEL]:
+                    request.model = row[ROW_MODEL]  # split mode: who answered last time
+                self._deliver(outcome_from_stored(request, row))
                 continue
             item = _Item(request, cost=speeds.cost(request), lane=request.model)
             self._leaders[request.key] = item
@@ -668,6 +686,35 @@ class Run:
             self._on_outcome(outcome)
         except Exception as exc:  # e.g. the output disk is full: stop, the store has the results
             self._abort(exc, f"passing on the result of row {outcome.request.id or outcome.request.index}")
+
+
+class _Window:
+    """How many more rows may be read ahead of the oldest one not yet passed on. The reader takes
+    room with ``free -= 1`` (no await while there is room) and waits in `room()` when there is none."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._waiter: asyncio.Future[None] | None = None
+
+    def locked(self) -> bool:
+        return self.free <= 0
+
+    def release(self) -> None:
+        self.free += 1
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def room(self) -> None:
+        while self.free <= 0:
+            await self.released()
+
+    async def released(self) -> None:
+        """Until the next row is passed on."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        await self._waiter
 
 
 def _reseeded(request: Request, attempt: int) -> Request:

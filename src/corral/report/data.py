@@ -8,6 +8,7 @@ before manifests existed still report: their runs simply have no manifest sectio
 from __future__ import annotations
 
 import math
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import orjson
 
 from ..errors import UsageError
 from ..jobs import default_store_path
-from ..store import JournalReader
+from ..store import JournalReader, unpack_json
 
 LATENCY_SAMPLE = 200_000
 EXAMPLES_PER_KIND = 3
@@ -147,6 +148,14 @@ def _json(text: str | None) -> Any:
         return None
 
 
+def _stored_json(stored: str | bytes | None) -> Any:
+    """A journal's JSON column as any corral version wrote it; None when it cannot be read."""
+    try:
+        return unpack_json(stored)
+    except (orjson.JSONDecodeError, zlib.error):
+        return None
+
+
 def _run(row: tuple[Any, ...]) -> dict[str, Any]:
     run_id, started, finished, argv, counts, manifest = row
     return {"id": run_id, "started_at": started, "finished_at": finished, "argv": _json(argv) or [],
@@ -225,7 +234,7 @@ def _errors(store: JournalReader) -> list[ErrorKind]:
                 "SELECT request, error, server, attempts, status_code, model FROM results "
                 "WHERE status = 'failed' AND COALESCE(error_kind, 'unknown') = ? LIMIT ?",
                 (kind.kind, EXAMPLES_PER_KIND)):
-            kind.examples.append({"prompt": _prompt_of(_json(request)), "error": error, "server": server,
+            kind.examples.append({"prompt": _prompt_of(_stored_json(request)), "error": error, "server": server,
                                   "attempts": attempts, "status_code": code, "model": model})
     return kinds
 

@@ -62,10 +62,15 @@ def neutralize_formulas(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+_RISKY_FIRST = frozenset("=+-@\t\r")  # the characters _FORMULA_START matches, for a quick first look
+_PLAIN_NUMBER_RE = re.compile(_PLAIN_NUMBER)
+
+
 def _neutralize_cell(value: Any) -> Any:
-    """Per-cell version for object columns, where only the str cells are candidates."""
-    if (isinstance(value, str) and re.match(_FORMULA_START, value)
-            and not re.match(_PLAIN_NUMBER, value)):
+    """Per-cell version for object columns, where only the str cells are candidates (most are
+    ruled out by their first character, without a regex)."""
+    if (isinstance(value, str) and value[:1] in _RISKY_FIRST
+            and not _PLAIN_NUMBER_RE.match(value)):
         return "'" + value
     return value
 

@@ -9,12 +9,15 @@ Shapes of a JSONL line, detected per line:
 
 ``--format text`` reads one prompt per line. A file is first scanned (validated, counted, its models
 listed) so that a malformed line is reported before any request is sent; then it is read again to
-run. Both passes stream.
+run. Both passes stream. A scan's report is kept in the job's journal under `scan_key` (the file's
+SHA-256 and everything that changes how a line parses), so re-running a job skips the first pass.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +60,21 @@ class ScanReport:
     models: dict[str, int] = field(default_factory=dict)
     invalid: list[str] = field(default_factory=list)
     openai_batch: bool = False
+    bad_lines: list[int] = field(default_factory=list)   # skipped with --skip-invalid
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"rows": self.rows, "models": self.models, "invalid": self.invalid,
+                             "openai_batch": self.openai_batch, "bad_lines": self.bad_lines})
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> ScanReport:
+        fields = orjson.loads(data)
+        return cls(rows=fields["rows"], models=fields["models"], invalid=fields["invalid"],
+                   openai_batch=fields["openai_batch"], bad_lines=fields["bad_lines"])
+
+
+#: Changes whenever what a scan finds could change for the same bytes (parsing rules, checks).
+SCAN_VERSION = 1
 
 
 class PromptFile:
@@ -69,7 +87,7 @@ class PromptFile:
         self.fmt = _detect_format(self.path, fmt)
         self.skip_invalid = skip_invalid
         self._bad_lines: set[int] = set()
-        self._explicit_ids: set[str] = set()
+        self._explicit_ids = _SeenIds()
         self.report: ScanReport | None = None
 
     def _lines(self) -> Iterator[tuple[int, str | _Bad]]:
@@ -106,18 +124,30 @@ class PromptFile:
                 if text.strip():
                     yield number, text
 
+    def scan_key(self, sha256: str) -> str:
+        """What a scan's report depends on: the file's bytes (``sha256``), how it is read, the
+        defaults a line may lack, and this code's version of the rules."""
+        d = self.defaults
+        return hashlib.sha256(orjson.dumps([
+            SCAN_VERSION, sha256, self.fmt, self.skip_invalid, d.model, d.system, d.options, d.format,
+            d.keep_alive, d.endpoint], option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+    def adopt(self, report: ScanReport) -> ScanReport:
+        """Take the report an earlier scan of the same bytes and settings made (see `scan_key`)."""
+        self._bad_lines = set(report.bad_lines)
+        self.report = report
+        return report
+
     def scan(self) -> ScanReport:
         """Validate every line before anything is sent; raise InputError on the first bad one."""
         report = ScanReport()
-        ids: set[str] = set()
+        ids = _SeenIds()
         kinds: set[bool] = set()
         for number, text in self._lines():
             try:
                 request = self._parse(number, text)
-                if request.id in ids and request.meta.get("explicit_id"):
+                if request.meta.get("explicit_id") and not ids.add(request.id):
                     raise InputError(str(self.path), number, f"duplicate id {request.id!r}")
-                if request.meta.get("explicit_id"):
-                    ids.add(request.id)
                 kinds.add(bool(request.meta.get("batch")))
                 if len(kinds) > 1:
                     raise InputError(str(self.path), number,
@@ -134,6 +164,7 @@ class PromptFile:
             raise InputError(str(self.path), None, "no prompts: the file is empty")
         report.openai_batch = kinds == {True}
         self._explicit_ids = ids
+        report.bad_lines = sorted(self._bad_lines)
         self.report = report
         return report
 
@@ -290,6 +321,45 @@ class PromptFile:
             extra=extra, keep_alive=self.defaults.keep_alive,
             meta={"line": number, "explicit_id": True, "batch": True, "url": url},
         )
+
+
+class _SeenIds:
+    """The explicit ids seen so far, to refuse a duplicate. Past `IN_MEMORY` ids they move to a
+    temporary SQLite file (deleted when closed), so scanning a file of millions of ids keeps memory
+    flat: a set of a million ids alone is ~80 MB."""
+
+    IN_MEMORY = 20_000
+
+    def __init__(self) -> None:
+        self._set: set[str] = set()
+        self._db: sqlite3.Connection | None = None
+
+    def add(self, item: str) -> bool:
+        """False when ``item`` was seen before."""
+        if self._db is None:
+            if item in self._set:
+                return False
+            self._set.add(item)
+            if len(self._set) >= self.IN_MEMORY:
+                self._db = sqlite3.connect("")  # a private temporary file
+                self._db.execute("CREATE TABLE ids (id TEXT PRIMARY KEY) WITHOUT ROWID")
+                self._db.executemany("INSERT INTO ids VALUES (?)", ((i,) for i in self._set))
+                self._set = set()
+            return True
+        try:
+            self._db.execute("INSERT INTO ids VALUES (?)", (item,))
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def __contains__(self, item: object) -> bool:
+        if self._db is None:
+            return item in self._set
+        return self._db.execute("SELECT 1 FROM ids WHERE id = ?", (item,)).fetchone() is not None
+
+    def __del__(self) -> None:
+        if self._db is not None:
+            self._db.close()
 
 
 @dataclass(slots=True)

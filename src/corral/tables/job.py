@@ -70,7 +70,7 @@ async def execute(runner: TableRunner, chunks: Iterable[pd.DataFrame], *, where:
         result = await run_requests(
             runner.requests(chunks), servers=job.servers if job is not None else None, store=journal,
             settings=settings, engine=engine, sinks=[runner], models=runner.models, total=total,
-            validate=runner.validate, progress=progress, argv=argv, manifest=manifest,
+            validate=runner.validate, ready=runner.ready, progress=progress, argv=argv, manifest=manifest,
             gpu_monitor=engine is None, track=engine is None,
         )
     finally:

@@ -24,6 +24,11 @@ from .answers import AnswerCheck
 
 log = logging.getLogger("corral")
 
+#: Chunks a table job holds at most while their answers come back (the one being written and the
+#: one being read), whatever share of rows is sent: a fill with 2% of rows to ask would otherwise
+#: read chunks far ahead of the oldest unanswered one.
+MAX_PENDING_CHUNKS = 2
+
 
 @dataclass(slots=True)
 class RowPlan:
@@ -84,10 +89,12 @@ class TableRunner:
         self.skipped_count = 0
         self.rows_read = 0
         self._pending: deque[_Chunk] = deque()
+        self._mid_chunk = False   # requests of the last chunk read are still being handed out
         self._checks: dict[tuple[Any, ...], AnswerCheck] = {}
 
     # -- the request side ---------------------------------------------------------------------------
     def requests(self, chunks: Iterable[pd.DataFrame]) -> Iterator[Request]:
+        lanes = self.models if self.fanout else (model_group(self.models),)
         for frame in chunks:
             frame = frame.reset_index(drop=True)
             results: list[RowResult] = []
@@ -104,12 +111,23 @@ class TableRunner:
                     continue
                 results.append(RowResult(plan=planned))
                 row_id = str(row.get(self.id_column)) if self.id_column else str(row_number)
-                for model in (self.models if self.fanout else (model_group(self.models),)):
+                for model in lanes:
                     chunk_requests.append(self._request(planned, model, row_id, len(results) - 1))
             self.rows_read += len(frame)
             self._pending.append(_Chunk(frame, results, expected=len(chunk_requests)))
             self._drain()
-            yield from chunk_requests
+            self._mid_chunk = True
+            last = len(chunk_requests) - 1
+            for position, request in enumerate(chunk_requests):
+                if position == last:
+                    self._mid_chunk = False
+                yield request
+            self._mid_chunk = False
+
+    def ready(self) -> bool:
+        """Engine hook: may the next row be read? Not when the next read would be a new chunk
+        while `MAX_PENDING_CHUNKS` wait for answers (a chunk's own requests are always handed out)."""
+        return self._mid_chunk or len(self._pending) < MAX_PENDING_CHUNKS
 
     def _request(self, plan: RowPlan, model: str, row_id: str, position: int) -> Request:
         split = not self.fanout
