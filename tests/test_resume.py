@@ -187,3 +187,16 @@ def test_duplicate_ids_are_refused_past_the_ids_kept_in_memory(tmp_path: Path, m
     assert ":41:" in str(caught.value)
     write_jsonl(tmp_path / "ok.jsonl", rows[:40])
     assert PromptFile(tmp_path / "ok.jsonl", Defaults(model="llama3.2")).scan().rows == 40
+
+
+def test_a_kept_scan_keeps_implicit_ids_clear_of_explicit_ones(tmp_path: Path) -> None:
+    """Line 1 has no id and line 2's explicit id is "1": line 1 is "~1", also on a re-run that takes
+    the scan kept in the journal instead of scanning again."""
+    write_jsonl(tmp_path / "p.jsonl", [{"prompt": "first"}, {"prompt": "second", "id": "1"}])
+    with FakeServer(slots=2) as server:
+        for _ in range(2):
+            done = corral("run", "p.jsonl", "-o", "out.jsonl", "-s", server.url, "-m", "llama3.2",
+                          "--progress", "none", cwd=tmp_path)
+            assert done.returncode == 0, done.stderr
+            assert [row["id"] for row in read_jsonl(tmp_path / "out.jsonl")] == ["~1", "1"]
+        assert len(server.requests) == 2

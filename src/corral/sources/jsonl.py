@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -61,20 +62,25 @@ class ScanReport:
     invalid: list[str] = field(default_factory=list)
     openai_batch: bool = False
     bad_lines: list[int] = field(default_factory=list)   # skipped with --skip-invalid
+    #: Explicit ids that read like a line number ("12", "~12"): an implicit id steps aside for them
+    #: (`PromptFile._implicit_id`), so a kept report must carry them.
+    line_like_ids: list[str] = field(default_factory=list)
 
     def to_json(self) -> bytes:
         return orjson.dumps({"rows": self.rows, "models": self.models, "invalid": self.invalid,
-                             "openai_batch": self.openai_batch, "bad_lines": self.bad_lines})
+                             "openai_batch": self.openai_batch, "bad_lines": self.bad_lines,
+                             "line_like_ids": self.line_like_ids})
 
     @classmethod
     def from_json(cls, data: bytes | str) -> ScanReport:
         fields = orjson.loads(data)
         return cls(rows=fields["rows"], models=fields["models"], invalid=fields["invalid"],
-                   openai_batch=fields["openai_batch"], bad_lines=fields["bad_lines"])
+                   openai_batch=fields["openai_batch"], bad_lines=fields["bad_lines"],
+                   line_like_ids=fields.get("line_like_ids", []))
 
 
 #: Changes whenever what a scan finds could change for the same bytes (parsing rules, checks).
-SCAN_VERSION = 1
+SCAN_VERSION = 2
 
 
 class PromptFile:
@@ -135,6 +141,9 @@ class PromptFile:
     def adopt(self, report: ScanReport) -> ScanReport:
         """Take the report an earlier scan of the same bytes and settings made (see `scan_key`)."""
         self._bad_lines = set(report.bad_lines)
+        self._explicit_ids = _SeenIds()
+        for explicit in report.line_like_ids:
+            self._explicit_ids.add(explicit)
         self.report = report
         return report
 
@@ -146,8 +155,11 @@ class PromptFile:
         for number, text in self._lines():
             try:
                 request = self._parse(number, text)
-                if request.meta.get("explicit_id") and not ids.add(request.id):
-                    raise InputError(str(self.path), number, f"duplicate id {request.id!r}")
+                if request.meta.get("explicit_id"):
+                    if not ids.add(request.id):
+                        raise InputError(str(self.path), number, f"duplicate id {request.id!r}")
+                    if _LINE_LIKE.fullmatch(request.id):
+                        report.line_like_ids.append(request.id)
                 kinds.add(bool(request.meta.get("batch")))
                 if len(kinds) > 1:
                     raise InputError(str(self.path), number,
@@ -321,6 +333,9 @@ class PromptFile:
             extra=extra, keep_alive=self.defaults.keep_alive,
             meta={"line": number, "explicit_id": True, "batch": True, "url": url},
         )
+
+
+_LINE_LIKE = re.compile(r"~*[0-9]+")
 
 
 class _SeenIds:
