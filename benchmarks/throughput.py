@@ -233,6 +233,15 @@ def check_output(path: Path, n: int) -> tuple[int, int]:
     return rows, tokens
 
 
+def _corral_compiled() -> bool:
+    """Whether corral's modules have bytecode beside them: each start compiles them otherwise."""
+    import importlib.util
+
+    import corral.runner
+    cached = importlib.util.cache_from_source(corral.runner.__file__)
+    return os.path.exists(cached)
+
+
 def version(dist: str) -> str:
     try:
         return importlib.metadata.version(dist)
@@ -616,7 +625,10 @@ def main() -> None:
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at start")
     print(f"versions: python {platform.python_version()}, aiohttp {version('aiohttp')}, "
           f"corral {version('corral')}, ollama {version('ollama')}, orjson {version('orjson')}, "
-          f"httpx {version('httpx')}, uvloop {version('uvloop')}, httptools {version('httptools')}")
+          f"httpx {version('httpx')}, uvloop {version('uvloop')}, httptools {version('httptools')}, "
+          f"typer {version('typer')}")
+    print(f"bytecode: corral's modules {'compiled' if _corral_compiled() else 'NOT compiled (run make install)'}"
+          f"{', PYTHONDONTWRITEBYTECODE set' if os.environ.get('PYTHONDONTWRITEBYTECODE') else ''}")
 
     with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp_name:
         tmp = Path(tmp_name)
