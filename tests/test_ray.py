@@ -425,3 +425,83 @@ def test_big_parquet_files_are_cut_at_row_groups(ray_address, fleet, tmp_path) -
     again = corral_cli(*args, timeout=150)
     assert "4 partition(s) from 2 file(s), 3 already complete" in again.stderr
     assert pd.read_parquet(out_dir / names[1])["id"].tolist() == list(range(100, 200))
+
+
+def _gold_table(folder: Path) -> list[str]:
+    """A CSV whose own columns are named like corral's answers: gold labels in `label` (a JSON key
+    in Python) and a human's answer in `response` (the CLI's answer column)."""
+    gold = ["pos", "neg", "pos", "neg"]
+    pd.DataFrame({"id": [1, 2, 3, 4], "text": ["one", "two", "three", "four"], "label": gold,
+                  "response": ["human"] * 4}).to_csv(folder / "gold.csv", index=False)
+    return gold
+
+
+@pytest.mark.timeout(200)
+def test_column_prefix_keeps_the_tables_own_columns_on_ray(ray_address, fleet, tmp_path) -> None:
+    _, _, config = fleet
+    folder = tmp_path / "in"
+    folder.mkdir()
+    gold = _gold_table(folder)
+    cfg = tmp_path / "cluster.toml"
+    _write_toml(cfg, config)
+    args = ("run", str(folder), "--ray", ray_address, "--config", str(cfg), "--prompt", TEMPLATE,
+            "--output-format", "jsonl")
+    clash = corral_cli(*args, "-o", str(tmp_path / "clash"), timeout=150)
+    assert clash.returncode == 2 and "Traceback" not in clash.stderr, clash.stderr
+    assert "response" in clash.stderr and "--column-prefix" in clash.stderr
+    assert not list((tmp_path / "clash").glob("*.jsonl"))
+    done = corral_cli(*args, "--column-prefix", "llm_", "-o", str(tmp_path / "out"), timeout=150)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(x) for x in (tmp_path / "out" / "gold.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in rows] == gold and [r["response"] for r in rows] == ["human"] * 4
+    assert [json.loads(r["llm_response"]) for r in rows] == [{"label": "short"}] * 4
+    assert {"llm_model", "llm_error"} <= set(rows[0])
+
+    # The same through the Python front, one batch at a time as Ray Data hands them over.
+    frame = pd.read_csv(folder / "gold.csv")
+    kwargs = {"config": config, "text_column": "text", "prompt_template": TEMPLATE, "json_keys": ["label"]}
+    with pytest.raises(UsageError, match="column_prefix"):
+        corral.ray.Processor(**kwargs)(frame)
+    out = corral.ray.Processor(**kwargs, column_prefix="llm_")(frame)
+    assert list(out["label"]) == gold and list(out["llm_label"]) == ["short"] * 4
+    assert list(out["response"]) == ["human"] * 4
+
+
+@pytest.mark.timeout(200)
+def test_the_key_never_leaves_a_ray_run(ray_address, tmp_path) -> None:
+    """`corral run --ray` against a server that quotes the key back in its errors (whole, with its
+    end hidden, after 600 characters): no file written and no line printed holds 8+ of its characters."""
+    from tests.fakes import FakeServer
+    from tests.scenarios_files import _QUOTES, KEY, key_runs
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pd.DataFrame({"id": range(12), "text": [f"t {i}" for i in range(12)]}).to_csv(folder / "t.csv", index=False)
+    printed: list[str] = []
+    with FakeServer(api="openai", api_key=KEY, slots=4, responder=_responder) as server:
+        (tmp_path / "c.toml").write_text(
+            f'model = "llama3.2"\n[[servers]]\nurl = "{server.url}"\napi = "openai"\n'
+            'api_key_env = "CORRAL_TEST_KEY"\nmax_concurrency = 2\n', encoding="utf-8")
+        for i, quote in enumerate(_QUOTES):
+            server.fail_message = quote
+            server.fail_next(3, status=400)
+            result = corral_cli("run", str(folder), "--ray", ray_address, "--config", str(tmp_path / "c.toml"),
+                                "--prompt", TEMPLATE, "--output-format", "jsonl", "-vv",
+                                "-o", str(tmp_path / f"out{i}"), env={"CORRAL_TEST_KEY": KEY}, timeout=150)
+            assert result.returncode in (0, 1), result.stderr
+            printed += [result.stdout, result.stderr]
+        assert server.requests, "the key never reached the server"
+        # The key's variable travels to the actors with the job (Ray's runtime_env): this shell
+        # has it, the Ray nodes need not. Without it anywhere: one line, no traceback.
+        keyless = corral_cli("run", str(folder), "--ray", ray_address, "--config", str(tmp_path / "c.toml"),
+                             "--prompt", TEMPLATE, "-o", str(tmp_path / "keyless"), timeout=150)
+        assert keyless.returncode == 1 and "Traceback" not in keyless.stderr, keyless.stderr
+        assert "is $CORRAL_TEST_KEY set?" in keyless.stderr
+        printed += [keyless.stdout, keyless.stderr]
+    errors = [json.loads(x)["error"] for i in range(len(_QUOTES))
+              for x in (tmp_path / f"out{i}" / "t.jsonl").read_text().splitlines()]
+    assert any(errors), "no row carried the server's error"
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    leaks = {str(p): key_runs(p.read_bytes()) for p in files}
+    leaks.update({f"printed {i}": key_runs(text) for i, text in enumerate(printed)})
+    assert not {name: n for name, n in leaks.items() if n}

@@ -338,3 +338,32 @@ def test_llama_cpp_fleet_on_cpu_shares_a_run(tmp_path: Path) -> None:
         stopped = corral("serve", "stop", env=env, cwd=tmp_path)
     assert stopped.stdout.count(": stopped") == 2
     assert not any(alive(p) for p in pids)
+
+
+def test_serve_never_writes_or_prints_a_key(tmp_path: Path, fleet_env) -> None:
+    """Keys in the shell that starts a fleet (OPENAI_API_KEY, a config's api_key_env) reach no file
+    `serve` writes (cluster file, state, server logs), no line it prints, and no run over the fleet."""
+    from tests.scenarios_files import KEY, key_runs
+
+    env, record, state = fleet_env
+    env = {**env, "OPENAI_API_KEY": KEY, "CORRAL_TEST_KEY": KEY}
+    port = _base_port(2)
+    printed: list[str] = []
+    for args in (["serve", "--cpu", "2", "--port", str(port), "--pull", "llama3.2", "--detach"],
+                 ["serve", "status"]):
+        done = corral(*args, env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        printed += [done.stdout, done.stderr]
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"q{i}"} for i in range(6)])
+    run = corral("run", str(prompts), "--config", "cluster.toml", "-o", "out.jsonl", "-vv", env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    stop = corral("serve", "stop", env=env, cwd=tmp_path)
+    printed += [run.stdout, run.stderr, stop.stdout, stop.stderr]
+    # Ollama servers are sent no key: OPENAI_API_KEY is for OpenAI-compatible servers only.
+    assert all("authorization" not in line.lower() for p in record.glob("*.requests")
+               for line in p.read_text().splitlines())
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and record not in p.parents]
+    assert any(p.suffix == ".log" for p in files) and (tmp_path / "cluster.toml") in files
+    leaks = {str(p): key_runs(p.read_bytes()) for p in files}
+    leaks.update({f"printed {i}": key_runs(text) for i, text in enumerate(printed)})
+    assert not {name: n for name, n in leaks.items() if n}

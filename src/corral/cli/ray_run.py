@@ -23,7 +23,8 @@ def run_on_ray(inputs: list[str], output: str | None, *, address: str, config: s
                server: list[str], api: str, model: str | None, system: str | None,
                schema: str | None, options: dict[str, Any], text_column: str, prompt: str | None,
                workers: int | None, actors: int | None, output_format: str, timeout: float | None,
-               max_attempts: int | None, progress: str, partition_rows: int = 1_000_000) -> None:
+               max_attempts: int | None, progress: str, partition_rows: int = 1_000_000,
+               column_prefix: str = "") -> None:
     if not inputs:
         raise UsageError("no input: corral run big/*.parquet --ray auto -o out/")
     if not output:
@@ -41,7 +42,7 @@ def run_on_ray(inputs: list[str], output: str | None, *, address: str, config: s
                    model_names=tuple(m.strip() for m in (model or "").split(",") if m.strip()),
                    prompt_template=read_text_arg(prompt, "--prompt"),
                    json_schema=load_schema(schema) if schema else None,
-                   system=read_text_arg(system, "--system"), options=options)
+                   system=read_text_arg(system, "--system"), options=options, column_prefix=column_prefix)
     done = run_files(inputs, output, address=address, job=job, config=config, servers=server or None,
                      api=api, workers=workers, num_actors=actors, output_format=output_format,
                      timeout=timeout, max_attempts=max_attempts or 5, progress=progress,

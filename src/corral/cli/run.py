@@ -88,6 +88,8 @@ def run_command(
     text_column: str = typer.Option("text", "--text-column", help="With --ray: the column holding the text."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="With --ray: template with {text} (or @file)."),
     output_format: str = typer.Option("parquet", "--output-format", help="With --ray: parquet or jsonl."),
+    column_prefix: str = typer.Option("", "--column-prefix", help="With --ray: put before every new column's "
+                                      "name (llm_ gives llm_response), when the tables have such columns."),
     partition_rows: int = typer.Option(
         1_000_000, "--partition-rows", help="With --ray: cut bigger Parquet files into partitions of "
         "about this many rows, at row-group boundaries."),
@@ -134,12 +136,13 @@ def run_command(
                    server=server, api=api, model=model, system=system, schema=schema,
                    options=options, text_column=text_column, prompt=prompt, workers=concurrency,
                    actors=ray_actors, output_format=output_format, timeout=timeout,
-                   max_attempts=max_attempts, progress=progress, partition_rows=partition_rows)
+                   max_attempts=max_attempts, progress=progress, partition_rows=partition_rows,
+                   column_prefix=column_prefix)
         return
     if (prompt or ray_actors or text_column != "text" or output_format != "parquet"
-            or partition_rows != 1_000_000):
-        raise UsageError("--prompt, --text-column, --output-format, --partition-rows and --ray-actors go "
-                         "with --ray (for one table file on one machine: corral analyze)")
+            or partition_rows != 1_000_000 or column_prefix):
+        raise UsageError("--prompt, --text-column, --output-format, --partition-rows, --column-prefix and "
+                         "--ray-actors go with --ray (for one table file on one machine: corral analyze)")
     if input and len(input) > 1:
         raise UsageError("one prompt file at a time (several table files only with --ray)")
     prompt_file: str | None = input[0] if input else None

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 import pandas as pd
 
+from ..config import OPENAI_KEY_ENV, ServerSpec
 from ..errors import UsageError
 from ..sinks.output import write_whole
 from ..sources.tables import batch_frame, open_parquet, read_table_chunks
@@ -114,6 +115,27 @@ def _row_groups(path: Path) -> list[int] | None:
     return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
 
 
+def key_env(fleet: list[ServerSpec]) -> dict[str, str]:
+    """The variables holding the servers' keys, as this shell has them: handed to the actors in
+    Ray's runtime_env, since the nodes they run on need not have them. Only the named variables
+    travel, never written to the manifest or the outputs."""
+    names = {spec.api_key_env or (OPENAI_KEY_ENV if spec.api == "openai" else None) for spec in fleet}
+    return {name: os.environ[name] for name in sorted(n for n in names if n) if os.environ.get(name)}
+
+
+def refuse_bad_tables(paths: list[str], job: TableJob) -> None:
+    """Check every pending file's columns against the job before Ray starts (a missing text column,
+    answers that would overwrite the table's own columns): a user's mistake is one line and exit 2,
+    not a partition error that "run again" would never fix."""
+    for path in paths:
+        head = next(iter(read_table_chunks(path, chunk_size=1)), None)
+        if head is not None:
+            try:
+                job.runner([str(c) for c in head.columns], lambda *_: None)
+            except UsageError as exc:
+                raise UsageError(f"{path}: {exc}") from None
+
+
 def read_partition(part: Partition, chunk_size: int) -> Any:
     """The partition's rows as DataFrame chunks: corral's own streamed readers, or for a run of row
     groups the same Parquet reading restricted to them."""
@@ -145,7 +167,12 @@ class PartitionWorker:
         self.job = job
         self.chunk_size = chunk_size
         self.index, servers = my_share(fleet, num_actors, fleet_key(fleet, num_actors, "run"))
-        self.engine = ActorEngine(servers, actor_settings(**settings))
+        self.engine: ActorEngine | None = None
+        self.broken: str | None = None
+        try:
+            self.engine = ActorEngine(servers, actor_settings(**settings))
+        except Exception as exc:  # no server answers this actor: each partition says why, in one line
+            self.broken = str(exc) if isinstance(exc, UsageError) else f"{type(exc).__name__}: {exc}"
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         rows = [self.partition(Partition(str(p), str(o), _groups(g)))
@@ -156,6 +183,8 @@ class PartitionWorker:
         stats = PartitionStats(path=part.path, output=part.output)
         started = time.monotonic()
         try:
+            if self.engine is None:
+                raise UsageError(self.broken or "no engine")
             report = self.engine.run_file(part.path, part.output, self.job,
                                           read_partition(part, self.chunk_size))
             stats.ok, stats.failed = report.stats.ok, report.stats.failed  # rows not sent say so in error
@@ -221,6 +250,7 @@ def run_files(inputs: list[str], output: str, *, address: str, job: TableJob, co
     job.options = resolved.options
     parts = plan_partitions(files, names, out_dir, rows_per_partition)
     pending = [p for p in parts if not Path(p.output).exists()]
+    refuse_bad_tables(sorted({p.path for p in pending}), job)
     say = (lambda text: None) if progress == "none" else (lambda text: print(text, file=sys.stderr, flush=True))
     split = f" from {len(files)} file(s)" if len(parts) != len(files) else ""
     say(f"corral: {len(parts)} partition(s){split}, {len(parts) - len(pending)} already complete in {output}")
@@ -244,9 +274,11 @@ def run_files(inputs: list[str], output: str, *, address: str, job: TableJob, co
                     "max_json_retries": max_json_retries}
         ds = ray.data.from_items([{"path": p.path, "output": p.output, "row_groups": p.row_groups or []}
                                   for p in pending], override_num_blocks=len(pending))
+        keys = key_env(fleet)
+        remote_args: dict[str, Any] = {"runtime_env": {"env_vars": keys}} if keys else {}
         results = ds.map_batches(
             PartitionWorker, batch_size=1, batch_format="pandas", num_cpus=actor_cpus,
-            compute=ray.data.ActorPoolStrategy(size=actors),
+            compute=ray.data.ActorPoolStrategy(size=actors), **remote_args,
             fn_constructor_kwargs={"fleet": fleet, "num_actors": actors, "job": job, "settings": settings,
                                    "chunk_size": chunk_size})
         done: list[PartitionStats] = []

@@ -39,7 +39,8 @@ class Processor:
     ``max_concurrency``; default 8 for Ollama, 16 for OpenAI-compatible servers); and
     run_analysis's ``text_column``, ``model_names`` (default: the config's model),
     ``prompt_template``, ``json_keys``, ``json_schema``, ``fanout``, ``system``, ``id_column``,
-    ``timeout``, ``max_json_retries``, ``max_attempts``; other keywords are model options
+    ``timeout``, ``max_json_retries``, ``max_attempts``, ``column_prefix`` (put before every new
+    column's name, for a table whose own columns are named like the answers); other keywords are model options
     (``temperature=0, seed=1``). ``job_name`` tells two concurrent corral stages of one Ray job apart.
     """
 
@@ -49,7 +50,8 @@ class Processor:
                  prompt_template: str | None = None, json_keys: Sequence[str] | str | None = None,
                  json_schema: Any = None, fanout: bool = False, system: str | None = None,
                  id_column: str | None = None, timeout: float | None = None, max_json_retries: int = 2,
-                 max_attempts: int | None = None, job_name: str = "", **options: Any) -> None:
+                 max_attempts: int | None = None, job_name: str = "", column_prefix: str = "",
+                 **options: Any) -> None:
         specs, resolved = resolve_fleet(config, servers, api, workers, system=system, options=options,
                                         timeout=timeout, max_attempts=max_attempts)
         models = model_names or resolved.model
@@ -61,7 +63,7 @@ class Processor:
             text_column=text_column, model_names=(models,) if isinstance(models, str) else tuple(models),
             prompt_template=prompt_template, json_keys=json_keys, json_schema=json_schema,
             fanout=fanout, system=resolved.system, options=resolved.options,
-            id_column=id_column)
+            id_column=id_column, column_prefix=column_prefix)
         self.index, self.servers = my_share(specs, num_actors, fleet_key(specs, num_actors, job_name))
         log.info("corral actor %d/%d: %s", self.index, num_actors,
                  ", ".join(f"{s.label} x{s.max_concurrency}" for s in self.servers))

@@ -41,6 +41,9 @@ class TableJob:
     system: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     id_column: str | None = None
+    #: Put before every new column's name (``llm_`` → ``llm_response``), for tables whose own
+    #: columns are named like the answers; a clash without it is refused before anything is sent.
+    column_prefix: str = ""
 
     def runner(self, columns: list[str], emit: Any) -> Any:
         """The TableRunner asking this job of a table with ``columns``; filled chunks go to ``emit``."""
@@ -48,7 +51,7 @@ class TableJob:
             columns, emit, text_column=self.text_column, models=model_list(self.model_names),
             fanout=self.fanout, prompt_template=self.prompt_template, json_keys=self.json_keys,
             json_schema=self.json_schema, system=self.system, options=self.options,
-            id_column=self.id_column)
+            id_column=self.id_column, column_prefix=self.column_prefix)
 
 
 def resolve_fleet(config: ConfigLike | None, servers: Any, api: str, workers: int | None,
@@ -85,7 +88,7 @@ class ActorEngine:
         models = model_list(job.model_names)
 
         def empty(head: pd.DataFrame, runner: Any) -> pd.DataFrame:
-            return add_answer_columns(head, [], models, job.fanout, runner.plan.keys)
+            return add_answer_columns(head, [], models, job.fanout, runner.plan.keys, job.column_prefix)
 
         out, _, _ = self._run(run_table_frame(
             frame.reset_index(drop=True), build=job.runner, describe=None, where=Where(engine=self.engine),
