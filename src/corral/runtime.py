@@ -15,7 +15,9 @@ from typing import Any, Generic, TypeVar
 T = TypeVar("T")
 
 #: After an interrupt, how long the caller waits for the job's own clean-up (in-flight requests
-#: cancelled, the journal committed and closed, the run marked interrupted) before re-raising.
+#: cancelled, the journal committed and closed, the run marked interrupted) before re-raising; a
+#: clean-up that takes longer goes on in the background (measured: well under this; a second
+#: interrupt stops the wait at once).
 CLEANUP_SECONDS = 1.0
 
 
