@@ -1,4 +1,5 @@
-"""Progress while a job runs, and the summary after: a live bar on a terminal, log lines elsewhere.
+"""Progress while a job runs, and the summary after: a live bar on a terminal or in a Jupyter
+notebook (`notebook.py`), log lines elsewhere.
 
 The display only reads the engine's counters on a timer; the engine never waits for it.
 """
@@ -19,6 +20,7 @@ from rich.table import Table
 
 from .engine import Engine, JobStats
 from .manifest import server_cost
+from .notebook import NotebookProgress, in_kernel
 
 
 def _rate(stats: JobStats) -> float:
@@ -78,11 +80,12 @@ class ProgressDisplay:
         self.counter = counter or (lambda: _request_counts(engine.stats))
         self.stream = stream or sys.stderr
         if mode == "auto":
-            mode = "bar" if self.stream.isatty() else "log"
+            mode = "bar" if self.stream.isatty() else "notebook" if in_kernel() else "log"
         self.mode = mode
         self.interval = interval or float(os.environ.get("CORRAL_LOG_INTERVAL", "10"))
         self._task: asyncio.Task[None] | None = None
         self._live: Live | None = None
+        self._notebook: NotebookProgress | None = None
 
     async def __aenter__(self) -> ProgressDisplay:
         if self.mode == "bar":
@@ -98,9 +101,14 @@ class ProgressDisplay:
             self._task = asyncio.create_task(self._tick(0.25))
         elif self.mode == "log":
             self._task = asyncio.create_task(self._tick(self.interval))
+        elif self.mode == "notebook":
+            self._notebook = NotebookProgress(self.engine, self.counter)
+            self._notebook.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._notebook is not None:
+            await self._notebook.stop(exc[1] if isinstance(exc[1], BaseException) else None)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
