@@ -18,9 +18,11 @@ from typing import Any, Protocol
 
 from .config import ServerSpec
 from .engine import Engine, EngineSettings, JobStats, Validator
+from .engine.run import Total
 from .gpu import GpuSampler
 from .manifest import ManifestRecorder, redact_argv
 from .progress import Counter, ProgressDisplay
+from .reload import ConfigReload, ServerReader
 from .requests import GROUP_SEP, Request
 from .results import Outcome
 from .status import StatusPublisher
@@ -57,7 +59,7 @@ async def run_job(
     engine: Engine | None = None, progress: str = "none", counter: Counter | None = None,
     argv: Sequence[str] | None = None, manifest: ManifestRecorder | None = None,
     gpu_monitor: bool | float = True, record: RunRecord | None = None, track: bool = True,
-    checked_answers: bool = False, unserved: list[str] | None = None,
+    checked_answers: bool = False, unserved: list[str] | None = None, reload: ServerReader | None = None,
 ) -> Engine:
     """Open an engine on ``servers`` (or use the open ``engine`` a Ray actor keeps), check that every
     one of ``models`` is on a live server, and run ``work(engine)`` inside the run's lifecycle.
@@ -67,15 +69,17 @@ async def run_job(
     ``track=False`` opens no run record of its own, for work inside a run that has one (a `bench`
     sweep's levels, `run --auto-tune`'s probes). ``unserved``: a list to receive the models no live
     server has, instead of refusing the job for them (their rows are then the caller's to answer).
+    ``reload``: re-reads the config's servers; given, SIGHUP applies them to the running job.
     Returns the engine (closed unless it was given), whose ``stats`` and ``servers`` stay readable."""
     if engine is not None:
         await _lifecycle(engine, work, store, settings or engine.settings, list(models), progress,
-                         counter, argv, manifest, gpu_monitor, record, track, checked_answers, unserved)
+                         counter, argv, manifest, gpu_monitor, record, track, checked_answers, unserved,
+                         reload)
         return engine
     assert servers is not None, "run_job needs servers or an open engine"
     async with Engine(servers, store, settings) as opened:
         await _lifecycle(opened, work, store, opened.settings, list(models), progress, counter, argv,
-                         manifest, gpu_monitor, record, track, checked_answers, unserved)
+                         manifest, gpu_monitor, record, track, checked_answers, unserved, reload)
     return opened
 
 
@@ -84,7 +88,7 @@ async def _lifecycle(engine: Engine, work: Callable[[Engine], Awaitable[Any]], s
                      counter: Counter | None, argv: Sequence[str] | None,
                      manifest: ManifestRecorder | None, gpu_monitor: bool | float,
                      record: RunRecord | None, track: bool, checked_answers: bool,
-                     unserved: list[str] | None) -> None:
+                     unserved: list[str] | None, reload: ServerReader | None) -> None:
     if unserved is not None:
         unserved.extend(missing_models(engine, models))
         models = [m for m in models if m not in unserved]
@@ -102,7 +106,7 @@ async def _lifecycle(engine: Engine, work: Callable[[Engine], Awaitable[Any]], s
     publisher = StatusPublisher(engine, store, counter, manifest) if track else None
     status = "failed"
     try:
-        async with sampler, ProgressDisplay(engine, progress, counter=counter):
+        async with ConfigReload(engine, reload), sampler, ProgressDisplay(engine, progress, counter=counter):
             if publisher is not None:
                 async with publisher:
                     await work(engine)
@@ -125,11 +129,12 @@ async def _lifecycle(engine: Engine, work: Callable[[Engine], Awaitable[Any]], s
 async def run_requests(
     requests: Iterable[Request], *, servers: list[ServerSpec] | None = None, store: Store,
     settings: EngineSettings | None = None, sinks: Sequence[Sink], models: Iterable[str],
-    total: int | None = None, engine: Engine | None = None, validate: Validator | None = None,
+    total: Total = None, engine: Engine | None = None, validate: Validator | None = None,
     window: int | None = None, ready: Callable[[], bool] | None = None, progress: str = "auto",
     keep_failures: int = 1000,
     argv: Sequence[str] | None = None, manifest: ManifestRecorder | None = None,
     gpu_monitor: bool | float = True, track: bool = True, fail_unserved: bool = False,
+    reload: ServerReader | None = None,
 ) -> JobResult:
     """Run ``requests`` and write every outcome to every sink, in input order.
 
@@ -161,7 +166,7 @@ async def run_requests(
         used = await run_job(work, servers=servers, store=store, settings=settings, models=models,
                              engine=engine, progress=progress, argv=argv, manifest=manifest,
                              gpu_monitor=gpu_monitor, track=track,
-                             checked_answers=validate is not None, unserved=unserved)
+                             checked_answers=validate is not None, unserved=unserved, reload=reload)
         complete = True
     finally:
         for sink in sinks:
