@@ -26,6 +26,7 @@ from ..requests import GROUP_SEP
 from .costs import Speeds
 from .servers import (
     FIRST_COOLDOWN,
+    MAX_COOLDOWN,
     ServerState,
     default_slots,
     describe_probe_error,
@@ -36,7 +37,7 @@ from .settings import EngineSettings
 
 log = logging.getLogger("corral")
 
-REPROBE_MAX_COOLDOWN = 60.0  # seconds: the back-off between re-probes of a benched server stops here
+REPROBE_MAX_COOLDOWN = MAX_COOLDOWN  # seconds: the back-off between re-probes stops here
 
 
 @dataclass(eq=False)

@@ -29,6 +29,7 @@ FAILURES_BEFORE_BENCH = 3
 # refuses a burst answers the requests it holds soon after (which ends the run of busy answers).
 BUSY_BEFORE_BENCH = 8
 FIRST_COOLDOWN = 2.0  # seconds before the first re-probe of a benched (or absent) server
+MAX_COOLDOWN = 60.0   # seconds: the doubling back-off between re-probes stops here
 
 
 @dataclass(slots=True)
@@ -136,9 +137,11 @@ class ServerState:
         return f"{self.consecutive_failures} failures in a row"
 
     def unbench(self) -> None:
-        """Back in service after a probe answered. The cool-down is kept until a request is answered
-        (`on_success`): a server that answers probes but refuses work waits longer each time."""
+        """Back in service after a probe answered. The next cool-down is twice this one until a
+        request is answered (`on_success`): a server that answers probes but refuses every request
+        waits longer each time it is benched again."""
         self.consecutive_failures = 0
+        self.cooldown = min(self.cooldown * 2, MAX_COOLDOWN)
         self.available.set()
 
 
