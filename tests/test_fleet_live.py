@@ -243,7 +243,7 @@ def test_sighup_rereads_the_config_servers_join_and_leave(tmp_path: Path, fake_o
     assert run.returncode == 0, err[-3000:]
     assert "not reloaded, the servers stay as they were" in err, err[-3000:]
     first_label, second_label = (s.url.removeprefix("http://") for s in (first, second))
-    assert f"reloaded: added {second_label}; removed {first_label}" in err, err[-3000:]
+    assert f"cluster.toml reloaded: added {second_label}; removed {first_label}" in err, err[-3000:]
     assert len(first.requests) == sent_to_first  # removed: no row sent there after the new one answered
     out = read_jsonl(tmp_path / "out.jsonl")
     assert len(out) == n and all(r["error"] is None for r in out)

@@ -56,7 +56,8 @@ def _request_counts(s: JobStats) -> tuple[int, int | None, str]:
 def status_line(engine: Engine, counter: Counter | None = None) -> str:
     s = engine.stats
     servers = "  ".join(
-        f"{srv.label}{' [benched]' if srv.benched else ''} {srv.in_flight}/{srv.limit} busy, {srv.stats.ok} ok"
+        f"{srv.label}{' [removed]' if srv.removed else ' [benched]' if srv.benched else ''} "
+        f"{srv.in_flight}/{srv.limit} busy, {srv.stats.ok} ok"
         for srv in engine.servers
     )
     if counter is not None:

@@ -12,31 +12,38 @@ import asyncio
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from dataclasses import dataclass
 
-from .config import ServerSpec
+from .config import ServerSpec, load_config
 from .engine import Engine
 
 log = logging.getLogger("corral")
 
-#: Reads the servers of the config again (raises when the file cannot be read or parsed).
-ServerReader = Callable[[], list[ServerSpec]]
+
+@dataclass(frozen=True, slots=True)
+class ConfigFile:
+    """The config file a job's servers came from, read again on SIGHUP."""
+
+    path: str
+
+    def servers(self) -> list[ServerSpec]:
+        """Its servers now (raises, naming the file and line, when it cannot be read or parsed)."""
+        return list(load_config(self.path).servers)
 
 
 class ConfigReload:
-    """``async with ConfigReload(engine, read):`` around a job: on SIGHUP, ``read()`` and make the fleet
-    those servers (`Fleet.reconcile`), logging one line that says what changed."""
+    """``async with ConfigReload(engine, config):`` around a job: on SIGHUP, read the config again
+    and make the fleet its servers (`Fleet.reconcile`), logging one line that says what changed."""
 
-    def __init__(self, engine: Engine, read: ServerReader | None, where: str = "the config") -> None:
+    def __init__(self, engine: Engine, config: ConfigFile | None) -> None:
         self.engine = engine
-        self.read = read
-        self.where = where
+        self.config = config
         self.reloads: list[asyncio.Task[str]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __aenter__(self) -> ConfigReload:
         sighup = getattr(signal, "SIGHUP", None)
-        if self.read is None or sighup is None or threading.current_thread() is not threading.main_thread():
+        if self.config is None or sighup is None or threading.current_thread() is not threading.main_thread():
             return self
         loop = asyncio.get_running_loop()
         try:
@@ -60,18 +67,19 @@ class ConfigReload:
 
     async def apply(self) -> str:
         """Re-read and apply; returns the line it logged."""
-        assert self.read is not None
+        assert self.config is not None
+        where = self.config.path
         try:
-            specs = self.read()
+            specs = self.config.servers()
             if not specs:
                 raise ValueError("it lists no servers")
         except Exception as exc:  # noqa: BLE001 - a bad edit is reported, the run goes on
-            line = f"SIGHUP: {self.where} not reloaded, the servers stay as they were: {exc}"
+            line = f"SIGHUP: {where} not reloaded, the servers stay as they were: {exc}"
             log.error("%s", line)
             return line
         added, removed = await self.engine.fleet.reconcile(specs)
         changes = [f"added {', '.join(added)}" if added else "", f"removed {', '.join(removed)}" if removed else ""]
-        line = (f"SIGHUP: {self.where} reloaded: " + "; ".join(c for c in changes if c)
-                if added or removed else f"SIGHUP: {self.where} reloaded: no change in servers")
+        line = (f"SIGHUP: {where} reloaded: " + "; ".join(c for c in changes if c)
+                if added or removed else f"SIGHUP: {where} reloaded: no change in servers")
         log.warning("%s", line)
         return line

@@ -22,7 +22,7 @@ from .engine.run import Total
 from .gpu import GpuSampler
 from .manifest import ManifestRecorder, redact_argv
 from .progress import Counter, ProgressDisplay
-from .reload import ConfigReload, ServerReader
+from .reload import ConfigFile, ConfigReload
 from .requests import GROUP_SEP, Request
 from .results import Outcome
 from .status import StatusPublisher
@@ -59,7 +59,7 @@ async def run_job(
     engine: Engine | None = None, progress: str = "none", counter: Counter | None = None,
     argv: Sequence[str] | None = None, manifest: ManifestRecorder | None = None,
     gpu_monitor: bool | float = True, record: RunRecord | None = None, track: bool = True,
-    checked_answers: bool = False, unserved: list[str] | None = None, reload: ServerReader | None = None,
+    checked_answers: bool = False, unserved: list[str] | None = None, reload: ConfigFile | None = None,
 ) -> Engine:
     """Open an engine on ``servers`` (or use the open ``engine`` a Ray actor keeps), check that every
     one of ``models`` is on a live server, and run ``work(engine)`` inside the run's lifecycle.
@@ -69,7 +69,8 @@ async def run_job(
     ``track=False`` opens no run record of its own, for work inside a run that has one (a `bench`
     sweep's levels, `run --auto-tune`'s probes). ``unserved``: a list to receive the models no live
     server has, instead of refusing the job for them (their rows are then the caller's to answer).
-    ``reload``: re-reads the config's servers; given, SIGHUP applies them to the running job.
+    ``reload``: the config file the servers came from; SIGHUP re-reads it and applies its servers to
+    the running job.
     Returns the engine (closed unless it was given), whose ``stats`` and ``servers`` stay readable."""
     if engine is not None:
         await _lifecycle(engine, work, store, settings or engine.settings, list(models), progress,
@@ -88,7 +89,7 @@ async def _lifecycle(engine: Engine, work: Callable[[Engine], Awaitable[Any]], s
                      counter: Counter | None, argv: Sequence[str] | None,
                      manifest: ManifestRecorder | None, gpu_monitor: bool | float,
                      record: RunRecord | None, track: bool, checked_answers: bool,
-                     unserved: list[str] | None, reload: ServerReader | None) -> None:
+                     unserved: list[str] | None, reload: ConfigFile | None) -> None:
     if unserved is not None:
         unserved.extend(missing_models(engine, models))
         models = [m for m in models if m not in unserved]
@@ -134,7 +135,7 @@ async def run_requests(
     keep_failures: int = 1000,
     argv: Sequence[str] | None = None, manifest: ManifestRecorder | None = None,
     gpu_monitor: bool | float = True, track: bool = True, fail_unserved: bool = False,
-    reload: ServerReader | None = None,
+    reload: ConfigFile | None = None,
 ) -> JobResult:
     """Run ``requests`` and write every outcome to every sink, in input order.
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Optional
 
 import typer
@@ -115,6 +114,7 @@ def run_command(
     from ..jobs import default_store_path, open_sinks, run_prompt_file, scan_once
     from ..manifest import ManifestRecorder, manifest_path
     from ..progress import summary_table
+    from ..reload import ConfigFile
     from ..reproduce import compare, prepare
     from ..settings import check_seconds, check_slots, resolve
     from ..sources import Defaults, PromptFile
@@ -230,7 +230,7 @@ def run_command(
             raise UsageError("--auto-tune finds the slots; --concurrency fixes them: give one")
         job = dict(sinks=sinks, progress=progress, argv=sys.argv, manifest=recorder,
                    gpu_monitor=gpu_monitor is not False,
-                   reload=_config_reader(config) if config and not (server or local or repro) else None)
+                   reload=ConfigFile(config) if config and not (server or local or repro) else None)
         result = _run_interruptibly(
             tuned_run(source, servers=specs, store=store, settings=settings,
                       say=lambda line: print(f"corral: {line}", file=sys.stderr, flush=True), **job)
@@ -267,13 +267,6 @@ def run_command(
             err.print(f"  ... and {stats.failed - 20} more (see the error field in the output)")
         err.print("corral: re-run with --retry-failed to send them again", highlight=False)
         raise typer.Exit(1)
-
-
-def _config_reader(config: str) -> Callable[[], list[ServerSpec]]:
-    """The config's servers, read again (on SIGHUP: servers added join, removed ones stop)."""
-    from ..config import load_config
-
-    return lambda: list(load_config(config).servers)
 
 
 #: Where ollama-batch-cluster's client writes its per-prompt files when given no --output_dir.
