@@ -89,9 +89,10 @@ class ProgressDisplay:
 
     async def __aenter__(self) -> ProgressDisplay:
         if self.mode == "bar":
+            # Rows: the detail line has the engine's ETA (by estimated cost); other counts, rich's.
             self._progress = Progress(
                 TextColumn("[bold]corral"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[detail]}"), TimeRemainingColumn(),
+                TextColumn("{task.fields[detail]}"), *((TimeRemainingColumn(),) if self._custom_counter else ()),
                 console=Console(file=self.stream), transient=False,
             )
             self._bar = self._progress.add_task("run", total=None, detail="")

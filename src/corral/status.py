@@ -87,6 +87,7 @@ def snapshot(engine: Engine, store: Store, state: str, started_at: float,
                      "requests": srv.stats.requests, "ok": srv.stats.ok, "errors": srv.stats.errors,
                      "hedged": srv.stats.hedges, "cancelled": srv.stats.cancelled,
                      "rate": round(srv.stats.ok / elapsed, 3), "benched": srv.benched,
+                     "removed": srv.removed,
                      "last_error": srv.last_error} for srv in engine.servers],
         "last_errors": [{"id": o.request.id, "line": o.request.meta.get("line"), "error": o.error,
                          "kind": o.error_kind, "server": o.server, "at": o.finished_at}

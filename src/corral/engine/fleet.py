@@ -260,10 +260,16 @@ class Fleet:
         added = [spec for spec in wanted if spec not in current]
         for spec in removed:
             self.remove(spec)
-        if added and self._http is not None:
-            backends = [make_backend(spec, self._http) for spec in added]
+        await self.add(added)
+        return [s.label for s in added], [s.label for s in removed]
+
+    async def add(self, specs: list[ServerSpec]) -> None:
+        """Probe new servers: those that answer join at once, the others are re-probed while a run
+        goes on (as servers down at the start are)."""
+        if specs and self._http is not None:
+            backends = [make_backend(spec, self._http) for spec in specs]
             probes = await asyncio.gather(*(probe_one(b, self.settings.probe_timeout) for b in backends))
-            for spec, backend, result in zip(added, backends, probes):
+            for spec, backend, result in zip(specs, backends, probes):
                 if isinstance(result, ServerInfo):
                     absent = Absent(spec, backend, "")
                     self.absent.append(absent)
@@ -274,7 +280,6 @@ class Fleet:
                     self.absent.append(absent)
                     log.warning("server %s; re-probing it while the job runs", absent.message)
                     self._watch(absent)
-        return [s.label for s in added], [s.label for s in removed]
 
     def remove(self, spec: ServerSpec) -> None:
         """Take a server out for good: it takes no more rows; those it holds finish there."""
