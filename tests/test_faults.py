@@ -176,3 +176,28 @@ def test_local_server_stops_even_with_a_client_still_waiting(tmp_path: Path) -> 
                 proc.stdout.close()
         if "pid" in locals() and alive(int(pid)):
             os.kill(int(pid), signal.SIGKILL)
+
+
+# -- issue 18, items 1 and 3 (tests/scenarios_fleet.py; benchmarks/faults.py runs them larger) --
+def test_41_a_server_down_at_the_start_joins_when_it_comes_up(tmp_path: Path) -> None:
+    from tests import scenarios_fleet
+
+    figures = scenarios_fleet.down_at_start(tmp_path, rows=400)
+    _show(figures)
+    assert figures["lost"] == figures["duplicated"] == 0 and figures["by_late"] > 0
+
+
+def test_42_a_503_only_server_beside_a_good_one_is_benched(tmp_path: Path) -> None:
+    from tests import scenarios_fleet
+
+    figures = scenarios_fleet.busy_beside_good(tmp_path, rows=400, alone=10)
+    _show(figures)
+    assert figures["busy_requests"] < 0.05 * (figures["busy_requests"] + figures["good_requests"])
+
+
+def test_43_published_done_follows_the_rows_journaled(tmp_path: Path) -> None:
+    from tests import scenarios_fleet
+
+    figures = scenarios_fleet.progress_accuracy(tmp_path, rows=600)
+    _show(figures)
+    assert figures["largest_done_published"] > 4

@@ -73,9 +73,13 @@ async def batch_generate_async(
     hedge: bool | None = None,
     manifest: str | os.PathLike[str] | None = None,
     max_busy_seconds: float | None = None,
+    progress: bool | str = True,
     **options: Any,
 ) -> list[dict[str, Any]]:
-    """The async twin of `batch_generate`: await it inside your own event loop."""
+    """The async twin of `batch_generate`: await it inside your own event loop.
+
+    ``progress``: True (a bar on a terminal, log lines elsewhere), False, or "bar" / "log" /
+    "none", as `run_analysis` and `fill_missing_fields` take it."""
     job = resolve(servers=servers, config=config, api=api, model=model, system=system, options=options,
                   format=format, timeout=timeout, max_attempts=max_attempts, hedge=hedge,
                   max_busy_seconds=max_busy_seconds)
@@ -96,7 +100,8 @@ async def batch_generate_async(
     journal = Store(store)
     try:
         await run_requests(requests, servers=job.servers, store=journal, settings=settings, sinks=[collected],
-                           models={r.model for r in requests}, total=len(requests), progress="none",
+                           models={r.model for r in requests}, total=len(requests),
+                           progress=progress if isinstance(progress, str) else ("auto" if progress else "none"),
                            manifest=recorder)
     finally:
         journal.close()
@@ -144,7 +149,8 @@ def batch_generate(
     seconds per attempt, by default derived from each prompt's expected tokens and the server's
     observed speed; ``hedge=False``: never re-send a straggler to an idle faster server at the end;
     ``manifest``: a path for the run's manifest JSON; it is kept in the store either way;
-    ``max_busy_seconds``: how long a row may wait on "server busy" answers, default 300).
+    ``max_busy_seconds``: how long a row may wait on "server busy" answers, default 300;
+    ``progress=False``: no progress bar or log lines).
     Works the same in a plain script and inside Jupyter's running event loop.
     """
     return run_sync(batch_generate_async(prompts, model, servers, max_concurrent, rate_limit_delay,

@@ -18,6 +18,7 @@ from .config import ServerSpec
 from .engine import EngineSettings
 from .errors import UsageError
 from .manifest import ManifestRecorder
+from .reload import ConfigFile
 from .runner import JobResult, Sink, run_requests
 from .sources import PromptFile, ScanReport
 from .store import Store, stored_scan
@@ -56,7 +57,7 @@ def scan_once(source: PromptFile, journal: str | os.PathLike[str] | None
 async def run_prompt_file(
     source: PromptFile, *, servers: list[ServerSpec], store: Store, settings: EngineSettings,
     sinks: list[Sink], progress: str = "auto", argv: list[str] | None = None,
-    manifest: ManifestRecorder | None = None, gpu_monitor: bool = True,
+    manifest: ManifestRecorder | None = None, gpu_monitor: bool = True, reload: ConfigFile | None = None,
 ) -> JobResult:
     """Run a prompt file. An OpenAI Batch file is run the way vLLM's run-batch runs it: a line whose
     model no server has gets an error line and the others run, and an answer cut at the token limit
@@ -68,7 +69,7 @@ async def run_prompt_file(
     return await run_requests(
         iter(source), servers=servers, store=store, settings=settings, sinks=sinks,
         models=report.models, total=report.rows, progress=progress, argv=argv, manifest=manifest,
-        gpu_monitor=gpu_monitor, fail_unserved=batch, validate=batch_answer_problem if batch else None,
+        gpu_monitor=gpu_monitor, fail_unserved=batch, reload=reload, validate=batch_answer_problem if batch else None,
     )
 
 

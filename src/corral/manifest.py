@@ -320,7 +320,8 @@ def _figures(engine: Engine) -> dict[str, Any]:
                    "retried": stats.retries},
         "tokens": {"prompt": stats.prompt_tokens, "completion": stats.completion_tokens},
         "per_server": [{"label": s.label, "requests": s.stats.requests, "ok": s.stats.ok,
-                        "errors": s.stats.errors, "prompt_tokens": s.stats.prompt_tokens,
+                        "errors": s.stats.errors, "hedged": s.stats.hedges,
+                        "cancelled": s.stats.cancelled, "prompt_tokens": s.stats.prompt_tokens,
                         "completion_tokens": s.stats.completion_tokens,
                         "busy_seconds": round(s.stats.busy_seconds, 3), "benched": s.stats.benched,
                         # slots per model as learnt by the end (they start at the "slots" above)

@@ -24,15 +24,17 @@ from .notebook import NotebookProgress, in_kernel
 
 
 def _rate(stats: JobStats) -> float:
-    sent_done = stats.done - stats.cached
-    return sent_done / stats.elapsed if stats.elapsed > 0 else 0.0
+    return stats.rate
 
 
 def _eta(stats: JobStats) -> str:
-    rate = _rate(stats)
-    if not stats.total or rate <= 0:
+    """The engine's estimate (`JobStats.eta_seconds`: remaining estimated cost over cost per second)."""
+    return format_eta(stats.eta_seconds())
+
+
+def format_eta(left: float | None) -> str:
+    if left is None:
         return "?"
-    left = max(0, stats.total - stats.done) / rate
     return time.strftime("%H:%M:%S", time.gmtime(left)) if left >= 60 else f"{left:.0f}s"
 
 
@@ -50,13 +52,14 @@ def skipping(s: JobStats) -> str | None:
 
 def _request_counts(s: JobStats) -> tuple[int, int | None, str]:
     return s.done, s.total, skipping(s) or (f"{s.failed} failed · {s.cached} cached · "
-                                            f"{s.retries} retries · {_rate(s):.1f} req/s")
+                                            f"{s.retries} retries · {_rate(s):.1f} req/s · ETA {_eta(s)}")
 
 
 def status_line(engine: Engine, counter: Counter | None = None) -> str:
     s = engine.stats
     servers = "  ".join(
-        f"{srv.label}{' [benched]' if srv.benched else ''} {srv.in_flight}/{srv.limit} busy, {srv.stats.ok} ok"
+        f"{srv.label}{' [removed]' if srv.removed else ' [benched]' if srv.benched else ''} "
+        f"{srv.in_flight}/{srv.limit} busy, {srv.stats.ok} ok"
         for srv in engine.servers
     )
     if counter is not None:
@@ -89,9 +92,10 @@ class ProgressDisplay:
 
     async def __aenter__(self) -> ProgressDisplay:
         if self.mode == "bar":
+            # Rows: the detail line has the engine's ETA (by estimated cost); other counts, rich's.
             self._progress = Progress(
                 TextColumn("[bold]corral"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[detail]}"), TimeRemainingColumn(),
+                TextColumn("{task.fields[detail]}"), *((TimeRemainingColumn(),) if self._custom_counter else ()),
                 console=Console(file=self.stream), transient=False,
             )
             self._bar = self._progress.add_task("run", total=None, detail="")
@@ -140,21 +144,27 @@ class ProgressDisplay:
 
 
 def summary_table(engine: Engine) -> Table:
-    """Per server: requests, errors, tokens and speed; then the totals."""
+    """Per server: requests, errors, hedged and cancelled copies, tokens and speed; then the totals.
+
+    ``requests`` counts every copy sent: ``ok + errors + cancelled`` of them ended (a hedged row's
+    losing copy is cancelled, not failed), and ``hedged`` says how many were tail copies of rows a
+    slower server held."""
     s = engine.stats
     elapsed = max(s.elapsed, 1e-9)
     table = Table(title=f"corral: {s.ok} ok, {s.failed} failed, {s.cached} cached "
                         f"in {s.elapsed:.1f}s ({_rate(s):.1f} req/s)")
     # A cost column only when the config gives prices (price_in / price_out per million tokens).
     priced = any(srv.spec.price_in is not None or srv.spec.price_out is not None for srv in engine.servers)
-    for column in ("server", "requests", "ok", "errors", "prompt tok", "output tok", "output tok/s",
+    for column in ("server", "requests", "ok", "errors", "hedged", "cancelled", "prompt tok", "output tok",
+                   "output tok/s",
                    "gen tok/s", *(("cost",) if priced else ())):
         table.add_column(column, justify="left" if column == "server" else "right")
     for srv in engine.servers:
         st = srv.stats
         gen = f"{st.completion_tokens / (st.eval_ns / 1e9):.1f}" if st.eval_ns else "-"
         cost = server_cost(srv.spec, st.prompt_tokens, st.completion_tokens).get("cost")
-        table.add_row(srv.label, str(st.requests), str(st.ok), str(st.errors), str(st.prompt_tokens),
+        table.add_row(srv.label, str(st.requests), str(st.ok), str(st.errors), str(st.hedges), str(st.cancelled),
+                      str(st.prompt_tokens),
                       str(st.completion_tokens), f"{st.completion_tokens / elapsed:.1f}", gen,
                       *((f"{cost:.4f}" if cost is not None else "-",) if priced else ()))
     return table

@@ -20,9 +20,11 @@ from typing import Any, Protocol
 
 from .config import ServerSpec
 from .engine import Engine, EngineSettings, JobStats, Validator
+from .engine.run import Total
 from .gpu import GpuSampler
 from .manifest import ManifestRecorder, redact_argv
 from .progress import Counter, ProgressDisplay
+from .reload import ConfigFile, ConfigReload
 from .requests import GROUP_SEP, Request
 from .results import Outcome
 from .status import StatusPublisher
@@ -59,7 +61,7 @@ async def run_job(
     engine: Engine | None = None, progress: str = "none", counter: Counter | None = None,
     argv: Sequence[str] | None = None, manifest: ManifestRecorder | None = None,
     gpu_monitor: bool | float = True, record: RunRecord | None = None, track: bool = True,
-    checked_answers: bool = False, unserved: list[str] | None = None,
+    checked_answers: bool = False, unserved: list[str] | None = None, reload: ConfigFile | None = None,
 ) -> Engine:
     """Open an engine on ``servers`` (or use the open ``engine`` a Ray actor keeps), check that every
     one of ``models`` is on a live server, and run ``work(engine)`` inside the run's lifecycle.
@@ -69,16 +71,19 @@ async def run_job(
     ``track=False`` opens no run record of its own, for work inside a run that has one (a `bench`
     sweep's levels, `run --auto-tune`'s probes). ``unserved``: a list to receive the models no live
     server has, instead of refusing the job for them (their rows are then the caller's to answer).
+    ``reload``: the config file the servers came from; SIGHUP re-reads it and applies its servers to
+    the running job.
     Returns the engine (closed unless it was given), whose ``stats`` and ``servers`` stay readable."""
+    job = _Lifecycle(store=store, models=list(models), progress=progress, counter=counter, argv=argv,
+                     manifest=manifest, gpu_monitor=gpu_monitor, record=record or RunRecord(),
+                     track=track, checked_answers=checked_answers, unserved=unserved, reload=reload)
     with _fewer_collections():
         if engine is not None:
-            await _lifecycle(engine, work, store, settings or engine.settings, list(models), progress,
-                             counter, argv, manifest, gpu_monitor, record, track, checked_answers, unserved)
+            await job.run(engine, settings or engine.settings, work)
             return engine
         assert servers is not None, "run_job needs servers or an open engine"
         async with Engine(servers, store, settings) as opened:
-            await _lifecycle(opened, work, store, opened.settings, list(models), progress, counter, argv,
-                             manifest, gpu_monitor, record, track, checked_answers, unserved)
+            await job.run(opened, opened.settings, work)
         return opened
 
 
@@ -107,57 +112,72 @@ def _fewer_collections() -> Iterator[None]:
             gc.set_threshold(*saved)
 
 
-async def _lifecycle(engine: Engine, work: Callable[[Engine], Awaitable[Any]], store: Store,
-                     settings: EngineSettings, models: list[str], progress: str,
-                     counter: Counter | None, argv: Sequence[str] | None,
-                     manifest: ManifestRecorder | None, gpu_monitor: bool | float,
-                     record: RunRecord | None, track: bool, checked_answers: bool,
-                     unserved: list[str] | None) -> None:
-    if unserved is not None:
-        unserved.extend(missing_models(engine, models))
-        models = [m for m in models if m not in unserved]
-    engine.check_models(models)
-    record = record or RunRecord()
-    if track:
-        store.start_run(redact_argv(argv) if argv else None,
-                        {**record.info, "servers": [s.label for s in engine.servers],
-                         "unreachable": engine.unreachable})
-    if manifest is not None:
-        await manifest.begin(engine, store, settings, models, checked_answers=checked_answers)
-    interval = None if gpu_monitor is True else 0 if gpu_monitor is False else float(gpu_monitor)
-    sampler = GpuSampler(store, interval)
-    # Live figures for `corral status` in another shell; only for a run with its own record.
-    publisher = StatusPublisher(engine, store, counter, manifest) if track else None
-    status = "failed"
-    try:
-        async with sampler, ProgressDisplay(engine, progress, counter=counter):
-            if publisher is not None:
-                async with publisher:
-                    await work(engine)
-            else:
-                await work(engine)
-        status = "complete"
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        status = "interrupted"
-        raise
-    finally:
-        if publisher is not None:
-            publisher.finish(status)
-        if track:
-            counts = record.counts() if record.counts is not None else engine.stats.as_dict()
-            store.finish_run({**record.info, **counts} if record.counts is not None else counts)
+@dataclass(slots=True)
+class _Lifecycle:
+    """What `run_job` does around the work, as its keyword arguments said (see there)."""
+
+    store: Store
+    models: list[str]
+    progress: str
+    counter: Counter | None
+    argv: Sequence[str] | None
+    manifest: ManifestRecorder | None
+    gpu_monitor: bool | float
+    record: RunRecord
+    track: bool
+    checked_answers: bool
+    unserved: list[str] | None
+    reload: ConfigFile | None
+
+    async def run(self, engine: Engine, settings: EngineSettings,
+                  work: Callable[[Engine], Awaitable[Any]]) -> None:
+        store, manifest, record, models = self.store, self.manifest, self.record, self.models
+        if self.unserved is not None:
+            self.unserved.extend(missing_models(engine, models))
+            models = [m for m in models if m not in self.unserved]
+        engine.check_models(models)
+        if self.track:
+            store.start_run(redact_argv(self.argv) if self.argv else None,
+                            {**record.info, "servers": [s.label for s in engine.servers],
+                             "unreachable": engine.unreachable})
         if manifest is not None:
-            manifest.end(engine, status, sampler.described())
+            await manifest.begin(engine, store, settings, models, checked_answers=self.checked_answers)
+        gpu = self.gpu_monitor
+        sampler = GpuSampler(store, None if gpu is True else 0 if gpu is False else float(gpu))
+        # Live figures for `corral status` in another shell; only for a run with its own record.
+        publisher = StatusPublisher(engine, store, self.counter, manifest) if self.track else None
+        status = "failed"
+        try:
+            async with ConfigReload(engine, self.reload), sampler, \
+                    ProgressDisplay(engine, self.progress, counter=self.counter):
+                if publisher is not None:
+                    async with publisher:
+                        await work(engine)
+                else:
+                    await work(engine)
+            status = "complete"
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            status = "interrupted"
+            raise
+        finally:
+            if publisher is not None:
+                publisher.finish(status)
+            if self.track:
+                counts = record.counts() if record.counts is not None else engine.stats.as_dict()
+                store.finish_run({**record.info, **counts} if record.counts is not None else counts)
+            if manifest is not None:
+                manifest.end(engine, status, sampler.described())
 
 
 async def run_requests(
     requests: Iterable[Request], *, servers: list[ServerSpec] | None = None, store: Store,
     settings: EngineSettings | None = None, sinks: Sequence[Sink], models: Iterable[str],
-    total: int | None = None, engine: Engine | None = None, validate: Validator | None = None,
+    total: Total = None, engine: Engine | None = None, validate: Validator | None = None,
     window: int | None = None, ready: Callable[[], bool] | None = None, progress: str = "auto",
     keep_failures: int = 1000,
     argv: Sequence[str] | None = None, manifest: ManifestRecorder | None = None,
     gpu_monitor: bool | float = True, track: bool = True, fail_unserved: bool = False,
+    reload: ConfigFile | None = None,
 ) -> JobResult:
     """Run ``requests`` and write every outcome to every sink, in input order.
 
@@ -189,7 +209,7 @@ async def run_requests(
         used = await run_job(work, servers=servers, store=store, settings=settings, models=models,
                              engine=engine, progress=progress, argv=argv, manifest=manifest,
                              gpu_monitor=gpu_monitor, track=track,
-                             checked_answers=validate is not None, unserved=unserved)
+                             checked_answers=validate is not None, unserved=unserved, reload=reload)
         complete = True
     finally:
         for sink in sinks:

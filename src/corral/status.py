@@ -71,8 +71,11 @@ def snapshot(engine: Engine, store: Store, state: str, started_at: float,
     s = engine.stats
     done, total = (counter()[:2] if counter is not None else (s.done, s.total))
     elapsed = max(s.elapsed, 1e-9)
-    rate = max(0, done - s.cached) / elapsed
-    eta = (max(0, total - done) / rate) if total is not None and rate > 0 else None
+    if counter is None:  # rows: the engine's own figures, the ETA weighted by estimated cost
+        rate, eta = s.rate, s.eta_seconds()
+    else:  # something else (texts): by that count
+        rate = max(0, done - s.cached) / elapsed
+        eta = (max(0, total - done) / rate) if total is not None and rate > 0 else None
     return {
         "format": SNAPSHOT_FORMAT, "run_id": store.run_id, "state": state,
         "host": socket.gethostname(), "pid": os.getpid(), "process_start": process_start_time(os.getpid()),
@@ -82,7 +85,9 @@ def snapshot(engine: Engine, store: Store, state: str, started_at: float,
         "rate": round(rate, 3), "eta_seconds": round(eta, 1) if eta is not None else None,
         "servers": [{"label": srv.label, "in_flight": srv.in_flight, "slots": srv.limit,
                      "requests": srv.stats.requests, "ok": srv.stats.ok, "errors": srv.stats.errors,
+                     "hedged": srv.stats.hedges, "cancelled": srv.stats.cancelled,
                      "rate": round(srv.stats.ok / elapsed, 3), "benched": srv.benched,
+                     "removed": srv.removed,
                      "last_error": srv.last_error} for srv in engine.servers],
         "last_errors": [{"id": o.request.id, "line": o.request.meta.get("line"), "error": o.error,
                          "kind": o.error_kind, "server": o.server, "at": o.finished_at}

@@ -116,6 +116,7 @@ def run_command(
     from ..jobs import default_store_path, open_sinks, run_prompt_file, scan_once
     from ..manifest import ManifestRecorder, manifest_path
     from ..progress import summary_table
+    from ..reload import ConfigFile
     from ..reproduce import compare, prepare
     from ..settings import check_seconds, check_slots, resolve
     from ..sources import Defaults, PromptFile
@@ -231,7 +232,8 @@ def run_command(
         if auto_tune and concurrency:
             raise UsageError("--auto-tune finds the slots; --concurrency fixes them: give one")
         job = dict(sinks=sinks, progress=progress, argv=sys.argv, manifest=recorder,
-                   gpu_monitor=gpu_monitor is not False)
+                   gpu_monitor=gpu_monitor is not False,
+                   reload=ConfigFile(config) if config and not (server or local or repro) else None)
         result = _run_interruptibly(
             tuned_run(source, servers=specs, store=store, settings=settings,
                       say=lambda line: print(f"corral: {line}", file=sys.stderr, flush=True), **job)

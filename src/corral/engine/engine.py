@@ -16,7 +16,7 @@ from ..results import Outcome
 from ..store import Store
 from .costs import Speeds
 from .fleet import Fleet
-from .run import Requests, Run, Validator
+from .run import Requests, Run, Total, Validator
 from .servers import ServerState
 from .settings import EngineSettings, JobStats
 
@@ -46,7 +46,7 @@ class Engine:
         await self.fleet.aclose()
 
     async def run(self, requests: Requests, on_outcome: Callable[[Outcome], None],
-                  total: int | None = None, *, validate: Validator | None = None,
+                  total: Total = None, *, validate: Validator | None = None,
                   window: int | None = None, ordered: bool = True,
                   ready: Callable[[], bool] | None = None) -> JobStats:
         """Run every request; ``on_outcome`` receives one Outcome per request, in input order.
@@ -55,7 +55,8 @@ class Engine:
         re-asked up to ``settings.content_retries`` times); by default a request asking for JSON
         must get JSON. ``window``: rows read ahead of the oldest unfinished one (by default 16 per
         slot, at least 2048). ``requests`` may be an async stream of chunks of requests, and
-        ``ordered=False`` hands outcomes on as they finish (see `Run`). ``ready()``: False holds the
+        ``ordered=False`` hands outcomes on as they finish (see `Run`). ``total`` may be a function,
+        asked again as rows are read, for a job that learns its size as it reads. ``ready()``: False holds the
         reading of the next row until outcomes are passed on. Not re-entrant: one run at a time per
         engine."""
         run = Run(self.fleet, self.store, self.settings, on_outcome, total=total, validate=validate,

@@ -3,15 +3,19 @@
 The fleet answers "who can do this?": which servers are live, which of them has a model (or, in
 split mode, which models of a group), how many slots they offer, and how fast each has been (the
 speeds outlive a run, so a second run starts informed). It also takes a failing server out of
-service (benching) and re-probes it with a doubling back-off until it answers again. It knows
-nothing of queues, rows or the store: that is a run's business (run.py).
+service (benching) and re-probes it with a doubling back-off until it answers again. A server down
+when the fleet starts is re-probed the same way while a run goes on, and joins when it answers; so
+does one added to the config (`reconcile`, on SIGHUP), and one removed from it stops taking rows.
+A run hears of a server joining through `on_join`. It knows nothing of queues, rows or the store:
+that is a run's business (run.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from ..backends import Backend, ServerInfo, make_backend
 from ..config import ServerSpec
@@ -20,12 +24,31 @@ from ..http import HttpClient, default_client
 from ..limits import MAX_SLOTS_PER_SERVER
 from ..requests import GROUP_SEP
 from .costs import Speeds
-from .servers import ServerState, default_slots, describe_probe_error, probe_one, resolve_model
+from .servers import (
+    FIRST_COOLDOWN,
+    MAX_COOLDOWN,
+    ServerState,
+    default_slots,
+    describe_probe_error,
+    probe_one,
+    resolve_model,
+)
 from .settings import EngineSettings
 
 log = logging.getLogger("corral")
 
-REPROBE_MAX_COOLDOWN = 60.0  # seconds: the back-off between re-probes of a benched server stops here
+REPROBE_MAX_COOLDOWN = MAX_COOLDOWN  # seconds: the back-off between re-probes stops here
+
+
+@dataclass(eq=False)
+class Absent:
+    """A server of the config that has not answered yet (down at the start, or added while down)."""
+
+    spec: ServerSpec
+    backend: Backend
+    message: str                      # why, as `unreachable` lists it
+    cooldown: float = FIRST_COOLDOWN
+    task: asyncio.Task[None] | None = None
 
 
 class Fleet:
@@ -42,6 +65,7 @@ class Fleet:
         self.settings = settings
         self.servers: list[ServerState] = []
         self.unreachable: list[str] = []
+        self.absent: list[Absent] = []   # down at the start (or added while down): re-probed in runs
         self.speeds = Speeds()  # learnt across runs: a second run starts informed
         self.closed = False
         self._given_http = http
@@ -50,6 +74,8 @@ class Fleet:
         self._key_kinds: dict[str, str] = {}
         self._served_choices: dict[tuple[int, str], list[str]] = {}
         self._reprobes: set[asyncio.Task[None]] = set()
+        self._joined: list[Callable[[ServerState], None]] = []
+        self._watching = False   # a run goes on: absent servers are re-probed
 
     # -- opening and closing ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -62,7 +88,9 @@ class Fleet:
                 if isinstance(result, ServerInfo):
                     self.servers.append(self._server(spec, backend, result))
                 else:
-                    self.unreachable.append(describe_probe_error(spec, result))
+                    message = describe_probe_error(spec, result)
+                    self.unreachable.append(message)
+                    self.absent.append(Absent(spec, backend, message))
         except BaseException:  # cancelled or a bug: the connections still close
             await self.aclose()
             raise
@@ -70,7 +98,7 @@ class Fleet:
             await self.aclose()
             raise NoServerError("no server answered: " + "; ".join(self.unreachable))
         for message in self.unreachable:
-            log.warning("skipping server %s", message)
+            log.warning("server %s; re-probing it while the job runs", message)
 
     def _server(self, spec: ServerSpec, backend: Backend, info: ServerInfo) -> ServerState:
         """A live server with its slots: ``concurrency``, else its own (`default_slots`); learnt up to
@@ -98,6 +126,8 @@ class Fleet:
     # -- who serves what --------------------------------------------------------------------------
     def serves(self, server: ServerState, model: str) -> bool:
         """Does the server have this model (or, for a split-mode group, any model of it)?"""
+        if server.removed:
+            return False
         key = (id(server), model)
         known = self._serves.get(key)
         if known is None:
@@ -145,20 +175,24 @@ class Fleet:
 
     @property
     def total_slots(self) -> int:
-        return sum(s.slots for s in self.servers)
+        return sum(s.slots for s in self.servers if not s.removed)
 
     # -- benching ---------------------------------------------------------------------------------
     def bench(self, server: ServerState) -> None:
         """Take a failing server out of service and re-probe it until it answers again."""
         server.bench()
-        log.warning("benching %s after %d failures in a row: %s", server.label,
-                    server.consecutive_failures, server.last_error)
+        log.warning("benching %s after %s: %s (re-probing in %gs)", server.label, server.bench_reason,
+                    server.last_error, server.cooldown)
         task = asyncio.create_task(self._reprobe(server))
         self._reprobes.add(task)
         task.add_done_callback(self._reprobes.discard)
 
     async def stop_reprobes(self) -> None:
-        """Called as a run ends: a server benched during it stays benched (its re-probe stops)."""
+        """Called as a run ends: a server benched during it stays benched (its re-probe stops), an
+        absent one stays absent until the next run."""
+        self._watching = False
+        for absent in self.absent:
+            absent.task = None
         tasks = list(self._reprobes)
         for task in tasks:
             task.cancel()
@@ -166,11 +200,96 @@ class Fleet:
         self._reprobes.clear()
 
     async def _reprobe(self, server: ServerState) -> None:
-        while server.benched and not self.closed:
+        while server.benched and not server.removed and not self.closed:
             await asyncio.sleep(server.cooldown)
             result = await probe_one(server.backend, self.settings.probe_timeout)
             if isinstance(result, ServerInfo):
+                if server.removed:
+                    return
                 log.warning("server %s is back", server.label)
                 server.unbench()
                 return
             server.cooldown = min(server.cooldown * 2, REPROBE_MAX_COOLDOWN)
+
+    # -- servers that come and go -----------------------------------------------------------------
+    def on_join(self, callback: Callable[[ServerState], None]) -> Callable[[], None]:
+        """Call ``callback(server)`` when a server joins (a run starts its slots); returns the undo."""
+        self._joined.append(callback)
+        return lambda: self._joined.remove(callback)
+
+    def watch_absent(self) -> None:
+        """Called as a run starts: re-probe the servers that have not answered yet."""
+        self._watching = True
+        for absent in self.absent:
+            self._watch(absent)
+
+    def _watch(self, absent: Absent) -> None:
+        if absent.task is None and self._watching and not self.closed:
+            absent.task = asyncio.create_task(self._await_absent(absent))
+            self._reprobes.add(absent.task)
+            absent.task.add_done_callback(self._reprobes.discard)
+
+    async def _await_absent(self, absent: Absent) -> None:
+        """Re-probe with the back-off of a benched server; join the fleet when it answers."""
+        while absent in self.absent and not self.closed:
+            await asyncio.sleep(absent.cooldown)
+            result = await probe_one(absent.backend, self.settings.probe_timeout)
+            if isinstance(result, ServerInfo):
+                if absent in self.absent:
+                    log.warning("server %s answered: it joins the run", absent.spec.label)
+                    self._join(absent, result)
+                return
+            absent.cooldown = min(absent.cooldown * 2, REPROBE_MAX_COOLDOWN)
+
+    def _join(self, absent: Absent, info: ServerInfo) -> None:
+        self.absent.remove(absent)
+        if absent.message in self.unreachable:
+            self.unreachable.remove(absent.message)
+        server = self._server(absent.spec, absent.backend, info)
+        self.servers.append(server)
+        for callback in list(self._joined):
+            callback(server)
+
+    async def reconcile(self, specs: list[ServerSpec]) -> tuple[list[str], list[str]]:
+        """Make the fleet the servers of ``specs`` (the config re-read on SIGHUP): servers no longer
+        there stop taking rows (their rows in flight finish), new ones are probed and join, or are
+        re-probed until they answer. Returns the labels (added, removed)."""
+        wanted = list(dict.fromkeys(specs))
+        current = [s.spec for s in self.servers if not s.removed] + [a.spec for a in self.absent]
+        removed = [spec for spec in current if spec not in wanted]
+        added = [spec for spec in wanted if spec not in current]
+        for spec in removed:
+            self.remove(spec)
+        await self.add(added)
+        return [s.label for s in added], [s.label for s in removed]
+
+    async def add(self, specs: list[ServerSpec]) -> None:
+        """Probe new servers: those that answer join at once, the others are re-probed while a run
+        goes on (as servers down at the start are)."""
+        if specs and self._http is not None:
+            backends = [make_backend(spec, self._http) for spec in specs]
+            probes = await asyncio.gather(*(probe_one(b, self.settings.probe_timeout) for b in backends))
+            for spec, backend, result in zip(specs, backends, probes):
+                if isinstance(result, ServerInfo):
+                    absent = Absent(spec, backend, "")
+                    self.absent.append(absent)
+                    self._join(absent, result)
+                else:
+                    absent = Absent(spec, backend, describe_probe_error(spec, result))
+                    self.unreachable.append(absent.message)
+                    self.absent.append(absent)
+                    log.warning("server %s; re-probing it while the job runs", absent.message)
+                    self._watch(absent)
+
+    def remove(self, spec: ServerSpec) -> None:
+        """Take a server out for good: it takes no more rows; those it holds finish there."""
+        for server in self.servers:
+            if server.spec == spec and not server.removed:
+                server.removed = True
+                server.available.clear()  # its slots wait, and end with the run
+        for absent in [a for a in self.absent if a.spec == spec]:
+            self.absent.remove(absent)
+            if absent.message in self.unreachable:
+                self.unreachable.remove(absent.message)
+            if absent.task is not None:
+                absent.task.cancel()

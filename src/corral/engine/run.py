@@ -46,6 +46,9 @@ Validator = Callable[[Request, Reply], str | None]
 # What a run reads: requests, or (a long-lived run fed as work arrives, e.g. the gateway's) an async
 # stream of chunks of requests, each chunk queued as soon as it is read.
 Requests = Iterable[Request] | AsyncIterable[Iterable[Request]]
+# How many rows the run will have: a number, or (a job that learns it as it reads, e.g. a fill that
+# sends only the cells missing) a function asked again as rows are read.
+Total = int | Callable[[], int | None] | None
 
 
 @dataclass(slots=True, eq=False)
@@ -97,13 +100,14 @@ class Run:
     live while the run goes on."""
 
     def __init__(self, fleet: Fleet, store: Store, settings: EngineSettings,
-                 on_outcome: Callable[[Outcome], None], *, total: int | None = None,
+                 on_outcome: Callable[[Outcome], None], *, total: Total = None,
                  validate: Validator | None = None, window: int | None = None,
                  ordered: bool = True, ready: Callable[[], bool] | None = None) -> None:
         self.fleet = fleet
         self.store = store
         self.settings = settings
-        self.stats = JobStats(total=total)
+        self._total = total if callable(total) else None
+        self.stats = JobStats(total=None if callable(total) else total)
         self._on_outcome = on_outcome
         self._validate: Validator = validate or json_answer_problem
         self._window = _Window(window or max(2048, 16 * fleet.total_slots))
@@ -138,6 +142,8 @@ class Run:
         for server in self.fleet.servers:
             self._slots[id(server)] = _Slots()
             self._start_slot(server)
+        stop_hearing = self.fleet.on_join(self._server_joined)
+        self.fleet.watch_absent()
         watchdog = asyncio.create_task(self._watch_outages(), name="corral-watchdog")
         watchdog.add_done_callback(self._task_ended)
         # The producer runs beside the wait for the end: when the journal or an output cannot be
@@ -165,6 +171,7 @@ class Run:
             for task in (producer, *workers, watchdog):
                 task.cancel()
             await asyncio.gather(producer, *workers, watchdog, return_exceptions=True)
+            stop_hearing()
             await self.fleet.stop_reprobes()
             if self._flush_handle is not None:
                 self._flush_handle.cancel()
@@ -173,6 +180,12 @@ class Run:
             self._flush_on_the_way_out()
             self.stats.finished = time.monotonic()
         return self.stats
+
+    def _server_joined(self, server: ServerState) -> None:
+        """A server that was down (or was added to the config) answered: its slots start pulling."""
+        if id(server) not in self._slots:
+            self._slots[id(server)] = _Slots()
+            self._start_slot(server)
 
     def _start_slot(self, server: ServerState) -> None:
         """One more slot task for ``server`` (never more than its ceiling)."""
@@ -250,9 +263,11 @@ class Run:
                 try:
                     request.key = request_key(request, key_kind(request.model))
                 except (TypeError, ValueError) as exc:  # orjson: a lone surrogate, a bad number
-                    self._deliver(Outcome(
+                    refused = Outcome(
                         request=request, error=f"this request cannot be sent: it is not valid JSON text "
-                        f"({exc})", error_kind="invalid_request", finished_at=time.time()))
+                        f"({exc})", error_kind="invalid_request", finished_at=time.time())
+                    self._count(refused)
+                    self._deliver(refused)
                     continue
             batch.append(request)
             if len(batch) >= DISPATCH_BATCH:
@@ -269,8 +284,14 @@ class Run:
                     await window.released()
         if batch:
             self._dispatch(batch)
+        self.stats.read = self._read
+        if self._total is not None:
+            self.stats.total = self._total()
 
     def _dispatch(self, batch: list[Request]) -> None:
+        self.stats.read = self._read
+        if self._total is not None:
+            self.stats.total = self._total()
         stored: dict[str, StoredRow] = {}
         if self.settings.journal:
             self.store.flush()  # so results of this run are visible to the lookup below
@@ -288,9 +309,13 @@ class Run:
                 self.stats.cached += 1
                 if request.model_choices and row[ROW_MODEL]:
                     request.model = row[ROW_MODEL]  # split mode: who answered last time
-                self._deliver(outcome_from_stored(request, row))
+                outcome = outcome_from_stored(request, row)
+                self._count(outcome)
+                self._deliver(outcome)
                 continue
             item = _Item(request, cost=speeds.cost(request), lane=request.model)
+            self.stats.queued += 1
+            self.stats.work_left += item.cost
             self._leaders[request.key] = item
             self._outstanding += 1
             self._queue.put(item)
@@ -425,6 +450,8 @@ class Run:
         self.stats.in_flight += 1
         self.stats.sent += 1
         server.stats.requests += 1
+        if hedge:
+            server.stats.hedges += 1
         started_wall = time.time()
         t0 = time.perf_counter()
         task = asyncio.current_task()
@@ -604,7 +631,10 @@ class Run:
             self._abort(error, f"queueing row {item.request.id or item.request.index} again")
 
     async def _watch_outages(self) -> None:
-        """Fail the rows of a model once no live server has had it for ``max_outage`` seconds."""
+        """Fail the rows of a model once no live server has had it for ``max_outage`` seconds.
+
+        A server that answers only "busy" since some moment is not live from that moment: the
+        outage counts from its first busy answer, not from when it was benched."""
         servers, serves = self.fleet.servers, self.fleet.serves
         while True:
             await asyncio.sleep(min(1.0, self.settings.max_outage / 4))
@@ -612,13 +642,15 @@ class Run:
             if len(self._queue) == 0 and self._in_flight_items and self._hedging():
                 self._queue.wake_idle()  # estimates move with time: an overdue item may now be worth it
             for model in self._queue.models_waiting():
-                if any(not s.benched and serves(s, model) for s in servers):
+                serving = [s for s in servers if serves(s, model)]
+                if any(not s.benched and s.busy_since is None for s in serving):
                     self._no_server_since.pop(model, None)
                     continue
-                since = self._no_server_since.setdefault(model, now)
+                first_busy = min((s.busy_since for s in serving if s.busy_since is not None), default=now)
+                since = self._no_server_since.setdefault(model, min(now, first_busy))
                 if now - since < self.settings.max_outage:
                     continue
-                reasons = "; ".join(f"{s.label}: {s.last_error}" for s in servers if serves(s, model))
+                reasons = "; ".join(f"{s.label}: {s.last_error}" for s in serving)
                 for item in self._queue.take_all(model):
                     self._finish(item, Outcome(
                         request=item.request, attempts=item.attempts, error_kind="no_server",
@@ -633,10 +665,14 @@ class Run:
             copy.lost = True
             copy.task.cancel()
             self.stats.hedge_cancelled += 1
+            copy.server.stats.cancelled += 1
         self._leaders.pop(item.request.key, None)
         self._outstanding -= 1
         if self.settings.journal:
             self.store.record(outcome)
+        self.stats.work_left -= item.cost
+        self.stats.work_done += item.cost
+        self._count(outcome, 1 + len(item.followers))
         if self._flush_handle is None:
             loop = asyncio.get_running_loop()
             self._flush_handle = loop.call_soon(self._flush)
@@ -674,13 +710,17 @@ class Run:
         while self._next_out in self._reorder:
             self._emit(self._reorder.pop(self._next_out))
 
+    def _count(self, outcome: Outcome, rows: int = 1) -> None:
+        """Count rows as they end (journaled), not as they are passed on in input order: rows are
+        sent longest first, so the in-order count would lag behind the rows really done."""
+        self.stats.done += rows
+        if outcome.ok:
+            self.stats.ok += rows
+        else:
+            self.stats.failed += rows
+
     def _emit(self, outcome: Outcome) -> None:
         self._next_out += 1
-        self.stats.done += 1
-        if outcome.ok:
-            self.stats.ok += 1
-        else:
-            self.stats.failed += 1
         self._window.release()
         try:
             self._on_outcome(outcome)

@@ -1,17 +1,23 @@
 """Live server state: what each server can run, how many slots it has, and whether it is benched.
 
 A server that keeps failing is benched: its slots stop taking work, a re-probe runs after a
-cool-down that doubles each time (capped), and the server rejoins when it answers again.
+cool-down that doubles each time (capped), and the server rejoins when it answers again. So is a
+server that answers "busy" (503/429) to everything: a proxy with no backend answers exactly like
+that, instantly, and would otherwise take most of the job's requests and fail them. Its cool-down
+grows until it answers a request (a probe is not enough: such a proxy answers probes), so it costs
+a few requests per re-probe, not most of the job.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 from ..backends import Backend, BackendError, ServerInfo, ollama_model_name
 from ..config import ServerSpec
 from ..limits import MAX_SLOTS_PER_SERVER
+from .retry import BUSY_STATUSES
 
 # Requests kept in flight per server when neither the config nor the server says. Twice the server's
 # parallel slots keeps its queue from running dry between one answer and the next request (measured on
@@ -19,6 +25,11 @@ from ..limits import MAX_SLOTS_PER_SERVER
 DEFAULT_SLOTS = {"ollama": 8, "openai": 16}
 SLOTS_PER_SERVER_SLOT = 2
 FAILURES_BEFORE_BENCH = 3
+# "Busy" answers in a row, none answered between them, that bench a server. A loaded server that
+# refuses a burst answers the requests it holds soon after (which ends the run of busy answers).
+BUSY_BEFORE_BENCH = 8
+FIRST_COOLDOWN = 2.0  # seconds before the first re-probe of a benched (or absent) server
+MAX_COOLDOWN = 60.0   # seconds: the doubling back-off between re-probes stops here
 
 
 @dataclass(slots=True)
@@ -31,6 +42,8 @@ class ServerStats:
     eval_ns: int = 0
     busy_seconds: float = 0.0
     benched: int = 0
+    hedges: int = 0       # copies of rows a slower server held, sent here in the tail
+    cancelled: int = 0    # copies sent here and cancelled because the other copy answered first
 
 
 @dataclass(eq=False)
@@ -46,7 +59,10 @@ class ServerState:
     ceiling: int = 0               # the most in flight at once, all models together; 0: ``slots``
     available: asyncio.Event = field(default_factory=asyncio.Event)
     consecutive_failures: int = 0
-    cooldown: float = 2.0
+    consecutive_busy: int = 0
+    busy_since: float | None = None   # monotonic time of the first busy answer since the last answer
+    removed: bool = False             # taken out of the config (SIGHUP): takes no more rows, ever
+    cooldown: float = FIRST_COOLDOWN
     in_flight: int = 0
     stats: ServerStats = field(default_factory=ServerStats)
     last_error: str | None = None
@@ -93,10 +109,18 @@ class ServerState:
 
     def on_success(self) -> None:
         self.consecutive_failures = 0
+        self.consecutive_busy = 0
+        self.busy_since = None
+        self.cooldown = FIRST_COOLDOWN
 
     def on_failure(self, error: BackendError) -> bool:
         """Count a failure that says something about the server; True if it should now be benched."""
         self.last_error = str(error)
+        if error.status in BUSY_STATUSES:
+            if self.busy_since is None:
+                self.busy_since = time.monotonic()
+            self.consecutive_busy += 1
+            return self.consecutive_busy >= BUSY_BEFORE_BENCH and not self.benched
         says_server_is_sick = error.kind != "too_long" and (error.status or 0) in (500, 502, 504)
         if error.kind in ("connection", "timeout") or says_server_is_sick:
             self.consecutive_failures += 1
@@ -106,9 +130,18 @@ class ServerState:
         self.available.clear()
         self.stats.benched += 1
 
+    @property
+    def bench_reason(self) -> str:
+        if self.consecutive_busy >= BUSY_BEFORE_BENCH:
+            return f"{self.consecutive_busy} busy answers in a row and no answer"
+        return f"{self.consecutive_failures} failures in a row"
+
     def unbench(self) -> None:
+        """Back in service after a probe answered. The next cool-down is twice this one until a
+        request is answered (`on_success`): a server that answers probes but refuses every request
+        waits longer each time it is benched again."""
         self.consecutive_failures = 0
-        self.cooldown = 2.0
+        self.cooldown = min(self.cooldown * 2, MAX_COOLDOWN)
         self.available.set()
 
 

@@ -72,7 +72,12 @@ class EngineSettings:
 
 @dataclass(slots=True)
 class JobStats:
-    """Live counters, read by progress displays while the job runs."""
+    """Live counters, read by progress displays while the job runs.
+
+    ``done``, ``ok`` and ``failed`` count rows as they end (answered or failed, and journaled),
+    not as they are passed on in input order: rows are sent longest first, so the in-order count
+    lags far behind the work really done. ``work_done`` / ``work_left`` are the same rows in
+    estimated cost units (`costs.Speeds.cost`), which weigh the ETA when lengths differ."""
 
     total: int | None = None
     done: int = 0
@@ -88,12 +93,38 @@ class JobStats:
     hedged: int = 0          # items re-sent to an idle server while a slower one held them
     hedge_wins: int = 0      # ... where the re-sent copy answered first
     hedge_cancelled: int = 0 # attempts cancelled (or answers dropped) because the other copy won
+    read: int = 0            # rows read from the input so far
+    queued: int = 0          # rows read that had to be sent (not cached, not a duplicate)
+    work_done: float = 0.0   # estimated cost of the sent rows that ended
+    work_left: float = 0.0   # estimated cost of the rows read, sent or waiting, not ended yet
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
 
     @property
     def elapsed(self) -> float:
         return (self.finished or time.monotonic()) - self.started
+
+    @property
+    def rate(self) -> float:
+        """Rows sent and ended per second (cached rows cost nothing, so they do not count)."""
+        elapsed = self.elapsed
+        return max(0, self.done - self.cached) / elapsed if elapsed > 0 else 0.0
+
+    def eta_seconds(self) -> float | None:
+        """Seconds left: the estimated cost still to do over the cost done per second so far.
+
+        The rows not read yet are assumed to cost what the rows read so far cost on average. With
+        no total, or before the first sent row ends, there is no estimate (None)."""
+        if self.total is None:
+            return None
+        if self.done >= self.total:
+            return 0.0
+        elapsed = self.elapsed
+        if self.work_done <= 0 or elapsed <= 0 or not self.queued:
+            return None
+        unread = max(0, self.total - self.read)
+        per_row = (self.work_done + self.work_left) / self.queued
+        return (self.work_left + unread * per_row) / (self.work_done / elapsed)
 
     def as_dict(self) -> dict[str, float | int | None]:
         return {

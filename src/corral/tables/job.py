@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from ..engine import Engine, JobStats
+from ..engine.run import Total
 from ..errors import UsageError
 from ..jobs import default_store_path
 from ..manifest import ManifestRecorder, file_facts
@@ -59,7 +60,7 @@ class Where:
 
 async def execute(runner: TableRunner, chunks: Iterable[pd.DataFrame], *, where: Where,
                   store: str | os.PathLike[str] | Store | None, max_concurrent_calls: int | None = None,
-                  max_json_retries: int = 2, progress: str = "none", total: int | None = None,
+                  max_json_retries: int = 2, progress: str = "none", total: Total = None,
                   argv: list[str] | None = None, manifest: ManifestRecorder | None = None) -> JobStats:
     """A table job through the one runner: the runner's requests out, its chunks back."""
     engine, job = where.engine, where.job
@@ -77,6 +78,25 @@ async def execute(runner: TableRunner, chunks: Iterable[pd.DataFrame], *, where:
         if not isinstance(store, Store):
             journal.close()
     return result.stats
+
+
+def job_total(runner: TableRunner, rows: int | None, per_row: int) -> Total:
+    """The requests a table job will send: ``rows * per_row``; or, for a job that sends only some
+    rows (``per_row=0``: a fill asks only for rows with something missing), the requests planned
+    for the rows read so far plus as many again, pro rata, for the rows not read yet (exact once
+    every row is read). Without it a fill's progress had no total, so no ETA."""
+    if not rows:
+        return None
+    if per_row:
+        return rows * per_row
+
+    def planned() -> int | None:
+        if runner.rows_read <= 0:
+            return None
+        left = max(0, rows - runner.rows_read)
+        return runner.requests_planned + round(left * runner.requests_planned / runner.rows_read)
+
+    return planned
 
 
 def progress_mode(progress: bool | str) -> str:
@@ -110,7 +130,7 @@ async def run_table_frame(
     recorder = describe(runner, frame_facts(frame)) if describe is not None else None
     await execute(runner, chunks, where=where, store=store, max_concurrent_calls=max_concurrent_calls,
                   max_json_retries=max_json_retries, progress=progress,
-                  total=len(frame) * per_row if per_row else None, manifest=recorder)
+                  total=job_total(runner, len(frame), per_row), manifest=recorder)
     if runner.skipped_count:
         log.warning("%d row(s) not sent: %s", runner.skipped_count, "; ".join(runner.skipped[:5]))
     if parts:
@@ -161,7 +181,7 @@ async def run_table_file(
         journal = store if store is not None else default_store_path(str(output), None)
         stats = await execute(runner, table.chunks(), where=where, store=journal,
                               max_concurrent_calls=max_concurrent_calls, max_json_retries=max_json_retries,
-                              progress=progress, total=rows * per_row if rows and per_row else None, argv=argv,
+                              progress=progress, total=job_total(runner, rows, per_row), argv=argv,
                               manifest=recorder)
         complete = True
     finally:

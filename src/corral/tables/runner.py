@@ -88,6 +88,7 @@ class TableRunner:
         self.skipped: list[str] = []   # the first 1,000 reasons; skipped_count counts them all
         self.skipped_count = 0
         self.rows_read = 0
+        self.requests_planned = 0  # requests made for the rows read so far
         self._pending: deque[_Chunk] = deque()
         self._mid_chunk = False   # requests of the last chunk read are still being handed out
         self._checks: dict[tuple[Any, ...], AnswerCheck] = {}
@@ -114,6 +115,7 @@ class TableRunner:
                 for model in lanes:
                     chunk_requests.append(self._request(planned, model, row_id, len(results) - 1))
             self.rows_read += len(frame)
+            self.requests_planned += len(chunk_requests)
             self._pending.append(_Chunk(frame, results, expected=len(chunk_requests)))
             self._drain()
             self._mid_chunk = True
