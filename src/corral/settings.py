@@ -18,6 +18,7 @@ from typing import Any
 from .config import Config, ServerSpec, default_servers, load_config, parse_config, server_from_url
 from .errors import UsageError
 from .limits import seconds_problem, slots_problem
+from .options import check_options
 
 #: What a front accepts as servers: URLs ("gpu1:11434", "http://host:8000") or `ServerSpec`s.
 ServerLike = str | ServerSpec
@@ -39,6 +40,9 @@ class Settings:
     system: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     format: Any = None
+    #: Requests in flight per server never exceed this (the fronts' ``workers`` / ``max_concurrent``:
+    #: the number of calls at once, as Ollama-run-async and OllamaManager mean it); None: learnt.
+    max_slots: int | None = None
     keep_alive: str | int | None = None
     timeout: float | None = None
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
@@ -58,6 +62,8 @@ class Settings:
                                   "retry": RetryPolicy(max_attempts=self.max_attempts)}
         if self.max_busy_seconds is not None:
             values["max_busy_seconds"] = self.max_busy_seconds
+        if self.max_slots is not None:
+            values["max_slots"] = self.max_slots
         values.update(overrides)
         return EngineSettings(**values)
 
@@ -103,6 +109,7 @@ def resolve(
     model: str | None = None,
     system: str | None = None,
     options: Mapping[str, Any] | None = None,
+    extra_options: Mapping[str, Any] | None = None,
     format: Any = None,
     keep_alive: str | int | None = None,
     timeout: float | None = None,
@@ -113,10 +120,13 @@ def resolve(
 ) -> Settings:
     """Merge what the user said with the config file and the environment.
 
-    Servers: ``local`` (the embedded llama.cpp server, stopped when ``stack`` closes), else
-    ``servers``, else the config's, else ``OLLAMA_HOST`` (unless ``require_servers``: Ray's actors
-    run elsewhere, where a local default would mean another machine's Ollama). ``workers`` gives
-    every server that has no ``max_concurrency`` of its own that many slots. ``timeout`` and
+    Servers: ``local=True`` or ``servers="local"`` (the embedded llama.cpp server, stopped when
+    ``stack`` closes; its model answers every request), else ``servers``, else the config's, else
+    ``OLLAMA_HOST`` (unless ``require_servers``: Ray's actors run elsewhere, where a local default
+    would mean another machine's Ollama). ``workers`` gives every server that has no
+    ``max_concurrency`` of its own that many slots, and is a hard cap: never more in flight on one
+    server. ``options`` must be known model options (`corral.options`), in the config file too;
+    ``extra_options`` (and the config's) are sent as they are, for options corral does not know. ``timeout`` and
     ``max_busy_seconds`` must be finite numbers of seconds > 0 (`check_seconds`), ``workers`` at
     most `corral.limits.MAX_SLOTS_PER_SERVER` (`check_slots`). ``api_key_env`` names the
     environment variable holding the key for the ``servers`` given here (``--api-key-env``); the key
@@ -128,6 +138,9 @@ def resolve(
     check_seconds(timeout, "timeout")
     check_seconds(max_busy_seconds, "max_busy_seconds")
     cfg = read_config(config)
+    checked = check_options(options, "options")
+    if isinstance(servers, str) and servers.strip().lower() == "local":
+        local, servers = True, None
     local_model = None
     if local:
         if stack is None:
@@ -147,9 +160,10 @@ def resolve(
         specs = [s if s.max_concurrency else replace(s, max_concurrency=workers) for s in specs]
     return Settings(
         servers=specs,
-        model=model or local_model or cfg.model,
+        model=local_model or model or cfg.model,
         system=system or cfg.system_message,
-        options={**cfg.options, **(options or {})},
+        options={**cfg.options, **cfg.extra_options, **checked, **dict(extra_options or {})},
+        max_slots=workers,
         format=format if format is not None else cfg.format,
         keep_alive=keep_alive if keep_alive is not None else cfg.keep_alive,
         timeout=timeout if timeout is not None else cfg.timeout,

@@ -67,7 +67,8 @@ def run_command(
         help="Re-send an item a slow server holds to an idle faster one at the end of a job "
              "(first answer wins) [default: on, or the config's `hedge`]."),
     max_attempts: Optional[int] = typer.Option(None, "--max-attempts", help="Tries per failing row [5]."),
-    rate_limit_delay: float = typer.Option(0.0, "--rate-limit-delay", help="Seconds between request starts."),
+    rate_limit_delay: float = typer.Option(0.0, "--rate-limit-delay",
+        help="Seconds a slot waits before each request but the first (OllamaManager's rate_limit_delay)."),
     max_outage: float = typer.Option(
         300.0, "--max-outage", help="Seconds with no live server for a model before its rows fail."),
     max_busy_seconds: Optional[float] = typer.Option(
