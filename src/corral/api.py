@@ -23,7 +23,7 @@ from .requests import Request, build_messages, canonical_options
 from .results import Outcome
 from .runner import run_requests
 from .runtime import run_sync
-from .settings import LOCAL_PARALLEL, ConfigLike, ServerLike, Settings, resolve
+from .settings import LOCAL_PARALLEL, ConfigLike, DefaultInt, DefaultStr, ServerLike, Settings, resolve
 from .store import Store
 
 
@@ -59,19 +59,16 @@ def result_dict(outcome: Outcome) -> dict[str, Any]:
     return ordered
 
 
-class _DefaultModel(str):
-    """OllamaManager's default model, told apart from the same name given on purpose: a config file's
-    ``model`` (or the embedded server's) wins over a default, never over an explicit argument."""
-
-
-DEFAULT_MODEL = _DefaultModel("qwen3:8b")
+#: OllamaManager's defaults; a config's ``model`` and servers' own ``max_concurrency`` win over them.
+DEFAULT_MODEL = DefaultStr("qwen3:8b")
+DEFAULT_MAX_CONCURRENT = DefaultInt(5)
 
 
 @checked_keywords()
 async def batch_generate_async(
     prompts: Iterable[str | dict[str, Any]],
     model: str = DEFAULT_MODEL,
-    max_concurrent: int | None = 5,
+    max_concurrent: int | None = DEFAULT_MAX_CONCURRENT,
     rate_limit_delay: float = 0.1,
     *,
     servers: ServerLike | Sequence[ServerLike] | None = None,
@@ -158,7 +155,7 @@ class _Collect:
 def batch_generate(
     prompts: Iterable[str | dict[str, Any]],
     model: str = DEFAULT_MODEL,
-    max_concurrent: int | None = 5,
+    max_concurrent: int | None = DEFAULT_MAX_CONCURRENT,
     rate_limit_delay: float = 0.1,
     **generate_kwargs: Any,
 ) -> list[dict[str, Any]]:
@@ -166,8 +163,9 @@ def batch_generate(
 
     OllamaManager's call, with its order and defaults: ``batch_generate(prompts, "mistral", 5, 0.1)``.
     ``max_concurrent`` is the number of requests in flight at once on a server, never exceeded
-    (None: each server's own slots, learnt: twice what llama.cpp reports, else 8 for Ollama, 16
-    for other OpenAI-compatible servers). ``rate_limit_delay``: as in OllamaManager, each slot waits
+    (left at its default, a server's own ``max_concurrency`` in the config wins; None: each
+    server's own slots, learnt: twice what llama.cpp reports, else 8 for Ollama, 16 for other
+    OpenAI-compatible servers). ``rate_limit_delay``: as in OllamaManager, each slot waits
     that many seconds before every request but the first (0: none). The model is ``model``, else the
     config's, else ``"qwen3:8b"``. Failures are reported in the result (``success=False``,
     ``error``), never raised, so a long batch is never lost to one bad row.

@@ -236,7 +236,7 @@ def parse_config(data: dict[str, Any], where: str = "<config>") -> Config:
         if name not in KNOWN_OPTIONS:
             raise ConfigError(f"{where}: options: unknown model option {name!r}"
                               f"{suggestion(name, KNOWN_OPTIONS)} (to send an option corral does not "
-                              f"know, put it in extra_options = {{ ... }})", near=name)
+                              f"know, put it in extra_options = {{ {name} = ... }})", near=name)
     extra = data.get("extra_options", {})
     if not isinstance(extra, dict):
         raise ConfigError(f"{where}: extra_options must be a table of options sent as they are",

@@ -44,15 +44,20 @@ def suggestion(name: str, candidates: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def check_options(options: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
-    """``options`` when every name is a known model option; else an `UnknownNameError` naming
-    ``where`` (``"options"``, ``"config.toml: options"``, ``"-O"``) with a did-you-mean."""
+#: How to send an option corral does not know, in each front.
+EXTRA_OPTIONS_HINT = ("to send an option corral does not know: extra_options={...} in Python, "
+                      "extra_options = { ... } in the config, --extra-option NAME=VALUE on the command line")
+
+
+def check_options(options: Mapping[str, Any] | None, where: str = "") -> dict[str, Any]:
+    """``options`` when every name is a known model option; else an `UnknownNameError` (after
+    ``where``, e.g. ``"a prompt's options"``) with a did-you-mean."""
     given = dict(options or {})
     for name in given:
         if name not in KNOWN_OPTIONS:
             raise UnknownNameError(
-                f"{where}: unknown model option {name!r}{suggestion(name, KNOWN_OPTIONS)} "
-                f"(to send an option corral does not know, pass it in extra_options)")
+                f"{where + ': ' if where else ''}unknown model option {name!r}"
+                f"{suggestion(name, KNOWN_OPTIONS)} ({EXTRA_OPTIONS_HINT})")
     return given
 
 

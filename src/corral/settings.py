@@ -25,6 +25,19 @@ ServerLike = str | ServerSpec
 #: What a front accepts as a config: a TOML path, an already parsed dict, or a `Config`.
 ConfigLike = str | Path | Mapping[str, Any] | Config
 
+class DefaultInt(int):
+    """A front's default number, told apart from the same number given on purpose: a config's
+    per-server ``max_concurrency`` wins over a default ``workers``, never over one given."""
+
+
+class DefaultStr(str):
+    """A front's default name (OllamaManager's model), told apart from the same name given on
+    purpose: the config's ``model`` wins over a default, never over an argument."""
+
+
+#: Ollama-run-async's ``workers`` default: three calls at once on a server.
+DEFAULT_WORKERS = DefaultInt(3)
+
 #: Slots of the embedded llama.cpp server started by ``--local`` for `corral run`.
 LOCAL_PARALLEL = 4
 DEFAULT_MAX_ATTEMPTS = 5
@@ -125,7 +138,8 @@ def resolve(
     ``OLLAMA_HOST`` (unless ``require_servers``: Ray's actors run elsewhere, where a local default
     would mean another machine's Ollama). ``workers`` gives every server that has no
     ``max_concurrency`` of its own that many slots, and is a hard cap: never more in flight on one
-    server. ``options`` must be known model options (`corral.options`), in the config file too;
+    server (a `DefaultInt`, a front's default, caps only a fleet where no server has its own).
+    ``options`` must be known model options (`corral.options`), in the config file too;
     ``extra_options`` (and the config's) are sent as they are, for options corral does not know. ``timeout`` and
     ``max_busy_seconds`` must be finite numbers of seconds > 0 (`check_seconds`), ``workers`` at
     most `corral.limits.MAX_SLOTS_PER_SERVER` (`check_slots`). ``api_key_env`` names the
@@ -138,7 +152,7 @@ def resolve(
     check_seconds(timeout, "timeout")
     check_seconds(max_busy_seconds, "max_busy_seconds")
     cfg = read_config(config)
-    checked = check_options(options, "options")
+    checked = check_options(options)
     if isinstance(servers, str) and servers.strip().lower() == "local":
         local, servers = True, None
     local_model = None
@@ -156,14 +170,19 @@ def resolve(
         raise UsageError("no servers: give config= (a cluster TOML path or dict) or servers=[URL, ...]")
     else:
         specs = default_servers()
+    max_slots = None
     if workers is not None:
-        specs = [s if s.max_concurrency else replace(s, max_concurrency=workers) for s in specs]
+        # Given on purpose, workers caps every server; a default one gives way to a server's own
+        # max_concurrency, and caps the fleet only when no server has one.
+        if not isinstance(workers, DefaultInt) or not any(s.max_concurrency for s in specs):
+            max_slots = int(workers)
+        specs = [s if s.max_concurrency else replace(s, max_concurrency=int(workers)) for s in specs]
     return Settings(
         servers=specs,
         model=local_model or model or cfg.model,
         system=system or cfg.system_message,
         options={**cfg.options, **cfg.extra_options, **checked, **dict(extra_options or {})},
-        max_slots=workers,
+        max_slots=max_slots,
         format=format if format is not None else cfg.format,
         keep_alive=keep_alive if keep_alive is not None else cfg.keep_alive,
         timeout=timeout if timeout is not None else cfg.timeout,

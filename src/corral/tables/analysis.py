@@ -22,7 +22,7 @@ from ..errors import UsageError
 from ..manifest import ManifestRecorder, manifest_path
 from ..options import checked_keywords
 from ..runtime import run_sync
-from ..settings import LOCAL_PARALLEL, ConfigLike, ServerLike, Settings, resolve
+from ..settings import DEFAULT_WORKERS, LOCAL_PARALLEL, ConfigLike, ServerLike, Settings, resolve
 from ..sources.tables import read_table
 from ..store import Store
 from .answers import resolve_schema
@@ -102,7 +102,8 @@ def check_answer_columns(columns: list[str], models: tuple[str, ...], fanout: bo
 
 @checked_keywords()
 async def run_analysis_async(
-    df: Any, text_column: str = "text", workers: int | None = 3, max_concurrent_calls: int | None = None, *,
+    df: Any, text_column: str = "text", workers: int | None = DEFAULT_WORKERS,
+    max_concurrent_calls: int | None = None, *,
     model_names: str | Sequence[str] = "llama3.2", prompt_template: str | None = None,
     json_keys: Sequence[str] | str | None = None, fanout: bool = False, json_schema: Any = None,
     system: str | None = None, servers: Any = None, local: bool = False, config: ConfigLike | None = None,
@@ -177,7 +178,8 @@ def analysis_manifest(runner: TableRunner, input_facts: dict[str, Any],
 
 @checked_keywords(run_analysis_async)
 def run_analysis(
-    df: Any, text_column: str = "text", workers: int | None = 3, max_concurrent_calls: int | None = None, *,
+    df: Any, text_column: str = "text", workers: int | None = DEFAULT_WORKERS,
+    max_concurrent_calls: int | None = None, *,
     model_names: str | Sequence[str] = "llama3.2", prompt_template: str | None = None,
     json_keys: Sequence[str] | str | None = None, fanout: bool = False, **kwargs: Any,
 ) -> Any:
@@ -187,10 +189,10 @@ def run_analysis(
     answered); ``fanout=True`` has every model answer every row, with columns suffixed ``_<model>``.
     A new column is never written over one the table has: such a clash is refused before anything
     is sent, and ``column_prefix="llm_"`` names the new columns ``llm_response``, ``llm_label``...
-    ``workers`` is the number of calls at once on a server, never exceeded (None: each server's own
-    slots, learnt); ``max_concurrent_calls`` caps the total over all servers. New columns:
-    ``response``, one column per JSON key, ``model`` and ``error`` (an error is always a reason,
-    never a silent NaN). Keywords:
+    ``workers`` is the number of calls at once on a server, never exceeded (left at its default, a
+    server's own ``max_concurrency`` in the config wins; None: each server's own slots, learnt);
+    ``max_concurrent_calls`` caps the total over all servers. New columns: ``response``, one column
+    per JSON key, ``model`` and ``error`` (an error is always a reason, never a silent NaN). Keywords:
     ``json_schema`` (dict or pydantic class), ``system``, ``servers`` (URLs, or ``"local"``),
     ``local=True`` (the embedded llama.cpp model), ``config``, ``api``, ``store``
     (a journal path: re-running resumes), ``manifest`` (a path for the run's manifest JSON, with the
@@ -210,7 +212,7 @@ async def analyze_file_async(
     model_names: str | Sequence[str] = "llama3.2", prompt_template: str | None = None,
     json_keys: Sequence[str] | str | None = None, json_schema: Any = None, fanout: bool = False,
     system: str | None = None, servers: ServerLike | Sequence[ServerLike] | None = None,
-    config: ConfigLike | None = None, api: str = "ollama", local: bool = False, workers: int | None = 3,
+    config: ConfigLike | None = None, api: str = "ollama", local: bool = False, workers: int | None = DEFAULT_WORKERS,
     max_concurrent_calls: int | None = None, id_column: str | None = None, chunk_size: int = 20_000,
     max_json_retries: int = 2, store: str | os.PathLike[str] | None = None,
     timeout: float | None = None, neutralize_formulas: bool = True, progress: bool | str = True,

@@ -21,7 +21,7 @@ from ..errors import UsageError
 from ..manifest import ManifestRecorder, manifest_path
 from ..options import checked_keywords
 from ..runtime import run_sync
-from ..settings import LOCAL_PARALLEL, ConfigLike, Settings, resolve
+from ..settings import DEFAULT_WORKERS, LOCAL_PARALLEL, ConfigLike, Settings, resolve
 from ..store import Store
 from .answers import check_keys
 from .job import RunnerFactory, Where, like_input, model_list, progress_mode, run_table_file, run_table_frame
@@ -156,7 +156,7 @@ async def fill_missing_fields_async(
     df: Any, title_col: str = "title_en",
     json_fields: Sequence[str] = ("Occasion", "Institution", "City"),
     col_map: dict[str, str] | None = None, model_names: str | Sequence[str] = "llama3.2",
-    fanout: bool = False, workers: int | None = 3, *, max_concurrent_calls: int | None = None,
+    fanout: bool = False, workers: int | None = DEFAULT_WORKERS, *, max_concurrent_calls: int | None = None,
     prompt_template: str | None = None, system: str | None = None, servers: Any = None,
     local: bool = False, config: ConfigLike | None = None, api: str = "ollama",
     store: str | os.PathLike[str] | Store | None = None,
@@ -221,13 +221,14 @@ def fill_missing_fields(df: Any, title_col: str = "title_en",
                         json_fields: Sequence[str] = ("Occasion", "Institution", "City"),
                         col_map: dict[str, str] | None = None,
                         model_names: str | Sequence[str] = "llama3.2", fanout: bool = False,
-                        workers: int | None = 3, **kwargs: Any) -> Any:
+                        workers: int | None = DEFAULT_WORKERS, **kwargs: Any) -> Any:
     """Ask only for the fields each row lacks; return a new DataFrame (pandas or polars, as given).
 
     New columns (``computed_<field>``, ``fill_error``, ``fill_model``) never replace the table's
     own: a clash is refused before anything is sent; ``column_prefix="run2_"`` renames them.
 
-    ``workers`` is the number of calls at once on a server, never exceeded (None: learnt);
+    ``workers`` is the number of calls at once on a server, never exceeded (left at its default, a
+    server's own ``max_concurrency`` in the config wins; None: learnt);
     ``local=True`` (or ``servers="local"``) asks the embedded llama.cpp model. Model options by
     Ollama's names as keywords (``temperature=0``; a misspelt one is an error with a did-you-mean;
     ``extra_options={...}`` for options corral does not know).
@@ -241,7 +242,7 @@ async def fill_file_async(
     input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], *, chunk_size: int = 20_000,
     title_col: str = "title_en", json_fields: Sequence[str] = ("Occasion", "Institution", "City"),
     col_map: dict[str, str] | None = None, model_names: str | Sequence[str] = "llama3.2",
-    fanout: bool = False, workers: int | None = 3, max_concurrent_calls: int | None = None,
+    fanout: bool = False, workers: int | None = DEFAULT_WORKERS, max_concurrent_calls: int | None = None,
     prompt_template: str | None = None, system: str | None = None, servers: Any = None,
     config: ConfigLike | None = None, api: str = "ollama",
     store: str | os.PathLike[str] | Store | None = None, max_json_retries: int = 2,
@@ -277,7 +278,7 @@ async def fill_file_async(
 
 @checked_keywords(fill_file_async)
 def fill_missing_fields_from_csv(
-    input_csv: str, output_csv: str = "out.csv", chunk_size: int = 20_000, workers: int | None = 3,
+    input_csv: str, output_csv: str = "out.csv", chunk_size: int = 20_000, workers: int | None = DEFAULT_WORKERS,
     batch_size: int = 4, title_col: str = "title_en",
     json_fields: tuple[str, ...] = ("Occasion", "Institution", "City"),
     col_map: dict[str, str] | None = None, model_names: str | Sequence[str] = "llama3.2",
