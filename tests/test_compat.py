@@ -65,6 +65,13 @@ def test_default_model_gives_way_to_the_configs_but_a_given_one_wins(tmp_path: P
     assert corral.batch_generate(["a"], servers=[server.url])[0]["model"] == "qwen3:8b"
 
 
+def test_ollama_clients_options_dict_and_keep_alive_are_taken(fake_ollama) -> None:
+    corral.batch_generate(["a"], "llama3.2", options={"temperature": 0}, keep_alive="10m", seed=1,
+                          servers=[fake_ollama.url])
+    (_, body), = fake_ollama.requests
+    assert body["options"] == {"temperature": 0, "seed": 1} and body["keep_alive"] == "10m"
+
+
 def test_servers_in_the_old_second_place_is_a_clear_error(fake_ollama) -> None:
     with pytest.raises(UsageError, match="max_concurrent must be a positive integer.*servers= is a keyword"):
         corral.batch_generate(["a"], "llama3.2", [fake_ollama.url])

@@ -83,6 +83,8 @@ async def batch_generate_async(
     hedge: bool | None = None,
     manifest: str | os.PathLike[str] | None = None,
     max_busy_seconds: float | None = None,
+    keep_alive: str | int | None = None,
+    options: dict[str, Any] | None = None,
     extra_options: dict[str, Any] | None = None,
     **generate_kwargs: Any,
 ) -> list[dict[str, Any]]:
@@ -97,7 +99,8 @@ async def batch_generate_async(
         job = resolve(servers=servers, config=config, api=api, local=local, stack=stack,
                       local_parallel=max_concurrent or LOCAL_PARALLEL, workers=max_concurrent,
                       model=None if model is DEFAULT_MODEL else model, system=system,
-                      options=generate_kwargs, extra_options=extra_options, format=format,
+                      options={**(options or {}), **generate_kwargs}, extra_options=extra_options,
+                      format=format, keep_alive=keep_alive,
                       timeout=timeout, max_attempts=max_attempts, hedge=hedge,
                       max_busy_seconds=max_busy_seconds)
         return await _generate(prompts, job, job.model or str(model), rate_limit_delay, store, manifest)
@@ -111,6 +114,7 @@ async def _generate(prompts: Iterable[str | dict[str, Any]], job: Settings, mode
     requests = [prompt_request(p, model, job.system, merged_options, job.format) for p in prompts]
     for position, request in enumerate(requests):
         request.id = request.id or str(position)
+        request.keep_alive = job.keep_alive
     settings = job.engine_settings(rate_limit_delay=rate_limit_delay)
     collected = _Collect()
     recorder = ManifestRecorder(
@@ -174,7 +178,8 @@ def batch_generate(
     num_ctx=4096, num_predict=64``...; a misspelt one is an error with a did-you-mean;
     ``extra_options={...}`` sends options corral does not know) or corral's own, keyword-only:
     ``servers`` (URLs, or ``"local"``), ``local=True`` (the embedded llama.cpp model), ``system``,
-    ``format``, ``api``, ``config``, ``store`` (a journal: resume across calls), ``timeout``
+    ``format``, ``keep_alive``, ``options={...}`` (as Ollama's client takes them), ``api``,
+    ``config``, ``store`` (a journal: resume across calls), ``timeout``
     (seconds per attempt, by default derived from each prompt's expected tokens and the server's
     observed speed), ``hedge=False`` (never re-send a straggler to an idle faster server at the
     end), ``manifest`` (a path for the run's manifest JSON; it is kept in the store either way),
