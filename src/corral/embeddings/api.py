@@ -191,7 +191,9 @@ def embed(texts: Iterable[str], model: str | None = None, **kwargs: Any) -> np.n
     after a crash (or with more texts) only sends what is missing. A text that cannot be embedded
     (blank, or too long for the model) raises `EmbedError` after the others are done, unless
     ``on_error="nan"``, which leaves its row NaN. ``manifest="run.json"`` writes the run's provenance
-    (servers, model digests, options, counts) there.
+    (servers, model digests, options, counts) there. ``local=True`` (or ``servers="local"``) embeds
+    with the bundled model. ``options={...}`` must be known model options (a typo is an error with a
+    did-you-mean); ``extra_options={...}`` sends others as they are.
 
     >>> vecs = corral.embed(df["overview"], model="nomic-embed-text", servers=["gpu1:11434"])
     """
