@@ -269,7 +269,8 @@ LOCAL_CALLS: list[tuple[str, Any]] = [
 ]
 
 
-@pytest.mark.parametrize("spelling", [{"local": True}, {"servers": "local"}], ids=["local=True", "servers=local"])
+@pytest.mark.parametrize("spelling", [{"local": True}, {"servers": "local"}, {"servers": ["local"]}],
+                         ids=["local=True", "servers=local", "servers=[local]"])
 @pytest.mark.parametrize(("front", "call"), LOCAL_CALLS, ids=[c[0] for c in LOCAL_CALLS])
 def test_every_front_runs_on_the_embedded_model(embedded: Any, front: str, call: Any,
                                                 spelling: dict[str, Any]) -> None:
@@ -285,3 +286,11 @@ def test_analyze_file_runs_on_the_embedded_model(tmp_path: Path, embedded: Any) 
     assert report.written == 2 and len(embedded.requests) == 2
     manifest = orjson.loads(Path(report.manifest).read_bytes())
     assert manifest["job"]["local"] is True
+
+
+def test_a_server_table_typo_gets_a_did_you_mean(fake_ollama) -> None:
+    config = {"servers": [{"url": fake_ollama.url, "max_concurency": 4}]}
+    with pytest.raises(UsageError, match=r"servers\[1\]: unknown key\(s\) max_concurency; "
+                                         r"did you mean 'max_concurrency'\? allowed: "):
+        corral.run_analysis(texts(2), config=config, progress=False)
+    assert fake_ollama.requests == []

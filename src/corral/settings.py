@@ -153,7 +153,7 @@ def resolve(
     check_seconds(max_busy_seconds, "max_busy_seconds")
     cfg = read_config(config)
     checked = check_options(options)
-    if isinstance(servers, str) and servers.strip().lower() == "local":
+    if _names_local(servers):
         local, servers = True, None
     local_model = None
     if local:
@@ -192,6 +192,13 @@ def resolve(
         local_model=local_model,
         config=cfg,
     )
+
+
+def _names_local(servers: Any) -> bool:
+    """``servers="local"`` (or ``["local"]``): the embedded model, as ``local=True``."""
+    if isinstance(servers, (list, tuple)) and len(servers) == 1:
+        servers = servers[0]
+    return isinstance(servers, str) and servers.strip().lower() == "local"
 
 
 def check_slots(value: int | None, name: str) -> int | None:
