@@ -30,7 +30,7 @@ def test_results_keep_input_order_with_random_latency(fake_ollama_factory) -> No
 def test_fast_server_does_more_and_every_slot_stays_busy(fake_ollama_factory) -> None:
     fast = fake_ollama_factory(slots=2, latency=0.005)
     slow = fake_ollama_factory(slots=2, latency=0.08)
-    results = corral.batch_generate([f"q{i}" for i in range(300)], model="llama3.2",
+    results = corral.batch_generate([f"q{i}" for i in range(300)], model="llama3.2", rate_limit_delay=0,
                                     servers=[ServerSpec(fast.url, max_concurrency=2),
                                              ServerSpec(slow.url, max_concurrency=2)])
     assert all(r["success"] for r in results)

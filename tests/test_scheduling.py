@@ -321,16 +321,15 @@ def test_hedge_option_in_batch_generate_and_the_config(tmp_path: Path, fake_olla
     def slow_rows(rows: list[dict[str, Any]]) -> int:
         return sum(row["server"] == slow_label for row in rows)
 
-    hedged = api.batch_generate(prompts, "llama3.2", servers, max_concurrent=1,
-                                manifest=tmp_path / "on.json")
-    plain = api.batch_generate(prompts, "llama3.2", servers, max_concurrent=1, hedge=False,
+    hedged = api.batch_generate(prompts, "llama3.2", 1, 0, servers=servers, manifest=tmp_path / "on.json")
+    plain = api.batch_generate(prompts, "llama3.2", 1, 0, servers=servers, hedge=False,
                                manifest=tmp_path / "off.json")
     assert all(r["success"] for r in hedged + plain)
     assert slow_rows(plain) == 1 and slow_rows(hedged) == 0  # the slow one's row, answered elsewhere
     assert orjson.loads((tmp_path / "on.json").read_bytes())["engine"]["hedge"] is True
     off = orjson.loads((tmp_path / "off.json").read_bytes())
-    assert off["engine"]["hedge"] is False and off["engine"]["adaptive_slots"] is False
-    assert [s["learnt_slots"] for s in off["per_server"]] == [{"llama3.2": 1}] * 2  # -j 1: fixed
+    assert off["engine"]["hedge"] is False and off["engine"]["max_slots"] == 1
+    assert [s["learnt_slots"] for s in off["per_server"]] == [{"llama3.2": 1}] * 2  # max_concurrent=1: a cap
 
     config = tmp_path / "cluster.toml"
     config.write_text(f'model = "llama3.2"\nhedge = false\nmax_concurrency = 1\n'

@@ -16,8 +16,10 @@ and the richer form with one table per server::
     models = ["llama3.2"]        # optional; probed when absent
     max_concurrency = 4          # this server's slots
 
-Unknown keys are an error: a typo such as ``max_concurency`` would otherwise silently fall back to a
-default and leave GPUs idle for hours.
+Unknown keys are an error with a did-you-mean: a typo such as ``max_concurency`` would otherwise
+silently fall back to a default and leave GPUs idle for hours. So is an unknown name in ``options``
+(``options = { temprature = 0 }`` would be sent, ignored by the server and written into the
+manifest); ``extra_options = { ... }`` sends options corral does not know, on purpose.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError
 from .limits import seconds_problem, slots_problem
+from .options import KNOWN_OPTIONS, suggestion
 from .secrets import redact_url
 
 APIS = ("ollama", "openai")
@@ -41,6 +44,7 @@ DEFAULT_OLLAMA_PORT = 11434
 _TOP_KEYS = {
     "model", "system_message", "ollama_instances", "servers", "options", "timeout",
     "max_attempts", "api", "max_concurrency", "format", "keep_alive", "hedge", "max_busy_seconds",
+    "extra_options",
 }
 _SERVER_KEYS = {
     "url", "api", "models", "max_concurrency", "api_key_env", "gpu", "name", "timeout",
@@ -89,6 +93,8 @@ class Config:
     model: str | None = None
     system_message: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    #: Options sent as they are, unchecked: those a server accepts that corral does not know.
+    extra_options: dict[str, Any] = field(default_factory=dict)
     format: Any = None
     keep_alive: str | int | None = None
     timeout: float | None = None
@@ -189,12 +195,7 @@ def _line_of(text: str, near: str) -> int | None:
 
 
 def parse_config(data: dict[str, Any], where: str = "<config>") -> Config:
-    unknown = sorted(set(data) - _TOP_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_TOP_KEYS))}",
-            near=unknown[0],
-        )
+    _refuse_unknown(data, _TOP_KEYS, where)
     default_api = _expect(data.get("api", "ollama"), str, where, "api")
     if default_api not in APIS:
         raise ConfigError(f"{where}: api must be one of {', '.join(APIS)}, not {default_api!r}",
@@ -231,6 +232,15 @@ def parse_config(data: dict[str, Any], where: str = "<config>") -> Config:
     options = data.get("options", {})
     if not isinstance(options, dict):
         raise ConfigError(f"{where}: options must be a table ({_OPTION_KEYS_HINT})", near="options")
+    for name in options:
+        if name not in KNOWN_OPTIONS:
+            raise ConfigError(f"{where}: options: unknown model option {name!r}"
+                              f"{suggestion(name, KNOWN_OPTIONS)} (to send an option corral does not "
+                              f"know, put it in extra_options = {{ {name} = ... }})", near=name)
+    extra = data.get("extra_options", {})
+    if not isinstance(extra, dict):
+        raise ConfigError(f"{where}: extra_options must be a table of options sent as they are",
+                          near="extra_options")
     timeout = data.get("timeout")
     if timeout is not None:
         timeout = _seconds(timeout, where, "timeout")
@@ -248,6 +258,7 @@ def parse_config(data: dict[str, Any], where: str = "<config>") -> Config:
         model=_opt_str(data.get("model"), where, "model"),
         system_message=_opt_str(data.get("system_message"), where, "system_message"),
         options=dict(options),
+        extra_options=dict(extra),
         format=data.get("format"),
         keep_alive=data.get("keep_alive"),
         timeout=timeout,
@@ -261,12 +272,7 @@ def parse_config(data: dict[str, Any], where: str = "<config>") -> Config:
 def _parse_server(entry: Any, where: str, default_api: str, default_slots: int | None) -> ServerSpec:
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: must be a table with at least url = \"http://host:port\"")
-    unknown = sorted(set(entry) - _SERVER_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_SERVER_KEYS))}",
-            near=unknown[0],
-        )
+    _refuse_unknown(entry, _SERVER_KEYS, where)
     if "url" not in entry:
         raise ConfigError(f"{where}: missing url")
     api = _expect(entry.get("api", default_api), str, where, "api")
@@ -296,6 +302,15 @@ def _parse_server(entry: Any, where: str, default_api: str, default_slots: int |
         )
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}", near=exc.near) from None
+
+
+def _refuse_unknown(table: dict[str, Any], allowed: set[str], where: str) -> None:
+    """A ConfigError for the first unknown key, with the closest allowed one and all of them."""
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        hint = suggestion(unknown[0], allowed)
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}{hint or ';'} "
+                          f"allowed: {', '.join(sorted(allowed))}", near=unknown[0])
 
 
 def _expect(value: Any, kind: type, where: str, key: str) -> Any:

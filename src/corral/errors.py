@@ -44,3 +44,8 @@ class NoServerError(UsageError):
 class RunAborted(UsageError):
     """A run could not go on (a fault in corral itself on the way from an answer to the journal):
     the message says what failed; answers journaled so far are kept and a re-run resumes."""
+
+
+class UnknownNameError(UsageError, TypeError):
+    """A keyword argument, option or config key corral does not know (a typo, most often): the
+    message names it with a did-you-mean. A TypeError too, as Python's own for a bad keyword."""

@@ -135,6 +135,7 @@ def engine_settings(settings: EngineSettings, checked_answers: bool = False) -> 
     return {
         "timeout": settings.timeout, "max_attempts": settings.retry.max_attempts,
         "busy_attempts": settings.retry.busy_attempts, "concurrency": settings.concurrency,
+        "max_slots": settings.max_slots,
         "max_in_flight": settings.max_in_flight, "rate_limit_delay": settings.rate_limit_delay,
         "max_outage": settings.max_outage, "retry_failed": settings.retry_failed,
         "content_retries": settings.content_retries if checked_answers else None,

@@ -18,11 +18,25 @@ from typing import Any
 from .config import Config, ServerSpec, default_servers, load_config, parse_config, server_from_url
 from .errors import UsageError
 from .limits import seconds_problem, slots_problem
+from .options import check_options
 
 #: What a front accepts as servers: URLs ("gpu1:11434", "http://host:8000") or `ServerSpec`s.
 ServerLike = str | ServerSpec
 #: What a front accepts as a config: a TOML path, an already parsed dict, or a `Config`.
 ConfigLike = str | Path | Mapping[str, Any] | Config
+
+class DefaultInt(int):
+    """A front's default number, told apart from the same number given on purpose: a config's
+    per-server ``max_concurrency`` wins over a default ``workers``, never over one given."""
+
+
+class DefaultStr(str):
+    """A front's default name (OllamaManager's model), told apart from the same name given on
+    purpose: the config's ``model`` wins over a default, never over an argument."""
+
+
+#: Ollama-run-async's ``workers`` default: three calls at once on a server.
+DEFAULT_WORKERS = DefaultInt(3)
 
 #: Slots of the embedded llama.cpp server started by ``--local`` for `corral run`.
 LOCAL_PARALLEL = 4
@@ -39,6 +53,9 @@ class Settings:
     system: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     format: Any = None
+    #: Requests in flight per server never exceed this (the fronts' ``workers`` / ``max_concurrent``:
+    #: the number of calls at once, as Ollama-run-async and OllamaManager mean it); None: learnt.
+    max_slots: int | None = None
     keep_alive: str | int | None = None
     timeout: float | None = None
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
@@ -58,6 +75,8 @@ class Settings:
                                   "retry": RetryPolicy(max_attempts=self.max_attempts)}
         if self.max_busy_seconds is not None:
             values["max_busy_seconds"] = self.max_busy_seconds
+        if self.max_slots is not None:
+            values["max_slots"] = self.max_slots
         values.update(overrides)
         return EngineSettings(**values)
 
@@ -103,6 +122,7 @@ def resolve(
     model: str | None = None,
     system: str | None = None,
     options: Mapping[str, Any] | None = None,
+    extra_options: Mapping[str, Any] | None = None,
     format: Any = None,
     keep_alive: str | int | None = None,
     timeout: float | None = None,
@@ -113,10 +133,14 @@ def resolve(
 ) -> Settings:
     """Merge what the user said with the config file and the environment.
 
-    Servers: ``local`` (the embedded llama.cpp server, stopped when ``stack`` closes), else
-    ``servers``, else the config's, else ``OLLAMA_HOST`` (unless ``require_servers``: Ray's actors
-    run elsewhere, where a local default would mean another machine's Ollama). ``workers`` gives
-    every server that has no ``max_concurrency`` of its own that many slots. ``timeout`` and
+    Servers: ``local=True`` or ``servers="local"`` (the embedded llama.cpp server, stopped when
+    ``stack`` closes; its model answers every request), else ``servers``, else the config's, else
+    ``OLLAMA_HOST`` (unless ``require_servers``: Ray's actors run elsewhere, where a local default
+    would mean another machine's Ollama). ``workers`` gives every server that has no
+    ``max_concurrency`` of its own that many slots, and is a hard cap: never more in flight on one
+    server (a `DefaultInt`, a front's default, caps only a fleet where no server has its own).
+    ``options`` must be known model options (`corral.options`), in the config file too;
+    ``extra_options`` (and the config's) are sent as they are, for options corral does not know. ``timeout`` and
     ``max_busy_seconds`` must be finite numbers of seconds > 0 (`check_seconds`), ``workers`` at
     most `corral.limits.MAX_SLOTS_PER_SERVER` (`check_slots`). ``api_key_env`` names the
     environment variable holding the key for the ``servers`` given here (``--api-key-env``); the key
@@ -128,6 +152,9 @@ def resolve(
     check_seconds(timeout, "timeout")
     check_seconds(max_busy_seconds, "max_busy_seconds")
     cfg = read_config(config)
+    checked = check_options(options)
+    if _names_local(servers):
+        local, servers = True, None
     local_model = None
     if local:
         if stack is None:
@@ -143,13 +170,19 @@ def resolve(
         raise UsageError("no servers: give config= (a cluster TOML path or dict) or servers=[URL, ...]")
     else:
         specs = default_servers()
+    max_slots = None
     if workers is not None:
-        specs = [s if s.max_concurrency else replace(s, max_concurrency=workers) for s in specs]
+        # Given on purpose, workers caps every server; a default one gives way to a server's own
+        # max_concurrency, and caps the fleet only when no server has one.
+        if not isinstance(workers, DefaultInt) or not any(s.max_concurrency for s in specs):
+            max_slots = int(workers)
+        specs = [s if s.max_concurrency else replace(s, max_concurrency=int(workers)) for s in specs]
     return Settings(
         servers=specs,
-        model=model or local_model or cfg.model,
+        model=local_model or model or cfg.model,
         system=system or cfg.system_message,
-        options={**cfg.options, **(options or {})},
+        options={**cfg.options, **cfg.extra_options, **checked, **dict(extra_options or {})},
+        max_slots=max_slots,
         format=format if format is not None else cfg.format,
         keep_alive=keep_alive if keep_alive is not None else cfg.keep_alive,
         timeout=timeout if timeout is not None else cfg.timeout,
@@ -159,6 +192,13 @@ def resolve(
         local_model=local_model,
         config=cfg,
     )
+
+
+def _names_local(servers: Any) -> bool:
+    """``servers="local"`` (or ``["local"]``): the embedded model, as ``local=True``."""
+    if isinstance(servers, (list, tuple)) and len(servers) == 1:
+        servers = servers[0]
+    return isinstance(servers, str) and servers.strip().lower() == "local"
 
 
 def check_slots(value: int | None, name: str) -> int | None:

@@ -10,12 +10,14 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import ServerSpec
 from ..errors import UsageError
 from ..gpu import GpuSampler, gpu_series, gpu_summary
+from ..options import checked_keywords
 from ..requests import Request
 from ..runtime import run_sync
 from ..settings import ConfigLike, ServerLike, check_seconds, check_slots, resolve
@@ -108,18 +110,24 @@ async def bench_async(
     return result
 
 
+@checked_keywords()
 async def batch_benchmark_async(
     models: list[str], prompt: str = DEFAULT_PROMPT, num_runs: int = 3, *,
-    servers: ServerLike | Sequence[ServerLike] | None = None, config: ConfigLike | None = None,
-    api: str = "ollama", system: str | None = None, timeout: float = 300.0, **options: Any,
+    servers: ServerLike | Sequence[ServerLike] | None = None, local: bool = False,
+    config: ConfigLike | None = None, api: str = "ollama", system: str | None = None,
+    timeout: float = 300.0, extra_options: dict[str, Any] | None = None, **options: Any,
 ) -> dict[str, dict[str, Any]]:
     """The async twin of `batch_benchmark`."""
-    job = resolve(servers=servers, config=config, api=api, system=system, options=options)
-    result = await bench_async(job.servers, models, prompt, num_runs, options=job.options,
-                               system=job.system, timeout=timeout, gpu_monitor=False)
-    return {model: pooled(result.models, model).seed_dict() for model in dict.fromkeys(models)}
+    with ExitStack() as stack:
+        job = resolve(servers=servers, config=config, api=api, local=local, stack=stack, system=system,
+                      options=options, extra_options=extra_options)
+        names = [job.local_model] if job.local_model else list(models)
+        result = await bench_async(job.servers, names, prompt, num_runs, options=job.options,
+                                   system=job.system, timeout=timeout, gpu_monitor=False)
+    return {model: pooled(result.models, model).seed_dict() for model in dict.fromkeys(names)}
 
 
+@checked_keywords(batch_benchmark_async)
 def batch_benchmark(
     models: list[str], prompt: str = DEFAULT_PROMPT, num_runs: int = 3, **kwargs: Any,
 ) -> dict[str, dict[str, Any]]:
@@ -132,8 +140,11 @@ def batch_benchmark(
     token, streamed), ``prompt_tokens_per_sec``, ``load_time`` (seconds to load a cold Ollama model;
     None when warm or on OpenAI-compatible servers, which report none), ``ok``, ``errors``,
     ``server`` and ``latencies``. A model on several servers is measured on each, pooled here
-    (``corral bench`` shows them per server). Keyword arguments: ``servers``, ``config``, ``api``,
-    ``system``, ``timeout``, and model options (``temperature=0``, ``num_predict=128``...).
+    (``corral bench`` shows them per server). Keyword arguments: ``servers`` (URLs, or ``"local"``),
+    ``local=True`` (the embedded llama.cpp model, benchmarked under its own name in place of
+    ``models``), ``config``, ``api``, ``system``, ``timeout``, and model options (``temperature=0``,
+    ``num_predict=128``...; a misspelt one is an error with a did-you-mean, ``extra_options={...}``
+    sends options corral does not know).
     Works in scripts and inside Jupyter's running loop; ``await batch_benchmark_async(...)`` too.
     """
     return run_sync(batch_benchmark_async(models, prompt, num_runs, **kwargs))

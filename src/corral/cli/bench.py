@@ -10,7 +10,7 @@ import typer
 
 from ..errors import UsageError
 from . import app
-from .common import API_KEY_ENV_HELP, model_options, read_text_arg, setup_logging
+from .common import API_KEY_ENV_HELP, model_options, parse_option_pairs, read_text_arg, setup_logging
 
 LOCAL_PARALLEL = 8
 
@@ -59,6 +59,8 @@ def bench_command(
     system: Optional[str] = typer.Option(None, "--system", help="System message (or @file)."),
     option: list[str] = typer.Option([], "--option", "-O", metavar="NAME=VALUE",
                                      help="Model option, e.g. -O top_p=0.9 (repeatable)."),
+    extra_option: list[str] = typer.Option([], "--extra-option", metavar="NAME=VALUE",
+        help="An option sent as it is, unchecked: one the server knows and corral does not (repeatable)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature (0 = greedy)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed, for repeatable answers."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "--num-predict",
@@ -115,7 +117,8 @@ def bench_command(
         job = resolve(servers=server or None, config=config, api=api, api_key_env=api_key_env, local=local,
                       local_parallel=parallel,
                       stack=stack, system=read_text_arg(system, "--system"),
-                      options=model_options(option, temperature, seed, max_tokens=max_tokens))
+                      options=model_options(option, temperature, seed, max_tokens=max_tokens),
+                      extra_options=parse_option_pairs(extra_option, "--extra-option"))
         names = _split(models) or [m for m in (job.model,) if m]
         if not names:
             raise UsageError("no model: corral bench --models llama3.2,gemma3:4b")

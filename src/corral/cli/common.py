@@ -44,14 +44,14 @@ class _RedactingFormatter(logging.Formatter):
         return redact_url(super().format(record))
 
 
-def parse_option_pairs(pairs: list[str]) -> dict[str, Any]:
+def parse_option_pairs(pairs: list[str], flag: str = "--option") -> dict[str, Any]:
     """``-O temperature=0 -O stop='["\\n"]'``: values are JSON when they parse, else strings."""
     import orjson
 
     options: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
-            raise UsageError(f"--option {pair!r}: expected NAME=VALUE, e.g. -O temperature=0")
+            raise UsageError(f"{flag} {pair!r}: expected NAME=VALUE, e.g. {flag} temperature=0")
         name, raw = pair.split("=", 1)
         try:
             options[name.strip()] = orjson.loads(raw)
@@ -95,8 +95,11 @@ def load_schema(value: str | None) -> Any:
 
 def model_options(pairs: list[str], temperature: float | None = None, seed: int | None = None,
                   num_ctx: int | None = None, max_tokens: int | None = None) -> dict[str, Any]:
-    """``-O NAME=VALUE`` pairs plus the options that have flags of their own (the flags win)."""
-    options = parse_option_pairs(pairs)
+    """``-O NAME=VALUE`` pairs plus the options that have flags of their own (the flags win); a
+    name corral does not know is an error with a did-you-mean (``--extra-option`` sends it)."""
+    from ..options import check_options
+
+    options = check_options(parse_option_pairs(pairs), "--option")
     for name, value in (("temperature", temperature), ("seed", seed), ("num_ctx", num_ctx),
                         ("num_predict", max_tokens)):
         if value is not None:

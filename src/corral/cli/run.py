@@ -42,6 +42,8 @@ def run_command(
     schema: Optional[str] = typer.Option(None, "--schema", help="JSON Schema for the answer (inline or @file)."),
     option: list[str] = typer.Option([], "--option", "-O", metavar="NAME=VALUE",
                                      help="Model option, e.g. -O top_p=0.9 (repeatable)."),
+    extra_option: list[str] = typer.Option([], "--extra-option", metavar="NAME=VALUE",
+        help="An option sent as it is, unchecked: one the server knows and corral does not (repeatable)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature (0 = greedy)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed, for repeatable answers."),
     num_ctx: Optional[int] = typer.Option(None, "--num-ctx", help="Context window in tokens (Ollama's num_ctx)."),
@@ -67,7 +69,8 @@ def run_command(
         help="Re-send an item a slow server holds to an idle faster one at the end of a job "
              "(first answer wins) [default: on, or the config's `hedge`]."),
     max_attempts: Optional[int] = typer.Option(None, "--max-attempts", help="Tries per failing row [5]."),
-    rate_limit_delay: float = typer.Option(0.0, "--rate-limit-delay", help="Seconds between request starts."),
+    rate_limit_delay: float = typer.Option(0.0, "--rate-limit-delay",
+        help="Seconds a slot waits before each request but the first (OllamaManager's rate_limit_delay)."),
     max_outage: float = typer.Option(
         300.0, "--max-outage", help="Seconds with no live server for a model before its rows fail."),
     max_busy_seconds: Optional[float] = typer.Option(
@@ -122,7 +125,7 @@ def run_command(
     from ..sources import Defaults, PromptFile
     from ..store import Store
     from ..terminal import visible
-    from .common import load_schema, model_options, read_text_arg, setup_logging
+    from .common import load_schema, model_options, parse_option_pairs, read_text_arg, setup_logging
 
     setup_logging(verbose)
     if ray:
@@ -131,7 +134,8 @@ def run_command(
         refuse({"--output-dir": output_dir, "--local": local, "--json": json_mode, "--store": store_path,
                 "--retry-failed": retry_failed, "--reproduce": reproduce, "--skip-invalid": skip_invalid,
                 "--endpoint": endpoint != "chat", "--format": fmt != "auto", "--auto-tune": auto_tune,
-                "--gpu-monitor": gpu_monitor, "--hedge/--no-hedge": hedge is not None})
+                "--gpu-monitor": gpu_monitor, "--hedge/--no-hedge": hedge is not None,
+                "--extra-option": extra_option})
         options = model_options(option, temperature, seed, num_ctx, max_tokens)
         run_on_ray(input or ([prompts] if prompts else []), output, address=ray, config=config,
                    server=server, api=api, model=model, system=system, schema=schema,
@@ -199,6 +203,7 @@ def run_command(
             stack=stack, model=model,
             system=read_text_arg(system, "--system"),
             options=model_options(option, temperature, seed, num_ctx, max_tokens),
+            extra_options=parse_option_pairs(extra_option, "--extra-option"),
             format=load_schema(schema) if schema else ("json" if json_mode else None),
             keep_alive=keep_alive, timeout=timeout, max_attempts=max_attempts, hedge=hedge,
             max_busy_seconds=max_busy_seconds)

@@ -9,7 +9,15 @@ import typer
 
 from ..errors import UsageError
 from . import app
-from .common import API_KEY_ENV_HELP, keyed, load_schema, model_options, read_text_arg, setup_logging
+from .common import (
+    API_KEY_ENV_HELP,
+    keyed,
+    load_schema,
+    model_options,
+    parse_option_pairs,
+    read_text_arg,
+    setup_logging,
+)
 from .run import _run_interruptibly
 
 
@@ -27,13 +35,21 @@ def _col_map(value: Optional[str]) -> dict[str, str]:
     return mapping
 
 
+def _workers(value: Optional[int]) -> int:
+    """``-j`` as given, else Ollama-run-async's default, which gives way to the config's slots."""
+    from ..settings import DEFAULT_WORKERS
+
+    return DEFAULT_WORKERS if value is None else value
+
+
 @app.command("analyze")
 def analyze_command(
     input: str = typer.Argument(..., help="Table: CSV, TSV, Parquet, JSONL or Excel."),
-    output: str = typer.Option(..., "-o", "--output", help="Output table (.csv, .parquet, .jsonl)."),
-    text_column: str = typer.Option("text", "--text-column", help="Column holding the text."),
+    output: str = typer.Option(..., "-o", "--output", "--output_csv", help="Output table (.csv, .parquet, .jsonl)."),
+    text_column: str = typer.Option("text", "--text-column", "--text_column", help="Column holding the text."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Template with {text} / {column} (or @file)."),
-    json_keys: Optional[str] = typer.Option(None, "--json-keys", help="Keys of the JSON answer: label,prob"),
+    json_keys: Optional[str] = typer.Option(None, "--json-keys", "--json_keys",
+                                            help="Keys of the JSON answer: label,prob"),
     schema: Optional[str] = typer.Option(None, "--schema", help="JSON Schema of the answer (inline or @file)."),
     models: str = typer.Option("llama3.2", "--models", "-m", help="Model(s), comma-separated."),
     fanout: bool = typer.Option(False, "--fanout", help="Every model answers every row."),
@@ -44,11 +60,14 @@ def analyze_command(
     api: str = typer.Option("ollama", "--api", help="Protocol of --server URLs: ollama or openai."),
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", metavar="NAME", help=API_KEY_ENV_HELP),
     local: bool = typer.Option(False, "--local", help="Use the embedded llama.cpp model."),
-    workers: int = typer.Option(3, "--workers", "-j", help="Requests in flight per server."),
-    max_concurrent_calls: Optional[int] = typer.Option(None, "--max-concurrent-calls",
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", show_default=False,
+        help="Requests at once on a server, never more [default: 3, or the config's max_concurrency]."),
+    max_concurrent_calls: Optional[int] = typer.Option(None, "--max-concurrent-calls", "--max_concurrent_calls",
                                                       help="Cap on requests in flight over all servers."),
     option: list[str] = typer.Option([], "--option", "-O", metavar="NAME=VALUE",
                                      help="Model option, e.g. -O top_p=0.9 (repeatable)."),
+    extra_option: list[str] = typer.Option([], "--extra-option", metavar="NAME=VALUE",
+        help="An option sent as it is, unchecked: one the server knows and corral does not (repeatable)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature (0 = greedy)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed, for repeatable answers."),
     num_ctx: Optional[int] = typer.Option(None, "--num-ctx", help="Context window in tokens (Ollama's num_ctx)."),
@@ -56,7 +75,7 @@ def analyze_command(
                                              help="Most tokens per answer."),
     id_column: Optional[str] = typer.Option(None, "--id-column",
         help="Column of row ids for the journal [default: the row number]."),
-    chunk_size: int = typer.Option(20_000, "--chunk-size", help="Rows read (and written) at a time."),
+    chunk_size: int = typer.Option(20_000, "--chunk-size", "--chunk_size", help="Rows read (and written) at a time."),
     json_retries: int = typer.Option(2, "--json-retries", help="Re-asks when the answer is not valid JSON."),
     store: Optional[str] = typer.Option(None, "--store", help="Journal [<output>.corral.db]."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds per request attempt."),
@@ -88,9 +107,10 @@ def analyze_command(
         prompt_template=read_text_arg(prompt, "--prompt"), json_keys=_split(json_keys) or None,
         json_schema=load_schema(schema) if schema else None, fanout=fanout,
         system=read_text_arg(system, "--system"), servers=keyed(server, api, api_key_env), config=config, api=api,
-        local=local, workers=workers, max_concurrent_calls=max_concurrent_calls, id_column=id_column,
+        local=local, workers=_workers(workers), max_concurrent_calls=max_concurrent_calls, id_column=id_column,
         chunk_size=chunk_size, max_json_retries=json_retries, store=store, timeout=timeout,
         neutralize_formulas=not keep_formulas, progress=progress, argv=sys.argv, column_prefix=column_prefix,
+        extra_options=parse_option_pairs(extra_option, "--extra-option"),
         **model_options(option, temperature, seed, num_ctx, max_tokens),
     ), str(store or default_store_path(output, None)))
     if report.skipped_count:
@@ -113,8 +133,10 @@ def fill_command(
     input: str = typer.Argument(..., help="Table: CSV, TSV, Parquet, JSONL or Excel."),
     output: str = typer.Option(..., "-o", "--output", "--output_csv", help="Output table."),
     fields: str = typer.Option(..., "--fields", "--json_fields", help="Fields to fill: Occasion,City"),
-    title_col: str = typer.Option("title_en", "--title-col", "--text-column", help="Column with the text."),
-    col_map: Optional[str] = typer.Option(None, "--col-map", help="FIELD=COLUMN,...: fill these columns' gaps."),
+    title_col: str = typer.Option("title_en", "--title-col", "--text-column", "--title_col",
+                                  help="Column with the text."),
+    col_map: Optional[str] = typer.Option(None, "--col-map", "--col_map",
+                                          help="FIELD=COLUMN,...: fill these columns' gaps."),
     models: str = typer.Option("llama3.2", "--models", "-m", help="Model(s), comma-separated."),
     fanout: bool = typer.Option(False, "--fanout", help="Every model answers every row."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Template with {text} and {fields} (or @file)."),
@@ -125,12 +147,17 @@ def fill_command(
     api: str = typer.Option("ollama", "--api", help="Protocol of --server URLs: ollama or openai."),
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", metavar="NAME", help=API_KEY_ENV_HELP),
     local: bool = typer.Option(False, "--local", help="Use the embedded llama.cpp model."),
-    workers: int = typer.Option(3, "--workers", "-j", help="Requests in flight per server."),
-    max_concurrent_calls: Optional[int] = typer.Option(None, "--max-concurrent-calls",
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", show_default=False,
+        help="Requests at once on a server, never more [default: 3, or the config's max_concurrency]."),
+    max_concurrent_calls: Optional[int] = typer.Option(None, "--max-concurrent-calls", "--max_concurrent_calls",
                                                       help="Cap on requests in flight over all servers."),
     chunk_size: int = typer.Option(20_000, "--chunk-size", "--chunk_size", help="Rows read (and written) at a time."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "--batch_size", hidden=True,
+        help="Ollama-run-async's prompts per worker: accepted, unneeded (corral's slots do this)."),
     option: list[str] = typer.Option([], "--option", "-O", metavar="NAME=VALUE",
                                      help="Model option, e.g. -O top_p=0.9 (repeatable)."),
+    extra_option: list[str] = typer.Option([], "--extra-option", metavar="NAME=VALUE",
+        help="An option sent as it is, unchecked: one the server knows and corral does not (repeatable)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature (0 = greedy)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed, for repeatable answers."),
     num_ctx: Optional[int] = typer.Option(None, "--num-ctx", help="Context window in tokens (Ollama's num_ctx)."),
@@ -156,13 +183,15 @@ def fill_command(
     from ..tables.fill import fill_file_async
 
     setup_logging(verbose)
+    del batch_size  # Ollama-run-async's knob: corral's slots keep every server busy without it
     written, stats = _run_interruptibly(fill_file_async(
         input, output, chunk_size=chunk_size, title_col=title_col, json_fields=tuple(_split(fields)),
-        col_map=_col_map(col_map) or None, model_names=_split(models), fanout=fanout, workers=workers,
+        col_map=_col_map(col_map) or None, model_names=_split(models), fanout=fanout, workers=_workers(workers),
         max_concurrent_calls=max_concurrent_calls, prompt_template=read_text_arg(prompt, "--prompt"),
         system=read_text_arg(system, "--system"), servers=keyed(server, api, api_key_env), config=config, api=api,
         store=store, max_json_retries=json_retries, timeout=timeout, progress=progress,
         neutralize_formulas=not keep_formulas, argv=sys.argv, local=local, column_prefix=column_prefix,
+        extra_options=parse_option_pairs(extra_option, "--extra-option"),
         **model_options(option, temperature, seed, num_ctx, max_tokens),
     ), str(store or default_store_path(output, None)))
     print(f"corral: {written} rows written to {output} ({stats.ok} answers ok, {stats.failed} failed, "

@@ -19,6 +19,7 @@ from ..config import ServerSpec
 from ..engine import Engine, EngineSettings
 from ..errors import CorralError, UsageError
 from ..manifest import ManifestRecorder, data_facts, file_facts, manifest_path
+from ..options import checked_keywords
 from ..runner import RunRecord, run_job
 from ..runtime import run_sync
 from ..settings import ConfigLike, ServerLike, resolve
@@ -68,9 +69,10 @@ def _job(model: str | None, servers: Any, config: ConfigLike | None, api: str, b
          truncate: bool | None, dimensions: int | None, keep_alive: str | int | None,
          options: dict[str, Any] | None, concurrency: int | None, timeout: float | None,
          retry_failed: bool, progress: bool | str, argv: list[str] | None, *, local: bool = False,
-         stack: ExitStack | None = None) -> _Job:
+         stack: ExitStack | None = None, extra_options: dict[str, Any] | None = None) -> _Job:
     resolved = resolve(servers=servers, config=config, api=api, local=local, local_embedding=True,
-                       stack=stack, model=model, options=options, keep_alive=keep_alive, timeout=timeout)
+                       stack=stack, model=model, options=options, extra_options=extra_options,
+                       keep_alive=keep_alive, timeout=timeout)
     spec = EmbedSpec(
         # the local server answers to its own alias only
         model=resolved.local_model or resolved.model or "", batch_size=batch_size, truncate=truncate,
@@ -128,6 +130,7 @@ async def _send(job: _Job, cache: VectorCache, journal: Store, rows: Iterable[Ro
 
 # -- texts in, array out --------------------------------------------------------------------------
 
+@checked_keywords()
 async def embed_async(
     texts: Iterable[str],
     model: str | None = None,
@@ -141,6 +144,7 @@ async def embed_async(
     dimensions: int | None = None,
     keep_alive: str | int | None = None,
     options: dict[str, Any] | None = None,
+    extra_options: dict[str, Any] | None = None,
     store: str | os.PathLike[str] | None = None,
     concurrency: int | None = None,
     timeout: float | None = None,
@@ -157,7 +161,8 @@ async def embed_async(
     values = list(texts)
     stack = ExitStack()
     job = _job(model, servers, config, api, batch_size, truncate, dimensions, keep_alive, options,
-               concurrency, timeout, retry_failed, progress, None, local=local, stack=stack)
+               concurrency, timeout, retry_failed, progress, None, local=local, stack=stack,
+               extra_options=extra_options)
     recorder = None
     if manifest is not None:
         facts = data_facts("texts", (str(v).encode("utf-8", "surrogatepass") + b"\x00" for v in values),
@@ -176,6 +181,7 @@ async def embed_async(
     return vectors
 
 
+@checked_keywords(embed_async)
 def embed(texts: Iterable[str], model: str | None = None, **kwargs: Any) -> np.ndarray:
     """Embed texts on one or many servers; a float32 array of shape (len(texts), dim), input order.
 
@@ -185,7 +191,9 @@ def embed(texts: Iterable[str], model: str | None = None, **kwargs: Any) -> np.n
     after a crash (or with more texts) only sends what is missing. A text that cannot be embedded
     (blank, or too long for the model) raises `EmbedError` after the others are done, unless
     ``on_error="nan"``, which leaves its row NaN. ``manifest="run.json"`` writes the run's provenance
-    (servers, model digests, options, counts) there.
+    (servers, model digests, options, counts) there. ``local=True`` (or ``servers="local"``) embeds
+    with the bundled model. ``options={...}`` must be known model options (a typo is an error with a
+    did-you-mean); ``extra_options={...}`` sends others as they are.
 
     >>> vecs = corral.embed(df["overview"], model="nomic-embed-text", servers=["gpu1:11434"])
     """
@@ -194,6 +202,7 @@ def embed(texts: Iterable[str], model: str | None = None, **kwargs: Any) -> np.n
 
 # -- a table in, a vector file out ----------------------------------------------------------------
 
+@checked_keywords()
 async def embed_file_async(
     input: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -210,6 +219,7 @@ async def embed_file_async(
     dimensions: int | None = None,
     keep_alive: str | int | None = None,
     options: dict[str, Any] | None = None,
+    extra_options: dict[str, Any] | None = None,
     limit: int | None = None,
     skip_existing: bool = False,
     retry_failed: bool = False,
@@ -253,7 +263,8 @@ async def embed_file_async(
     store_path = Path(store) if store else default_store_path(str(output), None)
     stack = ExitStack()
     job = _job(model, servers, config, api, batch_size, truncate, dimensions, keep_alive, options,
-               concurrency, timeout, retry_failed, progress, argv, local=local, stack=stack)
+               concurrency, timeout, retry_failed, progress, argv, local=local, stack=stack,
+               extra_options=extra_options)
     report = EmbedReport(counts=EmbedCounts(), output=Path(output), store=store_path)
     with stack, Store(store_path) as journal, VectorCache(journal) as cache:
         use_prior = skip_existing and Path(output).exists() and cache.add_prior(
@@ -288,6 +299,7 @@ async def embed_file_async(
     return report
 
 
+@checked_keywords(embed_file_async)
 def embed_file(input: str | os.PathLike[str], output: str | os.PathLike[str], **kwargs: Any) -> EmbedReport:
     """Embed one column of a table (CSV, TSV, Parquet, JSONL, Excel) into a vector file.
 

@@ -102,10 +102,12 @@ class Fleet:
 
     def _server(self, spec: ServerSpec, backend: Backend, info: ServerInfo) -> ServerState:
         """A live server with its slots: ``concurrency``, else its own (`default_slots`); learnt up to
-        ``adaptive_ceiling`` times that, never past MAX_SLOTS_PER_SERVER."""
+        ``adaptive_ceiling`` times that, never past MAX_SLOTS_PER_SERVER nor ``max_slots``."""
         slots = self.settings.concurrency or default_slots(spec, info)
         adaptive = self.settings.adaptive_slots and not self.settings.concurrency
         ceiling = max(slots, int(slots * self.settings.adaptive_ceiling)) if adaptive else slots
+        if self.settings.max_slots:
+            slots, ceiling = min(slots, self.settings.max_slots), min(ceiling, self.settings.max_slots)
         return ServerState(spec=spec, backend=backend, info=info, slots=slots,
                            ceiling=min(ceiling, max(slots, MAX_SLOTS_PER_SERVER)))
 

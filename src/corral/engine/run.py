@@ -131,7 +131,7 @@ class Run:
         self._flush_handle: asyncio.Handle | None = None
         self._committed: asyncio.Future[None] | None = None
         self._timers: set[asyncio.TimerHandle] = set()
-        self._next_start = 0.0
+        self._paced = False  # the run's first request goes at once (rate_limit_delay)
         self._read = 0
         self._caught_up = False
         self._no_server_since: dict[str, float] = {}
@@ -427,12 +427,12 @@ class Run:
         item.request.model = served[slot % len(served)]
 
     async def _pace(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        start = max(now, self._next_start)
-        self._next_start = start + self.settings.rate_limit_delay
-        if start > now:
-            await asyncio.sleep(start - now)
+        """OllamaManager's ``rate_limit_delay``: a slot waits that long before each request but the
+        run's first, holding its slot as the seed's semaphore does (so at most ``max_concurrent``
+        requests per delay plus answer time, never a burst of them)."""
+        if self._paced:
+            await asyncio.sleep(self.settings.rate_limit_delay)
+        self._paced = True
 
     def _timeout_for(self, server: ServerState, item: _Item) -> float:
         if server.spec.timeout:

@@ -41,8 +41,11 @@ class EngineSettings:
     hedge_min_gain: float = 0.25      # seconds: a hedge costs a request, so only for a real gain
     probe_timeout: float = 5.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    rate_limit_delay: float = 0.0     # seconds between request starts (OllamaManager's knob)
+    rate_limit_delay: float = 0.0     # seconds a slot waits before each request but the first (OllamaManager)
     concurrency: int | None = None    # slots per server, overriding config and probes
+    # A hard cap per server: slots never start or are learnt past it (the Python fronts' ``workers``
+    # and ``max_concurrent``: the number of calls at once, as the tools they come from mean it).
+    max_slots: int | None = None
     max_outage: float = 300.0         # seconds with no live server for a model before its rows fail
     # A row's time on "server busy" answers (429/503 and the waits they ask for), from the first one:
     # past it the row fails. Busy answers are not the row's fault, but a server saying
@@ -62,6 +65,7 @@ class EngineSettings:
         bench sweeps): the fronts check them earlier, with the flag's or key's name."""
         problems = [f"{name} {problem}" for name, problem in (
             ("concurrency", None if self.concurrency is None else slots_problem(self.concurrency)),
+            ("max_slots", None if self.max_slots is None else slots_problem(self.max_slots)),
             ("timeout", None if self.timeout is None else seconds_problem(self.timeout)),
             ("max_busy_seconds", seconds_problem(self.max_busy_seconds)),
             ("max_outage", seconds_problem(self.max_outage)),

@@ -20,8 +20,9 @@ import pandas as pd
 
 from ..errors import UsageError
 from ..manifest import ManifestRecorder, manifest_path
+from ..options import checked_keywords
 from ..runtime import run_sync
-from ..settings import ConfigLike, ServerLike, Settings, resolve
+from ..settings import DEFAULT_WORKERS, LOCAL_PARALLEL, ConfigLike, ServerLike, Settings, resolve
 from ..sources.tables import read_table
 from ..store import Store
 from .answers import resolve_schema
@@ -99,19 +100,38 @@ def check_answer_columns(columns: list[str], models: tuple[str, ...], fanout: bo
                    example="--column-prefix llm_")
 
 
+@checked_keywords()
 async def run_analysis_async(
-    df: Any, text_column: str = "text", workers: int = 3, max_concurrent_calls: int | None = None, *,
+    df: Any, text_column: str = "text", workers: int | None = DEFAULT_WORKERS,
+    max_concurrent_calls: int | None = None, *,
     model_names: str | Sequence[str] = "llama3.2", prompt_template: str | None = None,
     json_keys: Sequence[str] | str | None = None, fanout: bool = False, json_schema: Any = None,
-    system: str | None = None, servers: Any = None, config: ConfigLike | None = None, api: str = "ollama",
-    store: str | os.PathLike[str] | Store | None = None, max_json_retries: int = 2,
+    system: str | None = None, servers: Any = None, local: bool = False, config: ConfigLike | None = None,
+    api: str = "ollama", store: str | os.PathLike[str] | Store | None = None, max_json_retries: int = 2,
     timeout: float | None = None, progress: bool | str = True, chunk_size: int = 20_000,
-    manifest: str | os.PathLike[str] | None = None, column_prefix: str = "", **options: Any,
+    manifest: str | os.PathLike[str] | None = None, column_prefix: str = "",
+    extra_options: dict[str, Any] | None = None, **options: Any,
 ) -> Any:
     """The async twin of `run_analysis`."""
-    models = model_list(model_names)
-    job = resolve(servers=servers, config=config, api=api, workers=workers, system=system,
-                  options=options, timeout=timeout)
+    with ExitStack() as stack:
+        job = resolve(servers=servers, config=config, api=api, local=local, stack=stack,
+                      local_parallel=workers or LOCAL_PARALLEL, workers=workers, system=system,
+                      options=options, extra_options=extra_options, timeout=timeout)
+        models = (job.local_model,) if job.local_model else model_list(model_names)
+        return await _analyse_frame(df, job, models, text_column=text_column, fanout=fanout,
+                                    prompt_template=prompt_template, json_keys=json_keys,
+                                    json_schema=json_schema, column_prefix=column_prefix, store=store,
+                                    chunk_size=chunk_size, max_concurrent_calls=max_concurrent_calls,
+                                    max_json_retries=max_json_retries, progress=progress,
+                                    manifest=manifest)
+
+
+async def _analyse_frame(df: Any, job: Settings, models: tuple[str, ...], *, text_column: str, fanout: bool,
+                         prompt_template: str | None, json_keys: Any, json_schema: Any, column_prefix: str,
+                         store: str | os.PathLike[str] | Store | None, chunk_size: int,
+                         max_concurrent_calls: int | None, max_json_retries: int, progress: bool | str,
+                         manifest: str | os.PathLike[str] | None) -> Any:
+    """A DataFrame through the table loop with the job's settings; the new frame, like the input."""
     build = _builder(job, models, text_column=text_column, fanout=fanout, prompt_template=prompt_template,
                      json_keys=json_keys, json_schema=json_schema, column_prefix=column_prefix)
 
@@ -156,8 +176,10 @@ def analysis_manifest(runner: TableRunner, input_facts: dict[str, Any],
                             path=Path(path) if path is not None else None, output={"path": output})
 
 
+@checked_keywords(run_analysis_async)
 def run_analysis(
-    df: Any, text_column: str = "text", workers: int = 3, max_concurrent_calls: int | None = None, *,
+    df: Any, text_column: str = "text", workers: int | None = DEFAULT_WORKERS,
+    max_concurrent_calls: int | None = None, *,
     model_names: str | Sequence[str] = "llama3.2", prompt_template: str | None = None,
     json_keys: Sequence[str] | str | None = None, fanout: bool = False, **kwargs: Any,
 ) -> Any:
@@ -167,36 +189,41 @@ def run_analysis(
     answered); ``fanout=True`` has every model answer every row, with columns suffixed ``_<model>``.
     A new column is never written over one the table has: such a clash is refused before anything
     is sent, and ``column_prefix="llm_"`` names the new columns ``llm_response``, ``llm_label``...
-    ``workers`` is the number of requests in flight per server (unless a server's config says
-    otherwise); ``max_concurrent_calls`` caps the total. New columns: ``response``, one column per JSON
-    key, ``model`` and ``error`` (an error is always a reason, never a silent NaN). Keywords:
-    ``json_schema`` (dict or pydantic class), ``system``, ``servers``, ``config``, ``api``, ``store``
+    ``workers`` is the number of calls at once on a server, never exceeded (left at its default, a
+    server's own ``max_concurrency`` in the config wins; None: each server's own slots, learnt);
+    ``max_concurrent_calls`` caps the total over all servers. New columns: ``response``, one column
+    per JSON key, ``model`` and ``error`` (an error is always a reason, never a silent NaN). Keywords:
+    ``json_schema`` (dict or pydantic class), ``system``, ``servers`` (URLs, or ``"local"``),
+    ``local=True`` (the embedded llama.cpp model), ``config``, ``api``, ``store``
     (a journal path: re-running resumes), ``manifest`` (a path for the run's manifest JSON, with the
     agreement statistics after a fan-out; the store keeps it either way), ``max_json_retries``,
-    ``timeout``, ``progress``, and any model option (``temperature=0, seed=1, num_ctx=4096``...). Works in
-    scripts and in Jupyter alike.
+    ``timeout``, ``progress``, and any model option (``temperature=0, seed=1, num_ctx=4096``...; a
+    misspelt name is an error with a did-you-mean, ``extra_options={...}`` sends options corral does
+    not know). Works in scripts and in Jupyter alike.
     """
     return run_sync(run_analysis_async(
         df, text_column, workers, max_concurrent_calls, model_names=model_names,
         prompt_template=prompt_template, json_keys=json_keys, fanout=fanout, **kwargs))
 
 
+@checked_keywords()
 async def analyze_file_async(
     input: str | os.PathLike[str], output: str | os.PathLike[str], *, text_column: str = "text",
     model_names: str | Sequence[str] = "llama3.2", prompt_template: str | None = None,
     json_keys: Sequence[str] | str | None = None, json_schema: Any = None, fanout: bool = False,
     system: str | None = None, servers: ServerLike | Sequence[ServerLike] | None = None,
-    config: ConfigLike | None = None, api: str = "ollama", local: bool = False, workers: int = 3,
+    config: ConfigLike | None = None, api: str = "ollama", local: bool = False, workers: int | None = DEFAULT_WORKERS,
     max_concurrent_calls: int | None = None, id_column: str | None = None, chunk_size: int = 20_000,
     max_json_retries: int = 2, store: str | os.PathLike[str] | None = None,
     timeout: float | None = None, neutralize_formulas: bool = True, progress: bool | str = True,
-    argv: list[str] | None = None, column_prefix: str = "", **options: Any,
+    argv: list[str] | None = None, column_prefix: str = "", extra_options: dict[str, Any] | None = None,
+    **options: Any,
 ) -> TableFileReport:
     """The async twin of `analyze_file`."""
     with ExitStack() as stack:
         job = resolve(servers=servers, config=config, api=api, local=local, stack=stack,
-                      local_parallel=max(workers, 1), workers=workers, system=system, options=options,
-                      timeout=timeout)
+                      local_parallel=workers or LOCAL_PARALLEL, workers=workers, system=system,
+                      options=options, extra_options=extra_options, timeout=timeout)
         models = (job.local_model,) if job.local_model else model_list(model_names)
 
         build = _builder(job, models, text_column=text_column, fanout=fanout,
@@ -206,7 +233,7 @@ async def analyze_file_async(
         def describe(runner: TableRunner, facts: dict[str, Any]) -> ManifestRecorder:
             recorder = analysis_manifest(runner, facts, manifest_path(output), text_column=text_column,
                                          output=str(output), argv=argv)
-            recorder.job.update(local=local, id_column=id_column)
+            recorder.job.update(local=bool(job.local_model), id_column=id_column)
             return recorder
 
         report = await run_table_file(
@@ -223,6 +250,7 @@ async def analyze_file_async(
     return report
 
 
+@checked_keywords(analyze_file_async)
 def analyze_file(input: str | os.PathLike[str], output: str | os.PathLike[str], **kwargs: Any) -> TableFileReport:
     """Run one prompt over every row of a table file and write the table with its answers:
     `corral analyze` from Python, with `run_analysis`'s keywords.
@@ -230,9 +258,9 @@ def analyze_file(input: str | os.PathLike[str], output: str | os.PathLike[str], 
     The input is read in chunks of ``chunk_size`` rows (CSV, TSV, Parquet, JSONL, Excel) and the
     output (by its extension) written chunk by chunk; memory does not grow with the file. The output
     appears only when complete. The journal beside it (``<output>.corral.db``, or ``store=``) makes a
-    second call resume: rows already answered are not sent again. ``local=True`` runs the embedded
-    llama.cpp model. Returns a `TableFileReport` (rows written, counts, rows not sent, and after a
-    fan-out with ``json_keys`` the models' agreement).
+    second call resume: rows already answered are not sent again. ``local=True`` (or
+    ``servers="local"``) runs the embedded llama.cpp model. Returns a `TableFileReport` (rows
+    written, counts, rows not sent, and after a fan-out with ``json_keys`` the models' agreement).
 
     >>> corral.analyze_file("speeches.csv", "labelled.parquet", model_names=["llama3.2", "mistral"],
     ...                     json_keys=["label"], fanout=True, temperature=0)

@@ -19,8 +19,9 @@ import pandas as pd
 from ..engine import JobStats
 from ..errors import UsageError
 from ..manifest import ManifestRecorder, manifest_path
+from ..options import checked_keywords
 from ..runtime import run_sync
-from ..settings import ConfigLike, Settings, resolve
+from ..settings import DEFAULT_WORKERS, LOCAL_PARALLEL, ConfigLike, Settings, resolve
 from ..store import Store
 from .answers import check_keys
 from .job import RunnerFactory, Where, like_input, model_list, progress_mode, run_table_file, run_table_frame
@@ -150,22 +151,39 @@ def fill_manifest(runner: TableRunner, plan: FillPlan, prompt_template: str | No
                             path=Path(path) if path is not None else None)
 
 
+@checked_keywords()
 async def fill_missing_fields_async(
     df: Any, title_col: str = "title_en",
     json_fields: Sequence[str] = ("Occasion", "Institution", "City"),
     col_map: dict[str, str] | None = None, model_names: str | Sequence[str] = "llama3.2",
-    fanout: bool = False, workers: int = 3, *, max_concurrent_calls: int | None = None,
+    fanout: bool = False, workers: int | None = DEFAULT_WORKERS, *, max_concurrent_calls: int | None = None,
     prompt_template: str | None = None, system: str | None = None, servers: Any = None,
-    config: ConfigLike | None = None, api: str = "ollama",
+    local: bool = False, config: ConfigLike | None = None, api: str = "ollama",
     store: str | os.PathLike[str] | Store | None = None,
     max_json_retries: int = 2, timeout: float | None = None, progress: bool | str = True,
     chunk_size: int = 20_000, manifest: str | os.PathLike[str] | None = None, column_prefix: str = "",
-    **options: Any,
+    extra_options: dict[str, Any] | None = None, **options: Any,
 ) -> Any:
     """The async twin of `fill_missing_fields`."""
-    models = model_list(model_names)
-    job = resolve(servers=servers, config=config, api=api, workers=workers, system=system,
-                  options=options, timeout=timeout)
+    with ExitStack() as stack:
+        job = resolve(servers=servers, config=config, api=api, local=local, stack=stack,
+                      local_parallel=workers or LOCAL_PARALLEL, workers=workers, system=system,
+                      options=options, extra_options=extra_options, timeout=timeout)
+        models = (job.local_model,) if job.local_model else model_list(model_names)
+        return await _fill_frame(df, job, models, title_col=title_col, json_fields=json_fields,
+                                 col_map=col_map, fanout=fanout, prompt_template=prompt_template,
+                                 column_prefix=column_prefix, store=store, chunk_size=chunk_size,
+                                 max_concurrent_calls=max_concurrent_calls,
+                                 max_json_retries=max_json_retries, progress=progress, manifest=manifest)
+
+
+async def _fill_frame(df: Any, job: Settings, models: tuple[str, ...], *, title_col: str,
+                      json_fields: Sequence[str], col_map: dict[str, str] | None, fanout: bool,
+                      prompt_template: str | None, column_prefix: str,
+                      store: str | os.PathLike[str] | Store | None, chunk_size: int,
+                      max_concurrent_calls: int | None, max_json_retries: int, progress: bool | str,
+                      manifest: str | os.PathLike[str] | None) -> Any:
+    """A DataFrame through the table loop with the job's settings; the new frame, like the input."""
     build, plans = _builder(job, models, title_col=title_col, json_fields=json_fields, col_map=col_map,
                             fanout=fanout, prompt_template=prompt_template, column_prefix=column_prefix)
 
@@ -198,38 +216,46 @@ def _builder(job: Settings, models: tuple[str, ...], *, title_col: str, json_fie
     return build, plans
 
 
+@checked_keywords(fill_missing_fields_async)
 def fill_missing_fields(df: Any, title_col: str = "title_en",
                         json_fields: Sequence[str] = ("Occasion", "Institution", "City"),
                         col_map: dict[str, str] | None = None,
                         model_names: str | Sequence[str] = "llama3.2", fanout: bool = False,
-                        workers: int = 3, **kwargs: Any) -> Any:
+                        workers: int | None = DEFAULT_WORKERS, **kwargs: Any) -> Any:
     """Ask only for the fields each row lacks; return a new DataFrame (pandas or polars, as given).
 
     New columns (``computed_<field>``, ``fill_error``, ``fill_model``) never replace the table's
     own: a clash is refused before anything is sent; ``column_prefix="run2_"`` renames them.
 
+    ``workers`` is the number of calls at once on a server, never exceeded (left at its default, a
+    server's own ``max_concurrency`` in the config wins; None: learnt);
+    ``local=True`` (or ``servers="local"``) asks the embedded llama.cpp model. Model options by
+    Ollama's names as keywords (``temperature=0``; a misspelt one is an error with a did-you-mean;
+    ``extra_options={...}`` for options corral does not know).
     ``manifest="fill.manifest.json"`` also writes the run's manifest there (the store keeps it anyway)."""
     return run_sync(fill_missing_fields_async(df, title_col, json_fields, col_map, model_names, fanout,
                                               workers, **kwargs))
 
 
+@checked_keywords()
 async def fill_file_async(
     input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], *, chunk_size: int = 20_000,
     title_col: str = "title_en", json_fields: Sequence[str] = ("Occasion", "Institution", "City"),
     col_map: dict[str, str] | None = None, model_names: str | Sequence[str] = "llama3.2",
-    fanout: bool = False, workers: int = 3, max_concurrent_calls: int | None = None,
+    fanout: bool = False, workers: int | None = DEFAULT_WORKERS, max_concurrent_calls: int | None = None,
     prompt_template: str | None = None, system: str | None = None, servers: Any = None,
     config: ConfigLike | None = None, api: str = "ollama",
     store: str | os.PathLike[str] | Store | None = None, max_json_retries: int = 2,
     timeout: float | None = None, progress: bool | str = "auto", neutralize_formulas: bool = True,
-    argv: list[str] | None = None, local: bool = False, column_prefix: str = "", **options: Any,
+    argv: list[str] | None = None, local: bool = False, column_prefix: str = "",
+    extra_options: dict[str, Any] | None = None, **options: Any,
 ) -> tuple[int, JobStats]:
     """Stream a table file through the fill job, writing the output chunk by chunk, and its manifest
     beside it (``<output>.manifest.json``)."""
     with ExitStack() as stack:
         job = resolve(servers=servers, config=config, api=api, local=local, stack=stack,
-                      local_parallel=max(workers, 1), workers=workers, system=system, options=options,
-                      timeout=timeout)
+                      local_parallel=workers or LOCAL_PARALLEL, workers=workers, system=system,
+                      options=options, extra_options=extra_options, timeout=timeout)
         models = (job.local_model,) if job.local_model else model_list(model_names)
         build, plans = _builder(job, models, title_col=title_col, json_fields=json_fields,
                                 col_map=col_map, fanout=fanout, prompt_template=prompt_template,
@@ -239,7 +265,7 @@ async def fill_file_async(
             recorder = fill_manifest(runner, plans[0], prompt_template, facts,
                                      manifest_path(str(output_path)), kind="fill",
                                      output=str(output_path), argv=argv)
-            recorder.job["local"] = local
+            recorder.job["local"] = bool(job.local_model)
             return recorder
 
         report = await run_table_file(
@@ -250,16 +276,19 @@ async def fill_file_async(
     return report.written, report.stats
 
 
+@checked_keywords(fill_file_async)
 def fill_missing_fields_from_csv(
-    input_csv: str, output_csv: str = "out.csv", chunk_size: int = 20_000, workers: int = 3,
+    input_csv: str, output_csv: str = "out.csv", chunk_size: int = 20_000, workers: int | None = DEFAULT_WORKERS,
     batch_size: int = 4, title_col: str = "title_en",
     json_fields: tuple[str, ...] = ("Occasion", "Institution", "City"),
     col_map: dict[str, str] | None = None, model_names: str | Sequence[str] = "llama3.2",
     fanout: bool = False, **kwargs: Any,
 ) -> None:
     """Ollama-run-async's function: stream ``input_csv`` in chunks and write ``output_csv`` (any table format
-    by extension). ``batch_size`` is accepted for compatibility; corral's slots make it unnecessary.
-    Re-running resumes from the journal beside the output (``<output>.corral.db``)."""
+    by extension). ``workers`` is the number of calls at once on a server, never exceeded.
+    ``batch_size`` is accepted for compatibility; corral's slots make it unnecessary. Re-running
+    resumes from the journal beside the output (``<output>.corral.db``). Keywords as
+    `fill_missing_fields`, ``local=True`` (or ``servers="local"``) included."""
     del batch_size
     kwargs.setdefault("progress", "auto")
     run_sync(fill_file_async(input_csv, output_csv, chunk_size=chunk_size, workers=workers,
