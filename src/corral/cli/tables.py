@@ -33,7 +33,7 @@ def analyze_command(
     output: str = typer.Option(..., "-o", "--output", help="Output table (.csv, .parquet, .jsonl)."),
     text_column: str = typer.Option("text", "--text-column", help="Column holding the text."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Template with {text} / {column} (or @file)."),
-    json_keys: Optional[str] = typer.Option(None, "--json-keys", help="Keys of the JSON answer: label,prob"),
+    json_keys: Optional[str] = typer.Option(None, "--json-keys", help="Keys of the JSON answer: label,prob; typed: label:str,prob:float (str, int, float, bool)"),
     schema: Optional[str] = typer.Option(None, "--schema", help="JSON Schema of the answer (inline or @file)."),
     models: str = typer.Option("llama3.2", "--models", "-m", help="Model(s), comma-separated."),
     fanout: bool = typer.Option(False, "--fanout", help="Every model answers every row."),
@@ -112,7 +112,7 @@ def analyze_command(
 def fill_command(
     input: str = typer.Argument(..., help="Table: CSV, TSV, Parquet, JSONL or Excel."),
     output: str = typer.Option(..., "-o", "--output", "--output_csv", help="Output table."),
-    fields: str = typer.Option(..., "--fields", "--json_fields", help="Fields to fill: Occasion,City"),
+    fields: str = typer.Option(..., "--fields", "--json_fields", help="Fields to fill: Occasion,City; typed: City,Year:int"),
     title_col: str = typer.Option("title_en", "--title-col", "--text-column", help="Column with the text."),
     col_map: Optional[str] = typer.Option(None, "--col-map", help="FIELD=COLUMN,...: fill these columns' gaps."),
     models: str = typer.Option("llama3.2", "--models", "-m", help="Model(s), comma-separated."),

@@ -24,6 +24,7 @@ from ..runtime import run_sync
 from ..settings import ConfigLike, ServerLike, Settings, resolve
 from ..sources.tables import read_table
 from ..store import Store
+from .answer_types import JsonKeys, json_types
 from .answers import resolve_schema
 from .job import (
     RunnerFactory,
@@ -53,12 +54,13 @@ class AnalysisPlan:
     """What to ask of each row, checked against the table before anything is sent."""
 
     def __init__(self, columns: list[str], text_column: str, prompt_template: str | None,
-                 json_keys: Sequence[str] | str | None, json_schema: Any) -> None:
+                 json_keys: JsonKeys, json_schema: Any) -> None:
         if text_column not in columns:
             raise UsageError(f"text column {text_column!r} is not in the table; columns are: "
                              f"{', '.join(map(str, columns))}")
         self.text_column = text_column
         self.keys, self.schema, self.model_class = resolve_schema(json_keys, json_schema)
+        self.types = json_types(self.schema) if self.schema else {}
         self.template = PromptTemplate(prompt_template or default_template(self.keys), text_column,
                                        [str(c) for c in columns])
 
@@ -79,7 +81,7 @@ def build_runner(columns: list[str], emit: Any, *, text_column: str, models: tup
     check_answer_columns(columns, models, fanout, plan.keys, column_prefix)
 
     def finish(frame: pd.DataFrame, results: list[RowResult]) -> pd.DataFrame:
-        return add_answer_columns(frame, results, models, fanout, plan.keys, column_prefix)
+        return add_answer_columns(frame, results, models, fanout, plan.keys, column_prefix, plan.types)
 
     return TableRunner(models=models, fanout=fanout, system=system, options=options, plan=plan,
                        finish=finish, emit=emit, id_column=id_column)
@@ -102,7 +104,7 @@ def check_answer_columns(columns: list[str], models: tuple[str, ...], fanout: bo
 async def run_analysis_async(
     df: Any, text_column: str = "text", workers: int = 3, max_concurrent_calls: int | None = None, *,
     model_names: str | Sequence[str] = "llama3.2", prompt_template: str | None = None,
-    json_keys: Sequence[str] | str | None = None, fanout: bool = False, json_schema: Any = None,
+    json_keys: JsonKeys = None, fanout: bool = False, json_schema: Any = None,
     system: str | None = None, servers: Any = None, config: ConfigLike | None = None, api: str = "ollama",
     store: str | os.PathLike[str] | Store | None = None, max_json_retries: int = 2,
     timeout: float | None = None, progress: bool | str = True, chunk_size: int = 20_000,
@@ -119,8 +121,8 @@ async def run_analysis_async(
         return analysis_manifest(runner, facts, manifest, text_column=text_column, kind="run_analysis")
 
     def empty(frame: pd.DataFrame, runner: TableRunner) -> pd.DataFrame:
-        return add_answer_columns(frame, [], models, fanout, runner.plan.keys,  # type: ignore[attr-defined]
-                                  column_prefix)
+        plan: AnalysisPlan = runner.plan  # type: ignore[assignment]
+        return add_answer_columns(frame, [], models, fanout, plan.keys, column_prefix, plan.types)
 
     out, runner, recorder = await run_table_frame(
         df, build=build, describe=describe, where=Where(job), per_row=len(models) if fanout else 1, store=store,
@@ -159,7 +161,7 @@ def analysis_manifest(runner: TableRunner, input_facts: dict[str, Any],
 def run_analysis(
     df: Any, text_column: str = "text", workers: int = 3, max_concurrent_calls: int | None = None, *,
     model_names: str | Sequence[str] = "llama3.2", prompt_template: str | None = None,
-    json_keys: Sequence[str] | str | None = None, fanout: bool = False, **kwargs: Any,
+    json_keys: JsonKeys = None, fanout: bool = False, **kwargs: Any,
 ) -> Any:
     """Run one prompt over every row; return a new DataFrame in the input's row order.
 
@@ -184,7 +186,7 @@ def run_analysis(
 async def analyze_file_async(
     input: str | os.PathLike[str], output: str | os.PathLike[str], *, text_column: str = "text",
     model_names: str | Sequence[str] = "llama3.2", prompt_template: str | None = None,
-    json_keys: Sequence[str] | str | None = None, json_schema: Any = None, fanout: bool = False,
+    json_keys: JsonKeys = None, json_schema: Any = None, fanout: bool = False,
     system: str | None = None, servers: ServerLike | Sequence[ServerLike] | None = None,
     config: ConfigLike | None = None, api: str = "ollama", local: bool = False, workers: int = 3,
     max_concurrent_calls: int | None = None, id_column: str | None = None, chunk_size: int = 20_000,

@@ -22,6 +22,7 @@ from ..manifest import ManifestRecorder, manifest_path
 from ..runtime import run_sync
 from ..settings import ConfigLike, Settings, resolve
 from ..store import Store
+from .answer_types import JsonKeys, is_typed, json_types, nullable, typed_column, typed_schema
 from .answers import check_keys
 from .job import RunnerFactory, Where, like_input, model_list, progress_mode, run_table_file, run_table_frame
 from .prompts import PromptTemplate, is_missing
@@ -39,13 +40,14 @@ DEFAULT_FILL_PROMPT = (
 class FillPlan:
     """Per row: which fields are missing, and the prompt asking for exactly those."""
 
-    def __init__(self, columns: list[str], title_col: str, json_fields: tuple[str, ...],
+    def __init__(self, columns: list[str], title_col: str, json_fields: JsonKeys,
                  col_map: dict[str, str] | None, prompt_template: str | None) -> None:
         if title_col not in columns:
             raise UsageError(f"text column {title_col!r} is not in the table; columns are: "
                              f"{', '.join(map(str, columns))}")
         self.title_col = title_col
-        self.fields = check_keys(json_fields, "json_fields")
+        self.fields, self.specs = fill_fields(json_fields)
+        self.types = json_types({"properties": self.specs})
         self.col_map = dict(col_map or {})
         unknown = sorted(set(self.col_map) - set(self.fields))
         if unknown:
@@ -72,9 +74,21 @@ class FillPlan:
         schema = self._schemas.get(wanted)
         if schema is None:  # one schema object per combination of missing fields, shared by rows
             schema = self._schemas[wanted] = {
-                "type": "object", "properties": {f: {"type": ["string", "null"]} for f in wanted},
+                "type": "object", "properties": {f: nullable(self.specs[f]) for f in wanted},
                 "required": list(wanted)}
         return RowPlan(prompt=prompt, keys=wanted, schema=schema)
+
+
+def fill_fields(json_fields: JsonKeys) -> tuple[tuple[str, ...], dict[str, dict[str, Any]]]:
+    """(fields, each field's JSON Schema) from names, or names with types (``{"year": int}``,
+    ``"City,year:int"``, a pydantic class, a JSON Schema); an untyped field is text."""
+    if is_typed(json_fields):
+        schema, _ = typed_schema(json_fields, "json_fields")
+        specs = {str(k): dict(v) if isinstance(v, dict) else {} for k, v in schema["properties"].items()}
+        return check_keys(tuple(specs), "json_fields"), specs
+    names: list[Any] = json_fields.split(",") if isinstance(json_fields, str) else list(json_fields or ())  # type: ignore[arg-type]
+    fields = check_keys(tuple(str(n).strip() for n in names if str(n).strip()), "json_fields")
+    return fields, {f: {} for f in fields}
 
 
 def fill_column_names(plan: FillPlan, models: tuple[str, ...], fanout: bool, prefix: str = "") -> list[str]:
@@ -118,18 +132,18 @@ def fill_columns(frame: pd.DataFrame, results: list[RowResult], plan: FillPlan,
                 empty = column.map(is_missing)
                 out[target] = column.where(~empty, fills)
             else:
-                out[f"{prefix}computed_{field}{suffix}"] = values[field]
+                out[f"{prefix}computed_{field}{suffix}"] = typed_column(values[field], plan.types.get(field))
         out[f"{prefix}fill_error{suffix}"] = errors
         if not fanout:
             out[f"{prefix}fill_model"] = answered_by
     return out
 
 
-def _runner(columns: list[str], emit: Any, *, title_col: str, json_fields: Sequence[str],
+def _runner(columns: list[str], emit: Any, *, title_col: str, json_fields: JsonKeys,
             col_map: dict[str, str] | None, models: tuple[str, ...], fanout: bool,
             prompt_template: str | None, system: str | None, options: dict[str, Any],
             column_prefix: str = "") -> tuple[TableRunner, FillPlan]:
-    plan = FillPlan(columns, title_col, tuple(json_fields), col_map, prompt_template)
+    plan = FillPlan(columns, title_col, json_fields, col_map, prompt_template)
     refuse_clashes([str(c) for c in columns], fill_column_names(plan, models, fanout, column_prefix),
                    option="--column-prefix (column_prefix= in Python)", example="--column-prefix run2_")
     runner = TableRunner(
@@ -152,7 +166,7 @@ def fill_manifest(runner: TableRunner, plan: FillPlan, prompt_template: str | No
 
 async def fill_missing_fields_async(
     df: Any, title_col: str = "title_en",
-    json_fields: Sequence[str] = ("Occasion", "Institution", "City"),
+    json_fields: JsonKeys = ("Occasion", "Institution", "City"),
     col_map: dict[str, str] | None = None, model_names: str | Sequence[str] = "llama3.2",
     fanout: bool = False, workers: int = 3, *, max_concurrent_calls: int | None = None,
     prompt_template: str | None = None, system: str | None = None, servers: Any = None,
@@ -182,7 +196,7 @@ async def fill_missing_fields_async(
     return like_input(df, out)
 
 
-def _builder(job: Settings, models: tuple[str, ...], *, title_col: str, json_fields: Sequence[str],
+def _builder(job: Settings, models: tuple[str, ...], *, title_col: str, json_fields: JsonKeys,
              col_map: dict[str, str] | None, fanout: bool,
              prompt_template: str | None, column_prefix: str = "") -> tuple[RunnerFactory, list[FillPlan]]:
     """The fill runner for a table with the given columns, and the plan it made (once built)."""
@@ -199,7 +213,7 @@ def _builder(job: Settings, models: tuple[str, ...], *, title_col: str, json_fie
 
 
 def fill_missing_fields(df: Any, title_col: str = "title_en",
-                        json_fields: Sequence[str] = ("Occasion", "Institution", "City"),
+                        json_fields: JsonKeys = ("Occasion", "Institution", "City"),
                         col_map: dict[str, str] | None = None,
                         model_names: str | Sequence[str] = "llama3.2", fanout: bool = False,
                         workers: int = 3, **kwargs: Any) -> Any:
@@ -215,7 +229,7 @@ def fill_missing_fields(df: Any, title_col: str = "title_en",
 
 async def fill_file_async(
     input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], *, chunk_size: int = 20_000,
-    title_col: str = "title_en", json_fields: Sequence[str] = ("Occasion", "Institution", "City"),
+    title_col: str = "title_en", json_fields: JsonKeys = ("Occasion", "Institution", "City"),
     col_map: dict[str, str] | None = None, model_names: str | Sequence[str] = "llama3.2",
     fanout: bool = False, workers: int = 3, max_concurrent_calls: int | None = None,
     prompt_template: str | None = None, system: str | None = None, servers: Any = None,
@@ -253,7 +267,7 @@ async def fill_file_async(
 def fill_missing_fields_from_csv(
     input_csv: str, output_csv: str = "out.csv", chunk_size: int = 20_000, workers: int = 3,
     batch_size: int = 4, title_col: str = "title_en",
-    json_fields: tuple[str, ...] = ("Occasion", "Institution", "City"),
+    json_fields: JsonKeys = ("Occasion", "Institution", "City"),
     col_map: dict[str, str] | None = None, model_names: str | Sequence[str] = "llama3.2",
     fanout: bool = False, **kwargs: Any,
 ) -> None:
