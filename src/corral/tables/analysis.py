@@ -192,7 +192,7 @@ async def analyze_file_async(
     max_concurrent_calls: int | None = None, id_column: str | None = None, chunk_size: int = 20_000,
     max_json_retries: int = 2, store: str | os.PathLike[str] | None = None,
     timeout: float | None = None, neutralize_formulas: bool = True, progress: bool | str = True,
-    argv: list[str] | None = None, column_prefix: str = "", **options: Any,
+    argv: list[str] | None = None, column_prefix: str = "", encoding: str | None = None, **options: Any,
 ) -> TableFileReport:
     """The async twin of `analyze_file`."""
     with ExitStack() as stack:
@@ -208,14 +208,16 @@ async def analyze_file_async(
         def describe(runner: TableRunner, facts: dict[str, Any]) -> ManifestRecorder:
             recorder = analysis_manifest(runner, facts, manifest_path(output), text_column=text_column,
                                          output=str(output), argv=argv)
-            recorder.job.update(local=local, id_column=id_column)
+            recorder.job.update(local=local, id_column=id_column, column_prefix=column_prefix,
+                                encoding=encoding)
             return recorder
 
         report = await run_table_file(
             input, output, build=build, describe=describe, where=Where(job), required=[text_column, id_column or ""],
             per_row=len(models) if fanout else 1, store=store, chunk_size=chunk_size,
             neutralize_formulas=neutralize_formulas, max_concurrent_calls=max_concurrent_calls,
-            max_json_retries=max_json_retries, progress=progress_mode(progress), argv=argv)
+            max_json_retries=max_json_retries, progress=progress_mode(progress), argv=argv,
+            encoding=encoding)
     runner = report.runner
     keys = getattr(runner.plan, "keys", None) if runner is not None else None
     recorder = report.recorder
@@ -233,7 +235,8 @@ def analyze_file(input: str | os.PathLike[str], output: str | os.PathLike[str], 
     output (by its extension) written chunk by chunk; memory does not grow with the file. The output
     appears only when complete. The journal beside it (``<output>.corral.db``, or ``store=``) makes a
     second call resume: rows already answered are not sent again. ``local=True`` runs the embedded
-    llama.cpp model. Returns a `TableFileReport` (rows written, counts, rows not sent, and after a
+    llama.cpp model; ``encoding="cp1252"`` (or latin-1, utf-16...) reads a CSV or TSV that is not
+    UTF-8. Returns a `TableFileReport` (rows written, counts, rows not sent, and after a
     fan-out with ``json_keys`` the models' agreement).
 
     >>> corral.analyze_file("speeches.csv", "labelled.parquet", model_names=["llama3.2", "mistral"],

@@ -60,6 +60,12 @@ class FillPlan:
                                        [str(c) for c in columns])
         self._schemas: dict[tuple[str, ...], dict[str, Any]] = {}
 
+    def fields_schema(self) -> dict[str, Any] | None:
+        """The fields with their types, for the manifest (None when every field is plain text)."""
+        if not any(self.specs.values()):
+            return None
+        return {"type": "object", "properties": self.specs, "required": list(self.fields)}
+
     def missing(self, row: dict[str, Any]) -> tuple[str, ...]:
         return tuple(f for f in self.fields
                      if (column := self.source[f]) is None or is_missing(row.get(column)))
@@ -159,7 +165,8 @@ def fill_manifest(runner: TableRunner, plan: FillPlan, prompt_template: str | No
                   kind: str, output: str | None = None, argv: list[str] | None = None) -> ManifestRecorder:
     """The manifest of a fill run: the fields asked for, where answers go, the template as sent."""
     job = table_job(runner, prompt_template or DEFAULT_FILL_PROMPT, text_column=plan.title_col,
-                    json_fields=list(plan.fields), col_map=plan.col_map or None)
+                    json_fields=list(plan.fields), col_map=plan.col_map or None,
+                    fields_schema=plan.fields_schema())
     return ManifestRecorder(kind=kind, job=job, input=input_facts, argv=argv, output={"path": output},
                             path=Path(path) if path is not None else None)
 
@@ -236,10 +243,11 @@ async def fill_file_async(
     config: ConfigLike | None = None, api: str = "ollama",
     store: str | os.PathLike[str] | Store | None = None, max_json_retries: int = 2,
     timeout: float | None = None, progress: bool | str = "auto", neutralize_formulas: bool = True,
-    argv: list[str] | None = None, local: bool = False, column_prefix: str = "", **options: Any,
+    argv: list[str] | None = None, local: bool = False, column_prefix: str = "", encoding: str | None = None,
+    **options: Any,
 ) -> tuple[int, JobStats]:
     """Stream a table file through the fill job, writing the output chunk by chunk, and its manifest
-    beside it (``<output>.manifest.json``)."""
+    beside it (``<output>.manifest.json``); ``encoding`` reads a CSV or TSV that is not UTF-8."""
     with ExitStack() as stack:
         job = resolve(servers=servers, config=config, api=api, local=local, stack=stack,
                       local_parallel=max(workers, 1), workers=workers, system=system, options=options,
@@ -253,14 +261,15 @@ async def fill_file_async(
             recorder = fill_manifest(runner, plans[0], prompt_template, facts,
                                      manifest_path(str(output_path)), kind="fill",
                                      output=str(output_path), argv=argv)
-            recorder.job["local"] = local
+            recorder.job.update(local=local, column_prefix=column_prefix, encoding=encoding)
             return recorder
 
         report = await run_table_file(
             input_path, output_path, build=build, describe=describe, where=Where(job), required=[title_col],
             per_row=0, store=store, chunk_size=chunk_size,  # rows with nothing missing are not sent
             neutralize_formulas=neutralize_formulas, max_concurrent_calls=max_concurrent_calls,
-            max_json_retries=max_json_retries, progress=progress_mode(progress), argv=argv)
+            max_json_retries=max_json_retries, progress=progress_mode(progress), argv=argv,
+            encoding=encoding)
     return report.written, report.stats
 
 
