@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+import corral as corral_api
 from corral.report.data import load
 from tests.conftest import corral
 from tests.fakes import FakeServer
@@ -128,6 +129,23 @@ def test_encoding_reads_csv_and_tsv_saved_by_other_tools(tmp_path: Path, server:
     filled = corral("fill", "in.csv", "-o", "filled.csv", "--fields", "City", "--title-col", "text",
                     "--encoding", encoding, "-s", server.url, "--progress", "none", cwd=tmp_path)
     assert filled.returncode == 0, filled.stderr
+    embedded = corral("embed", "in.csv", "-o", "vectors.parquet", "-m", "llama3.2", "--encoding", encoding,
+                      "-s", server.url, "--progress", "none", cwd=tmp_path)
+    assert embedded.returncode == 0, embedded.stderr
+    (tmp_path / "labels.csv").write_bytes("label_a,label_b\ncafé,café\nthé,café\n".encode(encoding))
+    agreed = corral("agree", "labels.csv", "--key", "label", "--encoding", encoding, cwd=tmp_path)
+    assert agreed.returncode == 0 and "2 models, 2 rows" in agreed.stdout, agreed.stderr
+
+
+def test_the_python_fronts_take_an_encoding(tmp_path: Path, server: FakeServer) -> None:
+    source = tmp_path / "events.csv"
+    source.write_bytes("title_en,City\nLe café de Flore,\n".encode("cp1252"))
+    corral_api.fill_missing_fields_from_csv(str(source), str(tmp_path / "out.csv"), title_col="title_en",
+                                            json_fields=("City",), servers=[server.url], encoding="cp1252")
+    assert pd.read_csv(tmp_path / "out.csv").loc[0, "title_en"] == "Le café de Flore"
+    report = corral_api.analyze_file(source, tmp_path / "out.parquet", text_column="title_en",
+                                     servers=[server.url], encoding="cp1252", progress=False)
+    assert report.written == 1 and report.stats.ok == 1
 
 
 @pytest.mark.parametrize("encoding, fragment", [
@@ -142,6 +160,10 @@ def test_a_file_that_is_not_utf8_names_encoding(tmp_path: Path, server: FakeServ
     (line,) = failed.stderr.strip().splitlines()
     assert fragment in line and "--encoding" in line, line
     assert not server.requests or all("café" not in json.dumps(b) for _, b in server.requests)
+    (tmp_path / "labels.csv").write_bytes("label_a,label_b\ncafé,thé\n".encode(encoding))
+    agree = corral("agree", "labels.csv", "--key", "label", cwd=tmp_path)
+    assert agree.returncode == 2 and "labels.csv: " in agree.stderr and "--encoding" in agree.stderr
+    assert len(agree.stderr.strip().splitlines()) == 1
 
 
 def test_encoding_is_refused_for_formats_that_have_none(tmp_path: Path, server: FakeServer) -> None:
