@@ -168,3 +168,26 @@ def test_bad_typed_keys_are_refused_before_sending(server: FakeServer, json_keys
                             progress=False)
     assert fragment in str(caught.value)
     assert not server.requests
+
+
+def test_fill_with_a_pydantic_model_keeps_its_definitions(servers: dict[str, FakeServer]) -> None:
+    pydantic = pytest.importorskip("pydantic")
+    import enum
+
+    class Mood(enum.Enum):
+        calm = "calm"
+        angry = "angry"
+
+    class Fields(pydantic.BaseModel):
+        mood: Mood
+        year: int
+
+    server = servers["ollama"]
+    server.reset_stats()
+    server.responder = None  # the fake answers what the schema asks for
+    df = pd.DataFrame({"title_en": ["a speech"], "year": [None]})
+    out = corral.fill_missing_fields(df, "title_en", Fields, servers=[server.url], progress=False)
+    schema = server.requests[0][1]["format"]
+    assert "$defs" in schema and schema["properties"]["mood"]["$ref"].startswith("#/$defs/")
+    assert out.loc[0, "computed_mood"] == "calm" and out.loc[0, "computed_year"] == 0
+    assert str(out["computed_year"].dtype) == "Int64" and pd.isna(out.loc[0, "fill_error"])

@@ -46,7 +46,7 @@ class FillPlan:
             raise UsageError(f"text column {title_col!r} is not in the table; columns are: "
                              f"{', '.join(map(str, columns))}")
         self.title_col = title_col
-        self.fields, self.specs = fill_fields(json_fields)
+        self.fields, self.specs, self.defs = fill_fields(json_fields)
         self.types = json_types({"properties": self.specs})
         self.col_map = dict(col_map or {})
         unknown = sorted(set(self.col_map) - set(self.fields))
@@ -64,7 +64,8 @@ class FillPlan:
         """The fields with their types, for the manifest (None when every field is plain text)."""
         if not any(self.specs.values()):
             return None
-        return {"type": "object", "properties": self.specs, "required": list(self.fields)}
+        return {"type": "object", "properties": self.specs, "required": list(self.fields),
+                **({"$defs": self.defs} if self.defs else {})}
 
     def missing(self, row: dict[str, Any]) -> tuple[str, ...]:
         return tuple(f for f in self.fields
@@ -81,20 +82,21 @@ class FillPlan:
         if schema is None:  # one schema object per combination of missing fields, shared by rows
             schema = self._schemas[wanted] = {
                 "type": "object", "properties": {f: nullable(self.specs[f]) for f in wanted},
-                "required": list(wanted)}
+                "required": list(wanted), **({"$defs": self.defs} if self.defs else {})}
         return RowPlan(prompt=prompt, keys=wanted, schema=schema)
 
 
-def fill_fields(json_fields: JsonKeys) -> tuple[tuple[str, ...], dict[str, dict[str, Any]]]:
-    """(fields, each field's JSON Schema) from names, or names with types (``{"year": int}``,
-    ``"City,year:int"``, a pydantic class, a JSON Schema); an untyped field is text."""
+def fill_fields(json_fields: JsonKeys) -> tuple[tuple[str, ...], dict[str, dict[str, Any]], dict[str, Any]]:
+    """(fields, each field's JSON Schema, the definitions they refer to) from names, or names with
+    types (``{"year": int}``, ``"City,year:int"``, a pydantic class, a JSON Schema); an untyped
+    field is text."""
     if is_typed(json_fields):
         schema, _ = typed_schema(json_fields, "json_fields")
         specs = {str(k): dict(v) if isinstance(v, dict) else {} for k, v in schema["properties"].items()}
-        return check_keys(tuple(specs), "json_fields"), specs
+        return check_keys(tuple(specs), "json_fields"), specs, dict(schema.get("$defs") or {})
     names: list[Any] = json_fields.split(",") if isinstance(json_fields, str) else list(json_fields or ())  # type: ignore[arg-type]
     fields = check_keys(tuple(str(n).strip() for n in names if str(n).strip()), "json_fields")
-    return fields, {f: {} for f in fields}
+    return fields, {f: {} for f in fields}, {}
 
 
 def fill_column_names(plan: FillPlan, models: tuple[str, ...], fanout: bool, prefix: str = "") -> list[str]:
