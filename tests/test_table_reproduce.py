@@ -61,6 +61,8 @@ def test_analyze_reproduce_sends_again_compares_and_echoes_the_command_quoted(tm
     redo = manifest(tmp_path / "out.reproduced.csv.manifest.json")
     assert redo["reproduction"]["identical"] == 4 and redo["job"]["reproduces"] == "out.csv.manifest.json"
     assert pd.read_csv(tmp_path / "out.reproduced.csv").equals(pd.read_csv(tmp_path / "out.csv"))
+    twice = corral("analyze", "--reproduce", "out.csv.manifest.json", "--progress", "none", cwd=tmp_path)
+    assert "out.reproduced.csv.corral.db exists (an earlier re-run?)" in twice.stderr
 
 
 @pytest.mark.parametrize("extra, fragment", [

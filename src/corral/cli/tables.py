@@ -109,6 +109,8 @@ def analyze_command(
         input, output = str(repro.input_path), output or repro.default_output()
     input, output = _input_and_output(input, output)
     journal = str(store or default_store_path(output, None))
+    if repro is not None:
+        _warn_if_resuming(journal)
     report = _run_interruptibly(analyze_file_async(
         input, output, config=config, api=api, workers=workers, chunk_size=chunk_size, store=store,
         neutralize_formulas=not keep_formulas, progress=progress, argv=sys.argv, **job,
@@ -203,6 +205,8 @@ def fill_command(
         raise UsageError("no fields to fill: give --fields Occasion,City")
     input, output = _input_and_output(input, output)
     journal = str(store or default_store_path(output, None))
+    if repro is not None:
+        _warn_if_resuming(journal)
     written, stats = _run_interruptibly(fill_file_async(
         input, output, chunk_size=chunk_size, workers=workers, config=config, api=api, store=store,
         progress=progress, neutralize_formulas=not keep_formulas, argv=sys.argv, **job,
@@ -237,6 +241,15 @@ def _reproduction(ctx: typer.Context, manifest: str, kind: str, job_flags: tuple
     for message in repro.warnings:
         print(f"corral: warning: {message}", file=sys.stderr)
     return repro
+
+
+def _warn_if_resuming(journal: str) -> None:
+    """A reproduction into a journal that has answers would resume, not send: say so."""
+    from pathlib import Path
+
+    if Path(journal).exists():
+        print(f"corral: warning: {journal} exists (an earlier re-run?): rows it holds are not sent again; "
+              "give -o NEW.csv for a fresh re-run", file=sys.stderr)
 
 
 def _flag(ctx: typer.Context, name: str) -> str:
