@@ -1,8 +1,9 @@
 """The README's examples as data: every Python and shell block, each shell command on its own.
 
 A block is a fenced ```python or ```bash block (```sh and ```shell too). Console transcripts
-(```console, or plain fences whose lines start with ``$ ``) record a run's output; they are listed
-too, so a test can say they are not re-run. A block opts out with an HTML comment on the line just
+(```console, or plain fences whose lines start with ``$ ``) record a run's output; their commands
+that answer with one ``corral: error:`` line are checked (`transcript_errors`), the rest are listed
+so a test can say they are not re-run. A block opts out with an HTML comment on the line just
 before its fence: ``<!-- not-tested: the reason -->``.
 """
 
@@ -95,3 +96,21 @@ def shell_commands(block: Example) -> list[Example]:
         commands.append(Example(start, "shell", " ".join(part.strip() for part in pending), block.opted_out))
         pending = []
     return commands
+
+
+def transcript_errors(block: Example) -> list[tuple[Example, str]]:
+    """(command, the one error line recorded after it) for each ``$ corral`` command of a transcript
+    whose recorded output is exactly one ``corral: error:`` line."""
+    found: list[tuple[Example, str]] = []
+    lines = block.text.splitlines()
+    for offset, line in enumerate(lines):
+        if not line.startswith("$ corral "):
+            continue
+        output = []
+        for after in lines[offset + 1:]:
+            if after.startswith("$ "):
+                break
+            output.append(after)
+        if len(output) == 1 and output[0].startswith("corral: error: "):
+            found.append((Example(block.line + offset + 1, "error", line[2:], block.opted_out), output[0]))
+    return found

@@ -6,7 +6,9 @@ the reader's own (``prompts.jsonl``, ``cluster.toml``, ``movies.parquet``...). S
 the examples (``http://gpu1:11434``, ``gpu2:11434``, ``127.0.0.1:11434``) become the fake's, and
 ``OLLAMA_HOST`` points at it for examples that name no server. What cannot run here is skipped with
 its reason: installs, make targets, benchmarks, servers that keep running, transcripts of recorded
-output; examples on the real embedded model are marked slow, Ray examples need Ray.
+output; examples on the real embedded model are marked slow, Ray examples need Ray. A transcript's
+command whose recorded answer is one ``corral: error:`` line is run in a folder of its own (with the
+files `ERROR_FILES` gives it) and must print exactly that line.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import pytest
 
 from tests.conftest import corral_env
 from tests.fakes import FakeServer
-from tests.readme_examples import Example, blocks, python_source, shell_commands
+from tests.readme_examples import Example, blocks, python_source, shell_commands, transcript_errors
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -52,6 +54,31 @@ LOCAL = (r"--local\b|local=True|servers=\"local\"", "needs the embedded llama.cp
 RAY = r"--ray\b|\bimport ray\b"
 
 
+#: The files a transcript's failing command needs to fail as the README shows (by command).
+ERROR_FILES: dict[str, dict[str, bytes]] = {
+    "corral run prompts.jsonl -m llama3.2 -o out.jsonl": {"prompts.jsonl": b'{"prompt": "ok"}\n{"prompt": oops}\n'},
+    "corral run p.jsonl": {"p.jsonl": b'{"prompt": "hi"}\n'},
+    "corral analyze gold.csv": {"gold.csv": b"text,label,prob\nGreat film.,pos,0.9\n"},
+    "corral analyze cafe.csv": {"cafe.csv": "text,n\r\nLe café est fermé.,1\r\n".encode("cp1252")},
+}
+#: Failing commands whose setting cannot be made here, and why.
+ERROR_NOT_RUN = {
+    "corral run prompts.jsonl -o out.jsonl -s": "needs a journal damaged on disk (scenarios_files.py damages one)",
+}
+
+
+def error_examples() -> list[Any]:
+    found: list[Any] = []
+    for block in blocks(README):
+        if block.kind != "transcript":
+            continue
+        for example, expected in transcript_errors(block):
+            reason = next((why for prefix, why in ERROR_NOT_RUN.items() if example.text.startswith(prefix)), None)
+            marks = [pytest.mark.skip(reason=reason)] if reason else []
+            found.append(pytest.param(example, expected, id=example.name, marks=marks))
+    return found
+
+
 def examples() -> list[Any]:
     found: list[Any] = []
     for block in blocks(README):
@@ -64,7 +91,7 @@ def marks(example: Example) -> list[Any]:
     if example.opted_out:
         return [pytest.mark.skip(reason=f"README opts out: {example.opted_out}")]
     if example.kind == "transcript":
-        return [pytest.mark.skip(reason="a transcript: the recorded output of a run, not re-run")]
+        return [pytest.mark.skip(reason="a transcript of a run (its one-line errors are checked below)")]
     for pattern, reason in NOT_RUN:
         if re.search(pattern, example.text, re.M):
             return [pytest.mark.skip(reason=reason)]
@@ -82,9 +109,10 @@ def _has_ray() -> bool:
 
 
 def substitute(text: str, server: FakeServer) -> str:
-    """The example's servers become the fake; a Ray cluster address becomes a local Ray."""
+    """The example's servers (``gpuN``, Ollama's default port 11434) become the fake; a deliberately
+    bad address such as ``127.0.0.1:0`` stays; a Ray cluster address becomes a local Ray."""
     host = server.url.split("://", 1)[1]
-    text = re.sub(r"https?://(?:gpu\d+|localhost|127\.0\.0\.1):\d+", server.url, text)
+    text = re.sub(r"https?://(?:gpu\d+(?::\d+)?|localhost:11434|127\.0\.0\.1:11434)\b", server.url, text)
     text = re.sub(r"\b(?:gpu\d+|localhost|127\.0\.0\.1):11434\b", host, text)
     return re.sub(r"--ray (?:auto|ray://\S+)", "--ray local", text)
 
@@ -159,6 +187,21 @@ def test_readme_example_runs(example: Example, workdir: Path, server: FakeServer
                           timeout=300)
     assert done.returncode == 0, (f"README line {example.line} failed (exit {done.returncode}):\n"
                                   f"{example.text}\n--- stderr:\n{done.stderr[-3000:]}")
+
+
+@pytest.mark.parametrize("example, expected", error_examples())
+def test_readme_error_transcript_is_what_corral_prints(example: Example, expected: str, tmp_path: Path,
+                                                       server: FakeServer) -> None:
+    for prefix, files in ERROR_FILES.items():
+        if example.text.startswith(prefix):
+            for name, data in files.items():
+                (tmp_path / name).write_bytes(data)
+    _shims(tmp_path / "bin")
+    done = subprocess.run(["bash", "-c", substitute(example.text, server)], cwd=tmp_path,
+                          env=_env(tmp_path, server), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [substitute(expected, server)], \
+        f"README line {example.line}: {example.text}"
 
 
 def test_the_extraction_finds_every_kind_of_block(tmp_path: Path) -> None:
