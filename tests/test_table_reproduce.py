@@ -89,12 +89,13 @@ def test_fill_reproduce_keeps_typed_fields_and_the_column_map(tmp_path: Path, se
     assert first.returncode == 0, first.stderr
     server.reset_stats()
     again = corral("fill", "--reproduce", "filled.csv.manifest.json", "-o", "again.csv", "--progress", "none",
-                   cwd=tmp_path)
+                   "--timeout", "30", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert server.completed == 2
     formats = [body["format"]["properties"] for _, body in server.requests]
     assert {"City": {"type": ["string", "null"]}, "year": {"type": ["integer", "null"]}} in formats
     assert "reproduce: 2 of 2 responses identical to the original run" in again.stderr
+    assert manifest(tmp_path / "again.csv.manifest.json")["engine"]["timeout"] == 30  # how to run may change
     filled = pd.read_csv(tmp_path / "again.csv")
     assert list(filled["town"]) == ["Paris", "Rome"] and list(filled["computed_year"]) == [2024, 2024]
 

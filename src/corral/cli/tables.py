@@ -106,6 +106,8 @@ def analyze_command(
     if reproduce:
         repro = _reproduction(ctx, reproduce, "analyze", ANALYZE_JOB_FLAGS)
         job.update(analyze_arguments(repro, servers_given=bool(server or config or local)))
+        job.update(_engine_flags_given(ctx, timeout=timeout, json_retries=json_retries,
+                                       max_concurrent_calls=max_concurrent_calls))
         input, output = str(repro.input_path), output or repro.default_output()
     input, output = _input_and_output(input, output)
     journal = str(store or default_store_path(output, None))
@@ -200,6 +202,8 @@ def fill_command(
     if reproduce:
         repro = _reproduction(ctx, reproduce, "fill", FILL_JOB_FLAGS)
         job.update(fill_arguments(repro, servers_given=bool(server or config or local)))
+        job.update(_engine_flags_given(ctx, timeout=timeout, json_retries=json_retries,
+                                       max_concurrent_calls=max_concurrent_calls))
         input, output = str(repro.input_path), output or repro.default_output()
     elif not fields:
         raise UsageError("no fields to fill: give --fields Occasion,City")
@@ -232,8 +236,7 @@ def _reproduction(ctx: typer.Context, manifest: str, kind: str, job_flags: tuple
     """The manifest's job, refusing the flags that would change it (the run would then be another)."""
     from ..reproduce import command_line, prepare
 
-    given = [_flag(ctx, name) for name in job_flags
-             if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
+    given = [_flag(ctx, name) for name in job_flags if _given(ctx, name)]
     if given:
         raise UsageError(f"--reproduce takes the job from the manifest; drop {', '.join(given)}")
     repro = prepare(manifest, kind)
@@ -250,6 +253,18 @@ def _warn_if_resuming(journal: str) -> None:
     if Path(journal).exists():
         print(f"corral: warning: {journal} exists (an earlier re-run?): rows it holds are not sent again; "
               "give -o NEW.csv for a fresh re-run", file=sys.stderr)
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Was this parameter typed on the command line (not left at its default)?"""
+    return getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
+
+
+def _engine_flags_given(ctx: typer.Context, **values: Any) -> dict[str, Any]:
+    """How to run (not what to ask) may change in a reproduction: the flags given win over the
+    manifest's engine settings, as in `corral run --reproduce`."""
+    keyword = {"json_retries": "max_json_retries"}
+    return {keyword.get(name, name): value for name, value in values.items() if _given(ctx, name)}
 
 
 def _flag(ctx: typer.Context, name: str) -> str:
