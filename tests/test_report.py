@@ -117,7 +117,7 @@ def test_report_opens_in_chromium_and_its_figures_match_the_store(tmp_path: Path
     # The numbers in the summary and the example rows of each error kind.
     assert re.search(r'id="card-ok"><b>40</b>', dom) and re.search(r'id="card-failed"><b>3</b>', dom)
     assert "bad option" in dom and "timed out" in dom
-    assert "Manifest of the latest run" in dom and "/api/tags" in dom
+    assert "Manifest of the run that produced the data" in dom and "/api/tags" in dom
 
 
 def trace_list(figures: dict[str, Any], figure: str) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""`corral run --reproduce MANIFEST`: the same job again, and what changed since.
+"""`corral run|analyze|fill --reproduce MANIFEST`: the same job again, and what changed since.
 
 A reviewer's question is "would I get the same answers?". The job is rebuilt from the manifest (the
 input file, the prompt defaults, the options, the servers and engine settings), run into a fresh
@@ -9,6 +9,7 @@ byte-identical to the original ones (same request key, same text).
 
 from __future__ import annotations
 
+import shlex
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ class Reproduction:
         """``out.jsonl`` -> ``out.reproduced.jsonl``, beside the manifest (which is beside the output)."""
         original = (self.manifest.get("output") or {}).get("path")
         if not original:
-            raise UsageError("the manifest's run wrote no JSONL output: give -o for the re-run")
+            raise UsageError("the manifest's run wrote no output file: give -o for the re-run")
         name = Path(original)
         return str(self.manifest_path.parent / f"{name.stem}.reproduced{name.suffix}")
 
@@ -59,13 +60,24 @@ class Reproduction:
         return beside if beside.exists() else path
 
 
-def prepare(manifest_path: str) -> Reproduction:
+#: Which command re-runs a manifest of each kind (the Python fronts' kinds read DataFrames: no file).
+REPRODUCED_BY = {"run": "run", "analyze": "analyze", "fill": "fill"}
+
+
+def command_line(manifest: dict[str, Any]) -> str:
+    """The recorded command line as one shell-quoted string a reader can paste."""
+    return shlex.join(manifest.get("command") or []) or "(not recorded)"
+
+
+def prepare(manifest_path: str, kind: str = "run") -> Reproduction:
     """Read the manifest, find its input, and check the input is still the file that was hashed."""
     manifest = load_manifest(manifest_path)
-    if manifest.get("kind") != "run":
-        command = " ".join(manifest.get("command") or []) or "(not recorded)"
-        raise UsageError(f"{manifest_path}: a {manifest.get('kind')!r} manifest; --reproduce re-runs "
-                         f"`corral run` jobs. Its command line was: {command}")
+    found = manifest.get("kind")
+    if found != kind:
+        how = (f"reproduce it with `corral {REPRODUCED_BY[found]} --reproduce {shlex.quote(manifest_path)}`"
+               if found in REPRODUCED_BY else "--reproduce re-runs the jobs of corral run, analyze and fill")
+        raise UsageError(f"{manifest_path}: the manifest of a {found!r} job, not {kind!r}; {how}. "
+                         f"Its command line was: {command_line(manifest)}")
     recorded = (manifest.get("input") or {}).get("path")
     if not recorded:
         raise UsageError(f"{manifest_path}: the manifest names no input file")
@@ -147,3 +159,20 @@ def _responses(path: str, keys: list[str] | None = None) -> dict[str, str | None
 def _short(text: str | None, limit: int = 60) -> str:
     text = text or ""
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def record_reproduction(manifest_file: str | Path, reproduces: str, comparison: Comparison) -> None:
+    """Add the comparison to a finished run's manifest, in its file and in its store (for `corral
+    report`), as `corral run --reproduce` does while its run is open."""
+    from .manifest import write_manifest
+    from .store import Store
+
+    path = Path(manifest_file)
+    data = load_manifest(path)
+    data["job"] = {**(data.get("job") or {}), "reproduces": reproduces}
+    data["reproduction"] = {"manifest": reproduces, **comparison.as_dict()}
+    write_manifest(path, data)
+    store, run_id = (data.get("output") or {}).get("store"), data.get("run_id")
+    if store and store != ":memory:" and run_id is not None and Path(store).is_file():
+        with Store(store) as journal:
+            journal.save_manifest(data, run_id)

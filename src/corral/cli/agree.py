@@ -40,6 +40,8 @@ def agree_command(
     confusion: bool = typer.Option(False, "--confusion", help="Print a confusion table per model pair."),
     no_normalize: bool = typer.Option(False, "--no-normalize", help="Compare labels exactly "
                                       "(default: strip whitespace, ignore case)."),
+    encoding: Optional[str] = typer.Option(
+        None, "--encoding", help="Encoding of a CSV or TSV file that is not UTF-8: cp1252, latin-1, utf-16..."),
 ) -> None:
     """Pairwise Cohen's κ and percent agreement, Krippendorff's α, Fleiss' κ, and gold-label scores.
 
@@ -57,7 +59,7 @@ def agree_command(
     """
     from ..tables.agreement import agreement
 
-    frame = read_table(file)
+    frame = read_table(file, encoding)
     keys = _split(key) or None
     model_list = _split([models]) if models else None
     report = agreement(frame, key=keys, models=model_list, gold=_per_key_arg(gold, "--gold", "COLUMN"),
@@ -70,9 +72,11 @@ def agree_command(
         _write_json(json_out, report.to_dict(), file)
 
 
-def read_table(path_text: str) -> Any:
+def read_table(path_text: str, encoding: str | None = None) -> Any:
     """A results file as a DataFrame, the format chosen by extension; problems become UsageError."""
     import pandas as pd
+
+    from ..sources.delimited import ENCODING_HINT, check_encoding
 
     path = Path(path_text)
     if not path.is_file():
@@ -85,9 +89,12 @@ def read_table(path_text: str) -> Any:
         raise UsageError(f"{path_text}: unknown file type; use one of {', '.join(FORMATS)}")
     # Only empty cells are missing: a label "NA", "null" or "None" is an answer, not a gap.
     text_opts: dict[str, Any] = {"keep_default_na": False, "na_values": [""]}
+    codec = check_encoding(encoding)
+    if encoding is not None and fmt not in ("csv", "tsv"):
+        raise UsageError(f"--encoding is for CSV and TSV files, not {fmt}")
     try:
         if fmt in ("csv", "tsv"):
-            return pd.read_csv(path, sep="," if fmt == "csv" else "\t", **text_opts)
+            return pd.read_csv(path, sep="," if fmt == "csv" else "\t", encoding=codec, **text_opts)
         if fmt == "parquet":
             return pd.read_parquet(path)
         if fmt == "jsonl":
@@ -98,6 +105,9 @@ def read_table(path_text: str) -> Any:
     except ImportError as exc:
         raise UsageError(f"{path_text}: reading {fmt} needs an extra package ({exc}); "
                          f"pip install 'corral[tables]'") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path_text}: not {'UTF-8' if encoding is None else encoding} ({exc.reason} at byte "
+                         f"{exc.start}); {ENCODING_HINT}") from None
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"{path_text}: cannot read as {fmt}: {first}") from None

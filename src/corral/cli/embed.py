@@ -48,6 +48,8 @@ def embed_command(
     store: Optional[str] = typer.Option(None, "--store", help="Where vectors are kept [<output>.corral.db]."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds per request."),
     chunk_size: int = typer.Option(4096, "--chunk-size", help="Rows read (and written) at a time."),
+    encoding: Optional[str] = typer.Option(
+        None, "--encoding", help="Encoding of a CSV or TSV input that is not UTF-8: cp1252, latin-1, utf-16..."),
     progress: str = typer.Option("auto", "--progress", help="auto, bar, log or none."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log lines on stderr (-vv: debug)."),
 ) -> None:
@@ -79,7 +81,7 @@ def embed_command(
         extra_options=parse_option_pairs(extra_option, "--extra-option"), limit=limit,
         skip_existing=skip_existing, retry_failed=retry_failed, store=store_path,
         concurrency=concurrency, timeout=timeout, chunk_size=chunk_size, progress=progress,
-        argv=sys.argv,
+        argv=sys.argv, encoding=encoding,
     ), store_path)
     c = report.counts
     for message in report.unreachable:

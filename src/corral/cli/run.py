@@ -120,7 +120,7 @@ def run_command(
     from ..manifest import ManifestRecorder, manifest_path
     from ..progress import summary_table
     from ..reload import ConfigFile
-    from ..reproduce import compare, prepare
+    from ..reproduce import command_line, compare, prepare
     from ..settings import check_seconds, check_slots, resolve
     from ..sources import Defaults, PromptFile
     from ..store import Store
@@ -162,6 +162,7 @@ def run_command(
         if given:
             raise UsageError(f"--reproduce takes the job from the manifest; drop {', '.join(given)}")
         repro = prepare(reproduce)
+        print(f"corral: reproducing: {command_line(repro.manifest)}", file=sys.stderr)
         job, engine_cfg = repro.job, repro.engine
         prompt_file, fmt = str(repro.input_path), job.get("input_format", "auto")
         endpoint = job.get("endpoint", "chat")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
@@ -19,6 +19,9 @@ from .common import (
     setup_logging,
 )
 from .run import _run_interruptibly
+
+if TYPE_CHECKING:
+    from ..reproduce import Reproduction
 
 
 def _split(value: Optional[str]) -> list[str]:
@@ -44,12 +47,15 @@ def _workers(value: Optional[int]) -> int:
 
 @app.command("analyze")
 def analyze_command(
-    input: str = typer.Argument(..., help="Table: CSV, TSV, Parquet, JSONL or Excel."),
-    output: str = typer.Option(..., "-o", "--output", "--output_csv", help="Output table (.csv, .parquet, .jsonl)."),
+    ctx: typer.Context,
+    input: Optional[str] = typer.Argument(None, help="Table: CSV, TSV, Parquet, JSONL or Excel."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", "--output_csv",
+                                         help="Output table (.csv, .parquet, .jsonl)."),
     text_column: str = typer.Option("text", "--text-column", "--text_column", help="Column holding the text."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Template with {text} / {column} (or @file)."),
-    json_keys: Optional[str] = typer.Option(None, "--json-keys", "--json_keys",
-                                            help="Keys of the JSON answer: label,prob"),
+    json_keys: Optional[str] = typer.Option(
+        None, "--json-keys", "--json_keys", help="Keys of the JSON answer: label,prob; typed: "
+        "label:str,prob:float (str, int, float, bool)."),
     schema: Optional[str] = typer.Option(None, "--schema", help="JSON Schema of the answer (inline or @file)."),
     models: str = typer.Option("llama3.2", "--models", "-m", help="Model(s), comma-separated."),
     fanout: bool = typer.Option(False, "--fanout", help="Every model answers every row."),
@@ -82,6 +88,11 @@ def analyze_command(
     keep_formulas: bool = typer.Option(False, "--keep-formulas", help="Do not neutralise =,+,-,@ cells in CSV."),
     column_prefix: str = typer.Option("", "--column-prefix",
         help="Put this before every new column's name (when the table has columns of those names)."),
+    encoding: Optional[str] = typer.Option(
+        None, "--encoding", help="Encoding of a CSV or TSV input that is not UTF-8: cp1252, latin-1, utf-16..."),
+    reproduce: Optional[str] = typer.Option(
+        None, "--reproduce", help="Re-run the job of a manifest (out.csv.manifest.json) into a fresh output "
+        "and report models whose digest changed and answers that differ."),
     progress: str = typer.Option("auto", "--progress", help="auto, bar, log or none."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log lines on stderr (-vv: debug)."),
 ) -> None:
@@ -99,20 +110,33 @@ def analyze_command(
 
     from ..jobs import default_store_path
     from ..tables.analysis import analyze_file_async
+    from ..tables.reproduce import ANALYZE_JOB_FLAGS, analyze_arguments
 
     setup_logging(verbose)
     err = Console(file=sys.stderr, width=None if sys.stderr.isatty() else 120)
+    job = dict(
+        text_column=text_column, model_names=_split(models), prompt_template=read_text_arg(prompt, "--prompt"),
+        json_keys=_split(json_keys) or None, json_schema=load_schema(schema) if schema else None,
+        fanout=fanout, system=read_text_arg(system, "--system"), servers=keyed(server, api, api_key_env),
+        local=local, id_column=id_column, column_prefix=column_prefix, encoding=encoding,
+        max_json_retries=json_retries, timeout=timeout, max_concurrent_calls=max_concurrent_calls,
+        **model_options(option, temperature, seed, num_ctx, max_tokens))
+    repro = None
+    if reproduce:
+        repro = _reproduction(ctx, reproduce, "analyze", ANALYZE_JOB_FLAGS)
+        job.update(analyze_arguments(repro, servers_given=bool(server or config or local)))
+        job.update(_engine_flags_given(ctx, timeout=timeout, json_retries=json_retries,
+                                       max_concurrent_calls=max_concurrent_calls))
+        input, output = str(repro.input_path), output or repro.default_output()
+    input, output = _input_and_output(input, output)
+    journal = str(store or default_store_path(output, None))
+    if repro is not None:
+        _warn_if_resuming(journal)
     report = _run_interruptibly(analyze_file_async(
-        input, output, text_column=text_column, model_names=_split(models),
-        prompt_template=read_text_arg(prompt, "--prompt"), json_keys=_split(json_keys) or None,
-        json_schema=load_schema(schema) if schema else None, fanout=fanout,
-        system=read_text_arg(system, "--system"), servers=keyed(server, api, api_key_env), config=config, api=api,
-        local=local, workers=_workers(workers), max_concurrent_calls=max_concurrent_calls, id_column=id_column,
-        chunk_size=chunk_size, max_json_retries=json_retries, store=store, timeout=timeout,
-        neutralize_formulas=not keep_formulas, progress=progress, argv=sys.argv, column_prefix=column_prefix,
-        extra_options=parse_option_pairs(extra_option, "--extra-option"),
-        **model_options(option, temperature, seed, num_ctx, max_tokens),
-    ), str(store or default_store_path(output, None)))
+        input, output, config=config, api=api, workers=_workers(workers), chunk_size=chunk_size, store=store,
+        neutralize_formulas=not keep_formulas, progress=progress, argv=sys.argv,
+        extra_options=parse_option_pairs(extra_option, "--extra-option"), **job,
+    ), journal)
     if report.skipped_count:
         err.print(f"corral: {report.skipped_count} row(s) not sent: {'; '.join(report.skipped[:5])}",
                   highlight=False, markup=False)
@@ -124,15 +148,19 @@ def analyze_command(
     elif report.agreement is not None:
         err.print(report.agreement.render())
     err.print(f"corral: manifest in {report.manifest}", highlight=False)
+    if repro is not None:
+        _compare(repro, reproduce, report.manifest, journal)
     if stats.failed:
         raise typer.Exit(1)
 
 
 @app.command("fill")
 def fill_command(
-    input: str = typer.Argument(..., help="Table: CSV, TSV, Parquet, JSONL or Excel."),
-    output: str = typer.Option(..., "-o", "--output", "--output_csv", help="Output table."),
-    fields: str = typer.Option(..., "--fields", "--json_fields", help="Fields to fill: Occasion,City"),
+    ctx: typer.Context,
+    input: Optional[str] = typer.Argument(None, help="Table: CSV, TSV, Parquet, JSONL or Excel."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", "--output_csv", help="Output table."),
+    fields: Optional[str] = typer.Option(None, "--fields", "--json_fields",
+                                         help="Fields to fill: Occasion,City; typed: City,Year:int"),
     title_col: str = typer.Option("title_en", "--title-col", "--text-column", "--title_col",
                                   help="Column with the text."),
     col_map: Optional[str] = typer.Option(None, "--col-map", "--col_map",
@@ -169,6 +197,11 @@ def fill_command(
     keep_formulas: bool = typer.Option(False, "--keep-formulas", help="Do not neutralise =,+,-,@ cells in CSV."),
     column_prefix: str = typer.Option("", "--column-prefix",
         help="Put this before every new column's name (when the table has columns of those names)."),
+    encoding: Optional[str] = typer.Option(
+        None, "--encoding", help="Encoding of a CSV or TSV input that is not UTF-8: cp1252, latin-1, utf-16..."),
+    reproduce: Optional[str] = typer.Option(
+        None, "--reproduce", help="Re-run the job of a manifest (out.csv.manifest.json) into a fresh output "
+        "and report models whose digest changed and answers that differ."),
     progress: str = typer.Option("auto", "--progress", help="auto, bar, log or none."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log lines on stderr (-vv: debug)."),
 ) -> None:
@@ -180,22 +213,104 @@ def fill_command(
       corral fill events.csv -o filled.csv --fields City --col-map City=city_name -s http://127.0.0.1:11434
     """
     from ..jobs import default_store_path
+    from ..manifest import manifest_path
     from ..tables.fill import fill_file_async
+    from ..tables.reproduce import FILL_JOB_FLAGS, fill_arguments
 
     setup_logging(verbose)
     del batch_size  # Ollama-run-async's knob: corral's slots keep every server busy without it
+    job = dict(
+        title_col=title_col, json_fields=tuple(_split(fields)), col_map=_col_map(col_map) or None,
+        model_names=_split(models), fanout=fanout, max_concurrent_calls=max_concurrent_calls,
+        prompt_template=read_text_arg(prompt, "--prompt"), system=read_text_arg(system, "--system"),
+        servers=keyed(server, api, api_key_env), max_json_retries=json_retries, timeout=timeout,
+        local=local, column_prefix=column_prefix, encoding=encoding,
+        **model_options(option, temperature, seed, num_ctx, max_tokens))
+    repro = None
+    if reproduce:
+        repro = _reproduction(ctx, reproduce, "fill", FILL_JOB_FLAGS)
+        job.update(fill_arguments(repro, servers_given=bool(server or config or local)))
+        job.update(_engine_flags_given(ctx, timeout=timeout, json_retries=json_retries,
+                                       max_concurrent_calls=max_concurrent_calls))
+        input, output = str(repro.input_path), output or repro.default_output()
+    elif not fields:
+        raise UsageError("no fields to fill: give --fields Occasion,City")
+    input, output = _input_and_output(input, output)
+    journal = str(store or default_store_path(output, None))
+    if repro is not None:
+        _warn_if_resuming(journal)
     written, stats = _run_interruptibly(fill_file_async(
-        input, output, chunk_size=chunk_size, title_col=title_col, json_fields=tuple(_split(fields)),
-        col_map=_col_map(col_map) or None, model_names=_split(models), fanout=fanout, workers=_workers(workers),
-        max_concurrent_calls=max_concurrent_calls, prompt_template=read_text_arg(prompt, "--prompt"),
-        system=read_text_arg(system, "--system"), servers=keyed(server, api, api_key_env), config=config, api=api,
-        store=store, max_json_retries=json_retries, timeout=timeout, progress=progress,
-        neutralize_formulas=not keep_formulas, argv=sys.argv, local=local, column_prefix=column_prefix,
-        extra_options=parse_option_pairs(extra_option, "--extra-option"),
-        **model_options(option, temperature, seed, num_ctx, max_tokens),
-    ), str(store or default_store_path(output, None)))
+        input, output, chunk_size=chunk_size, workers=_workers(workers), config=config, api=api, store=store,
+        progress=progress, neutralize_formulas=not keep_formulas, argv=sys.argv,
+        extra_options=parse_option_pairs(extra_option, "--extra-option"), **job,
+    ), journal)
     print(f"corral: {written} rows written to {output} ({stats.ok} answers ok, {stats.failed} failed, "
           f"{stats.cached} from the store); manifest in {output}.manifest.json", file=sys.stderr)
+    if repro is not None:
+        _compare(repro, reproduce, manifest_path(output), journal)
     if stats.failed:
         raise typer.Exit(1)
 
+
+def _input_and_output(input: Optional[str], output: Optional[str]) -> tuple[str, str]:
+    """Both are needed unless --reproduce gives them."""
+    if not input:
+        raise UsageError("no input table: give INPUT (or --reproduce MANIFEST)")
+    if not output:
+        raise UsageError("no output: give -o OUTPUT")
+    return input, output
+
+
+def _reproduction(ctx: typer.Context, manifest: str, kind: str, job_flags: tuple[str, ...]) -> Reproduction:
+    """The manifest's job, refusing the flags that would change it (the run would then be another)."""
+    from ..reproduce import command_line, prepare
+
+    given = [_flag(ctx, name) for name in job_flags if _given(ctx, name)]
+    if given:
+        raise UsageError(f"--reproduce takes the job from the manifest; drop {', '.join(given)}")
+    repro = prepare(manifest, kind)
+    print(f"corral: reproducing: {command_line(repro.manifest)}", file=sys.stderr)
+    for message in repro.warnings:
+        print(f"corral: warning: {message}", file=sys.stderr)
+    return repro
+
+
+def _warn_if_resuming(journal: str) -> None:
+    """A reproduction into a journal that has answers would resume, not send: say so."""
+    from pathlib import Path
+
+    if Path(journal).exists():
+        print(f"corral: warning: {journal} exists (an earlier re-run?): rows it holds are not sent again; "
+              "give -o NEW.csv for a fresh re-run", file=sys.stderr)
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Was this parameter typed on the command line (not left at its default)?"""
+    return getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
+
+
+def _engine_flags_given(ctx: typer.Context, **values: Any) -> dict[str, Any]:
+    """How to run (not what to ask) may change in a reproduction: the flags given win over the
+    manifest's engine settings, as in `corral run --reproduce`."""
+    keyword = {"json_retries": "max_json_retries"}
+    return {keyword.get(name, name): value for name, value in values.items() if _given(ctx, name)}
+
+
+def _flag(ctx: typer.Context, name: str) -> str:
+    for param in ctx.command.params:
+        if param.name == name:
+            return "INPUT" if param.param_type_name == "argument" else max(param.opts, key=len)
+    return name
+
+
+def _compare(repro: Reproduction, reproduces: Optional[str], manifest: Any, journal: str) -> None:
+    """The re-run against the original: printed, and kept in the new manifest."""
+    from ..manifest import load_manifest
+    from ..reproduce import compare, record_reproduction
+
+    if manifest is None:
+        return
+    comparison = compare(repro, load_manifest(manifest), journal)
+    record_reproduction(manifest, str(reproduces), comparison)
+    for line in comparison.lines() or ["nothing to compare: the original store is not here"]:
+        print(f"corral: reproduce: {line}", file=sys.stderr)

@@ -229,8 +229,9 @@ async def embed_file_async(
     chunk_size: int = 4096,
     progress: bool | str = False,
     argv: list[str] | None = None,
+    encoding: str | None = None,
 ) -> EmbedReport:
-    """The async twin of `embed_file`."""
+    """The async twin of `embed_file` (``encoding``: a CSV or TSV input's, when not UTF-8)."""
     from ..jobs import default_store_path
     from ..sinks.output import check_not_input
     from ..sinks.vectors import open_writer, output_format, read_prior, row_ids
@@ -240,18 +241,18 @@ async def embed_file_async(
     check_not_input(output, [input])  # and so does writing onto the input
     if limit is not None and limit < 0:
         raise UsageError(f"limit must be >= 0, not {limit}")
-    header = list(next(iter(read_table_chunks(input, chunk_size=1))).columns)
+    header = list(next(iter(read_table_chunks(input, chunk_size=1, encoding=encoding))).columns)
     ids = list(dict.fromkeys(id_columns)) if id_columns else (["id"] if "id" in header else [])
     wanted = list(dict.fromkeys([text_column, *ids]))
-    read_table_chunks(input, chunk_size=1, columns=wanted)  # a missing column fails here, by name
+    read_table_chunks(input, chunk_size=1, columns=wanted, encoding=encoding)  # a missing column fails here
     id_names = ids or ["row"]
-    total = file_rows = count_rows(input)
+    total = file_rows = count_rows(input, encoding=encoding)
     if limit is not None:
         total = min(total, limit) if total is not None else limit
 
     def table_rows() -> Iterator[tuple[Any, list[Any]]]:
         left = limit
-        for chunk in read_table_chunks(input, chunk_size=chunk_size, columns=wanted):
+        for chunk in read_table_chunks(input, chunk_size=chunk_size, columns=wanted, encoding=encoding):
             if left is not None:
                 if left <= 0:
                     return

@@ -1,7 +1,8 @@
 """`corral report`: one self-contained HTML file describing a store's runs, for people to check.
 
-Reads a store (never the servers): the latest run's manifest (models, digests, settings), throughput
-over time, each server's share of the work and latency, errors by kind with example rows, retries,
+Reads a store (never the servers): the manifest of the run that produced the data (models,
+digests, settings; a later resume that sent nothing is not it), throughput over time, each server's
+share of the work and latency, errors by kind with example rows and their raw answers, retries,
 tokens, GPU utilisation when it was sampled, and for fan-out runs the agreement tables and confusion
 heatmaps. Needs the ``corral[report]`` extra (plotly).
 """

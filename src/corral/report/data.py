@@ -65,7 +65,7 @@ class ReportData:
     attempts: list[tuple[int, int]]          # (attempts, rows)
     throughput: list[Throughput]
     gpu: dict[tuple[int, str], list[tuple[float, float | None, float | None]]]
-    manifest: dict[str, Any] | None          # the latest run's
+    manifest: dict[str, Any] | None          # the run's that produced the data (see `producing_manifest`)
     agreement: dict[str, Any] | None         # the latest fan-out agreement, if any
     live: dict[str, Any] | None = None       # the latest run's status when it was still running
 
@@ -132,11 +132,22 @@ def load(path: str | Path) -> ReportData:
             attempts=[(int(a or 0), n) for a, n in q(
                 "SELECT attempts, COUNT(*) FROM results GROUP BY attempts ORDER BY attempts")],
             throughput=_throughput(store), gpu=_gpu(store),
-            manifest=manifests[-1] if manifests else None,
+            manifest=producing_manifest(manifests),
             agreement=next((m["agreement"] for m in reversed(manifests)
                             if isinstance(m.get("agreement"), dict) and m["agreement"].get("keys")), None),
             live=now.as_dict() if now.state == RUNNING else None,
         )
+
+
+def producing_manifest(manifests: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The manifest of the run that produced the data: the latest that sent requests. A resume that
+    found everything journaled sends nothing; its manifest (no servers asked, no tokens) would
+    describe no answer in the store. A running run counts, whatever it has sent so far."""
+    for manifest in reversed(manifests):
+        counts = manifest.get("counts") or {}
+        if counts.get("sent") or manifest.get("status") == "running":
+            return manifest
+    return manifests[-1] if manifests else None
 
 
 def _json(text: str | None) -> Any:
@@ -230,12 +241,13 @@ def _errors(store: JournalReader) -> list[ErrorKind]:
         "SELECT COALESCE(error_kind, 'unknown'), COUNT(*) FROM results WHERE status = 'failed' "
         "GROUP BY 1 ORDER BY 2 DESC, 1")]
     for kind in kinds:
-        for request, error, server, attempts, code, model in store.query(
-                "SELECT request, error, server, attempts, status_code, model FROM results "
+        for request, error, server, attempts, code, model, response in store.query(
+                "SELECT request, error, server, attempts, status_code, model, response FROM results "
                 "WHERE status = 'failed' AND COALESCE(error_kind, 'unknown') = ? LIMIT ?",
                 (kind.kind, EXAMPLES_PER_KIND)):
             kind.examples.append({"prompt": _prompt_of(_stored_json(request)), "error": error, "server": server,
-                                  "attempts": attempts, "status_code": code, "model": model})
+                                  "attempts": attempts, "status_code": code, "model": model,
+                                  "response": response})
     return kinds
 
 

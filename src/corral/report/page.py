@@ -9,6 +9,7 @@ instead of showing empty boxes (and tests read both).
 from __future__ import annotations
 
 import html
+import shlex
 from datetime import UTC, datetime
 from typing import Any
 
@@ -156,7 +157,8 @@ def _manifest(m: dict[str, Any] | None) -> str:
     if not m:
         return ('<section id="manifest"><h2>Manifest</h2><p class=meta>No manifest in this store '
                 "(it was written by a corral without manifests).</p></section>")
-    return (f'<section id="manifest"><h2>Manifest of the latest run (run {_e(m.get("run_id"))})</h2>'
+    return (f'<section id="manifest"><h2>Manifest of the run that produced the data '
+            f'(run {_e(m.get("run_id"))})</h2>'
             f"{_notes(m)}{_run_facts(m)}<h3>Servers and models</h3>{_models_table(m)}"
             f"<h3>Settings</h3>{_settings(m)}</section>")
 
@@ -169,7 +171,7 @@ def _run_facts(m: dict[str, Any]) -> str:
         ("started", _e(m.get("started_at"))), ("finished", _e(m.get("finished_at"))),
         ("wall time", _e(f"{wall} s" if wall is not None else "—")),
         ("corral", _e(m.get("corral_version"))), ("python", _e(m.get("python"))),
-        ("command", f"<code>{_e(' '.join(m.get('command') or []) or '—')}</code>"),
+        ("command", f"<code>{_e(shlex.join(m.get('command') or []) or '—')}</code>"),
         ("input", f"{_e(inp.get('path') or inp.get('kind'))}<br><code>sha256 {_e(inp.get('sha256'))}</code>"
                   f"<br>{_e(_num(inp.get('rows')))} rows"),
         ("counts", _e(", ".join(f"{k} {v}" for k, v in counts.items() if v is not None))),
@@ -224,14 +226,19 @@ def _error_examples(data: ReportData) -> str:
     rows = []
     for kind in data.errors:
         for ex in kind.examples:
-            prompt = ex.get("prompt") or ""
-            rows.append([_e(kind.kind), _e(prompt[:160] + ("…" if len(prompt) > 160 else "")),
-                         _e(ex.get("model")), _e(ex.get("server")), _e(ex.get("attempts")),
-                         _e(ex.get("status_code")), _e((ex.get("error") or "")[:300])])
+            prompt, answer = ex.get("prompt") or "", ex.get("response")
+            rows.append([_e(kind.kind), _e(_clip(prompt, 160)), _e(ex.get("model")), _e(ex.get("server")),
+                         _e(ex.get("attempts")), _e(ex.get("status_code")), _e((ex.get("error") or "")[:300]),
+                         f"<code>{_e(_clip(answer, 300))}</code>" if answer is not None else "—"])
     if not rows:
         return ""
     return ("<h3>Example failed rows</h3>"
-            + _table(["kind", "prompt", "model", "server", "attempts", "HTTP", "error"], rows, {4, 5}))
+            + _table(["kind", "prompt", "model", "server", "attempts", "HTTP", "error", "raw answer"], rows,
+                     {4, 5}))
+
+
+def _clip(text: str, limit: int) -> str:
+    return text[:limit] + ("…" if len(text) > limit else "")
 
 
 def _per_model(data: ReportData) -> str:
@@ -268,7 +275,7 @@ def _runs(data: ReportData) -> str:
         rows.append([_e(run["id"]), _e(m.get("kind", "—")), _e(status),
                      _e(_utc(run["started_at"])), _e(wall), *(_e(_num(c.get(k))) for k in
                      ("done", "ok", "failed", "cached", "sent", "retries")),
-                     f"<code>{_e(' '.join(run['argv'] or []))}</code>"])
+                     f"<code>{_e(shlex.join(run['argv'] or []))}</code>"])
     return ('<section id="runs"><h2>Runs in this store</h2>'
             + _table(["run", "kind", "status", "started", "seconds", "rows", "ok", "failed", "cached",
                       "sent", "retries", "command"], rows, {0, 4, 5, 6, 7, 8, 9, 10}) + "</section>")

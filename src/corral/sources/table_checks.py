@@ -53,13 +53,14 @@ def any_cell_contains(frame: pd.DataFrame, text: str, unless: str | None = None)
     return False
 
 
-def utf8_error(path: Path) -> InputError:
+def utf8_error(path: Path, hint: str | None = None) -> InputError:
     """Say where the file stops being UTF-8 (a multi-byte character never spans a newline, so
-    decoding line by line finds the exact line)."""
+    decoding line by line finds the exact line); ``hint`` is the reader's way out (its --encoding)."""
     with open(path, "rb") as handle:
         wide = wide_encoding(handle.read(4))
         if wide:
-            return InputError(str(path), None, f"file is {wide}, not UTF-8: save it as UTF-8")
+            return InputError(str(path), None, f"file is {wide}, not UTF-8: "
+                              + (hint.replace("cp1252", wide.lower()) if hint else "save it as UTF-8"))
         handle.seek(0)
         for line, raw in enumerate(handle, 1):
             try:
@@ -67,17 +68,18 @@ def utf8_error(path: Path) -> InputError:
             except UnicodeDecodeError as exc:
                 return InputError(str(path), line, f"not UTF-8: byte 0x{raw[exc.start]:02x} at "
                                                    f"column {exc.start + 1} (Latin-1/Windows-1252? "
-                                                   "save the file as UTF-8)")
-    return InputError(str(path), None, "not UTF-8 (save the file as UTF-8)")
+                                                   + (f"{hint})" if hint else "save the file as UTF-8)"))
+    return InputError(str(path), None, "not UTF-8 " + (f"({hint})" if hint else "(save the file as UTF-8)"))
 
 
-def nul_error(path: Path) -> InputError:
+def nul_error(path: Path, hint: str | None = None) -> InputError:
     """Name the first line holding a NUL byte (or the wide encoding whose text is full of them)."""
     line = 1
     with open(path, "rb") as handle:
         wide = wide_encoding(handle.read(4))
         if wide:
-            return InputError(str(path), None, f"file is {wide}, not UTF-8: save it as UTF-8")
+            return InputError(str(path), None, f"file is {wide}, not UTF-8: "
+                              + (hint.replace("cp1252", wide.lower()) if hint else "save it as UTF-8"))
         handle.seek(0)
         while block := handle.read(1 << 20):
             at = block.find(b"\x00")
@@ -85,5 +87,5 @@ def nul_error(path: Path) -> InputError:
                 line += block.count(b"\n", 0, at)
                 break
             line += block.count(b"\n")
-    return InputError(str(path), line, "NUL byte in a text file (binary, or UTF-16 text? "
-                                       "save it as UTF-8)")
+    way_out = hint.replace("cp1252", "utf-16") if hint else "save it as UTF-8"
+    return InputError(str(path), line, f"NUL byte in a text file (binary, or UTF-16 text? {way_out})")

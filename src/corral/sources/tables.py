@@ -19,6 +19,7 @@ Conventions, chosen so that text survives any round trip unchanged:
 
 from __future__ import annotations
 
+import codecs
 import itertools
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -32,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import InputError, UsageError
-from .delimited import SEPARATORS, csv_chunks
+from .delimited import SEPARATORS, check_encoding, csv_chunks
 from .excel import excel_chunks, excel_row_count
 from .jsonl import wide_encoding
 from .table_checks import TEXT_DTYPE, require_columns, utf8_error
@@ -89,27 +90,40 @@ def check_input(path: PathLike) -> Path:
 
 
 def read_table_chunks(path: PathLike, chunk_size: int = 20_000, columns: Sequence[str] | None = None,
-                      fmt: str | None = None) -> Iterator[pd.DataFrame]:
+                      fmt: str | None = None, encoding: str | None = None) -> Iterator[pd.DataFrame]:
     """Yield the table at ``path`` as DataFrames of at most ``chunk_size`` rows.
 
     The first chunk is read before this returns, so a missing file, a bad header, an unknown column
     or an error in the first rows raises here, before the caller starts any work. At least one chunk
     is always yielded (empty, with the columns, for a header-only file). ``columns`` selects and
-    orders columns; one the file lacks is an InputError listing the columns it has.
+    orders columns; one the file lacks is an InputError listing the columns it has. ``encoding``
+    (CSV and TSV only) reads a file that is not UTF-8: cp1252, latin-1, utf-16...
     """
     fmt = resolve_format(path, fmt)
     if chunk_size < 1:
         raise UsageError(f"chunk_size must be at least 1, not {chunk_size}")
+    check_encoding_for(fmt, encoding)
     p = check_input(path)
     wanted = list(columns) if columns is not None else None
-    chunks = _READERS[fmt](p, chunk_size, wanted)
+    if fmt in SEPARATORS:
+        chunks = csv_chunks(p, chunk_size, wanted, SEPARATORS[fmt], encoding)
+    else:
+        chunks = _READERS[fmt](p, chunk_size, wanted)
     first = next(chunks)
     return _number_rows(itertools.chain([first], chunks))
 
 
-def read_table(path: PathLike, fmt: str | None = None) -> pd.DataFrame:
+def check_encoding_for(fmt: str, encoding: str | None) -> None:
+    """An encoding is a property of text tables: refused for Parquet, JSONL (UTF-8 by definition)
+    and Excel, rather than silently ignored."""
+    check_encoding(encoding)
+    if encoding is not None and fmt not in SEPARATORS:
+        raise UsageError(f"--encoding (encoding=) is for CSV and TSV input, not {fmt}")
+
+
+def read_table(path: PathLike, fmt: str | None = None, encoding: str | None = None) -> pd.DataFrame:
     """The whole table in one DataFrame, for inputs known to be small (same rules as the chunks)."""
-    frames = list(read_table_chunks(path, chunk_size=100_000, fmt=fmt))
+    frames = list(read_table_chunks(path, chunk_size=100_000, fmt=fmt, encoding=encoding))
     if len(frames) == 1:
         return frames[0]
     return pd.concat(frames, ignore_index=True)
@@ -255,7 +269,7 @@ _READERS = {
 # Counting
 # --------------------------------------------------------------------------------------------------
 
-def count_rows(path: PathLike, fmt: str | None = None) -> int | None:
+def count_rows(path: PathLike, fmt: str | None = None, encoding: str | None = None) -> int | None:
     """Number of data rows, cheaply, for progress bars and estimates; None when unknown.
 
     * Parquet: exact, from the footer metadata.
@@ -264,9 +278,12 @@ def count_rows(path: PathLike, fmt: str | None = None) -> int | None:
       quotes do not balance, where only a full parse could tell.
     * JSONL: non-blank lines.
     * Excel: the sheet's recorded dimension, or None if the file does not record it.
+    * A wide encoding (UTF-16, UTF-32): None; its bytes are not lines.
     """
     fmt = resolve_format(path, fmt)
     p = check_input(path)
+    if encoding is not None and codecs.lookup(encoding).name.startswith(("utf-16", "utf-32")):
+        return None
     if fmt == "parquet":
         return open_parquet(p).metadata.num_rows
     if fmt == "excel":

@@ -25,6 +25,7 @@ from ..runtime import run_sync
 from ..settings import DEFAULT_WORKERS, LOCAL_PARALLEL, ConfigLike, ServerLike, Settings, resolve
 from ..sources.tables import read_table
 from ..store import Store
+from .answer_types import JsonKeys, json_types
 from .answers import resolve_schema
 from .job import (
     RunnerFactory,
@@ -54,12 +55,13 @@ class AnalysisPlan:
     """What to ask of each row, checked against the table before anything is sent."""
 
     def __init__(self, columns: list[str], text_column: str, prompt_template: str | None,
-                 json_keys: Sequence[str] | str | None, json_schema: Any) -> None:
+                 json_keys: JsonKeys, json_schema: Any) -> None:
         if text_column not in columns:
             raise UsageError(f"text column {text_column!r} is not in the table; columns are: "
                              f"{', '.join(map(str, columns))}")
         self.text_column = text_column
         self.keys, self.schema, self.model_class = resolve_schema(json_keys, json_schema)
+        self.types = json_types(self.schema) if self.schema else {}
         self.template = PromptTemplate(prompt_template or default_template(self.keys), text_column,
                                        [str(c) for c in columns])
 
@@ -80,7 +82,7 @@ def build_runner(columns: list[str], emit: Any, *, text_column: str, models: tup
     check_answer_columns(columns, models, fanout, plan.keys, column_prefix)
 
     def finish(frame: pd.DataFrame, results: list[RowResult]) -> pd.DataFrame:
-        return add_answer_columns(frame, results, models, fanout, plan.keys, column_prefix)
+        return add_answer_columns(frame, results, models, fanout, plan.keys, column_prefix, plan.types)
 
     return TableRunner(models=models, fanout=fanout, system=system, options=options, plan=plan,
                        finish=finish, emit=emit, id_column=id_column)
@@ -105,7 +107,7 @@ async def run_analysis_async(
     df: Any, text_column: str = "text", workers: int | None = DEFAULT_WORKERS,
     max_concurrent_calls: int | None = None, *,
     model_names: str | Sequence[str] = "llama3.2", prompt_template: str | None = None,
-    json_keys: Sequence[str] | str | None = None, fanout: bool = False, json_schema: Any = None,
+    json_keys: JsonKeys = None, fanout: bool = False, json_schema: Any = None,
     system: str | None = None, servers: Any = None, local: bool = False, config: ConfigLike | None = None,
     api: str = "ollama", store: str | os.PathLike[str] | Store | None = None, max_json_retries: int = 2,
     timeout: float | None = None, progress: bool | str = True, chunk_size: int = 20_000,
@@ -139,8 +141,8 @@ async def _analyse_frame(df: Any, job: Settings, models: tuple[str, ...], *, tex
         return analysis_manifest(runner, facts, manifest, text_column=text_column, kind="run_analysis")
 
     def empty(frame: pd.DataFrame, runner: TableRunner) -> pd.DataFrame:
-        return add_answer_columns(frame, [], models, fanout, runner.plan.keys,  # type: ignore[attr-defined]
-                                  column_prefix)
+        plan: AnalysisPlan = runner.plan  # type: ignore[assignment]
+        return add_answer_columns(frame, [], models, fanout, plan.keys, column_prefix, plan.types)
 
     out, runner, recorder = await run_table_frame(
         df, build=build, describe=describe, where=Where(job), per_row=len(models) if fanout else 1, store=store,
@@ -181,7 +183,7 @@ def run_analysis(
     df: Any, text_column: str = "text", workers: int | None = DEFAULT_WORKERS,
     max_concurrent_calls: int | None = None, *,
     model_names: str | Sequence[str] = "llama3.2", prompt_template: str | None = None,
-    json_keys: Sequence[str] | str | None = None, fanout: bool = False, **kwargs: Any,
+    json_keys: JsonKeys = None, fanout: bool = False, **kwargs: Any,
 ) -> Any:
     """Run one prompt over every row; return a new DataFrame in the input's row order.
 
@@ -210,14 +212,14 @@ def run_analysis(
 async def analyze_file_async(
     input: str | os.PathLike[str], output: str | os.PathLike[str], *, text_column: str = "text",
     model_names: str | Sequence[str] = "llama3.2", prompt_template: str | None = None,
-    json_keys: Sequence[str] | str | None = None, json_schema: Any = None, fanout: bool = False,
+    json_keys: JsonKeys = None, json_schema: Any = None, fanout: bool = False,
     system: str | None = None, servers: ServerLike | Sequence[ServerLike] | None = None,
     config: ConfigLike | None = None, api: str = "ollama", local: bool = False, workers: int | None = DEFAULT_WORKERS,
     max_concurrent_calls: int | None = None, id_column: str | None = None, chunk_size: int = 20_000,
     max_json_retries: int = 2, store: str | os.PathLike[str] | None = None,
     timeout: float | None = None, neutralize_formulas: bool = True, progress: bool | str = True,
-    argv: list[str] | None = None, column_prefix: str = "", extra_options: dict[str, Any] | None = None,
-    **options: Any,
+    argv: list[str] | None = None, column_prefix: str = "", encoding: str | None = None,
+    extra_options: dict[str, Any] | None = None, **options: Any,
 ) -> TableFileReport:
     """The async twin of `analyze_file`."""
     with ExitStack() as stack:
@@ -233,14 +235,16 @@ async def analyze_file_async(
         def describe(runner: TableRunner, facts: dict[str, Any]) -> ManifestRecorder:
             recorder = analysis_manifest(runner, facts, manifest_path(output), text_column=text_column,
                                          output=str(output), argv=argv)
-            recorder.job.update(local=bool(job.local_model), id_column=id_column)
+            recorder.job.update(local=bool(job.local_model), id_column=id_column,
+                                column_prefix=column_prefix, encoding=encoding)
             return recorder
 
         report = await run_table_file(
             input, output, build=build, describe=describe, where=Where(job), required=[text_column, id_column or ""],
             per_row=len(models) if fanout else 1, store=store, chunk_size=chunk_size,
             neutralize_formulas=neutralize_formulas, max_concurrent_calls=max_concurrent_calls,
-            max_json_retries=max_json_retries, progress=progress_mode(progress), argv=argv)
+            max_json_retries=max_json_retries, progress=progress_mode(progress), argv=argv,
+            encoding=encoding)
     runner = report.runner
     keys = getattr(runner.plan, "keys", None) if runner is not None else None
     recorder = report.recorder
@@ -259,8 +263,9 @@ def analyze_file(input: str | os.PathLike[str], output: str | os.PathLike[str], 
     output (by its extension) written chunk by chunk; memory does not grow with the file. The output
     appears only when complete. The journal beside it (``<output>.corral.db``, or ``store=``) makes a
     second call resume: rows already answered are not sent again. ``local=True`` (or
-    ``servers="local"``) runs the embedded llama.cpp model. Returns a `TableFileReport` (rows
-    written, counts, rows not sent, and after a fan-out with ``json_keys`` the models' agreement).
+    ``servers="local"``) runs the embedded llama.cpp model; ``encoding="cp1252"`` (or latin-1,
+    utf-16...) reads a CSV or TSV that is not UTF-8. Returns a `TableFileReport` (rows written,
+    counts, rows not sent, and after a fan-out with ``json_keys`` the models' agreement).
 
     >>> corral.analyze_file("speeches.csv", "labelled.parquet", model_names=["llama3.2", "mistral"],
     ...                     json_keys=["label"], fanout=True, temperature=0)

@@ -9,12 +9,12 @@ An answer that still fails is re-asked, then kept with a reason: never a silent 
 from __future__ import annotations
 
 import keyword
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..checks import parse_json_response
 from ..errors import UsageError
+from .answer_types import is_model_class, is_typed, pydantic_reason, typed_schema, wrong_type
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,), "number": (int, float), "integer": (int,), "boolean": (bool,),
@@ -45,12 +45,22 @@ def schema_for_keys(keys: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
-def resolve_schema(json_keys: Sequence[str] | str | None, json_schema: Any) -> tuple[
+def resolve_schema(json_keys: Any, json_schema: Any) -> tuple[
         tuple[str, ...] | None, dict[str, Any] | None, Any]:
-    """(keys, JSON Schema, pydantic class or None) from the user's json_keys / json_schema."""
+    """(keys, JSON Schema, pydantic class or None) from the user's json_keys / json_schema.
+
+    ``json_keys`` may carry the types itself (``{"label": str, "prob": float}``, ``"label:str,prob:float"``,
+    a pydantic class or a JSON Schema): it is then the schema."""
+    if is_typed(json_keys):
+        if json_schema is not None:
+            raise UsageError("json_keys already gives the types: leave json_schema out")
+        json_schema, _ = typed_schema(json_keys)
+        if is_model_class(json_keys):
+            json_schema = json_keys
+        json_keys = None
     model_class = None
     if json_schema is not None:
-        if isinstance(json_schema, type) and hasattr(json_schema, "model_json_schema"):
+        if is_model_class(json_schema):
             model_class = json_schema
             schema = json_schema.model_json_schema()
         elif isinstance(json_schema, dict):
@@ -100,8 +110,7 @@ class AnswerCheck:
             try:
                 validated = self.model_class.model_validate(data)
             except Exception as exc:  # pydantic.ValidationError; keep pydantic optional
-                first = str(exc).splitlines()
-                return None, "answer does not fit the schema: " + " ".join(first[:3])[:300]
+                return None, pydantic_reason(exc)
             data = validated.model_dump(mode="json")
         elif self.schema is not None:
             problem = _check_types(data, self.schema)
@@ -122,11 +131,17 @@ def _check_types(data: dict[str, Any], schema: dict[str, Any]) -> str | None:
         expected = spec.get("type")
         if expected:
             names = expected if isinstance(expected, list) else [expected]
-            allowed = tuple(t for n in names for t in _JSON_TYPES.get(n, (object,)))
-            ok = isinstance(value, allowed) and not (
-                isinstance(value, bool) and "boolean" not in names)
-            if not ok:
-                return f"key {key!r} should be {'/'.join(names)}, got {type(value).__name__}"
+            if not any(_is_json_type(value, name) for name in names):
+                return wrong_type(key, names, value)
         if "enum" in spec and value not in spec["enum"]:
-            return f"key {key!r} is {value!r}, not one of {spec['enum']}"
+            return f"{key}: expected one of {', '.join(map(str, spec['enum']))}, got {value!r}"
     return None
+
+
+def _is_json_type(value: Any, name: str) -> bool:
+    """JSON Schema's types: a bool is no number, and 3.0 is an integer."""
+    if isinstance(value, bool):
+        return name == "boolean"
+    if name == "integer" and isinstance(value, float):
+        return value.is_integer()
+    return isinstance(value, _JSON_TYPES.get(name, (object,)))

@@ -23,6 +23,7 @@ from ..options import checked_keywords
 from ..runtime import run_sync
 from ..settings import DEFAULT_WORKERS, LOCAL_PARALLEL, ConfigLike, Settings, resolve
 from ..store import Store
+from .answer_types import JsonKeys, is_typed, json_types, nullable, typed_column, typed_schema
 from .answers import check_keys
 from .job import RunnerFactory, Where, like_input, model_list, progress_mode, run_table_file, run_table_frame
 from .prompts import PromptTemplate, is_missing
@@ -40,13 +41,14 @@ DEFAULT_FILL_PROMPT = (
 class FillPlan:
     """Per row: which fields are missing, and the prompt asking for exactly those."""
 
-    def __init__(self, columns: list[str], title_col: str, json_fields: tuple[str, ...],
+    def __init__(self, columns: list[str], title_col: str, json_fields: JsonKeys,
                  col_map: dict[str, str] | None, prompt_template: str | None) -> None:
         if title_col not in columns:
             raise UsageError(f"text column {title_col!r} is not in the table; columns are: "
                              f"{', '.join(map(str, columns))}")
         self.title_col = title_col
-        self.fields = check_keys(json_fields, "json_fields")
+        self.fields, self.specs, self.defs = fill_fields(json_fields)
+        self.types = json_types({"properties": self.specs})
         self.col_map = dict(col_map or {})
         unknown = sorted(set(self.col_map) - set(self.fields))
         if unknown:
@@ -58,6 +60,13 @@ class FillPlan:
         self.template = PromptTemplate(template.replace("{fields}", "\x00fields\x00"), title_col,
                                        [str(c) for c in columns])
         self._schemas: dict[tuple[str, ...], dict[str, Any]] = {}
+
+    def fields_schema(self) -> dict[str, Any] | None:
+        """The fields with their types, for the manifest (None when every field is plain text)."""
+        if not any(self.specs.values()):
+            return None
+        return {"type": "object", "properties": self.specs, "required": list(self.fields),
+                **({"$defs": self.defs} if self.defs else {})}
 
     def missing(self, row: dict[str, Any]) -> tuple[str, ...]:
         return tuple(f for f in self.fields
@@ -73,9 +82,22 @@ class FillPlan:
         schema = self._schemas.get(wanted)
         if schema is None:  # one schema object per combination of missing fields, shared by rows
             schema = self._schemas[wanted] = {
-                "type": "object", "properties": {f: {"type": ["string", "null"]} for f in wanted},
-                "required": list(wanted)}
+                "type": "object", "properties": {f: nullable(self.specs[f]) for f in wanted},
+                "required": list(wanted), **({"$defs": self.defs} if self.defs else {})}
         return RowPlan(prompt=prompt, keys=wanted, schema=schema)
+
+
+def fill_fields(json_fields: JsonKeys) -> tuple[tuple[str, ...], dict[str, dict[str, Any]], dict[str, Any]]:
+    """(fields, each field's JSON Schema, the definitions they refer to) from names, or names with
+    types (``{"year": int}``, ``"City,year:int"``, a pydantic class, a JSON Schema); an untyped
+    field is text."""
+    if is_typed(json_fields):
+        schema, _ = typed_schema(json_fields, "json_fields")
+        specs = {str(k): dict(v) if isinstance(v, dict) else {} for k, v in schema["properties"].items()}
+        return check_keys(tuple(specs), "json_fields"), specs, dict(schema.get("$defs") or {})
+    names: list[Any] = json_fields.split(",") if isinstance(json_fields, str) else list(json_fields or ())  # type: ignore[arg-type]
+    fields = check_keys(tuple(str(n).strip() for n in names if str(n).strip()), "json_fields")
+    return fields, {f: {} for f in fields}, {}
 
 
 def fill_column_names(plan: FillPlan, models: tuple[str, ...], fanout: bool, prefix: str = "") -> list[str]:
@@ -119,18 +141,18 @@ def fill_columns(frame: pd.DataFrame, results: list[RowResult], plan: FillPlan,
                 empty = column.map(is_missing)
                 out[target] = column.where(~empty, fills)
             else:
-                out[f"{prefix}computed_{field}{suffix}"] = values[field]
+                out[f"{prefix}computed_{field}{suffix}"] = typed_column(values[field], plan.types.get(field))
         out[f"{prefix}fill_error{suffix}"] = errors
         if not fanout:
             out[f"{prefix}fill_model"] = answered_by
     return out
 
 
-def _runner(columns: list[str], emit: Any, *, title_col: str, json_fields: Sequence[str],
+def _runner(columns: list[str], emit: Any, *, title_col: str, json_fields: JsonKeys,
             col_map: dict[str, str] | None, models: tuple[str, ...], fanout: bool,
             prompt_template: str | None, system: str | None, options: dict[str, Any],
             column_prefix: str = "") -> tuple[TableRunner, FillPlan]:
-    plan = FillPlan(columns, title_col, tuple(json_fields), col_map, prompt_template)
+    plan = FillPlan(columns, title_col, json_fields, col_map, prompt_template)
     refuse_clashes([str(c) for c in columns], fill_column_names(plan, models, fanout, column_prefix),
                    option="--column-prefix (column_prefix= in Python)", example="--column-prefix run2_")
     runner = TableRunner(
@@ -146,7 +168,8 @@ def fill_manifest(runner: TableRunner, plan: FillPlan, prompt_template: str | No
                   kind: str, output: str | None = None, argv: list[str] | None = None) -> ManifestRecorder:
     """The manifest of a fill run: the fields asked for, where answers go, the template as sent."""
     job = table_job(runner, prompt_template or DEFAULT_FILL_PROMPT, text_column=plan.title_col,
-                    json_fields=list(plan.fields), col_map=plan.col_map or None)
+                    json_fields=list(plan.fields), col_map=plan.col_map or None,
+                    fields_schema=plan.fields_schema())
     return ManifestRecorder(kind=kind, job=job, input=input_facts, argv=argv, output={"path": output},
                             path=Path(path) if path is not None else None)
 
@@ -154,7 +177,7 @@ def fill_manifest(runner: TableRunner, plan: FillPlan, prompt_template: str | No
 @checked_keywords()
 async def fill_missing_fields_async(
     df: Any, title_col: str = "title_en",
-    json_fields: Sequence[str] = ("Occasion", "Institution", "City"),
+    json_fields: JsonKeys = ("Occasion", "Institution", "City"),
     col_map: dict[str, str] | None = None, model_names: str | Sequence[str] = "llama3.2",
     fanout: bool = False, workers: int | None = DEFAULT_WORKERS, *, max_concurrent_calls: int | None = None,
     prompt_template: str | None = None, system: str | None = None, servers: Any = None,
@@ -178,7 +201,7 @@ async def fill_missing_fields_async(
 
 
 async def _fill_frame(df: Any, job: Settings, models: tuple[str, ...], *, title_col: str,
-                      json_fields: Sequence[str], col_map: dict[str, str] | None, fanout: bool,
+                      json_fields: JsonKeys, col_map: dict[str, str] | None, fanout: bool,
                       prompt_template: str | None, column_prefix: str,
                       store: str | os.PathLike[str] | Store | None, chunk_size: int,
                       max_concurrent_calls: int | None, max_json_retries: int, progress: bool | str,
@@ -200,7 +223,7 @@ async def _fill_frame(df: Any, job: Settings, models: tuple[str, ...], *, title_
     return like_input(df, out)
 
 
-def _builder(job: Settings, models: tuple[str, ...], *, title_col: str, json_fields: Sequence[str],
+def _builder(job: Settings, models: tuple[str, ...], *, title_col: str, json_fields: JsonKeys,
              col_map: dict[str, str] | None, fanout: bool,
              prompt_template: str | None, column_prefix: str = "") -> tuple[RunnerFactory, list[FillPlan]]:
     """The fill runner for a table with the given columns, and the plan it made (once built)."""
@@ -218,7 +241,7 @@ def _builder(job: Settings, models: tuple[str, ...], *, title_col: str, json_fie
 
 @checked_keywords(fill_missing_fields_async)
 def fill_missing_fields(df: Any, title_col: str = "title_en",
-                        json_fields: Sequence[str] = ("Occasion", "Institution", "City"),
+                        json_fields: JsonKeys = ("Occasion", "Institution", "City"),
                         col_map: dict[str, str] | None = None,
                         model_names: str | Sequence[str] = "llama3.2", fanout: bool = False,
                         workers: int | None = DEFAULT_WORKERS, **kwargs: Any) -> Any:
@@ -240,18 +263,18 @@ def fill_missing_fields(df: Any, title_col: str = "title_en",
 @checked_keywords()
 async def fill_file_async(
     input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], *, chunk_size: int = 20_000,
-    title_col: str = "title_en", json_fields: Sequence[str] = ("Occasion", "Institution", "City"),
+    title_col: str = "title_en", json_fields: JsonKeys = ("Occasion", "Institution", "City"),
     col_map: dict[str, str] | None = None, model_names: str | Sequence[str] = "llama3.2",
     fanout: bool = False, workers: int | None = DEFAULT_WORKERS, max_concurrent_calls: int | None = None,
     prompt_template: str | None = None, system: str | None = None, servers: Any = None,
     config: ConfigLike | None = None, api: str = "ollama",
     store: str | os.PathLike[str] | Store | None = None, max_json_retries: int = 2,
     timeout: float | None = None, progress: bool | str = "auto", neutralize_formulas: bool = True,
-    argv: list[str] | None = None, local: bool = False, column_prefix: str = "",
+    argv: list[str] | None = None, local: bool = False, column_prefix: str = "", encoding: str | None = None,
     extra_options: dict[str, Any] | None = None, **options: Any,
 ) -> tuple[int, JobStats]:
     """Stream a table file through the fill job, writing the output chunk by chunk, and its manifest
-    beside it (``<output>.manifest.json``)."""
+    beside it (``<output>.manifest.json``); ``encoding`` reads a CSV or TSV that is not UTF-8."""
     with ExitStack() as stack:
         job = resolve(servers=servers, config=config, api=api, local=local, stack=stack,
                       local_parallel=workers or LOCAL_PARALLEL, workers=workers, system=system,
@@ -265,14 +288,15 @@ async def fill_file_async(
             recorder = fill_manifest(runner, plans[0], prompt_template, facts,
                                      manifest_path(str(output_path)), kind="fill",
                                      output=str(output_path), argv=argv)
-            recorder.job["local"] = bool(job.local_model)
+            recorder.job.update(local=bool(job.local_model), column_prefix=column_prefix, encoding=encoding)
             return recorder
 
         report = await run_table_file(
             input_path, output_path, build=build, describe=describe, where=Where(job), required=[title_col],
             per_row=0, store=store, chunk_size=chunk_size,  # rows with nothing missing are not sent
             neutralize_formulas=neutralize_formulas, max_concurrent_calls=max_concurrent_calls,
-            max_json_retries=max_json_retries, progress=progress_mode(progress), argv=argv)
+            max_json_retries=max_json_retries, progress=progress_mode(progress), argv=argv,
+            encoding=encoding)
     return report.written, report.stats
 
 
@@ -280,7 +304,7 @@ async def fill_file_async(
 def fill_missing_fields_from_csv(
     input_csv: str, output_csv: str = "out.csv", chunk_size: int = 20_000, workers: int | None = DEFAULT_WORKERS,
     batch_size: int = 4, title_col: str = "title_en",
-    json_fields: tuple[str, ...] = ("Occasion", "Institution", "City"),
+    json_fields: JsonKeys = ("Occasion", "Institution", "City"),
     col_map: dict[str, str] | None = None, model_names: str | Sequence[str] = "llama3.2",
     fanout: bool = False, **kwargs: Any,
 ) -> None:

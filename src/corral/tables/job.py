@@ -163,20 +163,20 @@ async def run_table_file(
     store: str | os.PathLike[str] | Store | None = None, chunk_size: int = 20_000,
     neutralize_formulas: bool = True, max_concurrent_calls: int | None = None,
     max_json_retries: int = 2, progress: str = "auto", argv: list[str] | None = None,
-    chunks: Iterable[pd.DataFrame] | None = None, rows: int | None = None,
+    chunks: Iterable[pd.DataFrame] | None = None, rows: int | None = None, encoding: str | None = None,
 ) -> TableFileReport:
     """The loop every table-file job shares: stream, ask, write; the output complete or absent.
 
     ``chunks`` replaces reading ``input`` whole (a Ray partition's row groups); ``rows`` is then the
-    row count when known."""
+    row count when known; ``encoding`` is a CSV or TSV input's, when not UTF-8."""
     table = TableStream(input, output, chunk_size=chunk_size, neutralize_formulas=neutralize_formulas,
-                        chunks=chunks)
+                        chunks=chunks, encoding=encoding)
     complete = False
     try:
         table.require_columns(required)
         runner = build(table.columns, table.emit)
         if chunks is None:
-            rows = count_rows(input)
+            rows = count_rows(input, encoding=encoding)
         recorder = describe(runner, file_facts(input, rows)) if describe is not None else None
         journal = store if store is not None else default_store_path(str(output), None)
         stats = await execute(runner, table.chunks(), where=where, store=journal,

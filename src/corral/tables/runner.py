@@ -20,6 +20,7 @@ from ..backends import Reply
 from ..errors import UsageError
 from ..requests import Request, build_messages, canonical_options, model_group
 from ..results import Outcome
+from .answer_types import typed_column
 from .answers import AnswerCheck
 
 log = logging.getLogger("corral")
@@ -201,23 +202,25 @@ def refuse_clashes(existing: list[str], new: list[str], *, option: str, example:
 
 
 def add_answer_columns(frame: pd.DataFrame, results: list[RowResult], models: tuple[str, ...],
-                       fanout: bool, keys: tuple[str, ...] | None, prefix: str = "") -> pd.DataFrame:
+                       fanout: bool, keys: tuple[str, ...] | None, prefix: str = "",
+                       types: dict[str, str] | None = None) -> pd.DataFrame:
     """run_analysis's columns: response/keys/model/error, or each suffixed _<model> in fan-out;
-    every name behind ``prefix``."""
+    every name behind ``prefix``; a key with a JSON type (``types``) gets that type's dtype."""
     out = frame.copy()
     key_list = list(keys or ())
+    types = types or {}
     if fanout:
         for model in models:
             columns = _columns_for(results, model, key_list)
             out[f"{prefix}response_{model}"] = columns["response"]
             for key in key_list:
-                out[f"{prefix}{key}_{model}"] = columns[key]
+                out[f"{prefix}{key}_{model}"] = typed_column(columns[key], types.get(key))
             out[f"{prefix}error_{model}"] = columns["error"]
     else:
         columns = _columns_for(results, "*", key_list)
         out[f"{prefix}response"] = columns["response"]
         for key in key_list:
-            out[prefix + key] = columns[key]
+            out[prefix + key] = typed_column(columns[key], types.get(key))
         out[f"{prefix}model"] = columns["model"]
         out[f"{prefix}error"] = columns["error"]
     return out

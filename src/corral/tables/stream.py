@@ -24,11 +24,12 @@ class TableStream:
     sent) and the output written chunk by chunk. The output is refused if it is the input file."""
 
     def __init__(self, input_path: PathLike, output_path: PathLike, *, chunk_size: int,
-                 neutralize_formulas: bool = True, chunks: Iterable[pd.DataFrame] | None = None) -> None:
+                 neutralize_formulas: bool = True, chunks: Iterable[pd.DataFrame] | None = None,
+                 encoding: str | None = None) -> None:
         self.input_path = Path(input_path)
         # ``chunks``: the input read another way (a run of a Parquet file's row groups)
-        self._chunks = iter(chunks) if chunks is not None else read_table_chunks(input_path,
-                                                                                 chunk_size=chunk_size)
+        self._chunks = iter(chunks) if chunks is not None else read_table_chunks(
+            input_path, chunk_size=chunk_size, encoding=encoding)
         first = next(self._chunks, None)
         if first is None:
             raise UsageError(f"{input_path}: the table has no rows")
