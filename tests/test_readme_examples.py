@@ -60,6 +60,8 @@ ERROR_FILES: dict[str, dict[str, bytes]] = {
     "corral run p.jsonl": {"p.jsonl": b'{"prompt": "hi"}\n'},
     "corral analyze gold.csv": {"gold.csv": b"text,label,prob\nGreat film.,pos,0.9\n"},
     "corral analyze cafe.csv": {"cafe.csv": "text,n\r\nLe café est fermé.,1\r\n".encode("cp1252")},
+    "corral analyze in.csv -o out.csv --config c.toml": {
+        "in.csv": b"text\nhello\n", "c.toml": b'model = "llama3.2"\noptions = { temprature = 0 }\n'},
 }
 #: Failing commands whose setting cannot be made here, and why.
 ERROR_NOT_RUN = {
