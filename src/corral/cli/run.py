@@ -113,8 +113,6 @@ def run_command(
 
     from rich.console import Console
 
-    from ..bench.output import gpu_table
-    from ..bench.tune import tuned_run
     from ..gpu import NO_GPU_NOTE, gpu_summary
     from ..jobs import default_store_path, open_sinks, run_prompt_file, scan_once
     from ..manifest import ManifestRecorder, manifest_path
@@ -240,6 +238,8 @@ def run_command(
         job = dict(sinks=sinks, progress=progress, argv=sys.argv, manifest=recorder,
                    gpu_monitor=gpu_monitor is not False,
                    reload=ConfigFile(config) if config and not (server or local or repro) else None)
+        if auto_tune:  # `corral bench`'s machinery, imported only when asked for
+            from ..bench.tune import tuned_run
         result = _run_interruptibly(
             tuned_run(source, servers=specs, store=store, settings=settings,
                       say=lambda line: print(f"corral: {line}", file=sys.stderr, flush=True), **job)
@@ -257,6 +257,8 @@ def run_command(
     if progress != "none" and result.engine is not None:
         err.print(summary_table(result.engine))
     if gpu_monitor and gpu_rows:
+        from ..bench.output import gpu_table
+
         err.print(gpu_table(gpu_rows))
     where = " and ".join(x for x in (output, output_dir) if x)
     err.print(f"corral: {stats.ok} ok, {stats.failed} failed, {stats.cached} from the store; "
