@@ -64,6 +64,8 @@ class AnalysisPlan:
         self.types = json_types(self.schema) if self.schema else {}
         self.template = PromptTemplate(prompt_template or default_template(self.keys), text_column,
                                        [str(c) for c in columns])
+        #: The columns a row's plan reads: only these are taken out of each chunk.
+        self.reads = [text_column, *self.template.columns()]
 
     def __call__(self, row: dict[str, Any]) -> RowPlan | str:
         if is_missing(row.get(self.text_column)):

@@ -60,6 +60,9 @@ class FillPlan:
         self.template = PromptTemplate(template.replace("{fields}", "\x00fields\x00"), title_col,
                                        [str(c) for c in columns])
         self._schemas: dict[tuple[str, ...], dict[str, Any]] = {}
+        #: The columns a row's plan reads: only these are taken out of each chunk.
+        self.reads = [title_col, *self.template.columns(),
+                      *(column for column in self.source.values() if column is not None)]
 
     def fields_schema(self) -> dict[str, Any] | None:
         """The fields with their types, for the manifest (None when every field is plain text)."""

@@ -52,6 +52,10 @@ class PromptTemplate:
             raise UsageError("the prompt template uses no column: put {text} (or {column}) where the "
                              "row's text goes")
 
+    def columns(self) -> list[str]:
+        """The table columns the template reads (``{text}`` is the text column)."""
+        return [self.text_column if name == "text" else name for name in self.fields]
+
     def render(self, row: dict[str, Any]) -> str:
         def replace(match: re.Match[str]) -> str:
             token = match.group(0)
