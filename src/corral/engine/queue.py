@@ -138,6 +138,17 @@ class WorkQueue(Generic[T]):
         self._size -= len(items)
         return items
 
+    def take_retries_if(self, predicate: Callable[[T], bool]) -> list[T]:
+        """Remove and return the queued retries (items put in front) that ``predicate`` picks."""
+        taken: list[T] = []
+        for queue in self._items.values():
+            if queue.front and any(predicate(item) for item in queue.front):
+                kept = deque(item for item in queue.front if not predicate(item))
+                taken += [item for item in queue.front if predicate(item)]
+                queue.front = kept
+        self._size -= len(taken)
+        return taken
+
     def models_waiting(self) -> list[str]:
         return [model for model, queue in self._items.items() if queue]
 

@@ -641,6 +641,7 @@ class Run:
             now = time.monotonic()
             if len(self._queue) == 0 and self._in_flight_items and self._hedging():
                 self._queue.wake_idle()  # estimates move with time: an overdue item may now be worth it
+            self._fail_busy_rows(now)
             for model in self._queue.models_waiting():
                 serving = [s for s in servers if serves(s, model)]
                 if any(not s.benched and s.busy_since is None for s in serving):
@@ -657,6 +658,20 @@ class Run:
                         error=f"no live server for {model} for {self.settings.max_outage:g}s ({reasons})",
                         finished_at=time.time(),
                     ))
+
+    def _fail_busy_rows(self, now: float) -> None:
+        """Rows waiting for another try whose time on busy answers is spent: failed now, not when
+        their server is tried again (a server benched for answering only "busy" may be away for
+        a minute, far past ``max_busy_seconds``)."""
+        budget = self.settings.max_busy_seconds
+        spent = self._queue.take_retries_if(
+            lambda item: item.busy_since is not None and now - item.busy_since >= budget)
+        for item in spent:
+            self._finish(item, Outcome(
+                request=item.request, attempts=item.attempts, error_kind="busy",
+                error=(f"servers answered busy for {now - (item.busy_since or now):.0f}s, the most a row "
+                       f"waits for a busy server (max_busy_seconds {budget:g})"),
+                finished_at=time.time()))
 
     # -- results ----------------------------------------------------------------------------------
     def _finish(self, item: _Item, outcome: Outcome) -> None:
