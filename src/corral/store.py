@@ -115,6 +115,8 @@ _LOOKUP_COLUMNS = (
 )
 _LOOKUP_SQL = f"SELECT {', '.join(_LOOKUP_COLUMNS)} FROM results WHERE key IN "
 _LOOKUP_CHUNK = 500
+_BLOCK_SQL = (f"SELECT rowid, {', '.join(_LOOKUP_COLUMNS)} FROM results WHERE rowid > ? AND rowid <= ? "
+              "ORDER BY rowid LIMIT ?")
 #: A stored row as `Store.find` returns it: the columns of _LOOKUP_COLUMNS, in that order.
 StoredRow = tuple[Any, ...]
 ROW_STATUS = _LOOKUP_COLUMNS.index("status")
@@ -304,6 +306,14 @@ class Store:
                 for row in execute(sql, chunk):
                     found[row[0]] = row
         return found
+
+    def resume_reader(self) -> JournalCursor:
+        """A `find` for a run that asks for its input's keys in order (see `JournalCursor`)."""
+        return JournalCursor(self)
+
+    def _rows_after(self, rowid: int, end: int, limit: int) -> list[tuple[Any, ...]]:
+        with self._checked():
+            return self._db.execute(_BLOCK_SQL, (rowid, end, limit)).fetchall()
 
     def lookup(self, keys: Iterable[str], *, include_failed: bool = True) -> dict[str, dict[str, Any]]:
         """Stored rows for these keys, as dicts by column name (one query per 500 keys)."""
@@ -588,3 +598,56 @@ def _row(outcome: Outcome, run_id: int | None) -> tuple[Any, ...]:
         reply.done_reason if reply else None, outcome.latency, outcome.started_at,
         outcome.finished_at, run_id,
     )
+
+
+class JournalCursor:
+    """`Store.find` for a resume: the journal read in the order it was written, a block at a time.
+
+    A run writes its results in about the order it read its input (out of order by at most its
+    read-ahead window), so a re-run asking for the same keys in the same order finds them in the
+    blocks just read: one sequential pass instead of a B-tree search per key, half the cost per
+    row. Rows read but not asked for yet wait in a bounded buffer (the oldest dropped first); any
+    key not met there is looked up directly, so the answer is always `Store.find`'s. Only rows
+    written before the run began are read this way: the run's own results are for `find`."""
+
+    BLOCK = 2048
+    KEEP = 16_384
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        with store._checked():
+            self._end = int(store._db.execute("SELECT COALESCE(MAX(rowid), 0) FROM results").fetchone()[0])
+        self._last = 0
+        self._ahead: dict[str, StoredRow] = {}
+
+    def find(self, keys: list[str]) -> dict[str, StoredRow]:
+        found: dict[str, StoredRow] = {}
+        missing = self._take(keys, found)
+        budget = 2 * len(keys) + self.BLOCK  # read on a little faster than rows are asked for
+        while missing and self._last < self._end and budget > 0:
+            block = self._store._rows_after(self._last, self._end, self.BLOCK)
+            if not block:
+                self._last = self._end
+                break
+            self._last = block[-1][0]
+            budget -= len(block)
+            ahead = self._ahead
+            for row in block:
+                ahead[row[1]] = row[1:]
+            while len(ahead) > self.KEEP:
+                del ahead[next(iter(ahead))]
+            missing = self._take(missing, found)
+        if missing:
+            found.update(self._store.find(missing))
+        return found
+
+    def _take(self, keys: list[str], found: dict[str, StoredRow]) -> list[str]:
+        """Move the buffered rows of ``keys`` into ``found``; the keys not buffered."""
+        ahead, missing = self._ahead, []
+        for key in keys:
+            row = ahead.pop(key, None)
+            if row is None:
+                missing.append(key)
+            else:
+                found[key] = row
+        return missing

@@ -29,7 +29,7 @@ from ..checks import json_answer_problem
 from ..errors import RunAborted, UsageError
 from ..requests import Request, request_key
 from ..results import Outcome
-from ..store import ROW_MODEL, ROW_STATUS, Store, StoredRow, outcome_from_stored
+from ..store import ROW_MODEL, ROW_STATUS, JournalCursor, Store, StoredRow, outcome_from_stored
 from .costs import TimeoutPolicy, hedge_gain
 from .fleet import Fleet
 from .queue import IDLE, WorkQueue
@@ -105,6 +105,7 @@ class Run:
                  ordered: bool = True, ready: Callable[[], bool] | None = None) -> None:
         self.fleet = fleet
         self.store = store
+        self._journal: JournalCursor | None = None  # opened at the first lookup
         self.settings = settings
         self._total = total if callable(total) else None
         self.stats = JobStats(total=None if callable(total) else total)
@@ -295,7 +296,9 @@ class Run:
         stored: dict[str, StoredRow] = {}
         if self.settings.journal:
             self.store.flush()  # so results of this run are visible to the lookup below
-            stored = self.store.find(list({r.key: None for r in batch}))
+            if self._journal is None:
+                self._journal = self.store.resume_reader()
+            stored = self._journal.find(list({r.key: None for r in batch}))
         retry_failed = self.settings.retry_failed
         speeds = self.fleet.speeds
         for request in batch:
