@@ -9,7 +9,16 @@ import typer
 
 from ..errors import UsageError
 from . import app
-from .common import API_KEY_ENV_HELP, keyed, load_schema, model_options, read_text_arg, setup_logging
+from .common import (
+    API_KEY_ENV_HELP,
+    RPM_HELP,
+    TPM_HELP,
+    keyed,
+    load_schema,
+    model_options,
+    read_text_arg,
+    setup_logging,
+)
 from .run import _run_interruptibly
 
 
@@ -43,6 +52,8 @@ def analyze_command(
     server: list[str] = typer.Option([], "--server", "-s", metavar="URL", help="Server URL; repeat for several."),
     api: str = typer.Option("ollama", "--api", help="Protocol of --server URLs: ollama or openai."),
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", metavar="NAME", help=API_KEY_ENV_HELP),
+    rpm: Optional[int] = typer.Option(None, "--rpm", metavar="N", help=RPM_HELP),
+    tpm: Optional[int] = typer.Option(None, "--tpm", metavar="N", help=TPM_HELP),
     local: bool = typer.Option(False, "--local", help="Use the embedded llama.cpp model."),
     workers: int = typer.Option(3, "--workers", "-j", help="Requests in flight per server."),
     max_concurrent_calls: Optional[int] = typer.Option(None, "--max-concurrent-calls",
@@ -87,7 +98,8 @@ def analyze_command(
         input, output, text_column=text_column, model_names=_split(models),
         prompt_template=read_text_arg(prompt, "--prompt"), json_keys=_split(json_keys) or None,
         json_schema=load_schema(schema) if schema else None, fanout=fanout,
-        system=read_text_arg(system, "--system"), servers=keyed(server, api, api_key_env), config=config, api=api,
+        system=read_text_arg(system, "--system"), servers=keyed(server, api, api_key_env, rpm, tpm),
+        config=config, api=api,
         local=local, workers=workers, max_concurrent_calls=max_concurrent_calls, id_column=id_column,
         chunk_size=chunk_size, max_json_retries=json_retries, store=store, timeout=timeout,
         neutralize_formulas=not keep_formulas, progress=progress, argv=sys.argv, column_prefix=column_prefix,
@@ -124,6 +136,8 @@ def fill_command(
     server: list[str] = typer.Option([], "--server", "-s", metavar="URL", help="Server URL; repeat for several."),
     api: str = typer.Option("ollama", "--api", help="Protocol of --server URLs: ollama or openai."),
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", metavar="NAME", help=API_KEY_ENV_HELP),
+    rpm: Optional[int] = typer.Option(None, "--rpm", metavar="N", help=RPM_HELP),
+    tpm: Optional[int] = typer.Option(None, "--tpm", metavar="N", help=TPM_HELP),
     local: bool = typer.Option(False, "--local", help="Use the embedded llama.cpp model."),
     workers: int = typer.Option(3, "--workers", "-j", help="Requests in flight per server."),
     max_concurrent_calls: Optional[int] = typer.Option(None, "--max-concurrent-calls",
@@ -160,7 +174,8 @@ def fill_command(
         input, output, chunk_size=chunk_size, title_col=title_col, json_fields=tuple(_split(fields)),
         col_map=_col_map(col_map) or None, model_names=_split(models), fanout=fanout, workers=workers,
         max_concurrent_calls=max_concurrent_calls, prompt_template=read_text_arg(prompt, "--prompt"),
-        system=read_text_arg(system, "--system"), servers=keyed(server, api, api_key_env), config=config, api=api,
+        system=read_text_arg(system, "--system"), servers=keyed(server, api, api_key_env, rpm, tpm),
+        config=config, api=api,
         store=store, max_json_retries=json_retries, timeout=timeout, progress=progress,
         neutralize_formulas=not keep_formulas, argv=sys.argv, local=local, column_prefix=column_prefix,
         **model_options(option, temperature, seed, num_ctx, max_tokens),

@@ -33,6 +33,7 @@ from ..store import ROW_MODEL, ROW_STATUS, Store, StoredRow, outcome_from_stored
 from .costs import TimeoutPolicy, hedge_gain
 from .fleet import Fleet
 from .queue import IDLE, WorkQueue
+from .rates import Ticket, after_attempt, estimate_tokens, says_rates
 from .retry import BUSY_STATUSES
 from .servers import ServerState
 from .settings import EngineSettings, JobStats
@@ -303,6 +304,11 @@ class Run:
         while True:
             if server.benched:
                 await server.available.wait()
+            if server.rates is not None:  # a rate-limited server's slots sleep, not hold rows
+                wait = server.rates.hold(time.monotonic())
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue
             hedge = False
             item = self._queue.get_nowait(accepts)
             if item is None and self._hedging():
@@ -327,6 +333,15 @@ class Run:
                     continue
                 if item.request.model_choices:
                     self._bind_model(server, slot, item)
+            ticket: Ticket | None = None
+            if server.rates is not None:
+                ticket = server.rates.admit(time.monotonic(), estimate_tokens(item.request, self.fleet.speeds))
+                if ticket is None:  # over a budget for this row's tokens: let another server have it
+                    if hedge:
+                        item.hedged = False
+                    else:
+                        self._queue.put(item, front=item.attempts > 0)
+                    continue
             model = item.request.model
             server.take(model)
             slots.busy += 1
@@ -337,9 +352,9 @@ class Run:
                     await self._pace()
                 if self._in_flight_cap is not None:
                     async with self._in_flight_cap:
-                        await self._attempt(server, item, hedge=hedge)
+                        await self._attempt(server, item, hedge=hedge, ticket=ticket)
                 else:
-                    await self._attempt(server, item, hedge=hedge)
+                    await self._attempt(server, item, hedge=hedge, ticket=ticket)
             finally:
                 slots.busy -= 1
                 server.release(model)
@@ -416,7 +431,8 @@ class Run:
             self.fleet.speeds.expected_seconds(id(server), item.request.model, item.cost))
 
     # -- one attempt ------------------------------------------------------------------------------
-    async def _attempt(self, server: ServerState, item: _Item, hedge: bool = False) -> None:
+    async def _attempt(self, server: ServerState, item: _Item, hedge: bool = False,
+                       ticket: Ticket | None = None) -> None:
         request = item.request
         if item.finished:  # a hedge picked as its other copy answered
             return
@@ -458,6 +474,9 @@ class Run:
             server.in_flight -= 1
             self.stats.in_flight -= 1
             server.stats.busy_seconds += time.perf_counter() - t0
+        if ticket is not None or says_rates(reply, exc):
+            after_attempt(server.rate_limiter(), time.monotonic(), ticket, reply, exc,
+                          estimate_tokens(request, self.fleet.speeds))
         if item.finished:  # both copies answered in the same moment: the first one stands
             return
         try:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from ..backends import Backend, BackendError, ServerInfo, ollama_model_name
 from ..config import ServerSpec
 from ..limits import MAX_SLOTS_PER_SERVER
+from .rates import RateLimiter
 
 # Requests kept in flight per server when neither the config nor the server says. Twice the server's
 # parallel slots keeps its queue from running dry between one answer and the next request (measured on
@@ -52,10 +53,20 @@ class ServerState:
     last_error: str | None = None
     controls: dict[str, SlotControl] = field(default_factory=dict)
     taken: dict[str, int] = field(default_factory=dict)  # per model: held by a slot, sent or about to be
+    # Its rpm / tpm budgets, or (made on first need) just what its headers say is left; None: neither.
+    rates: RateLimiter | None = None
 
     def __post_init__(self) -> None:
         self.available.set()
         self.ceiling = max(self.ceiling, self.slots)
+        if self.rates is None and (self.spec.rpm or self.spec.tpm):
+            self.rates = RateLimiter(self.spec.rpm, self.spec.tpm)
+
+    def rate_limiter(self) -> RateLimiter:
+        """Its limiter, made when a server with no configured budget first reports its limits."""
+        if self.rates is None:
+            self.rates = RateLimiter()
+        return self.rates
 
     @property
     def label(self) -> str:
