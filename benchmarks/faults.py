@@ -25,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests import scenarios, scenarios_files, scenarios_hostile  # noqa: E402
+from tests import scenarios, scenarios_files, scenarios_hostile, scenarios_rates  # noqa: E402
 
 SCENARIOS: list[tuple[int, str, Callable[[Path], dict[str, Any]]]] = [
     (1, "SIGKILL x20, resume", lambda w: scenarios.sigkill_resume(w, rows=2000, kills=20)),
@@ -53,6 +53,8 @@ SCENARIOS: list[tuple[int, str, Callable[[Path], dict[str, Any]]]] = [
     (35, "journal and output through a symlink", lambda w: scenarios_files.linked_store(w, rows=400)),
     (36, "escape sequences on the terminal", scenarios_files.terminal_escapes),
     (37, "implicit ids, CSV header, full --output-dir", scenarios_files.the_rest),
+    # issue 18: a day on a fleet (tests/scenarios_rates.py)
+    (44, "rpm limit", scenarios_rates.rpm_limit),
 ]
 
 

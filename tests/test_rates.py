@@ -35,7 +35,7 @@ def _request(text: str = "x" * 40, **options: int) -> Request:
 
 # -- the limiter's decisions, on an injected clock --------------------------------------------------
 def test_rpm_holds_in_every_60_second_window_not_per_clock_minute() -> None:
-    limiter = RateLimiter(rpm=120)  # 2 a second at most, 120 in any 60 s
+    limiter = RateLimiter(rpm=120)  # one every 0.5 s at most, 120 in any 60 s
     admitted: list[float] = []
     now = 0.0
     rng = random.Random(7)
@@ -53,15 +53,18 @@ def test_rpm_holds_in_every_60_second_window_not_per_clock_minute() -> None:
     assert limiter.peak_requests <= 120
 
 
-def test_a_refused_start_is_told_when_the_oldest_start_leaves_the_window() -> None:
-    limiter = RateLimiter(rpm=2)
+def test_starts_are_spread_evenly_and_the_window_holds_across_clock_minutes() -> None:
+    limiter = RateLimiter(rpm=60)
     assert limiter.admit(10.0, 1) is not None
-    assert limiter.admit(10.5, 1) is None          # spread: at most ceil(2/60) = 1 a second
+    assert limiter.admit(10.5, 1) is None          # spread: one every 60/60 = 1 s
+    assert limiter.wait(10.5) == pytest.approx(0.5, abs=0.01)
     assert limiter.admit(11.0, 1) is not None
-    assert limiter.admit(30.0, 1) is None          # two in the last 60 s
-    assert limiter.wait(30.0) == pytest.approx(40.0, abs=0.01)   # until 10.0 + 60
-    assert limiter.admit(70.01, 1) is not None     # 10.0 left the window, 11.0 has not
-    assert limiter.admit(70.5, 1) is None
+    for second in range(12, 70):                   # 60 starts from 10 to 69
+        assert limiter.admit(float(second), 1) is not None
+    assert limiter.admit(70.0, 1) is not None      # 10.0 has just left the window (70 - 60)
+    assert limiter.peak_requests == 60
+    burst = RateLimiter(rpm=600)                   # 10 a second: a tenth of a second apart
+    assert [burst.admit(0.05 * i, 1) is not None for i in range(4)] == [True, False, True, False]
 
 
 def test_tpm_counts_estimates_then_the_answers_usage() -> None:
@@ -160,7 +163,6 @@ def test_an_rpm_server_gets_every_row_and_never_more_than_rpm_in_a_window(fake_o
                                                                         monkeypatch) -> None:
     # A minute shrunk to half a second, so 12 rows at rpm=4 take three windows, not three minutes.
     monkeypatch.setattr(rates, "WINDOW_SECONDS", 0.5)
-    monkeypatch.setattr(rates, "SPREAD_SECONDS", 0.5 / 60)
     server = fake_ollama_factory(api="openai")
     outcomes: list[Outcome] = []
 

@@ -149,11 +149,13 @@ def test_slow_server_holding_the_last_item_is_hedged_to_the_idle_fast_one(
         answered_by[hedge] = Counter(o.server for o in outcomes)
         figures[hedge] = engine.stats
     hedged, plain = figures[True], figures[False]
-    assert hedged.hedged == 1 and hedged.hedge_wins == 1 and hedged.hedge_cancelled == 1
+    # The slow server holds two items: one in its slot, one queued ahead (queue_ahead 1); both
+    # are hedged to the fast one, which answers them first.
+    assert hedged.hedged == 2 and hedged.hedge_wins == 2 and hedged.hedge_cancelled == 2
     assert plain.hedged == plain.hedge_wins == plain.hedge_cancelled == 0
-    # Without hedging the slow server's one item is waited for; with it, the fast one answers it.
+    # Without hedging the slow server's items are waited for; with it, the fast one answers them.
     slow_label, fast_label = slow.url.removeprefix("http://"), fast.url.removeprefix("http://")
-    assert answered_by[False] == {slow_label: 1, fast_label: n - 1}, answered_by
+    assert answered_by[False] == {slow_label: 2, fast_label: n - 2}, answered_by
     assert answered_by[True] == {fast_label: n}, answered_by
 
 
@@ -250,8 +252,10 @@ def test_slot_control_doubles_its_step_while_tries_pay_then_settles_at_the_serve
         seen.append(control.limit)
     assert seen[:5] == [4, 5, 7, 11, 16], seen  # +1, +2, +4, then the ceiling
     assert seen[5] == 12, seen  # of the 5 added, the gain showed 1 was real: kept 12
-    # settled: 12, with a try of 13 now and then that is given back
-    assert set(seen[-12:]) == {12, 13} and seen[-12:].count(12) >= 9, seen
+    # settled: 12, with a try of 13 now and then that is given back, and a try of 11 after it
+    # (fewer did less work: the slot is taken back)
+    assert set(seen[-12:]) <= {11, 12, 13} and seen[-12:].count(12) >= 8, seen
+    assert control.lowers == 0  # no slot given back for good: every one of the 12 pays
 
 
 def test_slot_control_measures_work_not_answers() -> None:
@@ -291,7 +295,9 @@ def test_slots_are_learnt_per_model_on_one_server(fake_ollama_factory) -> None:
 def test_split_mode_rows_are_hedged_with_the_model_they_started_on(fake_ollama_factory) -> None:
     fast = fake_ollama_factory(models=("a", "b"), slots=1, latency=0.02)
     slow = fake_ollama_factory(models=("a", "b"), slots=1, latency=3.0)
-    specs = [ServerSpec(fast.url, max_concurrency=1), ServerSpec(slow.url, max_concurrency=1)]
+    # nothing queued ahead: one slot task per server
+    specs = [ServerSpec(fast.url, max_concurrency=1, queue_ahead=0),
+             ServerSpec(slow.url, max_concurrency=1, queue_ahead=0)]
     requests = [Request(index=i, id=f"r{i}", model="a|b", model_choices=("a", "b"),
                         messages=[{"role": "user", "content": f"question {i:02d}"}]) for i in range(20)]
     # fixed slots: one slot task per server, so each server answers with the group's first model
@@ -336,7 +342,7 @@ def test_hedge_option_in_batch_generate_and_the_config(tmp_path: Path, fake_olla
     config.write_text(f'model = "llama3.2"\nhedge = false\nmax_concurrency = 1\n'
                       f'[[servers]]\nurl = "{fast.url}"\n[[servers]]\nurl = "{slow.url}"\n')
     from_config = api.batch_generate(prompts, config=str(config), manifest=tmp_path / "cfg.json")
-    assert slow_rows(from_config) == 1
+    assert slow_rows(from_config) == 2  # not hedged: its slot's row and the one queued ahead
     assert orjson.loads((tmp_path / "cfg.json").read_bytes())["engine"]["hedge"] is False
 
     write_jsonl(tmp_path / "p.jsonl", [{"role": "user", "content": p} for p in prompts])

@@ -17,6 +17,7 @@ and the richer form with one table per server::
     max_concurrency = 4          # this server's slots
     rpm = 500                    # optional: requests per minute, at most (a hosted endpoint)
     tpm = 200000                 # optional: tokens per minute, at most
+    queue_ahead = 1              # requests waiting in its queue beyond its slots (0: none)
 
 Unknown keys are an error: a typo such as ``max_concurency`` would otherwise silently fall back to a
 default and leave GPUs idle for hours.
@@ -46,7 +47,7 @@ _TOP_KEYS = {
 }
 _SERVER_KEYS = {
     "url", "api", "models", "max_concurrency", "api_key_env", "gpu", "name", "timeout",
-    "price_in", "price_out", "rpm", "tpm",
+    "price_in", "price_out", "rpm", "tpm", "queue_ahead",
 }
 #: The key an OpenAI-compatible server with no ``api_key_env`` of its own is sent, as the OpenAI SDK does.
 OPENAI_KEY_ENV = "OPENAI_API_KEY"
@@ -69,6 +70,7 @@ class ServerSpec:
     price_out: float | None = None     # per million completion tokens
     rpm: int | None = None             # requests started per minute, at most (a hosted endpoint's limit)
     tpm: int | None = None             # tokens (prompt + completion) per minute, at most
+    queue_ahead: int | None = None     # requests sent beyond its slots, to wait in its queue (None: 1)
 
     @property
     def label(self) -> str:
@@ -289,6 +291,11 @@ def _parse_server(entry: Any, where: str, default_api: str, default_slots: int |
         timeout = _seconds(timeout, where, "timeout")
     prices = {key: _price(entry.get(key), where, key) for key in ("price_in", "price_out")}
     rates = {key: _per_minute(entry.get(key), where, key) for key in ("rpm", "tpm")}
+    ahead = entry.get("queue_ahead")
+    if ahead is not None and (isinstance(ahead, bool) or not isinstance(ahead, int) or not 0 <= ahead <= 64):
+        raise ConfigError(f"{where}: queue_ahead must be a whole number from 0 to 64 (requests waiting "
+                          f"in the server's own queue; 0 for a server that refuses instead of queueing), "
+                          f"not {ahead!r}", near="queue_ahead")
     gpu = entry.get("gpu")
     if gpu is not None and not isinstance(gpu, int):
         raise ConfigError(f"{where}: gpu must be an integer", near="gpu")
@@ -298,6 +305,7 @@ def _parse_server(entry: Any, where: str, default_api: str, default_slots: int |
             models=models, max_concurrency=slots,
             api_key_env=_opt_str(entry.get("api_key_env"), where, "api_key_env"),
             gpu=gpu, name=_opt_str(entry.get("name"), where, "name"), timeout=timeout, **prices, **rates,
+            queue_ahead=ahead,
         )
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}", near=exc.near) from None

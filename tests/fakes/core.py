@@ -139,6 +139,7 @@ class ServerCore:
         self._in_flight = 0
         self._max_in_flight = 0
         self._queued = 0
+        self._max_queued = 0
         self._queued_for: Counter[str | None] = Counter()  # per model with per-model slots
         self._completed = 0
         self._dropped = 0
@@ -268,6 +269,12 @@ class ServerCore:
             return self._queued
 
     @property
+    def max_queued(self) -> int:
+        """The most requests that waited at once for a free slot (with ``slots``)."""
+        with self._lock:
+            return self._max_queued
+
+    @property
     def completed(self) -> int:
         """Successful inference answers sent in full."""
         with self._lock:
@@ -298,6 +305,7 @@ class ServerCore:
             self._requests.clear()
             self._arrivals.clear()
             self._max_in_flight = self._in_flight
+            self._max_queued = self._queued
             self._completed = 0
             self._dropped = 0
             self._status_counts.clear()

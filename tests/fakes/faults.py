@@ -88,6 +88,8 @@ class FaultInjection(Exchange):
             with self._lock:
                 self._queued += 1
                 self._queued_for[lane] += 1
+                if sem.locked():  # it waits: every slot is taken
+                    self._max_queued = max(self._max_queued, self._queued)
             try:
                 await sem.acquire()
             finally:

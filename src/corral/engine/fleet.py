@@ -20,7 +20,7 @@ from ..http import HttpClient, default_client
 from ..limits import MAX_SLOTS_PER_SERVER
 from ..requests import GROUP_SEP
 from .costs import Speeds
-from .servers import ServerState, default_slots, describe_probe_error, probe_one, resolve_model
+from .servers import QUEUE_AHEAD, ServerState, default_slots, describe_probe_error, probe_one, resolve_model
 from .settings import EngineSettings
 
 log = logging.getLogger("corral")
@@ -74,12 +74,15 @@ class Fleet:
 
     def _server(self, spec: ServerSpec, backend: Backend, info: ServerInfo) -> ServerState:
         """A live server with its slots: ``concurrency``, else its own (`default_slots`); learnt up to
-        ``adaptive_ceiling`` times that, never past MAX_SLOTS_PER_SERVER."""
+        ``adaptive_ceiling`` times that, never past MAX_SLOTS_PER_SERVER; and the requests it is
+        sent beyond them to wait in its queue (``queue_ahead``, `QUEUE_AHEAD`)."""
         slots = self.settings.concurrency or default_slots(spec, info)
         adaptive = self.settings.adaptive_slots and not self.settings.concurrency
         ceiling = max(slots, int(slots * self.settings.adaptive_ceiling)) if adaptive else slots
+        # ``--concurrency N`` means N in flight, no more; else one request waits in its queue.
+        ahead = 0 if self.settings.concurrency else QUEUE_AHEAD if spec.queue_ahead is None else spec.queue_ahead
         return ServerState(spec=spec, backend=backend, info=info, slots=slots,
-                           ceiling=min(ceiling, max(slots, MAX_SLOTS_PER_SERVER)))
+                           ceiling=min(ceiling, max(slots, MAX_SLOTS_PER_SERVER)), ahead=ahead)
 
     async def aclose(self) -> None:
         self.closed = True

@@ -4,10 +4,10 @@ A hosted endpoint (OpenAI, OpenRouter, a metered vLLM gateway) refuses with 429 
 and every refusal costs a round trip and a back-off. A server's limiter keeps a log of the requests
 it started in the last minute (a sliding window, not a fixed clock minute): a start is admitted only
 when the starts in the 60 seconds before it stay within ``rpm`` and their tokens within ``tpm``, so
-no 60-second window ever holds more. Starts are also spread, at most ``ceil(rpm / 60)`` in any one
-second, because providers enforce a minute's limit in shorter slices (OpenAI: "60,000 requests per
+no 60-second window ever holds more. Starts are also spread evenly, one every ``60 / rpm`` seconds
+at most, because providers enforce a minute's limit in shorter slices (OpenAI: "60,000 requests per
 minute may be enforced as 1,000 per second"), and a whole minute's budget sent in one burst is
-refused.
+refused: at ``rpm = 60``, one a second, so at most 5 in any 5 seconds.
 
 A request's tokens are not known before its answer: it enters the log with an estimate (prompt
 characters / 4 plus its ``max_tokens`` / ``num_predict``, or the model's mean answer so far), which
@@ -19,7 +19,6 @@ Decisions take ``now`` as an argument (monotonic seconds), so they are testable 
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -30,8 +29,6 @@ from .costs import Speeds, prompt_tokens
 
 #: The window the limits hold over, in seconds.
 WINDOW_SECONDS = 60.0
-#: The slice requests are also spread over: at most ceil(rpm * SPREAD_SECONDS / WINDOW_SECONDS) in it.
-SPREAD_SECONDS = 1.0
 #: Added to every computed wait, so a waiter wakes just after an entry leaves the window, not on it.
 _EPSILON = 1e-3
 #: The longest pause a header or a Retry-After may impose at once: a broken header must not stop a run.
@@ -54,9 +51,8 @@ class RateLimiter:
     def __init__(self, rpm: int | None = None, tpm: int | None = None) -> None:
         self.rpm = rpm
         self.tpm = tpm
-        self.burst = max(1, math.ceil(rpm * SPREAD_SECONDS / WINDOW_SECONDS)) if rpm else None
         self._log: deque[Ticket] = deque()      # starts in the last WINDOW_SECONDS, oldest first
-        self._recent: deque[float] = deque()    # start times in the last SPREAD_SECONDS
+        self._last_start = float("-inf")
         self._tokens = 0                        # tokens of the starts in the log
         self.paused_until = float("-inf")
         # Counters, for summaries and tests: what the limiter decided, never how long anything took.
@@ -79,9 +75,6 @@ class RateLimiter:
             old = log.popleft()
             old.live = False
             self._tokens -= old.tokens
-        recent, edge = self._recent, now - SPREAD_SECONDS
-        while recent and recent[0] <= edge:
-            recent.popleft()
 
     def wait(self, now: float, tokens: int = 0) -> float:
         """Seconds until a start worth ``tokens`` may be admitted; 0 when it may start now."""
@@ -91,10 +84,7 @@ class RateLimiter:
         if self.rpm is not None:
             if len(log) >= self.rpm:
                 wait = max(wait, log[len(log) - self.rpm].at + WINDOW_SECONDS - now)
-            assert self.burst is not None
-            recent = self._recent
-            if len(recent) >= self.burst:
-                wait = max(wait, recent[len(recent) - self.burst] + SPREAD_SECONDS - now)
+            wait = max(wait, self._last_start + WINDOW_SECONDS / self.rpm - now)  # evenly spread
         if self.tpm is not None and log and self._tokens + tokens > self.tpm:
             # Wait for the oldest starts to leave until this one fits; one bigger than the whole
             # budget waits for an empty window and then goes alone (it could never go otherwise).
@@ -123,7 +113,7 @@ class RateLimiter:
             return None
         ticket = Ticket(now, tokens)
         self._log.append(ticket)
-        self._recent.append(now)
+        self._last_start = now
         self._tokens += tokens
         self.admitted += 1
         self.peak_requests = max(self.peak_requests, len(self._log))

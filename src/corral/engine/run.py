@@ -37,6 +37,7 @@ from .rates import Ticket, after_attempt, estimate_tokens, says_rates
 from .retry import BUSY_STATUSES
 from .servers import ServerState
 from .settings import EngineSettings, JobStats
+from .tail import better_elsewhere
 
 log = logging.getLogger("corral")
 
@@ -178,7 +179,7 @@ class Run:
     def _start_slot(self, server: ServerState) -> None:
         """One more slot task for ``server`` (never more than its ceiling)."""
         slots = self._slots[id(server)]
-        if len(slots.tasks) >= server.ceiling or self._closing:
+        if len(slots.tasks) >= server.max_tasks or self._closing:
             return
         number = len(slots.tasks)
         task = asyncio.create_task(self._worker(server, number), name=f"corral-{server.label}-{number}")
@@ -333,6 +334,11 @@ class Run:
                     continue
                 if item.request.model_choices:
                     self._bind_model(server, slot, item)
+            if not hedge and self._all_read and self._leave_for_faster(server, item):
+                self._queue.put(item, front=item.attempts > 0)
+                mine = self.fleet.speeds.expected_seconds(id(server), item.request.model, item.cost)
+                await asyncio.sleep((mine or 0.0) / 4)  # look again once the queue has moved on
+                continue
             ticket: Ticket | None = None
             if server.rates is not None:
                 ticket = server.rates.admit(time.monotonic(), estimate_tokens(item.request, self.fleet.speeds))
@@ -364,6 +370,11 @@ class Run:
                 # never loses more answers than there are slots (group commit keeps this cheap).
                 await asyncio.shield(committed)
 
+    def _leave_for_faster(self, server: ServerState, item: _Item) -> bool:
+        """In the tail: would the rest of the fleet answer this row sooner (engine/tail.py)?"""
+        return better_elsewhere(server, self.fleet.servers, self.fleet.speeds, item.request.model,
+                                item.cost, len(self._queue) + 1)
+
     def _hedging(self) -> bool:
         """Hedge only in a tail: the input is all read, or the oldest rows hold the read-ahead
         window full. Mid-job an empty queue just means the reader is behind; scanning then would
@@ -387,7 +398,8 @@ class Run:
                 continue
             copy = item.copies[0]
             model = item.request.model
-            if copy.server is server or not self.fleet.serves(server, model) or not server.has_room(model):
+            if (copy.server is server or not self.fleet.serves(server, model)
+                    or not server.has_room(model, ahead=False)):  # a hedge waiting in a queue gains nothing
                 continue
             mine = speeds.expected_seconds(id(server), item.request.model, item.cost)
             if mine is None:

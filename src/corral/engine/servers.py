@@ -19,6 +19,11 @@ from .rates import RateLimiter
 # llama.cpp: 2 x n_parallel gave the best throughput); Ollama runs 4 in parallel by default.
 DEFAULT_SLOTS = {"ollama": 8, "openai": 16}
 SLOTS_PER_SERVER_SLOT = 2
+# Requests sent to a server beyond its slots, to wait in its own queue: the next one is there when a
+# slot frees, instead of a round trip later (on 50 ms answers that gap cost 8-11% of the makespan).
+# Every server corral speaks to queues (Ollama, llama.cpp, vLLM); a server's ``queue_ahead`` says
+# otherwise.
+QUEUE_AHEAD = 1
 FAILURES_BEFORE_BENCH = 3
 
 
@@ -55,6 +60,7 @@ class ServerState:
     taken: dict[str, int] = field(default_factory=dict)  # per model: held by a slot, sent or about to be
     # Its rpm / tpm budgets, or (made on first need) just what its headers say is left; None: neither.
     rates: RateLimiter | None = None
+    ahead: int = 0                 # requests kept waiting in its queue beyond its slots
 
     def __post_init__(self) -> None:
         self.available.set()
@@ -83,15 +89,33 @@ class ServerState:
             return self.slots
         return min(self.ceiling, sum(c.limit for c in self.controls.values()))
 
+    @property
+    def max_tasks(self) -> int:
+        """Slot tasks the engine may run for it: its ceiling and the requests queued ahead."""
+        return self.ceiling + self.ahead
+
+    @property
+    def queued_ahead(self) -> int:
+        """Requests in flight beyond its slots: waiting in its queue for the next free slot."""
+        return max(0, self.in_flight - self.limit)
+
+    def busy_text(self) -> str:
+        """``3/4 busy``, or ``4/4 busy +1 queued`` when requests wait in its queue."""
+        ahead = self.queued_ahead
+        return f"{self.in_flight - ahead}/{self.limit} busy" + (f" +{ahead} queued" if ahead else "")
+
     def control_for(self, model: str) -> SlotControl:
         control = self.controls.get(model)
         if control is None:
-            control = self.controls[model] = SlotControl(limit=self.slots, ceiling=self.ceiling)
+            control = self.controls[model] = SlotControl(limit=self.slots, ceiling=self.ceiling,
+                                                         keep=self.spec.max_concurrency or 1)
         return control
 
-    def has_room(self, model: str) -> bool:
+    def has_room(self, model: str, *, ahead: bool = True) -> bool:
+        """Room for one more request of ``model``: in a slot, or (``ahead``) in its queue."""
         control = self.controls.get(model)
-        return self.taken.get(model, 0) < (control.limit if control is not None else self.slots)
+        limit = control.limit if control is not None else self.slots
+        return self.taken.get(model, 0) < limit + (self.ahead if ahead else 0)
 
     def take(self, model: str) -> None:
         self.taken[model] = self.taken.get(model, 0) + 1
@@ -187,12 +211,18 @@ class SlotControl:
     A 503/429 "busy" halves it at once; refusals of requests sent before the last cut are ignored
     (they say nothing about the new limit), so one burst is one cut, as in TCP's congestion control.
     Rising latency without more work per second shows up as no gain, so the extra slot is given back.
+    Slots that do not pay are given back too: after a try that did not pay, it tries one slot fewer
+    (a period later) and keeps it while work per second holds (within ``gain``), one at a time,
+    until one fewer costs work; so a 2-slot server started at the default 8 settles near 2 instead
+    of keeping 8 requests in flight that only wait in its queue.
     """
 
     limit: int
     ceiling: int
     floor: int = 1
+    keep: int = 1                  # slots never given back for want of gain (the configured ones)
     gain: float = 1.05
+    hold: float = 0.97             # one slot fewer is kept while work per second stays above this share
     rest_periods: int = 4
     _count: int = 0
     _units: float = 0.0
@@ -202,8 +232,12 @@ class SlotControl:
     _step: int = 1
     _resting: int = 0
     _cut_at: float = float("-inf")
+    _lowering: int = 0             # slots removed by the try-down being measured (0: none)
+    _probe_down: bool = False      # a try did not pay: try fewer next
+    _reference: float | None = None  # work per second before the first slot was given back
     raises: int = 0
     cuts: int = 0
+    lowers: int = 0                # slots given back because fewer did as much work
 
     @property
     def period(self) -> int:
@@ -229,6 +263,7 @@ class SlotControl:
             if previous is not None and rate < previous * self.gain:
                 self._set(self.limit - tried)  # no better with more: give them back, rest a while
                 self._step, self._resting = 1, self.rest_periods
+                self._probe_down = True        # ... then see whether fewer do as well
                 return False
             if previous is not None:
                 linear = tried / (self.limit - tried)  # the gain if every added slot were real
@@ -238,10 +273,28 @@ class SlotControl:
                     self._step, self._resting = 1, self.rest_periods
                     return False
             self._step *= 2
+        elif self._lowering:
+            removed, self._lowering = self._lowering, 0
+            reference = self._reference if self._reference is not None else previous
+            if reference is None or not work_waiting or rate < reference * self.hold:
+                self._set(self.limit + removed)  # the slot was real (or the test was unclear)
+                self._resting, self._reference = 2 * self.rest_periods, None
+                return False
+            self.lowers += 1
+            self._reference = max(reference, rate)
+            self._probe_down = True  # as much work with one fewer: keep it and try another
         elif self._resting:
             self._resting -= 1
             return False
+        if work_waiting and self._probe_down and self.limit > max(self.floor, self.keep):
+            self._probe_down = False
+            if self._reference is None:
+                self._reference = rate
+            self._lowering = 1
+            self._set(self.limit - 1)
+            return False
         if work_waiting and self.limit < self.ceiling:  # it paid (or first try): more
+            self._reference = None
             self._trying = min(self._step, self.ceiling - self.limit)
             self.raises += 1
             self._set(self.limit + self._trying)
@@ -255,5 +308,6 @@ class SlotControl:
         self._cut_at = now
         self.cuts += 1
         self._trying, self._step, self._resting, self._rate = 0, 1, self.rest_periods, None
+        self._lowering, self._probe_down, self._reference = 0, False, None
         self._count, self._units, self._since = 0, 0.0, None
         self._set(self.limit // 2)
