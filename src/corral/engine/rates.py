@@ -163,15 +163,18 @@ def answered_tokens(reply: Reply) -> int | None:
 
 
 def after_attempt(limiter: RateLimiter, now: float, ticket: Ticket | None, reply: Reply | None,
-                  error: BackendError | None, next_tokens: int) -> None:
-    """Learn from one attempt's end: its real tokens, the server's headers, a 429's Retry-After."""
+                  error: BackendError | None, next_tokens: int,
+                  max_busy: float = MAX_PAUSE_SECONDS) -> None:
+    """Learn from one attempt's end: its real tokens, the server's headers, a 429's Retry-After
+    (which pauses the server at most ``max_busy`` seconds, the most a row waits on "busy": its rows
+    must get the attempt that fails them)."""
     if ticket is not None and reply is not None:
         limiter.settle(ticket, answered_tokens(reply))
     rate = reply.rate if reply is not None else error.rate if error is not None else None
     if rate is not None:
         limiter.on_headers(now, rate, next_tokens)
     if error is not None and error.status == 429 and error.retry_after:
-        limiter.pause(now, error.retry_after)
+        limiter.pause(now, min(error.retry_after, max_busy))
 
 
 def says_rates(reply: Reply | None, error: BackendError | None) -> bool:

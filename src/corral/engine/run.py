@@ -449,6 +449,9 @@ class Run:
         if item.finished:  # a hedge picked as its other copy answered
             return
         timeout = self._timeout_for(server, item)
+        if server.in_flight >= server.limit:
+            # Queued ahead: it waits for the request before it (itself cut at its timeout) first.
+            timeout *= 2 + server.in_flight - server.limit
         server.in_flight += 1
         self.stats.in_flight += 1
         self.stats.sent += 1
@@ -488,7 +491,7 @@ class Run:
             server.stats.busy_seconds += time.perf_counter() - t0
         if ticket is not None or says_rates(reply, exc):
             after_attempt(server.rate_limiter(), time.monotonic(), ticket, reply, exc,
-                          estimate_tokens(request, self.fleet.speeds))
+                          estimate_tokens(request, self.fleet.speeds), self.settings.max_busy_seconds)
         if item.finished:  # both copies answered in the same moment: the first one stands
             return
         try:

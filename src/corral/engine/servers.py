@@ -132,6 +132,8 @@ class ServerState:
     def on_failure(self, error: BackendError) -> bool:
         """Count a failure that says something about the server; True if it should now be benched."""
         self.last_error = str(error)
+        if error.kind == "timeout":
+            self.ahead = 0  # a request queued behind one that never ends would time out as well
         says_server_is_sick = error.kind != "too_long" and (error.status or 0) in (500, 502, 504)
         if error.kind in ("connection", "timeout") or says_server_is_sick:
             self.consecutive_failures += 1
