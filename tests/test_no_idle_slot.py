@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from corral import ServerSpec
-from corral.backends import ServerInfo
+from corral.backends import BackendError, ServerInfo
 from corral.config import parse_config
 from corral.engine import Engine, EngineSettings
 from corral.engine.costs import Speeds
@@ -70,6 +70,15 @@ def test_the_in_flight_counts_say_which_are_queued_ahead() -> None:
     assert state.busy_text() == "2/2 busy" and state.queued_ahead == 0
     state.in_flight = 3
     assert state.busy_text() == "2/2 busy +1 queued" and state.queued_ahead == 1
+
+
+def test_a_server_that_timed_out_gets_nothing_queued_ahead() -> None:
+    state = ServerState(spec=ServerSpec("http://a:1"), backend=None, info=ServerInfo(),  # type: ignore[arg-type]
+                        slots=2, ahead=1)
+    state.on_failure(BackendError("HTTP 503", status=503, retryable=True))
+    assert state.ahead == 1
+    state.on_failure(BackendError("timed out after 0.5s", retryable=True, kind="timeout"))
+    assert state.ahead == 0 and state.has_room("m") and state.max_tasks == 2
 
 
 def test_config_queue_ahead_and_one_line_for_a_bad_value() -> None:

@@ -121,8 +121,14 @@ def test_a_429_retry_after_pauses_the_whole_server() -> None:
     busy = BackendError("HTTP 429", status=429, retryable=True, retry_after=7.0)
     after_attempt(limiter, 50.0, None, None, busy, 10)
     assert limiter.wait(50.0) == pytest.approx(7.0, abs=0.01) and limiter.pauses == 1
+    capped = RateLimiter()  # Retry-After: 100000 pauses no longer than a row may wait on "busy"
+    after_attempt(capped, 0.0, None, None,
+                  BackendError("HTTP 429", status=429, retryable=True, retry_after=100000.0), 10, max_busy=1.0)
+    assert capped.wait(0.0) == pytest.approx(1.0, abs=0.01)
     unavailable = BackendError("HTTP 503", status=503, retryable=True, retry_after=30.0)
-    after_attempt(RateLimiter(), 50.0, None, None, unavailable, 10)  # a 503's wait is the row's
+    other = RateLimiter()
+    after_attempt(other, 50.0, None, None, unavailable, 10)
+    assert other.wait(50.0) == 0.0 and other.pauses == 0  # a 503's wait is the row's, not the server's
 
 
 # -- where the limits come from --------------------------------------------------------------------
