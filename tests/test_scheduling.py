@@ -149,13 +149,12 @@ def test_slow_server_holding_the_last_item_is_hedged_to_the_idle_fast_one(
         answered_by[hedge] = Counter(o.server for o in outcomes)
         figures[hedge] = engine.stats
     hedged, plain = figures[True], figures[False]
-    # The slow server holds two items: one in its slot, one queued ahead (queue_ahead 1); both
-    # are hedged to the fast one, which answers them first.
-    assert hedged.hedged == 2 and hedged.hedge_wins == 2 and hedged.hedge_cancelled == 2
+    assert hedged.hedged == 1 and hedged.hedge_wins == 1 and hedged.hedge_cancelled == 1
     assert plain.hedged == plain.hedge_wins == plain.hedge_cancelled == 0
-    # Without hedging the slow server's items are waited for; with it, the fast one answers them.
+    # Without hedging the slow server's one item is waited for; with it, the fast one answers it.
+    # (Nothing is queued ahead on the slow one: its slots are still being learnt, see has_room.)
     slow_label, fast_label = slow.url.removeprefix("http://"), fast.url.removeprefix("http://")
-    assert answered_by[False] == {slow_label: 2, fast_label: n - 2}, answered_by
+    assert answered_by[False] == {slow_label: 1, fast_label: n - 1}, answered_by
     assert answered_by[True] == {fast_label: n}, answered_by
 
 
@@ -342,7 +341,7 @@ def test_hedge_option_in_batch_generate_and_the_config(tmp_path: Path, fake_olla
     config.write_text(f'model = "llama3.2"\nhedge = false\nmax_concurrency = 1\n'
                       f'[[servers]]\nurl = "{fast.url}"\n[[servers]]\nurl = "{slow.url}"\n')
     from_config = api.batch_generate(prompts, config=str(config), manifest=tmp_path / "cfg.json")
-    assert slow_rows(from_config) == 2  # not hedged: its slot's row and the one queued ahead
+    assert slow_rows(from_config) == 1
     assert orjson.loads((tmp_path / "cfg.json").read_bytes())["engine"]["hedge"] is False
 
     write_jsonl(tmp_path / "p.jsonl", [{"role": "user", "content": p} for p in prompts])

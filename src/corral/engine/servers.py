@@ -112,10 +112,15 @@ class ServerState:
         return control
 
     def has_room(self, model: str, *, ahead: bool = True) -> bool:
-        """Room for one more request of ``model``: in a slot, or (``ahead``) in its queue."""
+        """Room for one more request of ``model``: in a slot, or (``ahead``) in its queue. Requests
+        are queued ahead once its slots are known: fixed, or learnt up to where more did not pay (a
+        request waiting in its queue while slots are still being tried would blur what they gain)."""
         control = self.controls.get(model)
-        limit = control.limit if control is not None else self.slots
-        return self.taken.get(model, 0) < limit + (self.ahead if ahead else 0)
+        if control is None:
+            limit, known = self.slots, self.ceiling <= self.slots
+        else:
+            limit, known = control.limit, control.at_knee or control.limit >= control.ceiling
+        return self.taken.get(model, 0) < limit + (self.ahead if ahead and known else 0)
 
     def take(self, model: str) -> None:
         self.taken[model] = self.taken.get(model, 0) + 1
@@ -240,6 +245,7 @@ class SlotControl:
     raises: int = 0
     cuts: int = 0
     lowers: int = 0                # slots given back because fewer did as much work
+    at_knee: bool = False          # a try of more slots did not pay (in full): more would only queue
 
     @property
     def period(self) -> int:
@@ -266,11 +272,13 @@ class SlotControl:
                 self._set(self.limit - tried)  # no better with more: give them back, rest a while
                 self._step, self._resting = 1, self.rest_periods
                 self._probe_down = True        # ... then see whether fewer do as well
+                self.at_knee = True
                 return False
             if previous is not None:
                 linear = tried / (self.limit - tried)  # the gain if every added slot were real
                 paid = max(1, round(tried * min(1.0, (rate / previous - 1) / linear)))
                 if paid < tried:  # part of it was real: keep that part, then go one at a time
+                    self.at_knee = True
                     self._set(self.limit - tried + paid)
                     self._step, self._resting = 1, self.rest_periods
                     return False
