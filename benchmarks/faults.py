@@ -25,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests import scenarios, scenarios_files, scenarios_fleet, scenarios_hostile  # noqa: E402
+from tests import scenarios, scenarios_files, scenarios_fleet, scenarios_hostile, scenarios_rates  # noqa: E402
 
 SCENARIOS: list[tuple[int, str, Callable[[Path], dict[str, Any]]]] = [
     (1, "SIGKILL x20, resume", lambda w: scenarios.sigkill_resume(w, rows=2000, kills=20)),
@@ -57,6 +57,8 @@ SCENARIOS: list[tuple[int, str, Callable[[Path], dict[str, Any]]]] = [
     (41, "server down at the start comes up", lambda w: scenarios_fleet.down_at_start(w, rows=2000)),
     (42, "503-only server beside a good one", lambda w: scenarios_fleet.busy_beside_good(w, rows=1300)),
     (43, "progress accuracy", lambda w: scenarios_fleet.progress_accuracy(w, rows=2000)),
+    # issue 18, item 4: rate limits (tests/scenarios_rates.py)
+    (44, "rpm limit", scenarios_rates.rpm_limit),
 ]
 
 

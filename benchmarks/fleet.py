@@ -29,9 +29,13 @@ Contenders, side by side in one process, rounds alternating:
 Fleets: "mixed" = four servers with 1, 2, 4 and 8 slots; "killed" = the same with the 4-slot
 server killed at 30% of the optimum's makespan; "half-configured" = the "mixed" fleet with a config
 that gives each server half its slots (1, 1, 2, 4), where corral has to learn the rest during the
-run (servers.SlotControl), against the same engine with its slots fixed at the config's.
+run (servers.SlotControl), against the same engine with its slots fixed at the config's; "50 ms" =
+the "mixed" fleet's servers answering every request in 50 ms / speed (400 short requests), where the
+gap between a slot's answer and its next request shows: configured and learnt slots, each with and
+without a request queued ahead per server (``queue_ahead``); "50 ms, killed" = the same with the
+4-slot server killed at 30% of the optimum.
 
-Usage: .venv/bin/python benchmarks/fleet.py [--items 400] [--rounds 3] [--token-ms 1.6]
+Usage: .venv/bin/python benchmarks/fleet.py [--items 400] [--rounds 3] [--token-ms 1.6] [--only-short]
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ MODEL = "llama3.2"
 # (slots, speed): per-slot speed relative to 1. Capacity = 1x2 + 2x1 + 4x1 + 8x0.5 = 12.
 FLEET = [(1, 2.0), (2, 1.0), (4, 1.0), (8, 0.5)]
 VICTIM = 2           # the 4-slot server is the one killed in the "killed" fleet
+SHORT_SECONDS = 0.05  # the short fleet: every request takes 50 ms at speed 1
+SHORT_TOKENS = 8
 KILL_AT = 0.30       # fraction of the optimum's makespan
 
 
@@ -74,6 +80,7 @@ KILL_AT = 0.30       # fraction of the optimum's makespan
 class Item:
     prompt_tokens: int
     output_tokens: int
+    tag: int = 0        # makes otherwise equal items distinct (equal asks are sent once)
 
     @property
     def units(self) -> float:
@@ -81,7 +88,8 @@ class Item:
 
     @property
     def prompt(self) -> str:
-        return "w" * (self.prompt_tokens * CHARS_PER_TOKEN - 1)
+        text = "w" * (self.prompt_tokens * CHARS_PER_TOKEN - 1)
+        return f"{self.tag} {text}" if self.tag else text
 
 
 def make_items(n: int, seed: int) -> list[Item]:
@@ -100,17 +108,22 @@ def units_of(body: dict[str, Any]) -> float:
     return prompt_tokens * PREFILL_WEIGHT + int((body.get("options") or {}).get("num_predict") or 0)
 
 
-def start_fleet(token_seconds: float) -> list[FakeServer]:
+def start_fleet(token_seconds: float, fixed: float | None = None) -> list[FakeServer]:
+    """The fleet's fakes; ``fixed``: every request takes that many seconds at speed 1 (the short
+    fleet), else the service model above."""
     servers = []
     for slots, speed in FLEET:
         def latency(body: dict[str, Any], speed: float = speed) -> float:
+            if fixed is not None:
+                return fixed / speed
             return units_of(body) * token_seconds / speed
         servers.append(FakeServer(api="ollama", models=(MODEL,), slots=slots, latency=latency).start())
     return servers
 
 
-def optimum(items: list[Item], token_seconds: float, kill_time: float | None) -> float:
-    work = sum(i.units for i in items) * token_seconds
+def optimum(items: list[Item], token_seconds: float, kill_time: float | None,
+            fixed: float | None = None) -> float:
+    work = len(items) * fixed if fixed is not None else sum(i.units for i in items) * token_seconds
     capacity = sum(slots * speed for slots, speed in FLEET)
     if kill_time is None:
         return work / capacity
@@ -120,10 +133,12 @@ def optimum(items: list[Item], token_seconds: float, kill_time: float | None) ->
 
 # -- contenders -----------------------------------------------------------------------------------
 async def run_corral(servers: list[FakeServer], items: list[Item], hedge: bool = True,
-                     longest_first: bool = True, configured: list[int] | None = None,
-                     adaptive: bool = True) -> tuple[int, dict[str, Any]]:
+                     longest_first: bool = True, configured: list[int | None] | None = None,
+                     adaptive: bool = True, ahead: int | None = None) -> tuple[int, dict[str, Any]]:
+    """``configured``: each server's max_concurrency (default: its real slots; None in it: not
+    configured, learnt from the default); ``ahead``: each server's queue_ahead (None: the default)."""
     configured = configured or [slots for slots, _ in FLEET]
-    specs = [ServerSpec(url=s.url, api="ollama", max_concurrency=slots)
+    specs = [ServerSpec(url=s.url, api="ollama", max_concurrency=slots, queue_ahead=ahead)
              for s, slots in zip(servers, configured)]
     requests = [Request(index=i, id=f"row-{i}", model=MODEL,
                         messages=[{"role": "user", "content": item.prompt}],
@@ -195,6 +210,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--token-ms", type=float, default=1.6, help="ms per cost unit at speed 1")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--short-items", type=int, default=400, help="requests of the 50 ms fleet")
+    parser.add_argument("--only-short", action="store_true", help="only the 50 ms fleet")
     args = parser.parse_args()
     logging.getLogger("corral").setLevel(logging.ERROR)  # the killed server's benching is expected
     token_seconds = args.token_ms / 1000
@@ -229,26 +246,47 @@ def main() -> None:
             "ollama-batch-cluster's way": lambda fleet: run_batch_cluster_way(fleet, items),
         },
     }
+    short = [Item(prompt_tokens=10, output_tokens=SHORT_TOKENS, tag=i + 1) for i in range(args.short_items)]
+    unset: list[int | None] = [None] * len(FLEET)
+    short_fleet: dict[str, Callable[[list[FakeServer]], Any]] = {
+        "configured": lambda fleet: run_corral(fleet, short),
+        "configured, queue_ahead 0": lambda fleet: run_corral(fleet, short, ahead=0),
+        "learnt": lambda fleet: run_corral(fleet, short, configured=unset),
+        "learnt, queue_ahead 0": lambda fleet: run_corral(fleet, short, configured=unset, ahead=0),
+        "ollama-batch-cluster's way": lambda fleet: run_batch_cluster_way(fleet, short),
+    }
+    if args.only_short:
+        fleets = {}
+    fleets["50 ms"] = short_fleet
+    fleets["50 ms, killed"] = {name: short_fleet[name] for name in ("configured", "learnt")}
     for fleet_name, contenders in fleets.items():
         ratios: dict[str, list[float]] = {name: [] for name in contenders}
         notes: dict[str, dict[str, Any]] = {}
+        fixed = SHORT_SECONDS if fleet_name.startswith("50 ms") else None
+        fleet_items = short if fixed is not None else items
+        killing = "killed" in fleet_name
+        fleet_optimum = optimum(fleet_items, token_seconds, None, fixed)
         for _ in range(args.rounds):
             for name, contender in contenders.items():
-                fleet = start_fleet(token_seconds)
+                fleet = start_fleet(token_seconds, fixed)
                 try:
-                    victim = fleet[VICTIM] if fleet_name == "killed" else None
-                    kill_after = KILL_AT * base_optimum if victim is not None else None
+                    victim = fleet[VICTIM] if killing else None
+                    kill_after = KILL_AT * fleet_optimum if victim is not None else None
                     seconds, ok, extra, kill_time = asyncio.run(
                         timed(lambda contender=contender, fleet=fleet: contender(fleet), victim, kill_after))
                 finally:
                     for server in fleet:
                         server.stop()
-                if ok != len(items):
-                    print(f"  {name}: only {ok}/{len(items)} items answered")
-                best = optimum(items, token_seconds, kill_time if fleet_name == "killed" else None)
+                if ok != len(fleet_items):
+                    print(f"  {name}: only {ok}/{len(fleet_items)} items answered")
+                best = optimum(fleet_items, token_seconds, kill_time if killing else None, fixed)
                 ratios[name].append(seconds / best)
                 notes[name] = {**extra, "last": f"{seconds:.2f}s vs optimum {best:.2f}s"}
-        about = {"killed": f": 4-slot server killed at {KILL_AT:.0%} of the optimum",
+        about = {"50 ms": f": {len(short)} requests of {SHORT_SECONDS * 1000:.0f} ms at speed 1; configured = "
+                          f"max_concurrency {'/'.join(str(s) for s, _ in FLEET)}, learnt = not configured "
+                          f"(Ollama's default 8, learnt); queue_ahead 0 = as before issue 18",
+                 "killed": f": 4-slot server killed at {KILL_AT:.0%} of the optimum",
+                 "50 ms, killed": f": the 50 ms fleet, 4-slot server killed at {KILL_AT:.0%} of the optimum",
                  "half-configured": f": configured slots {'/'.join(map(str, half))}, real "
                                     f"{'/'.join(str(s) for s, _ in FLEET)}"}
         print(f"## fleet '{fleet_name}'{about.get(fleet_name, '')}")

@@ -152,6 +152,7 @@ def test_slow_server_holding_the_last_item_is_hedged_to_the_idle_fast_one(
     assert hedged.hedged == 1 and hedged.hedge_wins == 1 and hedged.hedge_cancelled == 1
     assert plain.hedged == plain.hedge_wins == plain.hedge_cancelled == 0
     # Without hedging the slow server's one item is waited for; with it, the fast one answers it.
+    # (Nothing is queued ahead on the slow one: its slots are still being learnt, see has_room.)
     slow_label, fast_label = slow.url.removeprefix("http://"), fast.url.removeprefix("http://")
     assert answered_by[False] == {slow_label: 1, fast_label: n - 1}, answered_by
     assert answered_by[True] == {fast_label: n}, answered_by
@@ -250,8 +251,10 @@ def test_slot_control_doubles_its_step_while_tries_pay_then_settles_at_the_serve
         seen.append(control.limit)
     assert seen[:5] == [4, 5, 7, 11, 16], seen  # +1, +2, +4, then the ceiling
     assert seen[5] == 12, seen  # of the 5 added, the gain showed 1 was real: kept 12
-    # settled: 12, with a try of 13 now and then that is given back
-    assert set(seen[-12:]) == {12, 13} and seen[-12:].count(12) >= 9, seen
+    # settled: 12, with a try of 13 now and then that is given back, and a try of 11 after it
+    # (fewer did less work: the slot is taken back)
+    assert set(seen[-12:]) <= {11, 12, 13} and seen[-12:].count(12) >= 8, seen
+    assert control.lowers == 0  # no slot given back for good: every one of the 12 pays
 
 
 def test_slot_control_measures_work_not_answers() -> None:
@@ -291,7 +294,9 @@ def test_slots_are_learnt_per_model_on_one_server(fake_ollama_factory) -> None:
 def test_split_mode_rows_are_hedged_with_the_model_they_started_on(fake_ollama_factory) -> None:
     fast = fake_ollama_factory(models=("a", "b"), slots=1, latency=0.02)
     slow = fake_ollama_factory(models=("a", "b"), slots=1, latency=3.0)
-    specs = [ServerSpec(fast.url, max_concurrency=1), ServerSpec(slow.url, max_concurrency=1)]
+    # nothing queued ahead: one slot task per server
+    specs = [ServerSpec(fast.url, max_concurrency=1, queue_ahead=0),
+             ServerSpec(slow.url, max_concurrency=1, queue_ahead=0)]
     requests = [Request(index=i, id=f"r{i}", model="a|b", model_choices=("a", "b"),
                         messages=[{"role": "user", "content": f"question {i:02d}"}]) for i in range(20)]
     # fixed slots: one slot task per server, so each server answers with the group's first model

@@ -74,7 +74,7 @@ def render(servers: Iterable[ServerSpec], *, model: str | None = None,
             lines.append(f"api_key_env = {_str(s.api_key_env)}")
         if s.timeout:
             lines.append(f"timeout = {s.timeout}")
-        for key in ("price_in", "price_out"):
+        for key in ("price_in", "price_out", "rpm", "tpm", "queue_ahead"):
             if getattr(s, key) is not None:
                 lines.append(f"{key} = {getattr(s, key)}")
     return "\n".join(lines).lstrip("\n") + "\n"

@@ -15,6 +15,9 @@ and the richer form with one table per server::
     api = "ollama"               # or "openai"
     models = ["llama3.2"]        # optional; probed when absent
     max_concurrency = 4          # this server's slots
+    rpm = 500                    # optional: requests per minute, at most (a hosted endpoint)
+    tpm = 200000                 # optional: tokens per minute, at most
+    queue_ahead = 1              # requests waiting in its queue beyond its slots (0: none)
 
 Unknown keys are an error with a did-you-mean: a typo such as ``max_concurency`` would otherwise
 silently fall back to a default and leave GPUs idle for hours. So is an unknown name in ``options``
@@ -33,7 +36,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
-from .limits import seconds_problem, slots_problem
+from .limits import per_minute_problem, seconds_problem, slots_problem
 from .options import KNOWN_OPTIONS, suggestion
 from .secrets import redact_url
 
@@ -48,7 +51,7 @@ _TOP_KEYS = {
 }
 _SERVER_KEYS = {
     "url", "api", "models", "max_concurrency", "api_key_env", "gpu", "name", "timeout",
-    "price_in", "price_out",
+    "price_in", "price_out", "rpm", "tpm", "queue_ahead",
 }
 #: The key an OpenAI-compatible server with no ``api_key_env`` of its own is sent, as the OpenAI SDK does.
 OPENAI_KEY_ENV = "OPENAI_API_KEY"
@@ -69,6 +72,9 @@ class ServerSpec:
     timeout: float | None = None
     price_in: float | None = None      # per million prompt tokens, for the cost in summaries
     price_out: float | None = None     # per million completion tokens
+    rpm: int | None = None             # requests started per minute, at most (a hosted endpoint's limit)
+    tpm: int | None = None             # tokens (prompt + completion) per minute, at most
+    queue_ahead: int | None = None     # requests sent beyond its slots, to wait in its queue (None: 1)
 
     @property
     def label(self) -> str:
@@ -290,6 +296,12 @@ def _parse_server(entry: Any, where: str, default_api: str, default_slots: int |
     if timeout is not None:
         timeout = _seconds(timeout, where, "timeout")
     prices = {key: _price(entry.get(key), where, key) for key in ("price_in", "price_out")}
+    rates = {key: _per_minute(entry.get(key), where, key) for key in ("rpm", "tpm")}
+    ahead = entry.get("queue_ahead")
+    if ahead is not None and (isinstance(ahead, bool) or not isinstance(ahead, int) or not 0 <= ahead <= 64):
+        raise ConfigError(f"{where}: queue_ahead must be a whole number from 0 to 64 (requests waiting "
+                          f"in the server's own queue; 0 for a server that refuses instead of queueing), "
+                          f"not {ahead!r}", near="queue_ahead")
     gpu = entry.get("gpu")
     if gpu is not None and not isinstance(gpu, int):
         raise ConfigError(f"{where}: gpu must be an integer", near="gpu")
@@ -298,7 +310,8 @@ def _parse_server(entry: Any, where: str, default_api: str, default_slots: int |
             _expect(entry["url"], str, where, "url"), api,
             models=models, max_concurrency=slots,
             api_key_env=_opt_str(entry.get("api_key_env"), where, "api_key_env"),
-            gpu=gpu, name=_opt_str(entry.get("name"), where, "name"), timeout=timeout, **prices,
+            gpu=gpu, name=_opt_str(entry.get("name"), where, "name"), timeout=timeout, **prices, **rates,
+            queue_ahead=ahead,
         )
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}", near=exc.near) from None
@@ -350,6 +363,15 @@ def _price(value: Any, where: str, key: str) -> float | None:
         raise ConfigError(f"{where}: {key} must be a price per million tokens (a number >= 0), "
                           f"not {value!r}", near=key)
     return float(value)
+
+
+def _per_minute(value: Any, where: str, key: str) -> int | None:
+    if value is None:
+        return None
+    problem = per_minute_problem(value)
+    if problem:
+        raise ConfigError(f"{where}: {key} {problem}", near=key)
+    return value
 
 
 def with_overrides(spec: ServerSpec, **changes: Any) -> ServerSpec:

@@ -34,3 +34,10 @@ def seconds_problem(value: Any) -> str | None:
     if not math.isfinite(value) or value <= 0:
         return f"must be a finite number of seconds > 0, not {value!r}"
     return None
+
+
+def per_minute_problem(value: Any) -> str | None:
+    """Why ``value`` is not a rate limit (``rpm``, ``tpm``: a whole number per minute > 0), or None."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return f"must be a positive whole number per minute, not {value!r}"
+    return None

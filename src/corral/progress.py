@@ -59,7 +59,7 @@ def status_line(engine: Engine, counter: Counter | None = None) -> str:
     s = engine.stats
     servers = "  ".join(
         f"{srv.label}{' [removed]' if srv.removed else ' [benched]' if srv.benched else ''} "
-        f"{srv.in_flight}/{srv.limit} busy, {srv.stats.ok} ok"
+        f"{srv.busy_text()}, {srv.stats.ok} ok"
         for srv in engine.servers
     )
     if counter is not None:
@@ -130,7 +130,7 @@ class ProgressDisplay:
         elapsed = max(s.elapsed, 1e-9)
         for srv in self.engine.servers:
             name = srv.label + (" [red](benched)[/red]" if srv.benched else "")
-            table.add_row(name, f"{srv.in_flight}/{srv.limit}", str(srv.stats.ok), str(srv.stats.errors),
+            table.add_row(name, srv.busy_text().replace(" busy", ""), str(srv.stats.ok), str(srv.stats.errors),
                           f"{srv.stats.ok / elapsed:.1f}", f"{srv.stats.completion_tokens / elapsed:.0f}")
         return Group(self._progress, table)
 

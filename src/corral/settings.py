@@ -17,7 +17,7 @@ from typing import Any
 
 from .config import Config, ServerSpec, default_servers, load_config, parse_config, server_from_url
 from .errors import UsageError
-from .limits import seconds_problem, slots_problem
+from .limits import per_minute_problem, seconds_problem, slots_problem
 from .options import check_options
 
 #: What a front accepts as servers: URLs ("gpu1:11434", "http://host:8000") or `ServerSpec`s.
@@ -98,14 +98,21 @@ def server_list(servers: ServerLike | Sequence[ServerLike], api: str) -> list[Se
     return [s if isinstance(s, ServerSpec) else server_from_url(str(s), api) for s in items]
 
 
-def keyed_servers(servers: ServerLike | Sequence[ServerLike], api: str,
-                  api_key_env: str | None) -> list[ServerSpec]:
+def keyed_servers(servers: ServerLike | Sequence[ServerLike], api: str, api_key_env: str | None,
+                  *, rpm: int | None = None, tpm: int | None = None) -> list[ServerSpec]:
     """``servers`` as specs, each without a key variable of its own given ``api_key_env`` (the
-    name of the environment variable, never the key: ``--api-key-env OPENROUTER_KEY``)."""
+    name of the environment variable, never the key: ``--api-key-env OPENROUTER_KEY``), and each
+    without rate limits of its own given ``rpm`` / ``tpm`` (``--rpm``, ``--tpm``)."""
+    check_per_minute(rpm, "rpm")
+    check_per_minute(tpm, "tpm")
     specs = server_list(servers, api)
-    if not api_key_env:
-        return specs
-    return [s if s.api_key_env else replace(s, api_key_env=api_key_env) for s in specs]
+    if api_key_env:
+        specs = [s if s.api_key_env else replace(s, api_key_env=api_key_env) for s in specs]
+    if rpm is not None:
+        specs = [s if s.rpm else replace(s, rpm=rpm) for s in specs]
+    if tpm is not None:
+        specs = [s if s.tpm else replace(s, tpm=tpm) for s in specs]
+    return specs
 
 
 def resolve(
@@ -130,6 +137,8 @@ def resolve(
     hedge: bool | None = None,
     max_busy_seconds: float | None = None,
     api_key_env: str | None = None,
+    rpm: int | None = None,
+    tpm: int | None = None,
 ) -> Settings:
     """Merge what the user said with the config file and the environment.
 
@@ -144,13 +153,16 @@ def resolve(
     ``max_busy_seconds`` must be finite numbers of seconds > 0 (`check_seconds`), ``workers`` at
     most `corral.limits.MAX_SLOTS_PER_SERVER` (`check_slots`). ``api_key_env`` names the
     environment variable holding the key for the ``servers`` given here (``--api-key-env``); the key
-    itself is read when a request is sent, never stored.
+    itself is read when a request is sent, never stored. ``rpm`` / ``tpm`` limit each server that has no
+    limit of its own (a config's ``rpm`` / ``tpm`` win) to that many requests / tokens per minute.
     """
     if api not in APIS:
         raise UsageError(f"api must be one of {', '.join(APIS)}, not {api!r}")
     check_slots(workers, "workers")
     check_seconds(timeout, "timeout")
     check_seconds(max_busy_seconds, "max_busy_seconds")
+    check_per_minute(rpm, "rpm")
+    check_per_minute(tpm, "tpm")
     cfg = read_config(config)
     checked = check_options(options)
     if _names_local(servers):
@@ -177,6 +189,8 @@ def resolve(
         if not isinstance(workers, DefaultInt) or not any(s.max_concurrency for s in specs):
             max_slots = int(workers)
         specs = [s if s.max_concurrency else replace(s, max_concurrency=int(workers)) for s in specs]
+    if rpm is not None or tpm is not None:
+        specs = keyed_servers(specs, api, None, rpm=rpm, tpm=tpm)
     return Settings(
         servers=specs,
         model=local_model or model or cfg.model,
@@ -204,6 +218,14 @@ def _names_local(servers: Any) -> bool:
 def check_slots(value: int | None, name: str) -> int | None:
     """``value`` when it is a number of slots per server (or None); else a UsageError naming ``name``."""
     problem = None if value is None else slots_problem(value)
+    if problem:
+        raise UsageError(f"{name} {problem}")
+    return value
+
+
+def check_per_minute(value: int | None, name: str) -> int | None:
+    """``value`` when it is a rate limit per minute (or None); else a UsageError naming ``name``."""
+    problem = None if value is None else per_minute_problem(value)
     if problem:
         raise UsageError(f"{name} {problem}")
     return value

@@ -10,6 +10,7 @@ holds the deterministic helpers behind every answer. ``fixtures.py`` hands tests
 from __future__ import annotations
 
 from .cli import run_fake_servers_cli
+from .core import Gauge
 from .fake_server import FakeServer
 from .faults import Blackhole
 from .wire import OLLAMA_BUSY_MESSAGE, ApiKind, Latency, Responder, fake_embedding, prompts_of
@@ -18,6 +19,7 @@ __all__ = [
     "ApiKind",
     "Blackhole",
     "FakeServer",
+    "Gauge",
     "Latency",
     "OLLAMA_BUSY_MESSAGE",
     "Responder",

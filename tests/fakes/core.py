@@ -23,6 +23,25 @@ from aiohttp import web
 from .wire import HOST, ApiKind, Body, Latency, Responder, ollama_full_name, ollama_key, prompts_of
 
 
+class Gauge:
+    """Requests in flight across several fakes, and the most at once: a test's proof that a client
+    kept servers busy at the same time, without reading any clock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.now = 0
+        self.peak = 0
+
+    def enter(self) -> None:
+        with self._lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+
+    def leave(self) -> None:
+        with self._lock:
+            self.now -= 1
+
+
 class ServerCore:
     """Settings, counters, lifecycle (start/stop/kill/revive) and the loop thread; no routes.
 
@@ -102,6 +121,11 @@ class ServerCore:
         self.answer_fields: dict[str, Any] = {}
         #: Ollama: the whole body /api/tags answers with, when set (``{"models": "x"}``...).
         self.tags_body: Any = None
+        #: Headers added to every successful inference answer, or a callable giving them per answer
+        #: (a hosted endpoint's ``x-ratelimit-remaining-requests`` ...).
+        self.answer_headers: Mapping[str, str] | Callable[[], Mapping[str, str]] | None = None
+        #: A gauge several fakes share (``Gauge()``): requests in flight across all of them, and its peak.
+        self.gauge: Gauge | None = None
 
         self._port = port
         self._rng = random.Random(seed)
@@ -111,9 +135,11 @@ class ServerCore:
 
         # Statistics (guarded by _lock).
         self._requests: list[tuple[str, Body]] = []
+        self._arrivals: list[float] = []   # time.monotonic() of each inference request's arrival
         self._in_flight = 0
         self._max_in_flight = 0
         self._queued = 0
+        self._max_queued = 0
         self._queued_for: Counter[str | None] = Counter()  # per model with per-model slots
         self._completed = 0
         self._dropped = 0
@@ -212,6 +238,12 @@ class ServerCore:
         with self._lock:
             return list(self._requests)
 
+    @property
+    def arrivals(self) -> list[float]:
+        """``time.monotonic()`` when each inference request arrived (for figures, not for tests)."""
+        with self._lock:
+            return list(self._arrivals)
+
     def count_by_prompt(self) -> Counter[str]:
         """How many times each prompt was received: last user message (chat), prompt (generate,
         completions, embeddings) or each input (embed). Failed attempts count: retries show up."""
@@ -235,6 +267,12 @@ class ServerCore:
         """Requests currently waiting for a free slot."""
         with self._lock:
             return self._queued
+
+    @property
+    def max_queued(self) -> int:
+        """The most requests that waited at once for a free slot (with ``slots``)."""
+        with self._lock:
+            return self._max_queued
 
     @property
     def completed(self) -> int:
@@ -265,7 +303,9 @@ class ServerCore:
         restarts from the current in-flight count)."""
         with self._lock:
             self._requests.clear()
+            self._arrivals.clear()
             self._max_in_flight = self._in_flight
+            self._max_queued = self._queued
             self._completed = 0
             self._dropped = 0
             self._status_counts.clear()

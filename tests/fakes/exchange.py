@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -113,6 +114,7 @@ class Exchange(ServerCore):
         body = await self._read_body(request)
         with self._lock:
             self._requests.append((request.path, body))
+            self._arrivals.append(time.monotonic())
             if self.record_path:
                 prompts = " | ".join(prompts_of(request.path, body)).replace("\n", " ")
                 with open(self.record_path, "a", encoding="utf-8") as record:

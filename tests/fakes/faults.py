@@ -88,6 +88,8 @@ class FaultInjection(Exchange):
             with self._lock:
                 self._queued += 1
                 self._queued_for[lane] += 1
+                if sem.locked():  # it waits: every slot is taken
+                    self._max_queued = max(self._max_queued, self._queued)
             try:
                 await sem.acquire()
             finally:
@@ -97,9 +99,14 @@ class FaultInjection(Exchange):
         with self._lock:
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
+        gauge = self.gauge
+        if gauge is not None:
+            gauge.enter()
         try:
             yield
         finally:
+            if gauge is not None:
+                gauge.leave()
             with self._lock:
                 self._in_flight -= 1
             if sem is not None:
@@ -114,6 +121,12 @@ class FaultInjection(Exchange):
         if delay and delay > 0:
             await asyncio.sleep(delay)
 
+    def _extra_headers(self) -> dict[str, str] | None:
+        extra = self.answer_headers
+        if extra is None:
+            return None
+        return dict(extra() if callable(extra) else extra)
+
     async def _send(self, request: web.Request, parts: list[bytes], content_type: str,
                     streaming: bool) -> web.StreamResponse:
         """Send a 200 answer, honouring drop_rate (cut the body, reset the connection) and
@@ -126,7 +139,8 @@ class FaultInjection(Exchange):
             with self._lock:
                 self._completed += 1
             return web.Response(body=parts[0], content_type=content_type.split(";")[0],
-                                charset="utf-8" if "charset" in content_type else None)
+                                charset="utf-8" if "charset" in content_type else None,
+                                headers=self._extra_headers())
         payload = b"".join(parts)
         resp = web.StreamResponse(status=200)
         resp.headers["Content-Type"] = content_type

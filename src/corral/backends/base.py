@@ -23,6 +23,7 @@ from ..config import ServerSpec
 from ..http import Headers, HttpClient, HttpError
 from ..requests import Request
 from ..secrets import redact
+from .rate_headers import RateHeaders, rate_headers
 
 # Statuses worth another try: the server is busy, restarting or overloaded, not the request wrong.
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -47,6 +48,7 @@ class Reply:
     done_reason: str | None = None
     model: str | None = None
     raw: dict[str, Any] | None = None      # the server's JSON as received, for faithful outputs
+    rate: RateHeaders | None = None        # the rate-limit state the answer's headers reported
 
 
 @dataclass(slots=True)
@@ -73,12 +75,13 @@ class BackendError(Exception):
     """A failed call. ``status`` is the HTTP status, or None for connection problems and timeouts."""
 
     def __init__(self, message: str, *, status: int | None = None, retryable: bool = False,
-                 retry_after: float | None = None, kind: str = "http") -> None:
+                 retry_after: float | None = None, kind: str = "http", rate: RateHeaders | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
         self.kind = kind  # "http", "connection", "timeout", "protocol", "too_long"
+        self.rate = rate  # a refusal's rate-limit headers (a 429 carries them)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -207,6 +210,14 @@ class Backend(ABC):
         data = orjson.dumps(payload)
         return await self._call("POST", path, data, timeout)
 
+    async def _post_rated(self, path: str, payload: dict[str, Any],
+                          timeout: float) -> tuple[dict[str, Any], RateHeaders | None]:
+        """`_post`, with the rate-limit state the answer's headers report (for `Reply.rate`)."""
+        with self._errors():
+            answer = await self.http.request("POST", self.base + path, headers=self._headers,
+                                             body=orjson.dumps(payload), timeout=timeout)
+        return self._decode(path, answer.status, answer.body, answer.headers), rate_headers(answer.headers)
+
     async def _get(self, path: str, timeout: float) -> dict[str, Any]:
         return await self._call("GET", path, None, timeout)
 
@@ -235,8 +246,10 @@ class Backend(ABC):
     def _refuse(self, path: str, status: int, body: bytes, headers: Headers | str | None) -> None:
         """Raise the BackendError for a status that is no answer: a redirect (never followed, never
         taken for the answer), or a 4xx/5xx."""
+        rate = None
         if isinstance(headers, Headers):
             retry_after, location = headers.get("Retry-After"), headers.get("Location")
+            rate = rate_headers(headers)
         else:
             retry_after, location = headers, None
         if status < 400:
@@ -248,7 +261,7 @@ class Backend(ABC):
             raise BackendError(f"HTTP {status} from {path}: {message}", status=status, kind="too_long")
         raise BackendError(
             f"HTTP {status} from {path}: {message}", status=status,
-            retryable=status in RETRYABLE_STATUSES, retry_after=parse_retry_after(retry_after),
+            retryable=status in RETRYABLE_STATUSES, retry_after=parse_retry_after(retry_after), rate=rate,
         )
 
     async def _stream_lines(self, path: str, payload: dict[str, Any],

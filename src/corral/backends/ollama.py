@@ -104,16 +104,18 @@ class OllamaBackend(Backend):
             payload["prompt"] = request.prompt
             if request.system:
                 payload["system"] = request.system
-            data = await self._post("/api/generate", payload, timeout)
+            data, rate = await self._post_rated("/api/generate", payload, timeout)
             text = text_field(data.get("response"))
         else:
             payload["messages"] = request.messages
-            data = await self._post("/api/chat", payload, timeout)
+            data, rate = await self._post_rated("/api/chat", payload, timeout)
             text = text_field(object_field(data, "message").get("content"))
         if text is None:
             raise BackendError("answer has no text (missing message.content / response)",
                                retryable=True, kind="protocol")
-        return _reply(data, text)
+        reply = _reply(data, text)
+        reply.rate = rate
+        return reply
 
     async def stream(self, request: Request, timeout: float) -> Streamed:
         """The same call with ``"stream": true``: NDJSON chunks, the counters on the last (done) one."""

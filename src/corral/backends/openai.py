@@ -135,12 +135,12 @@ class OpenAIBackend(Backend):
         payload: dict[str, Any] = {"model": request.model, **self._sampling(request)}
         if request.endpoint == "generate":
             payload["prompt"] = request.prompt
-            data = await self._post("/v1/completions", payload, timeout)
+            data, rate = await self._post_rated("/v1/completions", payload, timeout)
             choice = _first_choice(data)
             text = text_field(choice.get("text"))
         else:
             payload["messages"] = request.messages
-            data = await self._post("/v1/chat/completions", payload, timeout)
+            data, rate = await self._post_rated("/v1/chat/completions", payload, timeout)
             choice = _first_choice(data)
             text = text_field(object_field(choice, "message").get("content"))
         if text is None:
@@ -157,6 +157,7 @@ class OpenAIBackend(Backend):
             done_reason=text_field(choice.get("finish_reason")),
             model=text_field(data.get("model")),
             raw=data,
+            rate=rate,
         )
 
     async def stream(self, request: Request, timeout: float) -> Streamed:
@@ -224,7 +225,7 @@ class OpenAIBackend(Backend):
         if asked_base64:
             payload["encoding_format"] = "base64"
         try:
-            data = await self._post("/v1/embeddings", payload, timeout)
+            data, rate = await self._post_rated("/v1/embeddings", payload, timeout)
         except BackendError as exc:
             if asked_base64 and exc.status in (400, 422) and "encoding_format" in str(exc):
                 self._base64_embeddings = False
@@ -236,6 +237,7 @@ class OpenAIBackend(Backend):
             embeddings=[_vector(row.get("embedding")) for row in rows],
             prompt_eval_count=count_field(object_field(data, "usage").get("prompt_tokens")),
             model=text_field(data.get("model")),
+            rate=rate,
         )
 
 

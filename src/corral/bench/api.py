@@ -23,7 +23,7 @@ from ..runtime import run_sync
 from ..settings import ConfigLike, ServerLike, check_seconds, check_slots, resolve
 from ..store import Store
 from .measure import ModelFigures, bench_request, measure, pooled
-from .sweep import DEFAULT_TOLERANCE, Level, Sweep, sweep_server
+from .sweep import DEFAULT_TOLERANCE, Level, Sweep, sweep_fleet
 
 DEFAULT_PROMPT = "Hello, how are you?"   # OllamaManager's default
 DEFAULT_SWEEP_TOKENS = 64                # each sweep request's num_predict unless options set one
@@ -94,12 +94,11 @@ async def bench_async(
                 def make(i: int) -> Request:
                     return bench_request(model, prompt, sweep_options, system, index=i)
 
-                for spec in specs:  # one server at a time: on one machine they would share the CPU/GPU
-                    if spec.label not in servers:
-                        continue
-                    result.sweeps.append(await sweep_server(
-                        spec, model, make, sorted(set(sweep)), waves=waves, minimum=sweep_minimum,
-                        tolerance=tolerance, timeout=timeout, store=store, on_level=on_level))
+                # In parallel, but servers that may share a GPU one after another (sweep_fleet).
+                result.sweeps.extend(await sweep_fleet(
+                    [spec for spec in specs if spec.label in servers], model, make, sorted(set(sweep)),
+                    waves=waves, minimum=sweep_minimum, tolerance=tolerance, timeout=timeout, store=store,
+                    on_level=on_level))
     finally:
         result.seconds = time.perf_counter() - started
         store.finish_run({"models": len(result.models), "sweeps": len(result.sweeps)})

@@ -9,10 +9,12 @@ flight than that only adds queueing (latency, memory) for no more answers.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..config import ServerSpec
 from ..engine import Engine, EngineSettings, RetryPolicy
@@ -167,3 +169,33 @@ async def sweep_server(spec: ServerSpec, model: str, make: Callable[[int], Reque
         if on_level is not None:
             on_level(sweep, result)
     return sweep
+
+
+def shares_hardware_with(spec: ServerSpec) -> tuple[str, int | None]:
+    """Servers with the same key may share one GPU (the same host, and no GPU index or the same one):
+    they are swept one after another. The others have hardware of their own."""
+    return (urlsplit(spec.url).hostname or spec.url, spec.gpu)
+
+
+async def sweep_fleet(specs: list[ServerSpec], model: str, make: Callable[[int], Request], levels: list[int],
+                      **options: Any) -> list[Sweep]:
+    """Every server's sweep, in the order of ``specs``: servers on hardware of their own at the same
+    time (a 28-GPU fleet takes as long as one server, not 28 times as long), servers that may share a
+    GPU (`shares_hardware_with`) one after another, so no sweep measures another's load. ``options``
+    go to `sweep_server`; the requests of all sweeps are numbered apart (``make`` gets distinct i)."""
+    groups: dict[tuple[str, int | None], list[int]] = {}
+    for position, spec in enumerate(specs):
+        groups.setdefault(shares_hardware_with(spec), []).append(position)
+    stride = 1_000_000  # request numbers per server: distinct keys across the parallel sweeps
+    results: dict[int, Sweep] = {}
+
+    def numbered_from(base: int) -> Callable[[int], Request]:
+        return lambda i: make(base + i)
+
+    async def one_after_another(positions: list[int]) -> None:
+        for position in positions:
+            results[position] = await sweep_server(
+                specs[position], model, numbered_from(position * stride), levels, **options)
+
+    await asyncio.gather(*(one_after_another(positions) for positions in groups.values()))
+    return [results[position] for position in range(len(specs))]

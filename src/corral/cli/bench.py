@@ -10,7 +10,15 @@ import typer
 
 from ..errors import UsageError
 from . import app
-from .common import API_KEY_ENV_HELP, model_options, parse_option_pairs, read_text_arg, setup_logging
+from .common import (
+    API_KEY_ENV_HELP,
+    RPM_HELP,
+    TPM_HELP,
+    model_options,
+    parse_option_pairs,
+    read_text_arg,
+    setup_logging,
+)
 
 LOCAL_PARALLEL = 8
 
@@ -42,6 +50,8 @@ def bench_command(
     server: list[str] = typer.Option([], "--server", "-s", metavar="URL", help="Server URL; repeat for several."),
     api: str = typer.Option("ollama", "--api", help="Protocol of --server URLs: ollama or openai."),
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", metavar="NAME", help=API_KEY_ENV_HELP),
+    rpm: Optional[int] = typer.Option(None, "--rpm", metavar="N", help=RPM_HELP),
+    tpm: Optional[int] = typer.Option(None, "--tpm", metavar="N", help=TPM_HELP),
     local: bool = typer.Option(False, "--local", help="Bench the embedded llama.cpp model (SmolLM2-135M)."),
     parallel: int = typer.Option(LOCAL_PARALLEL, "--parallel", help="Slots of the --local server."),
     sweep: Optional[str] = typer.Option(None, "--sweep",
@@ -89,7 +99,7 @@ def bench_command(
     from .. import runtime
     from ..bench.api import bench_async
     from ..bench.output import gpu_table, model_table, sweep_table, write_figures
-    from ..settings import resolve
+    from ..settings import check_per_minute, resolve
     from ..store import Store
 
     setup_logging(verbose)
@@ -115,6 +125,7 @@ def bench_command(
 
     with ExitStack() as stack:
         job = resolve(servers=server or None, config=config, api=api, api_key_env=api_key_env, local=local,
+                      rpm=check_per_minute(rpm, "--rpm"), tpm=check_per_minute(tpm, "--tpm"),
                       local_parallel=parallel,
                       stack=stack, system=read_text_arg(system, "--system"),
                       options=model_options(option, temperature, seed, max_tokens=max_tokens),

@@ -16,13 +16,24 @@ API_KEY_ENV_HELP = ("Environment variable holding the API key for --server URLs 
                     "OpenAI-compatible servers without one use OPENAI_API_KEY.")
 
 
-def keyed(servers: list[str], api: str, api_key_env: str | None) -> Any:
-    """--server URLs for a Python front, with --api-key-env applied (settings.keyed_servers)."""
-    if not servers or not api_key_env:
+RPM_HELP = "Most requests started per minute on each --server URL (any 60-second window)."
+TPM_HELP = ("Most tokens (prompt + completion) per minute on each --server URL, estimated before the "
+            "answer and corrected by its usage.")
+
+
+def keyed(servers: list[str], api: str, api_key_env: str | None, rpm: int | None = None,
+          tpm: int | None = None) -> Any:
+    """--server URLs for a Python front, with --api-key-env, --rpm and --tpm applied
+    (settings.keyed_servers)."""
+    from ..settings import check_per_minute
+
+    check_per_minute(rpm, "--rpm")
+    check_per_minute(tpm, "--tpm")
+    if not servers or not (api_key_env or rpm or tpm):
         return servers or None
     from ..settings import keyed_servers
 
-    return keyed_servers(servers, api, api_key_env)
+    return keyed_servers(servers, api, api_key_env, rpm=rpm, tpm=tpm)
 
 
 def setup_logging(verbose: int) -> None:

@@ -9,7 +9,7 @@ import typer
 
 from ..errors import UsageError
 from . import app
-from .common import API_KEY_ENV_HELP, keyed, parse_option_pairs, setup_logging
+from .common import API_KEY_ENV_HELP, RPM_HELP, TPM_HELP, keyed, parse_option_pairs, setup_logging
 from .run import _run_interruptibly
 
 
@@ -39,6 +39,8 @@ def embed_command(
     server: list[str] = typer.Option([], "--server", "-s", metavar="URL", help="Server URL (repeat for more)."),
     api: str = typer.Option("ollama", "--api", help="Protocol of --server URLs: ollama or openai."),
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", metavar="NAME", help=API_KEY_ENV_HELP),
+    rpm: Optional[int] = typer.Option(None, "--rpm", metavar="N", help=RPM_HELP),
+    tpm: Optional[int] = typer.Option(None, "--tpm", metavar="N", help=TPM_HELP),
     local: bool = typer.Option(False, "--local", help="Embed with the bundled model on a local llama.cpp server."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", "-j", help="Requests in flight per server."),
     option: list[str] = typer.Option([], "--option", "-O", metavar="NAME=VALUE",
@@ -75,7 +77,8 @@ def embed_command(
         raise UsageError("no model: give --model (e.g. --model nomic-embed-text) or --local")
     report = _run_interruptibly(embed_file_async(
         input, output, text_column=text_column, id_columns=ids or None, model=model,
-        servers=keyed(list(server), api, api_key_env), config=config, api=api, local=local, batch_size=batch_size,
+        servers=keyed(list(server), api, api_key_env, rpm, tpm), config=config, api=api, local=local,
+        batch_size=batch_size,
         truncate=truncate,
         dimensions=dimensions, keep_alive=keep_alive, options=parse_option_pairs(option),
         extra_options=parse_option_pairs(extra_option, "--extra-option"), limit=limit,

@@ -9,7 +9,7 @@ import typer
 
 from ..errors import UsageError
 from . import app
-from .common import API_KEY_ENV_HELP
+from .common import API_KEY_ENV_HELP, RPM_HELP, TPM_HELP
 
 if TYPE_CHECKING:
     from ..config import ServerSpec
@@ -34,6 +34,8 @@ def run_command(
     server: list[str] = typer.Option([], "--server", "-s", metavar="URL", help="Server URL; repeat for several."),
     api: str = typer.Option("ollama", "--api", help="Protocol of --server URLs: ollama or openai."),
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", metavar="NAME", help=API_KEY_ENV_HELP),
+    rpm: Optional[int] = typer.Option(None, "--rpm", metavar="N", help=RPM_HELP),
+    tpm: Optional[int] = typer.Option(None, "--tpm", metavar="N", help=TPM_HELP),
     local: bool = typer.Option(False, "--local", help="Run the embedded llama.cpp model (SmolLM2-135M)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Default model (a line's model wins)."),
     system: Optional[str] = typer.Option(None, "--system", help="System message (or @file)."),
@@ -119,7 +121,7 @@ def run_command(
     from ..progress import summary_table
     from ..reload import ConfigFile
     from ..reproduce import command_line, compare, prepare
-    from ..settings import check_seconds, check_slots, resolve
+    from ..settings import check_per_minute, check_seconds, check_slots, resolve
     from ..sources import Defaults, PromptFile
     from ..store import Store
     from ..terminal import visible
@@ -195,10 +197,12 @@ def run_command(
     check_seconds(timeout, "--timeout")
     check_seconds(max_busy_seconds, "--max-busy-seconds")
     check_seconds(max_outage, "--max-outage")
+    check_per_minute(rpm, "--rpm")
+    check_per_minute(tpm, "--tpm")
 
     with ExitStack() as stack:
         resolved = resolve(
-            servers=server or None, config=config, api=api, api_key_env=api_key_env, local=local,
+            servers=server or None, config=config, api=api, api_key_env=api_key_env, local=local, rpm=rpm, tpm=tpm,
             stack=stack, model=model,
             system=read_text_arg(system, "--system"),
             options=model_options(option, temperature, seed, num_ctx, max_tokens),

@@ -104,6 +104,8 @@ def render(found: JobStatus) -> str:
         lines.append(f"  {'server':{width}}  in flight/slots  requests      ok  errors   req/s  state")
         for x in servers:
             state = "benched" if x.get("benched") else "ok"
+            if x.get("queued_ahead"):  # in flight beyond its slots, waiting in the server's queue
+                state += f", {x['queued_ahead']} of those in flight queued ahead"
             if x.get("last_error"):
                 state += f" (last error: {x['last_error'][:80]})"
             lines.append(f"  {x['label']:{width}}  {x['in_flight']:>7}/{x['slots']:<7}  {x['requests']:>8}  "

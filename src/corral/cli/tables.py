@@ -11,6 +11,8 @@ from ..errors import UsageError
 from . import app
 from .common import (
     API_KEY_ENV_HELP,
+    RPM_HELP,
+    TPM_HELP,
     keyed,
     load_schema,
     model_options,
@@ -65,6 +67,8 @@ def analyze_command(
     server: list[str] = typer.Option([], "--server", "-s", metavar="URL", help="Server URL; repeat for several."),
     api: str = typer.Option("ollama", "--api", help="Protocol of --server URLs: ollama or openai."),
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", metavar="NAME", help=API_KEY_ENV_HELP),
+    rpm: Optional[int] = typer.Option(None, "--rpm", metavar="N", help=RPM_HELP),
+    tpm: Optional[int] = typer.Option(None, "--tpm", metavar="N", help=TPM_HELP),
     local: bool = typer.Option(False, "--local", help="Use the embedded llama.cpp model."),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", show_default=False,
         help="Requests at once on a server, never more [default: 3, or the config's max_concurrency]."),
@@ -117,7 +121,7 @@ def analyze_command(
     job = dict(
         text_column=text_column, model_names=_split(models), prompt_template=read_text_arg(prompt, "--prompt"),
         json_keys=_split(json_keys) or None, json_schema=load_schema(schema) if schema else None,
-        fanout=fanout, system=read_text_arg(system, "--system"), servers=keyed(server, api, api_key_env),
+        fanout=fanout, system=read_text_arg(system, "--system"), servers=keyed(server, api, api_key_env, rpm, tpm),
         local=local, id_column=id_column, column_prefix=column_prefix, encoding=encoding,
         max_json_retries=json_retries, timeout=timeout, max_concurrent_calls=max_concurrent_calls,
         **model_options(option, temperature, seed, num_ctx, max_tokens))
@@ -174,6 +178,8 @@ def fill_command(
     server: list[str] = typer.Option([], "--server", "-s", metavar="URL", help="Server URL; repeat for several."),
     api: str = typer.Option("ollama", "--api", help="Protocol of --server URLs: ollama or openai."),
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", metavar="NAME", help=API_KEY_ENV_HELP),
+    rpm: Optional[int] = typer.Option(None, "--rpm", metavar="N", help=RPM_HELP),
+    tpm: Optional[int] = typer.Option(None, "--tpm", metavar="N", help=TPM_HELP),
     local: bool = typer.Option(False, "--local", help="Use the embedded llama.cpp model."),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", show_default=False,
         help="Requests at once on a server, never more [default: 3, or the config's max_concurrency]."),
@@ -223,7 +229,7 @@ def fill_command(
         title_col=title_col, json_fields=tuple(_split(fields)), col_map=_col_map(col_map) or None,
         model_names=_split(models), fanout=fanout, max_concurrent_calls=max_concurrent_calls,
         prompt_template=read_text_arg(prompt, "--prompt"), system=read_text_arg(system, "--system"),
-        servers=keyed(server, api, api_key_env), max_json_retries=json_retries, timeout=timeout,
+        servers=keyed(server, api, api_key_env, rpm, tpm), max_json_retries=json_retries, timeout=timeout,
         local=local, column_prefix=column_prefix, encoding=encoding,
         **model_options(option, temperature, seed, num_ctx, max_tokens))
     repro = None

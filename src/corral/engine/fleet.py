@@ -27,6 +27,7 @@ from .costs import Speeds
 from .servers import (
     FIRST_COOLDOWN,
     MAX_COOLDOWN,
+    QUEUE_AHEAD,
     ServerState,
     default_slots,
     describe_probe_error,
@@ -102,14 +103,19 @@ class Fleet:
 
     def _server(self, spec: ServerSpec, backend: Backend, info: ServerInfo) -> ServerState:
         """A live server with its slots: ``concurrency``, else its own (`default_slots`); learnt up to
-        ``adaptive_ceiling`` times that, never past MAX_SLOTS_PER_SERVER nor ``max_slots``."""
+        ``adaptive_ceiling`` times that, never past MAX_SLOTS_PER_SERVER nor ``max_slots``; and the
+        requests it is sent beyond them to wait in its queue (``queue_ahead``, `QUEUE_AHEAD`)."""
         slots = self.settings.concurrency or default_slots(spec, info)
         adaptive = self.settings.adaptive_slots and not self.settings.concurrency
         ceiling = max(slots, int(slots * self.settings.adaptive_ceiling)) if adaptive else slots
         if self.settings.max_slots:
             slots, ceiling = min(slots, self.settings.max_slots), min(ceiling, self.settings.max_slots)
+        # ``--concurrency N`` (or a workers cap) means N in flight, no more; else one request waits
+        # in the server's queue.
+        capped = self.settings.concurrency or self.settings.max_slots
+        ahead = 0 if capped else QUEUE_AHEAD if spec.queue_ahead is None else spec.queue_ahead
         return ServerState(spec=spec, backend=backend, info=info, slots=slots,
-                           ceiling=min(ceiling, max(slots, MAX_SLOTS_PER_SERVER)))
+                           ceiling=min(ceiling, max(slots, MAX_SLOTS_PER_SERVER)), ahead=ahead)
 
     async def aclose(self) -> None:
         self.closed = True

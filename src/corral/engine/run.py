@@ -33,9 +33,11 @@ from ..store import ROW_MODEL, ROW_STATUS, JournalCursor, Store, StoredRow, outc
 from .costs import TimeoutPolicy, hedge_gain
 from .fleet import Fleet
 from .queue import IDLE, WorkQueue
+from .rates import Ticket, after_attempt, estimate_tokens, says_rates
 from .retry import BUSY_STATUSES
 from .servers import ServerState
 from .settings import EngineSettings, JobStats
+from .tail import better_elsewhere
 
 log = logging.getLogger("corral")
 
@@ -191,7 +193,7 @@ class Run:
     def _start_slot(self, server: ServerState) -> None:
         """One more slot task for ``server`` (never more than its ceiling)."""
         slots = self._slots[id(server)]
-        if len(slots.tasks) >= server.ceiling or self._closing:
+        if len(slots.tasks) >= server.max_tasks or self._closing:
             return
         number = len(slots.tasks)
         task = asyncio.create_task(self._worker(server, number), name=f"corral-{server.label}-{number}")
@@ -331,6 +333,11 @@ class Run:
         while True:
             if server.benched:
                 await server.available.wait()
+            if server.rates is not None:  # a rate-limited server's slots sleep, not hold rows
+                wait = server.rates.hold(time.monotonic())
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue
             hedge = False
             item = self._queue.get_nowait(accepts)
             if item is None and self._hedging():
@@ -355,6 +362,20 @@ class Run:
                     continue
                 if item.request.model_choices:
                     self._bind_model(server, slot, item)
+            if not hedge and self._all_read and self._leave_for_faster(server, item):
+                self._queue.put(item, front=item.attempts > 0)
+                mine = self.fleet.speeds.expected_seconds(id(server), item.request.model, item.cost)
+                await asyncio.sleep((mine or 0.0) / 4)  # look again once the queue has moved on
+                continue
+            ticket: Ticket | None = None
+            if server.rates is not None:
+                ticket = server.rates.admit(time.monotonic(), estimate_tokens(item.request, self.fleet.speeds))
+                if ticket is None:  # over a budget for this row's tokens: let another server have it
+                    if hedge:
+                        item.hedged = False
+                    else:
+                        self._queue.put(item, front=item.attempts > 0)
+                    continue
             model = item.request.model
             server.take(model)
             slots.busy += 1
@@ -365,9 +386,9 @@ class Run:
                     await self._pace()
                 if self._in_flight_cap is not None:
                     async with self._in_flight_cap:
-                        await self._attempt(server, item, hedge=hedge)
+                        await self._attempt(server, item, hedge=hedge, ticket=ticket)
                 else:
-                    await self._attempt(server, item, hedge=hedge)
+                    await self._attempt(server, item, hedge=hedge, ticket=ticket)
             finally:
                 slots.busy -= 1
                 server.release(model)
@@ -376,6 +397,11 @@ class Run:
                 # The slot sends its next request only once its last answer is on disk, so a crash
                 # never loses more answers than there are slots (group commit keeps this cheap).
                 await asyncio.shield(committed)
+
+    def _leave_for_faster(self, server: ServerState, item: _Item) -> bool:
+        """In the tail: would the rest of the fleet answer this row sooner (engine/tail.py)?"""
+        return better_elsewhere(server, self.fleet.servers, self.fleet.speeds, item.request.model,
+                                item.cost, len(self._queue) + 1)
 
     def _hedging(self) -> bool:
         """Hedge only in a tail: the input is all read, or the oldest rows hold the read-ahead
@@ -400,7 +426,8 @@ class Run:
                 continue
             copy = item.copies[0]
             model = item.request.model
-            if copy.server is server or not self.fleet.serves(server, model) or not server.has_room(model):
+            if (copy.server is server or not self.fleet.serves(server, model)
+                    or not server.has_room(model, ahead=False)):  # a hedge waiting in a queue gains nothing
                 continue
             mine = speeds.expected_seconds(id(server), item.request.model, item.cost)
             if mine is None:
@@ -444,11 +471,15 @@ class Run:
             self.fleet.speeds.expected_seconds(id(server), item.request.model, item.cost))
 
     # -- one attempt ------------------------------------------------------------------------------
-    async def _attempt(self, server: ServerState, item: _Item, hedge: bool = False) -> None:
+    async def _attempt(self, server: ServerState, item: _Item, hedge: bool = False,
+                       ticket: Ticket | None = None) -> None:
         request = item.request
         if item.finished:  # a hedge picked as its other copy answered
             return
         timeout = self._timeout_for(server, item)
+        if server.in_flight >= server.limit:
+            # Queued ahead: it waits for the request before it (itself cut at its timeout) first.
+            timeout *= 2 + server.in_flight - server.limit
         server.in_flight += 1
         self.stats.in_flight += 1
         self.stats.sent += 1
@@ -488,6 +519,9 @@ class Run:
             server.in_flight -= 1
             self.stats.in_flight -= 1
             server.stats.busy_seconds += time.perf_counter() - t0
+        if ticket is not None or says_rates(reply, exc):
+            after_attempt(server.rate_limiter(), time.monotonic(), ticket, reply, exc,
+                          estimate_tokens(request, self.fleet.speeds), self.settings.max_busy_seconds)
         if item.finished:  # both copies answered in the same moment: the first one stands
             return
         try:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from ..backends import Backend, BackendError, ServerInfo, ollama_model_name
 from ..config import ServerSpec
 from ..limits import MAX_SLOTS_PER_SERVER
+from .rates import RateLimiter
 from .retry import BUSY_STATUSES
 
 # Requests kept in flight per server when neither the config nor the server says. Twice the server's
@@ -24,6 +25,11 @@ from .retry import BUSY_STATUSES
 # llama.cpp: 2 x n_parallel gave the best throughput); Ollama runs 4 in parallel by default.
 DEFAULT_SLOTS = {"ollama": 8, "openai": 16}
 SLOTS_PER_SERVER_SLOT = 2
+# Requests sent to a server beyond its slots, to wait in its own queue: the next one is there when a
+# slot frees, instead of a round trip later (on 50 ms answers that gap cost 8-11% of the makespan).
+# Every server corral speaks to queues (Ollama, llama.cpp, vLLM); a server's ``queue_ahead`` says
+# otherwise.
+QUEUE_AHEAD = 1
 FAILURES_BEFORE_BENCH = 3
 # "Busy" answers in a row, none answered between them, that bench a server. A loaded server that
 # refuses a burst answers the requests it holds soon after (which ends the run of busy answers).
@@ -68,10 +74,21 @@ class ServerState:
     last_error: str | None = None
     controls: dict[str, SlotControl] = field(default_factory=dict)
     taken: dict[str, int] = field(default_factory=dict)  # per model: held by a slot, sent or about to be
+    # Its rpm / tpm budgets, or (made on first need) just what its headers say is left; None: neither.
+    rates: RateLimiter | None = None
+    ahead: int = 0                 # requests kept waiting in its queue beyond its slots
 
     def __post_init__(self) -> None:
         self.available.set()
         self.ceiling = max(self.ceiling, self.slots)
+        if self.rates is None and (self.spec.rpm or self.spec.tpm):
+            self.rates = RateLimiter(self.spec.rpm, self.spec.tpm)
+
+    def rate_limiter(self) -> RateLimiter:
+        """Its limiter, made when a server with no configured budget first reports its limits."""
+        if self.rates is None:
+            self.rates = RateLimiter()
+        return self.rates
 
     @property
     def label(self) -> str:
@@ -88,15 +105,38 @@ class ServerState:
             return self.slots
         return min(self.ceiling, sum(c.limit for c in self.controls.values()))
 
+    @property
+    def max_tasks(self) -> int:
+        """Slot tasks the engine may run for it: its ceiling and the requests queued ahead."""
+        return self.ceiling + self.ahead
+
+    @property
+    def queued_ahead(self) -> int:
+        """Requests in flight beyond its slots: waiting in its queue for the next free slot."""
+        return max(0, self.in_flight - self.limit)
+
+    def busy_text(self) -> str:
+        """``3/4 busy``, or ``4/4 busy +1 queued`` when requests wait in its queue."""
+        ahead = self.queued_ahead
+        return f"{self.in_flight - ahead}/{self.limit} busy" + (f" +{ahead} queued" if ahead else "")
+
     def control_for(self, model: str) -> SlotControl:
         control = self.controls.get(model)
         if control is None:
-            control = self.controls[model] = SlotControl(limit=self.slots, ceiling=self.ceiling)
+            control = self.controls[model] = SlotControl(limit=self.slots, ceiling=self.ceiling,
+                                                         keep=self.spec.max_concurrency or 1)
         return control
 
-    def has_room(self, model: str) -> bool:
+    def has_room(self, model: str, *, ahead: bool = True) -> bool:
+        """Room for one more request of ``model``: in a slot, or (``ahead``) in its queue. Requests
+        are queued ahead once its slots are known: fixed, or learnt up to where more did not pay (a
+        request waiting in its queue while slots are still being tried would blur what they gain)."""
         control = self.controls.get(model)
-        return self.taken.get(model, 0) < (control.limit if control is not None else self.slots)
+        if control is None:
+            limit, known = self.slots, self.ceiling <= self.slots
+        else:
+            limit, known = control.limit, control.at_knee or control.limit >= control.ceiling
+        return self.taken.get(model, 0) < limit + (self.ahead if ahead and known else 0)
 
     def take(self, model: str) -> None:
         self.taken[model] = self.taken.get(model, 0) + 1
@@ -116,6 +156,8 @@ class ServerState:
     def on_failure(self, error: BackendError) -> bool:
         """Count a failure that says something about the server; True if it should now be benched."""
         self.last_error = str(error)
+        if error.kind == "timeout":
+            self.ahead = 0  # a request queued behind one that never ends would time out as well
         if error.status in BUSY_STATUSES:
             if self.busy_since is None:
                 self.busy_since = time.monotonic()
@@ -209,12 +251,18 @@ class SlotControl:
     A 503/429 "busy" halves it at once; refusals of requests sent before the last cut are ignored
     (they say nothing about the new limit), so one burst is one cut, as in TCP's congestion control.
     Rising latency without more work per second shows up as no gain, so the extra slot is given back.
+    Slots that do not pay are given back too: after a try that did not pay, it tries one slot fewer
+    (a period later) and keeps it while work per second holds (within ``gain``), one at a time,
+    until one fewer costs work; so a 2-slot server started at the default 8 settles near 2 instead
+    of keeping 8 requests in flight that only wait in its queue.
     """
 
     limit: int
     ceiling: int
     floor: int = 1
+    keep: int = 1                  # slots never given back for want of gain (the configured ones)
     gain: float = 1.05
+    hold: float = 0.97             # one slot fewer is kept while work per second stays above this share
     rest_periods: int = 4
     _count: int = 0
     _units: float = 0.0
@@ -224,8 +272,13 @@ class SlotControl:
     _step: int = 1
     _resting: int = 0
     _cut_at: float = float("-inf")
+    _lowering: int = 0             # slots removed by the try-down being measured (0: none)
+    _probe_down: bool = False      # a try did not pay: try fewer next
+    _reference: float | None = None  # work per second before the first slot was given back
     raises: int = 0
     cuts: int = 0
+    lowers: int = 0                # slots given back because fewer did as much work
+    at_knee: bool = False          # a try of more slots did not pay (in full): more would only queue
 
     @property
     def period(self) -> int:
@@ -251,19 +304,40 @@ class SlotControl:
             if previous is not None and rate < previous * self.gain:
                 self._set(self.limit - tried)  # no better with more: give them back, rest a while
                 self._step, self._resting = 1, self.rest_periods
+                self._probe_down = True        # ... then see whether fewer do as well
+                self.at_knee = True
                 return False
             if previous is not None:
                 linear = tried / (self.limit - tried)  # the gain if every added slot were real
                 paid = max(1, round(tried * min(1.0, (rate / previous - 1) / linear)))
                 if paid < tried:  # part of it was real: keep that part, then go one at a time
+                    self.at_knee = True
                     self._set(self.limit - tried + paid)
                     self._step, self._resting = 1, self.rest_periods
                     return False
             self._step *= 2
+        elif self._lowering:
+            removed, self._lowering = self._lowering, 0
+            reference = self._reference if self._reference is not None else previous
+            if reference is None or not work_waiting or rate < reference * self.hold:
+                self._set(self.limit + removed)  # the slot was real (or the test was unclear)
+                self._resting, self._reference = 2 * self.rest_periods, None
+                return False
+            self.lowers += 1
+            self._reference = max(reference, rate)
+            self._probe_down = True  # as much work with one fewer: keep it and try another
         elif self._resting:
             self._resting -= 1
             return False
+        if work_waiting and self._probe_down and self.limit > max(self.floor, self.keep):
+            self._probe_down = False
+            if self._reference is None:
+                self._reference = rate
+            self._lowering = 1
+            self._set(self.limit - 1)
+            return False
         if work_waiting and self.limit < self.ceiling:  # it paid (or first try): more
+            self._reference = None
             self._trying = min(self._step, self.ceiling - self.limit)
             self.raises += 1
             self._set(self.limit + self._trying)
@@ -277,5 +351,6 @@ class SlotControl:
         self._cut_at = now
         self.cuts += 1
         self._trying, self._step, self._resting, self._rate = 0, 1, self.rest_periods, None
+        self._lowering, self._probe_down, self._reference = 0, False, None
         self._count, self._units, self._since = 0, 0.0, None
         self._set(self.limit // 2)

@@ -40,7 +40,7 @@ def share_slots(specs: list[ServerSpec], num_actors: int, index: int) -> list[Se
         # slots j in [start, start + slots) with j % num_actors == index
         first = start + (index - start) % num_actors
         count = 0 if first >= start + slots else (start + slots - 1 - first) // num_actors + 1
-        if count:
-            mine.append(replace(spec, max_concurrency=count))
+        if count:  # nothing queued ahead: each actor's share is its part of the total, no more
+            mine.append(replace(spec, max_concurrency=count, queue_ahead=0))
         start += slots
     return mine
