@@ -60,6 +60,9 @@ ERROR_FILES: dict[str, dict[str, bytes]] = {
     "corral run p.jsonl": {"p.jsonl": b'{"prompt": "hi"}\n'},
     "corral analyze gold.csv": {"gold.csv": b"text,label,prob\nGreat film.,pos,0.9\n"},
     "corral analyze cafe.csv": {"cafe.csv": "text,n\r\nLe café est fermé.,1\r\n".encode("cp1252")},
+    "corral run q.jsonl --config bad.toml": {
+        "q.jsonl": b'{"prompt": "hi"}\n',
+        "bad.toml": b'model = "llama3.2"\n[[servers]]\nurl = "http://127.0.0.1:1"\napi = "openai"\nrpm = 1.5\n'},
     "corral analyze in.csv -o out.csv --config c.toml": {
         "in.csv": b"text\nhello\n", "c.toml": b'model = "llama3.2"\noptions = { temprature = 0 }\n'},
 }
@@ -234,3 +237,14 @@ def test_readme_examples_use_the_shipped_files_as_they_are() -> None:
     for match in re.finditer(r'(examples/\w+\.csv)"[^)]*?text_column="(\w+)"', text, re.S):
         assert match.group(2) in columns[match.group(1)], match.group(0)
     assert json.loads((ROOT / "examples/prompts.jsonl").read_text().splitlines()[0])
+
+
+def test_every_fence_in_the_readme_is_a_fence() -> None:
+    """A fence with words after it (a paragraph glued to a closing fence) opens a block that runs to
+    the end of the file, and every example after it silently goes untested."""
+    import re
+
+    fence = re.compile(r"^\s*```[\w-]*\s*$")
+    glued = [number for number, line in enumerate(README.read_text(encoding="utf-8").splitlines(), 1)
+             if line.lstrip().startswith("```") and not fence.match(line)]
+    assert not glued, f"README lines with text after a fence: {glued}"

@@ -26,7 +26,9 @@ class Job:
 
     def __init__(self) -> None:
         self.started = threading.Event()
-        self.cleaned_up = False
+        # Set by the job's own clean-up; waited on, never timed: on a loaded machine the clean-up
+        # may finish after run_sync has re-raised (it goes on in the background then).
+        self.cleaned_up = threading.Event()
         self.thread: str | None = None
 
     async def __call__(self) -> None:
@@ -35,7 +37,7 @@ class Job:
         try:
             await asyncio.Event().wait()
         finally:
-            self.cleaned_up = True
+            self.cleaned_up.set()
 
 
 def _interrupt_main_once(started: threading.Event) -> threading.Thread:
@@ -74,7 +76,7 @@ def test_interrupt_under_a_running_loop_cancels_the_job_on_its_helper_thread() -
     finally:
         loop.close()
     assert job.thread == "corral"
-    assert job.cleaned_up
+    assert job.cleaned_up.wait(30)
 
 
 def test_interrupt_without_a_loop_cancels_the_job() -> None:
@@ -87,7 +89,7 @@ def test_interrupt_without_a_loop_cancels_the_job() -> None:
         outcome = "KeyboardInterrupt"
     presser.join()
     assert outcome == "KeyboardInterrupt"
-    assert job.cleaned_up
+    assert job.cleaned_up.wait(30)
 
 
 def test_results_and_errors_come_back_from_the_helper_thread() -> None:
