@@ -139,8 +139,11 @@ def test_hanging_server_times_out_and_items_move_on(fake_ollama_factory) -> None
     hung = fake_ollama_factory(slots=2)
     good = fake_ollama_factory(slots=2, latency=0.005)
     hung.hang = True
+    # rate_limit_delay=0: OllamaManager's default pause would keep the good server's slots asleep
+    # when a timed-out row is retried, so the hung server's own freed slot could take it back.
     results = corral.batch_generate([f"q{i}" for i in range(30)], model="llama3.2",
-                                    servers=[hung.url, good.url], timeout=0.5, max_concurrent=2)
+                                    servers=[hung.url, good.url], timeout=0.5, max_concurrent=2,
+                                    rate_limit_delay=0)
     assert all(r["success"] for r in results)
     assert all(r["server"] == good.url.removeprefix("http://") for r in results)
     assert hung.completed == 0 and good.completed == 30
