@@ -694,6 +694,14 @@ class Run:
                     self._no_server_since.pop(model, None)
                     continue
                 first_busy = min((s.busy_since for s in serving if s.busy_since is not None), default=now)
+                if serving and all(s.busy_since is not None for s in serving) \
+                        and now - first_busy >= self.settings.max_busy_seconds:
+                    # Every server of the model has answered only "busy" for a row's whole busy
+                    # budget: the rows waiting for them would wait on busy servers too.
+                    self._fail_waiting(model, "busy", (
+                        f"every server of {model} answered busy for {now - first_busy:.0f}s, the most a "
+                        f"row waits for a busy server (max_busy_seconds {self.settings.max_busy_seconds:g})"))
+                    continue
                 since = self._no_server_since.setdefault(model, min(now, first_busy))
                 if now - since < self.settings.max_outage:
                     continue
@@ -704,6 +712,11 @@ class Run:
                         error=f"no live server for {model} for {self.settings.max_outage:g}s ({reasons})",
                         finished_at=time.time(),
                     ))
+
+    def _fail_waiting(self, model: str, kind: str, error: str) -> None:
+        for item in self._queue.take_all(model):
+            self._finish(item, Outcome(request=item.request, attempts=item.attempts, error_kind=kind,
+                                       error=error, finished_at=time.time()))
 
     def _fail_busy_rows(self, now: float) -> None:
         """Rows waiting for another try whose time on busy answers is spent: failed now, not when
