@@ -138,10 +138,6 @@ class WorkQueue(Generic[T]):
         self._size -= len(items)
         return items
 
-    def has_waiter(self, model: str) -> bool:
-        """Whether a slot that takes ``model`` is waiting for work (a `put` now goes to it)."""
-        return any(not fut.done() and accepts(model) for accepts, fut in self._waiters)
-
     def take_retries_if(self, predicate: Callable[[T], bool]) -> list[T]:
         """Remove and return the queued retries (items put in front) that ``predicate`` picks."""
         taken: list[T] = []

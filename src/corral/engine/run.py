@@ -69,10 +69,6 @@ class _Item:
     copies: list[_Copy] = field(default_factory=list)  # attempts in flight: two while hedged
     hedged: bool = False
     finished: bool = False
-    # The server its last attempt timed out or lost its connection on: its retry goes to a slot
-    # of another server that is waiting for work, when there is one (a hung server's own freed
-    # slot would otherwise take it straight back, and a second timeout fails the row).
-    avoid: ServerState | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -364,9 +360,6 @@ class Run:
                     # it first: back in the queue in its place (a retry in front, as before).
                     self._queue.put(item, front=item.attempts > 0)
                     continue
-                if item.avoid is server and self._queue.has_waiter(item.lane):
-                    self._queue.put(item, front=True)  # handed straight to that waiting slot
-                    continue
                 if item.request.model_choices:
                     self._bind_model(server, slot, item)
             if not hedge and self._all_read and self._leave_for_faster(server, item):
@@ -629,8 +622,7 @@ class Run:
             item.failures += 1
             if exc.kind == "timeout":
                 item.timeouts += 1
-            if exc.kind in ("timeout", "connection"):
-                item.avoid = server
+
         if server.on_failure(exc):
             self.fleet.bench(server)
         policy = self.settings.retry
