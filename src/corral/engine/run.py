@@ -622,7 +622,6 @@ class Run:
             item.failures += 1
             if exc.kind == "timeout":
                 item.timeouts += 1
-
         if server.on_failure(exc):
             self.fleet.bench(server)
         policy = self.settings.retry
