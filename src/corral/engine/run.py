@@ -697,14 +697,11 @@ class Run:
                 if now - since < self.settings.max_outage:
                     continue
                 reasons = "; ".join(f"{s.label}: {s.last_error}" for s in serving)
-                for item in self._queue.take_all(model):
-                    self._finish(item, Outcome(
-                        request=item.request, attempts=item.attempts, error_kind="no_server",
-                        error=f"no live server for {model} for {self.settings.max_outage:g}s ({reasons})",
-                        finished_at=time.time(),
-                    ))
+                self._fail_waiting(model, "no_server",
+                                   f"no live server for {model} for {self.settings.max_outage:g}s ({reasons})")
 
     def _fail_waiting(self, model: str, kind: str, error: str) -> None:
+        """Fail every row of ``model`` still waiting in the queue, with one reason."""
         for item in self._queue.take_all(model):
             self._finish(item, Outcome(request=item.request, attempts=item.attempts, error_kind=kind,
                                        error=error, finished_at=time.time()))
