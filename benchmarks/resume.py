@@ -271,7 +271,7 @@ def rerun_figures(label: str, trees: list[Tree], fresh: Callable[[Tree], list[st
         if name in floors:
             row[name] = f"{seconds:.2f}s"
         else:
-            row[name] = f"{seconds:.2f}s = {seconds / floor_seconds:.1f}x floor"
+            row[name] = f"{seconds:.2f}s = {seconds / floor_seconds:.2f}x floor"
             if memory is not None:
                 memory[label][name]["re-run"] = max(r.peak_mb for r in runs)
     row["requests sent by the re-runs"] = str(sent)
@@ -352,7 +352,7 @@ def half_finished(trees: list[Tree], tmp: Path, rows: int, rounds: int, server: 
         if name.startswith("floor"):
             row[name] = f"{seconds:.2f}s (reading the finished half)"
             continue
-        row[name] = (f"{seconds:.2f}s = {seconds / floor_seconds:.1f}x floor "
+        row[name] = (f"{seconds:.2f}s = {seconds / floor_seconds:.2f}x floor "
                      f"({journaled[name]:,} rows in the journal)")
         lines = [line for line in runs[-1].stderr.splitlines() if line.startswith("corral:")]
         said[name] = "yes: " + next((line[:110] for line in lines if "skipping" in line), "") if any(

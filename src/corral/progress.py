@@ -11,16 +11,16 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import TextIO
-
-from rich.console import Console, Group
-from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from typing import TYPE_CHECKING, TextIO
 
 from .engine import Engine, JobStats
 from .manifest import server_cost
 from .notebook import NotebookProgress, in_kernel
+
+if TYPE_CHECKING:  # rich is imported where a bar or a table is drawn: log lines need none of it
+    from rich.console import Group
+    from rich.live import Live
+    from rich.table import Table
 
 
 def _rate(stats: JobStats) -> float:
@@ -92,6 +92,10 @@ class ProgressDisplay:
 
     async def __aenter__(self) -> ProgressDisplay:
         if self.mode == "bar":
+            from rich.console import Console
+            from rich.live import Live
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
             # Rows: the detail line has the engine's ETA (by estimated cost); other counts, rich's.
             self._progress = Progress(
                 TextColumn("[bold]corral"), BarColumn(), MofNCompleteColumn(),
@@ -121,6 +125,9 @@ class ProgressDisplay:
             self._live.stop()
 
     def _render(self) -> Group:
+        from rich.console import Group
+        from rich.table import Table
+
         s = self.engine.stats
         done, total, detail = self.counter()
         self._progress.update(self._bar, total=total, completed=done, detail=detail)
@@ -149,6 +156,8 @@ def summary_table(engine: Engine) -> Table:
     ``requests`` counts every copy sent: ``ok + errors + cancelled`` of them ended (a hedged row's
     losing copy is cancelled, not failed), and ``hedged`` says how many were tail copies of rows a
     slower server held."""
+    from rich.table import Table
+
     s = engine.stats
     elapsed = max(s.elapsed, 1e-9)
     table = Table(title=f"corral: {s.ok} ok, {s.failed} failed, {s.cached} cached "

@@ -113,8 +113,6 @@ def run_command(
     import shutil
     from contextlib import ExitStack
 
-    from rich.console import Console
-
     from ..gpu import NO_GPU_NOTE, gpu_summary
     from ..jobs import default_store_path, open_sinks, run_prompt_file, scan_once
     from ..manifest import ManifestRecorder, manifest_path
@@ -255,6 +253,8 @@ def run_command(
             recorder.update(reproduction={"manifest": str(reproduce), **comparison.as_dict()})
 
     stats = result.stats
+    from rich.console import Console  # here, not above: it is drawn once the job is done
+
     err = Console(file=sys.stderr, width=None if sys.stderr.isatty() else 120)
     for message in result.unreachable:
         err.print(f"[yellow]corral: skipped unreachable server {message}[/yellow]", highlight=False)

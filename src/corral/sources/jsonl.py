@@ -91,6 +91,12 @@ class PromptFile:
         self.path = Path(path)
         self.defaults = defaults
         self.fmt = _detect_format(self.path, fmt)
+        self._where = str(self.path)
+        self._default_options = canonical_options(defaults.options)
+        # A line of only a prompt (and an id) takes the short way in _request when the defaults
+        # alone make it valid: most prompt files, and every row a resume skips over.
+        self._plain_ok = bool(defaults.model) and isinstance(defaults.model, str) and (
+            defaults.system is None or isinstance(defaults.system, str))
         self.skip_invalid = skip_invalid
         self._bad_lines: set[int] = set()
         self._explicit_ids = _SeenIds()
@@ -197,7 +203,7 @@ class PromptFile:
 
     # -- parsing ------------------------------------------------------------------------------------
     def _parse(self, number: int, text: str | _Bad) -> Request:
-        where = str(self.path)
+        where = self._where
         if isinstance(text, _Bad):
             raise InputError(where, number, text.problem)
         if self.fmt == "text":
@@ -215,8 +221,18 @@ class PromptFile:
         return self._request(number, data)
 
     def _request(self, number: int, data: dict[str, Any]) -> Request:
-        where = str(self.path)
         d = self.defaults
+        if self._plain_ok and "prompt" in data and data.keys() <= _PLAIN_LINE:
+            prompt, explicit = data["prompt"], data.get("id")
+            if type(prompt) is str and (explicit is None or type(explicit) in (str, int)):
+                user = {"role": "user", "content": prompt}
+                return Request(
+                    index=0, id=str(explicit) if explicit is not None else self._implicit_id(number),
+                    model=d.model,  # type: ignore[arg-type]  # _plain_ok: a str
+                    messages=[{"role": "system", "content": d.system}, user] if d.system else [user],
+                    options=dict(self._default_options), format=d.format, endpoint=d.endpoint,
+                    keep_alive=d.keep_alive, meta={"line": number, "explicit_id": explicit is not None})
+        where = self._where
         system = data.get("system", d.system)
         if system is not None and not isinstance(system, str):
             raise InputError(where, number, f"system must be a string, not {_kind(system)}")
@@ -245,8 +261,12 @@ class PromptFile:
         model = data.get("model", d.model)
         if not model or not isinstance(model, str):
             raise InputError(where, number, "no model: give --model, model = in the config, or a model field")
-        options = data.get("options", {})
-        if not isinstance(options, dict):
+        options = data.get("options", self._default_options)
+        if options is self._default_options:  # most lines: the defaults, canonical once for the whole file
+            merged = dict(self._default_options)
+        elif isinstance(options, dict):
+            merged = canonical_options({**self.defaults.options, **options})
+        else:
             raise InputError(where, number, "options must be an object")
         explicit = data.get("custom_id", data.get("id"))
         if explicit is not None and (not isinstance(explicit, (str, int)) or isinstance(explicit, bool)):
@@ -256,7 +276,7 @@ class PromptFile:
             id=str(explicit) if explicit is not None else self._implicit_id(number),
             model=model,
             messages=built,
-            options=canonical_options({**d.options, **options}),
+            options=merged,
             format=data.get("format", d.format),
             endpoint=d.endpoint,
             keep_alive=data.get("keep_alive", d.keep_alive),
@@ -336,6 +356,9 @@ class PromptFile:
 
 
 _LINE_LIKE = re.compile(r"~*[0-9]+")
+
+
+_PLAIN_LINE = frozenset({"prompt", "id"})
 
 
 class _SeenIds:
