@@ -9,6 +9,7 @@ window shrunk so the test does not wait a minute. Nothing here reads how long an
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 
 import pytest
@@ -157,6 +158,23 @@ def test_the_rpm_flag_is_checked_with_its_name(tmp_path) -> None:
                     "-m", "m", "--rpm", "0")
     assert result.returncode == 2
     assert "--rpm must be a positive whole number per minute" in result.stderr
+
+
+def test_the_summary_and_the_manifest_say_what_the_limit_did(tmp_path, fake_ollama_factory) -> None:
+    # 5 rows at --rpm 600: one start every 0.1 s, so the limiter holds slots back; its counters,
+    # not how long it took, are what the summary's caption and the manifest report.
+    server = fake_ollama_factory(api="openai")
+    prompts = tmp_path / "p.jsonl"
+    write_jsonl(prompts, [{"prompt": f"q{i}"} for i in range(5)])
+    output = tmp_path / "out.jsonl"
+    result = corral("run", str(prompts), "-o", str(output), "-s", server.url, "--api", "openai",
+                    "-m", "llama3.2", "--rpm", "600", "--no-hedge")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(output.with_name("out.jsonl.manifest.json").read_text())["per_server"][0]["rate_limit"]
+    assert figures["rpm"] == 600 and figures["tpm"] is None
+    assert figures["started"] == 5 and figures["refused"] == 0 and figures["held"] >= 1
+    assert figures["peak_requests_per_minute"] == 5
+    assert "600 rpm: 5 started, held back" in " ".join(result.stderr.split())
 
 
 # -- end to end: the engine keeps to them ----------------------------------------------------------

@@ -36,6 +36,7 @@ from .secrets import REDACTED, redact_url
 
 if TYPE_CHECKING:
     from .engine import Engine, EngineSettings
+    from .engine.rates import RateLimiter
     from .store import Store
 
 MANIFEST_FORMAT = 1
@@ -327,9 +328,18 @@ def _figures(engine: Engine) -> dict[str, Any]:
                         "busy_seconds": round(s.stats.busy_seconds, 3), "benched": s.stats.benched,
                         # slots per model as learnt by the end (they start at the "slots" above)
                         "learnt_slots": {m: c.limit for m, c in s.controls.items()},
-                        **server_cost(s.spec, s.stats.prompt_tokens, s.stats.completion_tokens)}
+                        **server_cost(s.spec, s.stats.prompt_tokens, s.stats.completion_tokens),
+                        **({"rate_limit": rate_limit_figures(s.rates)} if s.rates is not None else {})}
                        for s in engine.servers],
     }
+
+
+def rate_limit_figures(limiter: RateLimiter) -> dict[str, Any]:
+    """What a server's rate limiter did: its budgets and its counters (never how long it waited)."""
+    return {"rpm": limiter.rpm, "tpm": limiter.tpm, "started": limiter.admitted,
+            "held": limiter.held, "refused": limiter.refused, "paused": limiter.pauses,
+            "peak_requests_per_minute": limiter.peak_requests,
+            "peak_tokens_per_minute": limiter.peak_tokens}
 
 
 def server_cost(spec: ServerSpec, prompt_tokens: int, completion_tokens: int) -> dict[str, float]:

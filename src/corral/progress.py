@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # rich is imported where a bar or a table is drawn: log lines
     from rich.live import Live
     from rich.table import Table
 
+    from .engine.rates import RateLimiter
+
 
 def _rate(stats: JobStats) -> float:
     return stats.rate
@@ -176,4 +178,19 @@ def summary_table(engine: Engine) -> Table:
                       str(st.prompt_tokens),
                       str(st.completion_tokens), f"{st.completion_tokens / elapsed:.1f}", gen,
                       *((f"{cost:.4f}" if cost is not None else "-",) if priced else ()))
+    limited = [rate_limit_line(srv.label, srv.rates) for srv in engine.servers
+               if srv.rates is not None and (srv.rates.limits or srv.rates.pauses)]
+    if limited:
+        table.caption = "\n".join(limited)
     return table
+
+
+def rate_limit_line(label: str, limiter: RateLimiter) -> str:
+    """One server's rate limiting in words: its budgets, how often they held a slot back, and the
+    busiest minute (so a slow run says it was the limit, not the server)."""
+    budgets = ", ".join(f"{value:,} {name}" for name, value in (("rpm", limiter.rpm), ("tpm", limiter.tpm))
+                        if value)
+    said = f"; paused {limiter.pauses}x on the server's word" if limiter.pauses else ""
+    return (f"{label}: {budgets or 'no configured limit'}: {limiter.admitted:,} started, held back "
+            f"{limiter.held:,}x, busiest minute {limiter.peak_requests:,} requests / "
+            f"{limiter.peak_tokens:,} tokens{said}")
