@@ -189,6 +189,35 @@ def test_duplicate_ids_are_refused_past_the_ids_kept_in_memory(tmp_path: Path, m
     assert PromptFile(tmp_path / "ok.jsonl", Defaults(model="llama3.2")).scan().rows == 40
 
 
+def test_ids_kept_on_disk_are_closed_cleanly_from_another_thread(monkeypatch) -> None:
+    """A notebook's job scans on its own thread; the ids' temporary file is closed wherever the
+    scan is collected, without an "SQLite objects created in a thread" error at exit."""
+    import gc
+    import sys
+    import threading
+
+    from corral.sources import jsonl
+
+    monkeypatch.setattr(jsonl._SeenIds, "IN_MEMORY", 10)
+    made: list[jsonl._SeenIds] = []
+
+    def scan() -> None:
+        seen = jsonl._SeenIds()
+        for i in range(40):
+            assert seen.add(f"r{i}")
+        assert not seen.add("r3")
+        made.append(seen)
+
+    worker = threading.Thread(target=scan)
+    worker.start()
+    worker.join()
+    unraisable: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    made.clear()
+    gc.collect()
+    assert unraisable == []
+
+
 def test_a_kept_scan_keeps_implicit_ids_clear_of_explicit_ones(tmp_path: Path) -> None:
     """Line 1 has no id and line 2's explicit id is "1": line 1 is "~1", also on a re-run that takes
     the scan kept in the journal instead of scanning again."""

@@ -379,7 +379,9 @@ class _SeenIds:
                 return False
             self._set.add(item)
             if len(self._set) >= self.IN_MEMORY:
-                self._db = sqlite3.connect("")  # a private temporary file
+                # A private temporary file, used by one thread at a time but closed wherever the
+                # scan is collected (a notebook's job scans on a thread of its own).
+                self._db = sqlite3.connect("", check_same_thread=False)
                 self._db.execute("CREATE TABLE ids (id TEXT PRIMARY KEY) WITHOUT ROWID")
                 self._db.executemany("INSERT INTO ids VALUES (?)", ((i,) for i in self._set))
                 self._set = set()
