@@ -119,9 +119,7 @@ class TableRunner:
         self.skipped_count = 0
         self.rows_read = 0         # rows planned so far
         self.requests_planned = 0  # requests made for the rows read so far
-        self.most_rows_held = 0    # the most rows of unwritten chunks held at once
         self._pending: deque[_Chunk] = deque()
-        self._rows_held = 0
         self._mid_chunk = False   # requests of the last chunk read are still being handed out
         self._checks: dict[tuple[Any, ...], AnswerCheck] = {}
 
@@ -133,8 +131,6 @@ class TableRunner:
             chunk = _Chunk(frame)
             results = chunk.results
             self._pending.append(chunk)
-            self._rows_held += len(frame)
-            self.most_rows_held = max(self.most_rows_held, self._rows_held)
             self._mid_chunk = True
             sent = 0
             held: Request | None = None  # handed out one behind, so the chunk's last is known as such
@@ -226,7 +222,6 @@ class TableRunner:
     def _drain(self) -> None:
         while self._pending and self._pending[0].done():
             chunk = self._pending.popleft()
-            self._rows_held -= len(chunk.frame)
             self.emit(self.finish(chunk.frame, chunk.results))
 
     def close(self, complete: bool = True) -> None:
