@@ -18,7 +18,7 @@ at the end). Figures, one column per tree:
 * a half-finished job: the time from starting the process to the first new request reaching the
   server, against the floor reading the finished half; and whether the progress line said it was
   skipping before that (``--progress log`` with a 0.1 s interval).
-* peak RSS (the child's own, from wait4) of ``run`` and ``fill`` and their re-runs at each of
+* peak RSS (the child's own, from wait4) of ``run``, ``fill`` and ``analyze`` (CSV) and their re-runs at each of
   ``--memory-rows``, and the ratio of the largest to the smallest.
 * journal bytes per output byte after a finished ``run`` and ``fill``.
 
@@ -427,7 +427,7 @@ def main() -> None:
         for kind in ("fill", "analyze"):
             if kind in skip:
                 continue
-            sizes_here = sorted(set(rows) | set(memory_rows)) if kind == "fill" else table_rows
+            sizes_here = sorted(set(rows if kind == "fill" else table_rows) | set(memory_rows))
             for n in sizes_here:
                 for suffix in ("csv", "parquet"):
                     if suffix == "parquet" and n not in (rows if kind == "fill" else table_rows):
@@ -459,7 +459,7 @@ def main() -> None:
                     rerun_figures(label, trees, table_args, table_args, floors,
                                   args.rounds if n in (rows if kind == "fill" else table_rows) else 1,
                                   fields if kind == "fill" else prose, out,
-                                  memory if kind == "fill" and suffix == "csv" else None,
+                                  memory if suffix == "csv" else None,
                                   table_sizes if kind == "fill" and suffix == "csv" else None)
                     for tree in trees:
                         for leftover in tmp.glob(f"{kind}-{tree.name}-{n}.{suffix}*"):
@@ -471,7 +471,7 @@ def main() -> None:
         if "half" not in skip:
             half_finished(trees, tmp, args.half_rows, args.rounds, prose, out)
 
-        for kind in ("run, JSONL", "fill, CSV"):
+        for kind in ("run, JSONL", "fill, CSV", "analyze, CSV"):
             for phase in ("fresh", "re-run"):
                 row = out.setdefault(f"peak RSS, {kind}, {phase}", {})
                 for tree in trees:

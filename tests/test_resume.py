@@ -21,9 +21,10 @@ from corral.progress import skipping
 from corral.report.data import load
 from corral.settings import resolve
 from corral.store import SCHEMA_VERSION
+from corral.tables.analysis import build_runner
 from corral.tables.fill import FillPlan
 from corral.tables.job import Where, run_table_file
-from corral.tables.runner import MAX_PENDING_CHUNKS, TableRunner
+from corral.tables.runner import MAX_PENDING_CHUNKS, Answer, RowResult, TableRunner
 from tests.conftest import corral, read_jsonl, write_jsonl, write_prompts
 from tests.fakes import FakeServer
 
@@ -229,3 +230,51 @@ def test_a_kept_scan_keeps_implicit_ids_clear_of_explicit_ones(tmp_path: Path) -
             assert done.returncode == 0, done.stderr
             assert [row["id"] for row in read_jsonl(tmp_path / "out.jsonl")] == ["~1", "1"]
         assert len(server.requests) == 2
+
+
+def test_a_table_job_builds_requests_as_the_engine_reads_them(tmp_path: Path) -> None:
+    """An analysis asks about every row: a chunk's rows are planned only as the engine takes them
+    (at most its read-ahead window, 2,048 rows, ahead of the answers passed on), not a whole
+    chunk of requests at once, and an answered row keeps only its Answer until the chunk is written."""
+    rows, chunk = 6000, 3000
+    pd.DataFrame({"title_en": [f"event {i}" for i in range(rows)]}).to_csv(tmp_path / "in.csv", index=False)
+    ahead: list[int] = []
+    kept: list[type] = []
+
+    with FakeServer(slots=4) as server:
+        def build(columns: list[str], emit) -> TableRunner:
+            runner = build_runner(columns, emit, text_column="title_en", models=("llama3.2",), fanout=False,
+                                  prompt_template=None, json_keys=None, json_schema=None, system=None,
+                                  options={})
+            plan, finish, write = runner.plan, runner.finish, runner.write
+            answered = [0]
+
+            class Counted:
+                reads = plan.reads
+
+                def __call__(self, row):
+                    ahead.append(runner.rows_read - answered[0])
+                    return plan(row)
+
+            def counted(outcome) -> None:
+                answered[0] += 1
+                write(outcome)
+
+            def finished(frame: pd.DataFrame, results: list[RowResult]) -> pd.DataFrame:
+                kept.extend(type(r.answers) for r in results)
+                return finish(frame, results)
+
+            runner.plan, runner.finish, runner.write = Counted(), finished, counted  # type: ignore[method-assign]
+            return runner
+
+        job = resolve(servers=[server.url])
+        report = asyncio.run(run_table_file(
+            tmp_path / "in.csv", tmp_path / "out.csv", build=build, describe=None, where=Where(job=job),
+            chunk_size=chunk, progress="none"))
+        assert len(server.requests) == rows
+    assert report.written == rows and len(ahead) == rows
+    # the window, the row being planned and the one handed out a step behind; a whole chunk
+    # planned at once was 3,000 rows ahead
+    assert max(ahead) <= 2048 + 2, max(ahead)
+    assert set(kept) == {Answer}
+    assert pd.read_csv(tmp_path / "out.csv")["response"].notna().all()

@@ -327,3 +327,21 @@ def test_excel_without_openpyxl_says_what_to_install(tmp_path: Path,
         read_table(path)
     with pytest.raises(UsageError, match="pip install openpyxl"):
         TableWriter(tmp_path / "out.xlsx")
+
+
+def test_a_csv_chunk_longer_than_a_slice_is_written_whole_with_one_header(tmp_path: Path, monkeypatch) -> None:
+    """A chunk goes out in slices (CSV_SLICE_ROWS rows): one header, every row, formulas neutralized
+    and a bare carriage return quoted in whichever slice they fall."""
+    monkeypatch.setattr("corral.sinks.tables.CSV_SLICE_ROWS", 4)
+    frame = pd.DataFrame({"id": [str(i) for i in range(10)],
+                          "text": ["=1+1" if i == 6 else "a\rb" if i == 9 else f"row {i}" for i in range(10)]})
+    out = tmp_path / "out.csv"
+    with TableWriter(out) as writer:
+        writer.write(frame)
+        writer.write(frame.iloc[:0])
+        writer.write(frame.iloc[:3])
+    lines = out.read_text(encoding="utf-8").split("\n")
+    assert lines[0] == "id,text" and lines.count("id,text") == 1
+    back = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert back["id"].tolist() == [str(i) for i in range(10)] + ["0", "1", "2"]
+    assert back["text"][6] == "'=1+1" and back["text"][9] == "a\rb"

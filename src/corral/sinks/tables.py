@@ -76,6 +76,10 @@ def _neutralize_cell(value: Any) -> Any:
 
 
 
+#: Rows of a chunk written to a CSV or TSV at a time.
+CSV_SLICE_ROWS = 2048
+
+
 class TableWriter:
     """Write a table chunk by chunk, in the format of the output's extension.
 
@@ -194,6 +198,13 @@ class TableWriter:
         return frame.reindex(columns=self._columns)
 
     def _write_csv(self, frame: pd.DataFrame) -> None:
+        """In slices of `CSV_SLICE_ROWS`: the text cells' copies made on the way out (formulas
+        neutralized, pandas' strings boxed for the csv module) then take the memory of a slice,
+        not of the chunk (an analysis's chunk of 20,000 answers doubled its peak otherwise)."""
+        for start in range(0, max(len(frame), 1), CSV_SLICE_ROWS):
+            self._write_csv_slice(frame.iloc[start:start + CSV_SLICE_ROWS])
+
+    def _write_csv_slice(self, frame: pd.DataFrame) -> None:
         frame = nested_to_json(frame)
         if self.neutralize:
             frame = neutralize_formulas(frame)

@@ -126,12 +126,12 @@ def fill_columns(frame: pd.DataFrame, results: list[RowResult], plan: FillPlan,
         errors: list[Any] = []
         answered_by: list[Any] = []
         for result in results:
-            outcome = result.outcomes.get(name)
-            parsed, error, _ = parse_outcome(outcome, result.plan)
+            answer = result.answer(name)
+            parsed, error, _ = parse_outcome(answer, result.plan)
             if result.skipped and result.skipped != "nothing missing":
                 error = f"not sent: {result.skipped}"
             errors.append(error)
-            answered_by.append(outcome.request.model if outcome else None)
+            answered_by.append(answer.model if answer else None)
             asked = result.plan.keys if result.plan else ()
             for field in plan.fields:
                 values[field].append(parsed.get(field) if field in (asked or ()) and error is None else None)
