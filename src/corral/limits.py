@@ -16,6 +16,12 @@ from typing import Any
 #: ``-j 1000000000`` would otherwise grow to gigabytes before the first request.
 MAX_SLOTS_PER_SERVER = 4096
 
+#: Rows a table job reads, holds and writes at a time (``--chunk-size``, ``chunk_size=``). A job
+#: holds at most a few chunks whatever the table's length, so this sets its memory plateau: at
+#: 10,000 rows a 10,000-row table already holds a whole chunk, and a table of a million rows holds
+#: no more than ~1.15x that (benchmarks/resume.py; 20,000-row chunks made it 1.22x).
+CHUNK_ROWS = 10_000
+
 
 def slots_problem(value: Any) -> str | None:
     """Why ``value`` is not a number of slots per server, or None when it is one."""

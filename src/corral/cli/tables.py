@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from ..errors import UsageError
+from ..limits import CHUNK_ROWS
 from . import app
 from .common import (
     API_KEY_ENV_HELP,
@@ -85,7 +86,8 @@ def analyze_command(
                                              help="Most tokens per answer."),
     id_column: Optional[str] = typer.Option(None, "--id-column",
         help="Column of row ids for the journal [default: the row number]."),
-    chunk_size: int = typer.Option(20_000, "--chunk-size", "--chunk_size", help="Rows read (and written) at a time."),
+    chunk_size: int = typer.Option(CHUNK_ROWS, "--chunk-size", "--chunk_size",
+                                   help="Rows read (and written) at a time."),
     json_retries: int = typer.Option(2, "--json-retries", help="Re-asks when the answer is not valid JSON."),
     store: Optional[str] = typer.Option(None, "--store", help="Journal [<output>.corral.db]."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds per request attempt."),
@@ -185,7 +187,8 @@ def fill_command(
         help="Requests at once on a server, never more [default: 3, or the config's max_concurrency]."),
     max_concurrent_calls: Optional[int] = typer.Option(None, "--max-concurrent-calls", "--max_concurrent_calls",
                                                       help="Cap on requests in flight over all servers."),
-    chunk_size: int = typer.Option(20_000, "--chunk-size", "--chunk_size", help="Rows read (and written) at a time."),
+    chunk_size: int = typer.Option(CHUNK_ROWS, "--chunk-size", "--chunk_size",
+                                   help="Rows read (and written) at a time."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "--batch_size", hidden=True,
         help="Ollama-run-async's prompts per worker: accepted, unneeded (corral's slots do this)."),
     option: list[str] = typer.Option([], "--option", "-O", metavar="NAME=VALUE",

@@ -24,6 +24,7 @@ import pandas as pd
 
 from ..config import OPENAI_KEY_ENV, ServerSpec
 from ..errors import UsageError
+from ..limits import CHUNK_ROWS
 from ..sinks.output import write_whole
 from ..sources.tables import batch_frame, open_parquet, read_table_chunks
 from .worker import ActorEngine, TableJob, actor_settings, fleet_key, my_share, resolve_fleet
@@ -163,7 +164,7 @@ class PartitionWorker:
     reported in the stats' ``error``, leaves no output, and stays pending for the next run."""
 
     def __init__(self, *, fleet: list[Any], num_actors: int, job: TableJob, settings: dict[str, Any],
-                 chunk_size: int = 20_000) -> None:
+                 chunk_size: int = CHUNK_ROWS) -> None:
         self.job = job
         self.chunk_size = chunk_size
         self.index, servers = my_share(fleet, num_actors, fleet_key(fleet, num_actors, "run"))
@@ -224,7 +225,7 @@ def connect(address: str) -> bool:
 
 def run_files(inputs: list[str], output: str, *, address: str, job: TableJob, config: Any = None,
               servers: Any = None, api: str = "ollama", workers: int | None = None,
-              num_actors: int | None = None, output_format: str = "parquet", chunk_size: int = 20_000,
+              num_actors: int | None = None, output_format: str = "parquet", chunk_size: int = CHUNK_ROWS,
               timeout: float | None = None, max_attempts: int | None = None, max_json_retries: int = 2,
               progress: str = "auto", actor_cpus: float = 1.0,
               rows_per_partition: int | None = 1_000_000) -> list[PartitionStats]:

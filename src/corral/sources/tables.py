@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import InputError, UsageError
+from ..limits import CHUNK_ROWS
 from .delimited import SEPARATORS, check_encoding, csv_chunks
 from .excel import excel_chunks, excel_row_count
 from .jsonl import wide_encoding
@@ -89,7 +90,7 @@ def check_input(path: PathLike) -> Path:
     return p
 
 
-def read_table_chunks(path: PathLike, chunk_size: int = 20_000, columns: Sequence[str] | None = None,
+def read_table_chunks(path: PathLike, chunk_size: int = CHUNK_ROWS, columns: Sequence[str] | None = None,
                       fmt: str | None = None, encoding: str | None = None) -> Iterator[pd.DataFrame]:
     """Yield the table at ``path`` as DataFrames of at most ``chunk_size`` rows.
 

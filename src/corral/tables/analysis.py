@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import UsageError
+from ..limits import CHUNK_ROWS
 from ..manifest import ManifestRecorder, manifest_path
 from ..options import checked_keywords
 from ..runtime import run_sync
@@ -112,7 +113,7 @@ async def run_analysis_async(
     json_keys: JsonKeys = None, fanout: bool = False, json_schema: Any = None,
     system: str | None = None, servers: Any = None, local: bool = False, config: ConfigLike | None = None,
     api: str = "ollama", store: str | os.PathLike[str] | Store | None = None, max_json_retries: int = 2,
-    timeout: float | None = None, progress: bool | str = True, chunk_size: int = 20_000,
+    timeout: float | None = None, progress: bool | str = True, chunk_size: int = CHUNK_ROWS,
     manifest: str | os.PathLike[str] | None = None, column_prefix: str = "",
     extra_options: dict[str, Any] | None = None, **options: Any,
 ) -> Any:
@@ -217,7 +218,7 @@ async def analyze_file_async(
     json_keys: JsonKeys = None, json_schema: Any = None, fanout: bool = False,
     system: str | None = None, servers: ServerLike | Sequence[ServerLike] | None = None,
     config: ConfigLike | None = None, api: str = "ollama", local: bool = False, workers: int | None = DEFAULT_WORKERS,
-    max_concurrent_calls: int | None = None, id_column: str | None = None, chunk_size: int = 20_000,
+    max_concurrent_calls: int | None = None, id_column: str | None = None, chunk_size: int = CHUNK_ROWS,
     max_json_retries: int = 2, store: str | os.PathLike[str] | None = None,
     timeout: float | None = None, neutralize_formulas: bool = True, progress: bool | str = True,
     argv: list[str] | None = None, column_prefix: str = "", encoding: str | None = None,

@@ -18,6 +18,7 @@ import pandas as pd
 
 from ..engine import JobStats
 from ..errors import UsageError
+from ..limits import CHUNK_ROWS
 from ..manifest import ManifestRecorder, manifest_path
 from ..options import checked_keywords
 from ..runtime import run_sync
@@ -187,7 +188,7 @@ async def fill_missing_fields_async(
     local: bool = False, config: ConfigLike | None = None, api: str = "ollama",
     store: str | os.PathLike[str] | Store | None = None,
     max_json_retries: int = 2, timeout: float | None = None, progress: bool | str = True,
-    chunk_size: int = 20_000, manifest: str | os.PathLike[str] | None = None, column_prefix: str = "",
+    chunk_size: int = CHUNK_ROWS, manifest: str | os.PathLike[str] | None = None, column_prefix: str = "",
     extra_options: dict[str, Any] | None = None, **options: Any,
 ) -> Any:
     """The async twin of `fill_missing_fields`."""
@@ -265,7 +266,7 @@ def fill_missing_fields(df: Any, title_col: str = "title_en",
 
 @checked_keywords()
 async def fill_file_async(
-    input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], *, chunk_size: int = 20_000,
+    input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], *, chunk_size: int = CHUNK_ROWS,
     title_col: str = "title_en", json_fields: JsonKeys = ("Occasion", "Institution", "City"),
     col_map: dict[str, str] | None = None, model_names: str | Sequence[str] = "llama3.2",
     fanout: bool = False, workers: int | None = DEFAULT_WORKERS, max_concurrent_calls: int | None = None,
@@ -305,7 +306,8 @@ async def fill_file_async(
 
 @checked_keywords(fill_file_async)
 def fill_missing_fields_from_csv(
-    input_csv: str, output_csv: str = "out.csv", chunk_size: int = 20_000, workers: int | None = DEFAULT_WORKERS,
+    input_csv: str, output_csv: str = "out.csv", chunk_size: int = 20_000,  # Ollama-run-async's default
+    workers: int | None = DEFAULT_WORKERS,
     batch_size: int = 4, title_col: str = "title_en",
     json_fields: JsonKeys = ("Occasion", "Institution", "City"),
     col_map: dict[str, str] | None = None, model_names: str | Sequence[str] = "llama3.2",

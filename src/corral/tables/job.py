@@ -23,6 +23,7 @@ from ..engine import Engine, JobStats
 from ..engine.run import Total
 from ..errors import UsageError
 from ..jobs import default_store_path
+from ..limits import CHUNK_ROWS
 from ..manifest import ManifestRecorder, file_facts
 from ..runner import run_requests
 from ..settings import Settings
@@ -116,7 +117,7 @@ def like_input(original: Any, out: pd.DataFrame) -> Any:
 
 async def run_table_frame(
     df: Any, *, build: RunnerFactory, describe: ManifestFactory | None, where: Where, per_row: int = 1,
-    store: str | os.PathLike[str] | Store | None = None, chunk_size: int = 20_000,
+    store: str | os.PathLike[str] | Store | None = None, chunk_size: int = CHUNK_ROWS,
     max_concurrent_calls: int | None = None, max_json_retries: int = 2, progress: str = "auto",
     empty: Callable[[pd.DataFrame, TableRunner], pd.DataFrame] | None = None,
 ) -> tuple[pd.DataFrame, TableRunner, ManifestRecorder | None]:
@@ -160,7 +161,7 @@ class TableFileReport:
 async def run_table_file(
     input: str | os.PathLike[str], output: str | os.PathLike[str], *, build: RunnerFactory,
     describe: ManifestFactory | None, where: Where, required: Sequence[str] = (), per_row: int = 1,
-    store: str | os.PathLike[str] | Store | None = None, chunk_size: int = 20_000,
+    store: str | os.PathLike[str] | Store | None = None, chunk_size: int = CHUNK_ROWS,
     neutralize_formulas: bool = True, max_concurrent_calls: int | None = None,
     max_json_retries: int = 2, progress: str = "auto", argv: list[str] | None = None,
     chunks: Iterable[pd.DataFrame] | None = None, rows: int | None = None, encoding: str | None = None,
