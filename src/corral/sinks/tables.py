@@ -55,14 +55,18 @@ def neutralize_formulas(df: pd.DataFrame) -> pd.DataFrame:
         if column.dtype == object:
             out.isetitem(i, column.map(_neutralize_cell))
         elif pd.api.types.is_string_dtype(column.dtype):
-            risky = (column.str.match(_FORMULA_START, na=False)
-                     & ~column.str.match(_PLAIN_NUMBER, na=False))
+            # _FORMULA_START by the first character (a vectorised slice, not a regex per chunk);
+            # the plain-number regex only when some cell starts like a formula.
+            risky = column.str.slice(0, 1).isin(_RISKY_FIRST_LIST).fillna(False).astype(bool)
+            if risky.any():
+                risky &= ~column.str.match(_PLAIN_NUMBER, na=False)
             if risky.any():
                 out.isetitem(i, column.where(~risky, "'" + column))
     return out
 
 
 _RISKY_FIRST = frozenset("=+-@\t\r")  # the characters _FORMULA_START matches, for a quick first look
+_RISKY_FIRST_LIST = sorted(_RISKY_FIRST)
 _PLAIN_NUMBER_RE = re.compile(_PLAIN_NUMBER)
 
 
