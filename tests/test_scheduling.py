@@ -88,6 +88,23 @@ def test_hedge_gain_asks_for_a_clear_win() -> None:
     assert hedge_gain(now=105, started=100, theirs=None, mine=2, margin=1.5) == 3
 
 
+def test_a_timeout_allows_for_the_longest_answer_seen_not_the_mean() -> None:
+    """With no num_predict an answer may run to several times the model's mean: the embedded
+    model's README example (answers of 22 to 491 tokens) lost two rows to timeouts taken from the
+    mean on a busy machine. The timeout's estimate reads the longest answer the model has given."""
+    speeds = Speeds()
+    free = _request(0, model="m")
+    for tokens in [100] * 9 + [1000] + [100] * 5:
+        cost = speeds.cost(free)
+        speeds.observe(1, free, cost, cost * 0.01, output_tokens=tokens)   # 10 ms per cost unit
+    assert speeds.expected_output(free) < 400           # the mean, pulled back towards 100
+    assert speeds.timeout_cost(free) >= 1000            # the longest seen
+    expected = speeds.expected_seconds(1, "m", speeds.timeout_cost(free))
+    assert expected is not None and expected >= 10.0   # 1000 tokens at 10 ms
+    capped = _request(1, model="m", num_predict=50)     # a stated length is the length
+    assert speeds.timeout_cost(capped) == speeds.cost(capped)
+
+
 def test_timeout_policy_fixed_overrides_else_scaled_and_clamped() -> None:
     assert TimeoutPolicy(fixed=7).seconds(1000) == 7
     policy = TimeoutPolicy(floor=30, ceiling=900, factor=4, default=300)

@@ -50,6 +50,7 @@ class Speeds:
 
     output_tokens: dict[str, float] = field(default_factory=dict)
     seconds_per_unit: dict[tuple[int, str], float] = field(default_factory=dict)
+    longest_output: dict[str, float] = field(default_factory=dict)  # per model, answers of no stated length
 
     def expected_output(self, request: Any) -> float:
         """The user's num_predict when given (their statement of the length), else the model's mean."""
@@ -64,6 +65,15 @@ class Speeds:
             return prompt_tokens(request) * PREFILL_WEIGHT + 1.0
         return prompt_tokens(request) * PREFILL_WEIGHT + self.expected_output(request)
 
+    def timeout_cost(self, request: Any) -> float:
+        """The cost a timeout should allow for: with no stated length, the longest answer the
+        model has given so far rather than its mean. Free answers vary tenfold (the embedded model's
+        README prompts: 22 to 491 tokens), and a timeout from the mean cut the long ones, twice."""
+        cost = self.cost(request)
+        if _num_predict(request.options) is None:
+            cost += max(0.0, self.longest_output.get(request.model, 0.0) - self.expected_output(request))
+        return cost
+
     def observe(self, server_id: int, request: Any, cost: float, seconds: float,
                 output_tokens: int | None) -> None:
         """Learn from one answered attempt (its cost as estimated when it was sent)."""
@@ -71,6 +81,8 @@ class Speeds:
             old = self.output_tokens.get(request.model)
             self.output_tokens[request.model] = (
                 float(output_tokens) if old is None else old + SPEED_ALPHA * (output_tokens - old))
+            self.longest_output[request.model] = max(self.longest_output.get(request.model, 0.0),
+                                                     float(output_tokens))
         key = (server_id, request.model)
         sample = seconds / max(cost, 1.0)
         old = self.seconds_per_unit.get(key)

@@ -467,8 +467,9 @@ class Run:
     def _timeout_for(self, server: ServerState, item: _Item) -> float:
         if server.spec.timeout:
             return server.spec.timeout
+        speeds = self.fleet.speeds
         return self._timeouts.seconds(
-            self.fleet.speeds.expected_seconds(id(server), item.request.model, item.cost))
+            speeds.expected_seconds(id(server), item.request.model, speeds.timeout_cost(item.request)))
 
     # -- one attempt ------------------------------------------------------------------------------
     async def _attempt(self, server: ServerState, item: _Item, hedge: bool = False,
