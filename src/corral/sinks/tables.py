@@ -36,7 +36,6 @@ __all__ = ["TableWriter", "neutralize_formulas"]
 PathLike = str | os.PathLike[str]
 
 
-_FORMULA_START = r"^[=+\-@\t\r]"
 _PLAIN_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 
 
@@ -55,8 +54,8 @@ def neutralize_formulas(df: pd.DataFrame) -> pd.DataFrame:
         if column.dtype == object:
             out.isetitem(i, column.map(_neutralize_cell))
         elif pd.api.types.is_string_dtype(column.dtype):
-            # _FORMULA_START by the first character (a vectorised slice, not a regex per chunk);
-            # the plain-number regex only when some cell starts like a formula.
+            # A formula's first character by a vectorised slice (not a regex per chunk); the
+            # plain-number regex only when some cell starts like a formula.
             risky = column.str.slice(0, 1).isin(_RISKY_FIRST_LIST).fillna(False).astype(bool)
             if risky.any():
                 risky &= ~column.str.match(_PLAIN_NUMBER, na=False)
@@ -65,7 +64,7 @@ def neutralize_formulas(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-_RISKY_FIRST = frozenset("=+-@\t\r")  # the characters _FORMULA_START matches, for a quick first look
+_RISKY_FIRST = frozenset("=+-@\t\r")  # a cell starting with one of these is run as a formula
 _RISKY_FIRST_LIST = sorted(_RISKY_FIRST)
 _PLAIN_NUMBER_RE = re.compile(_PLAIN_NUMBER)
 

@@ -225,11 +225,10 @@ class PromptFile:
         if self._plain_ok and "prompt" in data and data.keys() <= _PLAIN_LINE:
             prompt, explicit = data["prompt"], data.get("id")
             if type(prompt) is str and (explicit is None or type(explicit) in (str, int)):
-                user = {"role": "user", "content": prompt}
                 return Request(
                     index=0, id=str(explicit) if explicit is not None else self._implicit_id(number),
                     model=d.model,  # type: ignore[arg-type]  # _plain_ok: a str
-                    messages=[{"role": "system", "content": d.system}, user] if d.system else [user],
+                    messages=build_messages(prompt, d.system),
                     options=dict(self._default_options), format=d.format, endpoint=d.endpoint,
                     keep_alive=d.keep_alive, meta={"line": number, "explicit_id": explicit is not None})
         where = self._where

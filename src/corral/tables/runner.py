@@ -63,7 +63,7 @@ class Answer:
 @dataclass(slots=True)
 class RowResult:
     """What came back for one row: its answer (split mode) or an answer per model (fan-out), or
-    why the row was not sent. One `Answer` is kept bare, not in a dict: a chunk holds 20,000."""
+    why the row was not sent. One `Answer` is kept bare, not in a dict: a chunk holds thousands."""
 
     plan: RowPlan | None
     skipped: str | None = None
